@@ -1,0 +1,1 @@
+"""Composition layer: the Faena app, its settings, backend lookup by URL and result handles."""

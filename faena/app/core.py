@@ -1,0 +1,278 @@
+"""The ``Faena`` app: settings, backends, the task registry, and sending.
+
+Example:
+    >>> from faena import Faena
+    >>> app = Faena("shop")                    # SQLite file ./faena.sqlite3, no server
+    >>> @app.task
+    ... def add(x: int, y: int) -> int:
+    ...     return x + y
+    >>> add.delay(2, 3).get(timeout=5)        # with `faena worker -A shop` running
+    5
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from faena.app.eager import run_eagerly, run_eagerly_async
+from faena.app.lookup import make_broker, make_result_store
+from faena.app.producer import build_message, function_task_name, to_outgoing
+from faena.app.result import AsyncResult
+from faena.app.settings import Settings, build_settings, resolve_urls
+from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.events import EventBus
+from faena.contracts.results import ResultStore
+from faena.foundation.exceptions import ConfigurationError
+from faena.model.message import Message
+from faena.model.options import TaskOptions, build_options, validate_queue
+from faena.model.registry import Registry
+from faena.model.task import CallOptions, Task, _call_options
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class BoundTaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
+
+_shared_tasks: list[Task[..., Any]] = []
+_apps: weakref.WeakSet[Faena] = weakref.WeakSet()
+_latest: list[weakref.ref[Faena]] = []
+
+
+class Faena:
+    """A faena app: where tasks are declared and sent from, and what a worker runs.
+
+    Args:
+        name: the app's name, shown by workers and monitoring.
+        broker: broker URL; else ``FAENA_BROKER_URL``; else ``sqlite:///faena.sqlite3``.
+        results: result store URL; else ``FAENA_RESULTS_URL``; else the broker's URL.
+        **settings: see :class:`faena.app.settings.Settings`; unknown names are an error.
+    """
+
+    def __init__(self, name: str, broker: str | None = None, results: str | None = None,
+                 **settings: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"an app needs a non-empty name, got {name!r}")
+        self.name = name
+        self.settings: Settings = build_settings(settings)
+        self.broker_url, self.results_url = resolve_urls(broker, results)
+        from faena.app.lookup import scheme_of
+
+        scheme_of(self.broker_url)
+        scheme_of(self.results_url)
+        self.registry = Registry()
+        self.events = EventBus()
+        self.main_module: str = _caller_module()
+        self._broker: Broker | None = None
+        self._results: ResultStore | None = None
+        for task in _shared_tasks:
+            self.registry.register(task)
+            task.bind_dispatcher(self)
+        _apps.add(self)
+        _latest[:] = [weakref.ref(self)]
+
+    def __repr__(self) -> str:
+        return f"<Faena {self.name} broker={self.broker_url}>"
+
+    # -- backends -----------------------------------------------------------------------------
+    @property
+    def broker(self) -> Broker:
+        """The broker, connected on first use."""
+        if self._broker is None:
+            s = self.settings
+            self._broker = make_broker(self.broker_url, BrokerConfig(
+                lease_s=s.lease_s, max_deliveries=s.max_deliveries,
+                poll_interval_s=s.poll_interval_s, clock=s.clock))
+        return self._broker
+
+    @property
+    def results(self) -> ResultStore:
+        """The result store, connected on first use."""
+        if self._results is None:
+            self._results = make_result_store(self.results_url, self.settings.clock,
+                                              self.settings.poll_interval_s)
+        return self._results
+
+    def close(self) -> None:
+        """Close the backends' connections. The app can be used again afterwards."""
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+        if self._results is not None:
+            self._results.close()
+            self._results = None
+
+    def __enter__(self) -> Faena:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def function_modules(self) -> tuple[str, ...]:
+        """Modules whose functions RQ-style jobs may name: the setting, or the app's package."""
+        if self.settings.function_modules is not None:
+            return self.settings.function_modules
+        top = self.main_module.partition(".")[0]
+        return () if top in ("__main__", "") else (top,)
+
+    # -- declaring ----------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+    @overload
+    def task(self, *, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Declare a task: ``@app.task`` or ``@app.task(max_retries=5, queue="emails")``.
+
+        Raises:
+            ConfigurationError: an unknown option (the valid ones are listed) or a bad value.
+        """
+        opts = build_options(**options)
+
+        def declare(function: Callable[..., Any]) -> Task[..., Any]:
+            task: Task[..., Any] = Task(function, opts, self)
+            self.registry.register(task)
+            return task
+
+        return declare(fn) if fn is not None else declare
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             call: CallOptions) -> AsyncResult[Any]:
+        """Send one call of ``task`` (what ``delay`` and ``apply_async`` use)."""
+        task.check_arguments_or_raise(args, kwargs)
+        message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
+        if self.settings.eager:
+            return run_eagerly(self, task, message)
+        self.broker.enqueue([to_outgoing(self.settings, message)])
+        return AsyncResult(message.id, self)
+
+    async def asend(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    call: CallOptions) -> AsyncResult[Any]:
+        """``send`` for async producers."""
+        task.check_arguments_or_raise(args, kwargs)
+        message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
+        if self.settings.eager:
+            return await run_eagerly_async(self, task, message)
+        await self.broker.aenqueue([to_outgoing(self.settings, message)])
+        return AsyncResult(message.id, self)
+
+    def enqueue(self, name: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
+                **options: Any) -> AsyncResult[Any]:
+        """Send a task by name, e.g. one declared in another service.
+
+        Task arguments are positional, task keyword arguments go in ``kwargs=``, and the
+        keywords are call options (queue, priority, countdown, eta, expires, task_id, headers).
+
+        Example:
+            >>> app.enqueue("billing.tasks.charge", 10, queue="high")
+        """
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"enqueue takes a task name first, got {name!r}")
+        task = self.registry.find(name)
+        if task is not None:
+            return self.send(task, args, dict(kwargs or {}), _call_options(task, options))
+        return self._send_by_name(name, None, args, dict(kwargs or {}), options)
+
+    def _send_by_name(self, name: str, defaults: TaskOptions | None, args: tuple[Any, ...],
+                      kwargs: dict[str, Any], options: Mapping[str, Any]) -> AsyncResult[Any]:
+        call = _call_options(Task(_unnamed, TaskOptions(name=name)), options)
+        message = build_message(self.settings, name, defaults, args, kwargs, call)
+        if self.settings.eager:
+            raise ConfigurationError(
+                f"eager mode runs tasks of this app only, and {name!r} is not registered here")
+        self.broker.enqueue([to_outgoing(self.settings, message)])
+        return AsyncResult(message.id, self)
+
+    def enqueue_messages(self, messages: Sequence[Message]) -> None:
+        """Enqueue ready-made messages in one step (bulk producers)."""
+        self.broker.enqueue([to_outgoing(self.settings, m) for m in messages])
+
+    def queue(self, name: str) -> QueueHandle:
+        """An RQ-style handle: ``app.queue("high").enqueue(any_function, 1, 2)``."""
+        return QueueHandle(self, validate_queue(name))
+
+    def AsyncResult(self, job_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
+        """The handle of any job id."""
+        return AsyncResult(job_id, self)
+
+
+class QueueHandle:
+    """A queue of an app, for sending functions that are not declared as tasks."""
+
+    def __init__(self, app: Faena, name: str) -> None:
+        self.app = app
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name} of {self.app.name}>"
+
+    def enqueue(self, fn: Callable[..., Any] | str, *args: Any,
+                kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[Any]:
+        """Send ``fn(*args, **kwargs)`` to this queue.
+
+        ``fn`` is a task, a task name, or any module-level function; a worker runs a plain
+        function if its module is within the app's ``function_modules`` (by default, the
+        package the app is declared in).
+        """
+        options = {"queue": self.name, **options}
+        if isinstance(fn, Task):
+            return self.app.send(fn, args, dict(kwargs or {}), _call_options(fn, options))
+        if isinstance(fn, str):
+            return self.app.enqueue(fn, *args, kwargs=kwargs, **options)
+        registered = self.app.registry.find(function_task_name(fn))
+        if registered is not None:
+            return self.app.send(registered, args, dict(kwargs or {}), _call_options(registered, options))
+        Task(fn, TaskOptions()).check_arguments_or_raise(args, dict(kwargs or {}))
+        return self.app._send_by_name(function_task_name(fn), None, args, dict(kwargs or {}), options)
+
+
+def _unnamed() -> None:
+    """Placeholder callable for option checking of by-name sends."""
+
+
+def _caller_module() -> str:
+    frame = inspect.currentframe()
+    try:
+        caller = frame.f_back.f_back if frame and frame.f_back else None
+        return str(caller.f_globals.get("__name__", "")) if caller else ""
+    finally:
+        del frame
+
+
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a task in a reusable module without an app.
+
+    It joins every app, existing or created later, and sends through the app created last.
+    """
+    opts = build_options(**options)
+
+    def declare(function: Callable[..., Any]) -> Task[..., Any]:
+        latest = _latest[0]() if _latest else None
+        task: Task[..., Any] = Task(function, opts, latest)
+        _shared_tasks.append(task)
+        for app in list(_apps):
+            app.registry.register(task)
+        return task
+
+    return declare(fn) if fn is not None else declare

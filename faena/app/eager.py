@@ -1,0 +1,90 @@
+"""Eager mode: run a task inline at ``delay()``, through the same encoding, checks and
+decisions a worker uses, so that a test in eager mode fails where production would.
+
+Retries run again at once (the back-off is not waited for); the final record is stored in the
+app's result store, so ``AsyncResult`` reads it as usual.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from faena.app.producer import to_outgoing
+from faena.app.result import AsyncResult
+from faena.features.execution import run_async, run_sync
+from faena.features.intake import Admitted, admit
+from faena.features.lifecycle import Decision, RunInfo, decide, failed
+from faena.model.message import Message, encode_message
+from faena.model.outcome import ErrorInfo, Outcome
+from faena.model.task import Request, Task
+
+if TYPE_CHECKING:
+    from faena.app.core import Faena
+
+
+def _admit(app: Faena, task: Task[..., Any], message: Message) -> Admitted:
+    to_outgoing(app.settings, message)  # the size limit applies as it would for real
+    admitted = admit(encode_message(message), max_size=app.settings.max_message_size,
+                     accept=app.settings.accept, registry=app.registry,
+                     function_modules=app.function_modules)
+    if not isinstance(admitted, Admitted):
+        from faena.foundation.exceptions import SerializationError
+
+        raise SerializationError(f"eager run of {task.name} refused: {admitted.reason}: {admitted.detail}")
+    return admitted
+
+
+def _info(app: Faena, attempt: int) -> RunInfo:
+    now = app.settings.clock.time()
+    return RunInfo(worker="eager", fence=attempt, deliveries=1, started_at=now, now=now,
+                   result_ttl=app.settings.result_ttl)
+
+
+def _request(message: Message) -> Request:
+    return Request(id=message.id, task=message.task, queue=message.queue, retries=message.retries,
+                   eta=message.eta, expires=message.expires, headers=message.headers,
+                   parent_id=message.parent_id, root_id=message.root_id, worker="eager")
+
+
+def _next(app: Faena, task: Task[..., Any], job: Admitted, outcome: Outcome, attempt: int) -> Decision:
+    decision = decide(task.defaults, job.message, outcome, _info(app, attempt))
+    if decision.action == "release":  # nothing dies in eager mode, but be complete
+        return failed(task.defaults, job.message, _info(app, attempt),
+                      outcome.error or ErrorInfo(type="WorkerLost", message="lost"))
+    return decision
+
+
+def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
+    """Run ``message`` now, retries included, and store its record."""
+    job = _admit(app, task, message)
+    attempt = 1
+    while True:
+        outcome = run_sync(job.task, _request(job.message), job.args, job.kwargs,
+                           job.message.serializer, lambda f, m: None)
+        decision = _next(app, task, job, outcome, attempt)
+        if decision.record is not None:
+            app.results.store(decision.record)
+        if decision.action != "retry" or decision.next_message is None:
+            return AsyncResult(message.id, app)
+        job = Admitted(decision.next_message, job.task, job.args, job.kwargs)
+        attempt += 1
+
+
+async def run_eagerly_async(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
+    """``run_eagerly`` on the running event loop (async tasks are awaited, not nested)."""
+    job = _admit(app, task, message)
+    attempt = 1
+    while True:
+        if job.task.is_async:
+            outcome = await run_async(job.task, _request(job.message), job.args, job.kwargs,
+                                      job.message.serializer, lambda f, m: None)
+        else:
+            outcome = run_sync(job.task, _request(job.message), job.args, job.kwargs,
+                               job.message.serializer, lambda f, m: None)
+        decision = _next(app, task, job, outcome, attempt)
+        if decision.record is not None:
+            await app.results.store_many([decision.record])
+        if decision.action != "retry" or decision.next_message is None:
+            return AsyncResult(message.id, app)
+        job = Admitted(decision.next_message, job.task, job.args, job.kwargs)
+        attempt += 1

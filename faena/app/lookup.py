@@ -1,0 +1,57 @@
+"""Backend lookup by URL scheme. Drivers are imported only when a URL asks for them."""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import urlsplit
+
+from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.results import ResultStore
+from faena.foundation.clock import Clock
+from faena.foundation.exceptions import ConfigurationError
+
+SUPPORTED: Final = ("memory", "sqlite")
+PLANNED: Final = ("redis", "rediss", "amqp", "amqps", "postgresql", "postgres")
+
+
+def scheme_of(url: str) -> str:
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"{url!r} is not a broker URL; expected e.g. 'sqlite:///faena.sqlite3' or 'memory://'"
+        )
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in SUPPORTED:
+        return scheme
+    if scheme in PLANNED:
+        raise ConfigurationError(
+            f"the {scheme}:// backend is not part of this faena release; use sqlite:// (one "
+            "machine, no server) or memory:// (one process) for now"
+        )
+    raise ConfigurationError(
+        f"unknown URL scheme {scheme!r} in {url!r}; supported: "
+        + ", ".join(f"{s}://" for s in SUPPORTED)
+    )
+
+
+def make_broker(url: str, config: BrokerConfig) -> Broker:
+    """A broker for ``url``."""
+    scheme = scheme_of(url)
+    if scheme == "memory":
+        from faena.backends.memory import MemoryBroker
+
+        return MemoryBroker(url, config)
+    from faena.backends.sqlite import SQLiteBroker
+
+    return SQLiteBroker(url, config)
+
+
+def make_result_store(url: str, clock: Clock, poll_interval_s: float) -> ResultStore:
+    """A result store for ``url``."""
+    scheme = scheme_of(url)
+    if scheme == "memory":
+        from faena.backends.memory import MemoryResultStore
+
+        return MemoryResultStore(url, clock, poll_interval_s)
+    from faena.backends.sqlite import SQLiteResultStore
+
+    return SQLiteResultStore(url, clock, poll_interval_s)

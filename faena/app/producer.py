@@ -1,0 +1,99 @@
+"""Turning a call into an encoded message: options precedence, timing, lineage, size limit."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from faena.app.settings import Settings
+from faena.contracts.broker import Outgoing
+from faena.foundation.exceptions import ConfigurationError, MessageTooLarge
+from faena.foundation.util import new_id
+from faena.model.message import Message, encode_message, pack_arguments
+from faena.model.options import TaskOptions
+from faena.model.task import CallOptions, current_context
+
+
+def _timestamp(value: datetime | float) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
+def _expiry(value: datetime | timedelta | float, now: float) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, timedelta):
+        return now + value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"expires must be seconds, a timedelta or a datetime, got {value!r}")
+    return now + float(value)
+
+
+def build_message(settings: Settings, task_name: str, defaults: TaskOptions | None,
+                  args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions) -> Message:
+    """The message for one call. Call options beat task options, which beat app settings.
+
+    Raises:
+        SerializationError: an argument cannot be encoded (it is named).
+    """
+    defaults = defaults or TaskOptions()
+    now = settings.clock.time()
+    eta: float | None = None
+    if call.eta is not None:
+        eta = _timestamp(call.eta)
+    elif call.countdown is not None:
+        eta = now + float(call.countdown)
+    expires: float | None = None
+    if call.expires is not None:
+        expires = _expiry(call.expires, now)
+    elif defaults.expires is not None:
+        expires = now + defaults.expires
+    priority = call.priority if call.priority is not None else defaults.priority
+    serializer = call.serializer or defaults.serializer or settings.serializer
+    parent_id, root_id = call.parent_id, call.root_id
+    running = current_context()
+    if parent_id is None and running is not None:
+        parent_id = running.request.id
+        root_id = root_id or running.request.root_id or running.request.id
+    job_id = call.task_id or new_id()
+    return Message(
+        id=job_id,
+        task=task_name,
+        queue=call.queue or defaults.queue or settings.default_queue,
+        priority=priority if priority is not None else settings.default_priority,
+        serializer=serializer,
+        eta=eta,
+        expires=expires,
+        headers=dict(call.headers or {}),
+        parent_id=parent_id,
+        root_id=root_id or (job_id if parent_id is None else None),
+        sent_at=now,
+        **pack_arguments(args, kwargs, serializer),
+    )
+
+
+def to_outgoing(settings: Settings, message: Message) -> Outgoing:
+    """Encode ``message`` and check its size.
+
+    Raises:
+        MessageTooLarge: the encoded message is over ``max_message_size``.
+    """
+    body = encode_message(message)
+    if len(body) > settings.max_message_size:
+        raise MessageTooLarge(
+            f"message for {message.task} is {len(body):,} bytes, over max_message_size "
+            f"({settings.max_message_size:,}); pass a reference (a URL, a row id) instead of the data"
+        )
+    due = message.eta if message.eta is not None and message.eta > message.sent_at else None
+    return Outgoing(id=message.id, queue=message.queue, body=body, priority=message.priority, due=due)
+
+
+def function_task_name(fn: Any) -> str:
+    """``module:qualname`` of an importable function, the name RQ-style jobs travel under."""
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not callable(fn) or not module or not qualname or "<" in qualname or module == "__main__":
+        raise ConfigurationError(
+            f"{fn!r} cannot be enqueued by reference: only module-level functions of an "
+            "importable module (not __main__, not lambdas or nested functions) can be found by a worker"
+        )
+    return f"{module}:{qualname}"

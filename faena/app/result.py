@@ -1,0 +1,188 @@
+"""``AsyncResult``: the handle a caller holds on one job."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+
+from faena.foundation.exceptions import SerializationError, TaskFailed, TaskRevoked, TimeoutError
+from faena.model import states
+from faena.model.outcome import FINAL_FENCE, JobRecord
+from faena.model.serialization import loads_json, loads_pickle
+
+if TYPE_CHECKING:
+    from faena.app.core import Faena
+
+R = TypeVar("R")
+
+
+class Progress(NamedTuple):
+    """How far a running job says it is."""
+
+    fraction: float
+    message: str | None
+
+
+class AsyncResult(Generic[R]):
+    """A job's state and outcome, by id.
+
+    Example:
+        >>> r = add.delay(2, 3)
+        >>> r.get(timeout=5)
+        5
+        >>> r.state
+        'SUCCESS'
+    """
+
+    def __init__(self, job_id: str, app: Faena) -> None:
+        self.id = job_id
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # -- reading ------------------------------------------------------------------------------
+    @property
+    def record(self) -> JobRecord | None:
+        """The stored record, or ``None`` if the result store has none."""
+        return self.app.results.fetch(self.id)
+
+    @property
+    def state(self) -> str:
+        """``PENDING`` (unknown id), ``QUEUED``, ``SCHEDULED``, ``STARTED``, ``RETRY``,
+        ``SUCCESS``, ``FAILURE`` or ``REVOKED``."""
+        record = self.record
+        if record is not None:
+            return record.state
+        where = self.app.broker.locate(self.id)
+        if where == "queued":
+            return states.QUEUED
+        if where == "scheduled":
+            return states.SCHEDULED
+        if where == "leased":
+            return states.STARTED
+        if where == "dead":
+            return states.FAILURE
+        return states.PENDING
+
+    status = state
+
+    def ready(self) -> bool:
+        """Whether the job has finished (success, failure or revoked)."""
+        return self.state in states.READY_STATES
+
+    def successful(self) -> bool:
+        return self.state == states.SUCCESS
+
+    def failed(self) -> bool:
+        return self.state == states.FAILURE
+
+    @property
+    def result(self) -> R | BaseException | None:
+        """The value if it succeeded, the error (as ``TaskFailed``) if it failed, else ``None``."""
+        record = self.record
+        if record is None:
+            return None
+        if record.state == states.SUCCESS:
+            return cast(R, self._value(record))
+        if record.state == states.FAILURE:
+            return self._failure(record)
+        return None
+
+    @property
+    def traceback(self) -> str | None:
+        """The remote traceback text of a failure."""
+        record = self.record
+        return record.error.traceback if record and record.error else None
+
+    @property
+    def progress(self) -> Progress | None:
+        """The last progress the job reported, if any."""
+        record = self.record
+        if record is None or record.progress is None:
+            return None
+        return Progress(record.progress, record.progress_message)
+
+    # -- waiting ------------------------------------------------------------------------------
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """Wait for the job and return its value.
+
+        Raises:
+            faena.TimeoutError: not finished within ``timeout`` seconds.
+            faena.TaskFailed: it failed (with ``propagate``; else the error is returned).
+            faena.TaskRevoked: it was revoked or expired (with ``propagate``).
+        """
+        record = self.app.results.wait(self.id, timeout)
+        return self._outcome(record, timeout, propagate)
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+        """``get`` for async callers."""
+        record = await self.app.results.await_ready(self.id, timeout)
+        return self._outcome(record, timeout, propagate)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.aget().__await__()
+
+    def _outcome(self, record: JobRecord | None, timeout: float | None, propagate: bool) -> R:
+        if record is None or record.state not in states.READY_STATES:
+            state = record.state if record else self.state
+            raise TimeoutError(
+                f"job {self.id} did not finish within {timeout} s (state {state}); is a worker "
+                "consuming its queue? `faena status` shows queues and workers"
+            )
+        if record.state == states.SUCCESS:
+            return cast(R, self._value(record))
+        error: BaseException = (
+            self._failure(record) if record.state == states.FAILURE
+            else TaskRevoked(self.id, record.reason)
+        )
+        if propagate:
+            raise error
+        return cast(R, error)
+
+    def _value(self, record: JobRecord) -> Any:
+        if record.value is None:
+            return None
+        if record.serializer == "pickle":
+            if "pickle" not in self.app.settings.accept:
+                raise SerializationError(
+                    f"job {self.id} returned a pickled value, and this app does not accept "
+                    "pickle; add accept=['json', 'pickle'] if you trust the workers"
+                )
+            return loads_pickle(record.value)
+        return loads_json(record.value)
+
+    def _failure(self, record: JobRecord) -> TaskFailed:
+        error = record.error
+        if error is None:
+            return TaskFailed(self.id, "UnknownError", record.reason or "no error recorded")
+        return TaskFailed(self.id, error.type, error.message, error.traceback)
+
+    # -- control ------------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Delete the stored result."""
+        self.app.results.forget(self.id)
+
+    def revoke(self, terminate: bool = False, reason: str = "revoked") -> bool:
+        """Make sure the job never runs; with ``terminate``, also stop it if it is running.
+
+        A queued or scheduled message is removed from the broker; the job's record becomes
+        ``REVOKED`` for good (no worker write can overwrite it), so a worker that receives it
+        later skips it. A running job is stopped with ``terminate=True`` at its worker's next
+        heartbeat (process pool: the child is killed; async tasks: cancelled; threads: see
+        ``docs/workers.md``). Returns ``True`` if the message was still waiting and is now gone.
+        """
+        removed = self.app.broker.remove(self.id)
+        now = self.app.settings.clock.time()
+        self.app.results.store(JobRecord(
+            id=self.id, state=states.REVOKED, reason=reason, terminate=terminate,
+            updated_at=now, finished_at=now,
+            fence=FINAL_FENCE, expires_at=now + self.app.settings.result_ttl,
+        ))
+        return removed

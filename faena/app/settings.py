@@ -1,0 +1,112 @@
+"""App settings: names, defaults, validation and the environment fallbacks for URLs.
+
+Settings are read when an app is created, never at import. Unknown names are an error that
+lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Final
+
+from faena.foundation.clock import SYSTEM_CLOCK, Clock
+from faena.foundation.exceptions import ConfigurationError
+from faena.model.options import validate_queue
+from faena.model.serialization import SERIALIZERS
+
+DEFAULT_BROKER_URL: Final = "sqlite:///faena.sqlite3"
+BROKER_ENV: Final = "FAENA_BROKER_URL"
+RESULTS_ENV: Final = "FAENA_RESULTS_URL"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything an app can be configured with. See ``docs/configuration.md``."""
+
+    default_queue: str = "default"
+    default_priority: int = 0
+    serializer: str = "json"
+    accept: tuple[str, ...] = ("json",)
+    max_message_size: int = 1024 * 1024
+    result_ttl: float = 86_400.0
+    lease_s: float = 30.0
+    heartbeat_s: float | None = None
+    max_deliveries: int = 5
+    poll_interval_s: float = 0.005
+    result_cleanup_interval_s: float = 60.0
+    shutdown_grace_s: float = 30.0
+    eager: bool = False
+    function_modules: tuple[str, ...] | None = None
+    clock: Clock = field(default=SYSTEM_CLOCK, compare=False)
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """How often a worker renews its leases: a third of the lease unless set."""
+        return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 3.0
+
+
+SETTING_NAMES: Final = tuple(sorted(f.name for f in fields(Settings)))
+
+
+def build_settings(given: Mapping[str, Any]) -> Settings:
+    """Validate settings given to ``Faena(...)``.
+
+    Raises:
+        ConfigurationError: an unknown name (valid names listed) or a bad value.
+    """
+    unknown = sorted(set(given) - set(SETTING_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting(s) {', '.join(unknown)}; valid settings are: {', '.join(SETTING_NAMES)}"
+        )
+    values = dict(given)
+    if "accept" in values:
+        values["accept"] = tuple(values["accept"])
+    if "function_modules" in values and values["function_modules"] is not None:
+        values["function_modules"] = tuple(values["function_modules"])
+    settings = Settings(**values)
+    _check(settings)
+    return settings
+
+
+def _positive(name: str, value: float, settings: Settings) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(f"setting {name} must be a positive number, got {value!r}")
+
+
+def _check(s: Settings) -> None:
+    validate_queue(s.default_queue)
+    if s.serializer not in SERIALIZERS:
+        raise ConfigurationError(f"serializer must be one of {SERIALIZERS}, got {s.serializer!r}")
+    bad = [a for a in s.accept if a not in SERIALIZERS]
+    if bad or not s.accept:
+        raise ConfigurationError(f"accept must list serializers from {SERIALIZERS}, got {s.accept!r}")
+    if s.serializer not in s.accept:
+        raise ConfigurationError(
+            f"serializer {s.serializer!r} is not in accept={s.accept!r}: workers of this app "
+            "would refuse its own messages; add it to accept"
+        )
+    for name in ("max_message_size", "result_ttl", "lease_s", "poll_interval_s",
+                 "result_cleanup_interval_s", "shutdown_grace_s"):
+        _positive(name, getattr(s, name), s)
+    if s.heartbeat_s is not None:
+        _positive("heartbeat_s", s.heartbeat_s, s)
+        if s.heartbeat_s >= s.lease_s:
+            raise ConfigurationError(
+                f"heartbeat_s ({s.heartbeat_s}) must be shorter than lease_s ({s.lease_s}), or "
+                "leases expire between renewals"
+            )
+    if type(s.max_deliveries) is not int or s.max_deliveries < 1:
+        raise ConfigurationError(f"max_deliveries must be an int >= 1, got {s.max_deliveries!r}")
+
+
+def resolve_urls(broker: str | None, results: str | None) -> tuple[str, str]:
+    """Broker and results URLs: explicit arguments, then the environment, then the default.
+
+    Results default to the broker's own store.
+    """
+    broker_url = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER_URL
+    results_url = results or os.environ.get(RESULTS_ENV) or broker_url
+    return broker_url, results_url

@@ -1,0 +1,1 @@
+"""Contracts layer: the interfaces every backend and pool implements, and worker events."""

@@ -1,0 +1,218 @@
+"""The broker seam: what moves messages between producers and workers.
+
+A broker keeps each message in one of four places: ready (in a queue, due now), scheduled
+(due later), leased (handed to one worker until its lease expires) and dead (the dead-letter
+queue, with a reason). Every move between them is one atomic step in the backend.
+
+Delivery counting: each hand-out of a message increments its ``deliveries`` (reset when the
+job is retried on purpose) and its ``fence`` (never reset). A hand-out that would exceed
+``max_deliveries`` dead-letters the message instead, with the reason of its last loss.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from faena.foundation.clock import SYSTEM_CLOCK, Clock
+
+Location = Literal["queued", "scheduled", "leased", "dead"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerConfig:
+    """Timings and limits every broker honours; all are app settings."""
+
+    lease_s: float = 30.0
+    max_deliveries: int = 5
+    poll_interval_s: float = 0.005
+    clock: Clock = SYSTEM_CLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend does natively."""
+
+    native_delay: bool = True
+    priority: bool = True
+    dead_letter: bool = True
+    shared_between_processes: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outgoing:
+    """An encoded message ready to enqueue. ``due`` is Unix seconds, ``None`` for now."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    due: float | None = None
+
+
+@dataclass(slots=True, kw_only=True)
+class Delivery:
+    """A message leased to this consumer."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    deliveries: int
+    fence: int
+    enqueued_at: float
+    last_reason: str | None = None
+
+
+SettleAction = Literal["ack", "retry", "dead", "release"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settlement:
+    """The end of one lease.
+
+    - ``ack``: done, delete the message.
+    - ``retry``: replace the body with ``body`` (the next attempt) and make it due at ``due``;
+      the delivery count starts again.
+    - ``dead``: move to the dead-letter queue with ``reason`` and ``detail``.
+    - ``release``: give the message back, due now. With ``reason`` (e.g. ``worker_lost``) the
+      delivery counts towards ``max_deliveries``; without, it is an unstarted message handed back
+      at shutdown and the delivery is not counted.
+    """
+
+    delivery: Delivery
+    action: SettleAction
+    body: bytes | None = None
+    due: float | None = None
+    reason: str | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    queue: str
+    ready: int = 0
+    scheduled: int = 0
+    leased: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadLetter:
+    id: str
+    queue: str
+    reason: str
+    detail: str
+    dead_at: float
+    deliveries: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    id: str
+    hostname: str
+    pid: int
+    queues: tuple[str, ...]
+    concurrency: int
+    pool: str
+    started_at: float
+    heartbeat_at: float = 0.0
+    processed: int = 0
+    running: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Consumer(ABC):
+    """One worker's view of the broker: receive, settle and keep leases alive."""
+
+    @abstractmethod
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        """Lease up to ``max_messages`` ready messages, waiting up to ``timeout_s`` for the first.
+
+        Queues are served round-robin, one claim round starting at the next queue each time;
+        within a queue, higher priority first, then oldest first.
+        """
+
+    @abstractmethod
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Apply the settlements in one step. ``False`` where the lease was no longer ours."""
+
+    @abstractmethod
+    async def extend(self, deliveries: Sequence[Delivery], lease_s: float) -> set[str]:
+        """Renew the leases; returns the ids whose lease was lost (someone else holds them)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop receiving. Leases still held stay until settled or expired."""
+
+
+class Broker(ABC):
+    """Moves messages: enqueue, lease, settle, dead-letter. See the module docstring."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, url: str, config: BrokerConfig) -> None:
+        self.url = url
+        self.config = config
+
+    # -- producers (thin I/O in two flavours) ------------------------------------------------
+    @abstractmethod
+    def enqueue(self, messages: Sequence[Outgoing]) -> None:
+        """Add messages, all in one step."""
+
+    @abstractmethod
+    async def aenqueue(self, messages: Sequence[Outgoing]) -> None:
+        """``enqueue`` for async callers."""
+
+    @abstractmethod
+    def locate(self, message_id: str) -> Location | None:
+        """Where the message is now, or ``None`` if the broker does not hold it."""
+
+    @abstractmethod
+    def remove(self, message_id: str) -> bool:
+        """Delete a message that is ready or scheduled (not leased). ``True`` if removed."""
+
+    # -- workers ----------------------------------------------------------------------------
+    @abstractmethod
+    async def open_consumer(self, queues: Sequence[str], worker_id: str) -> Consumer:
+        """A consumer of ``queues`` for ``worker_id``."""
+
+    @abstractmethod
+    async def register_worker(self, info: WorkerInfo) -> None:
+        """Record (or refresh) a live worker; it counts as alive while its heartbeat is within ``lease_s``."""
+
+    @abstractmethod
+    async def unregister_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped cleanly."""
+
+    # -- administration ---------------------------------------------------------------------
+    @abstractmethod
+    async def stats(self) -> list[QueueStats]:
+        """Counts per queue, for every queue that holds anything."""
+
+    @abstractmethod
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is recent (within ``lease_s``)."""
+
+    @abstractmethod
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Delete ready and scheduled messages of ``queues``; returns how many."""
+
+    @abstractmethod
+    async def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        """The newest dead letters first."""
+
+    @abstractmethod
+    async def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        """Put dead letters back in their queues (all of them when ``ids`` is ``None``)."""
+
+    @abstractmethod
+    async def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        """Delete dead letters (all of them when ``ids`` is ``None``)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""

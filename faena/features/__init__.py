@@ -1,0 +1,1 @@
+"""Features layer: execution, retries, time limits and result recording, written against contracts."""

@@ -1,0 +1,91 @@
+"""Running one job and turning what happened into an :class:`Outcome`.
+
+Every pool calls these, in the worker process or in a child, so a job ends the same way
+whatever runs it: a return value is encoded with the job's serializer (an unencodable value
+is a failure, not a crash), ``Retry`` and ``Reject`` become their outcomes, an exception in
+``retry_for`` asks for a retry, anything else is a failure with type, message and traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from faena.foundation.exceptions import Reject, Retry, SerializationError
+from faena.model.outcome import ErrorInfo, Outcome
+from faena.model.serialization import dumps_json, dumps_pickle
+from faena.model.task import (
+    JobContext,
+    ProgressSink,
+    Request,
+    Task,
+    reset_current_context,
+    set_current_context,
+)
+
+
+def encode_value(value: Any, serializer: str) -> bytes:
+    """Encode a return value with the job's serializer."""
+    if serializer == "pickle":
+        return dumps_pickle(value, "the return value")
+    return dumps_json(value, "the return value")
+
+
+def success(value: Any, serializer: str, runtime_s: float) -> Outcome:
+    try:
+        return Outcome(status="success", value=encode_value(value, serializer), runtime_s=runtime_s)
+    except SerializationError as exc:
+        return Outcome(status="failure", error=ErrorInfo.from_exception(exc), runtime_s=runtime_s)
+
+
+def from_exception(task: Task[..., Any], exc: BaseException, runtime_s: float) -> Outcome:
+    """The outcome of a run that raised ``exc``."""
+    if isinstance(exc, Retry):
+        cause = ErrorInfo.from_exception(exc.exc) if exc.exc is not None else None
+        return Outcome(status="retry", error=cause, countdown=exc.countdown, eta=exc.eta,
+                       max_retries=exc.max_retries, runtime_s=runtime_s)
+    if isinstance(exc, Reject):
+        return Outcome(status="reject", reason=exc.reason, error=ErrorInfo.from_exception(exc),
+                       runtime_s=runtime_s)
+    error = ErrorInfo.from_exception(exc)
+    if task.defaults.retry_for and isinstance(exc, task.defaults.retry_for):
+        return Outcome(status="retry", error=error, runtime_s=runtime_s)
+    return Outcome(status="failure", error=error, runtime_s=runtime_s)
+
+
+def run_sync(task: Task[..., Any], request: Request, args: tuple[Any, ...],
+             kwargs: dict[str, Any], serializer: str, progress: ProgressSink) -> Outcome:
+    """Run a sync task here; for an async task, run its coroutine to completion here."""
+    context = JobContext(task, request, progress)
+    token = set_current_context(context)
+    started = time.perf_counter()
+    try:
+        value = task.run(context, args, kwargs)
+        if task.is_async:
+            value = asyncio.run(value)
+    except BaseException as exc:  # noqa: BLE001 - every ending becomes an outcome
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        return from_exception(task, exc, time.perf_counter() - started)
+    finally:
+        reset_current_context(token)
+    return success(value, serializer, time.perf_counter() - started)
+
+
+async def run_async(task: Task[..., Any], request: Request, args: tuple[Any, ...],
+                    kwargs: dict[str, Any], serializer: str, progress: ProgressSink) -> Outcome:
+    """Run an async task on the current event loop."""
+    context = JobContext(task, request, progress)
+    token = set_current_context(context)
+    started = time.perf_counter()
+    try:
+        value = await task.run(context, args, kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every ending becomes an outcome
+        # Cancellation belongs to whoever cancelled (a time limit, a cold shutdown).
+        if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+            raise
+        return from_exception(task, exc, time.perf_counter() - started)
+    finally:
+        reset_current_context(token)
+    return success(value, serializer, time.perf_counter() - started)

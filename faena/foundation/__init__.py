@@ -1,0 +1,1 @@
+"""Foundation layer: exceptions, the clock and small utilities. Imports only the stdlib."""

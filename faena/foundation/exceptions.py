@@ -1,0 +1,151 @@
+"""Every error faena raises, and the control-flow signals a task may raise.
+
+The tree::
+
+    FaenaError
+    ├── ConfigurationError          bad settings, options, URLs, app specs
+    │   └── UnknownTaskError        a task name that is not registered
+    ├── BrokerError                 the broker could not do what was asked
+    │   └── MessageTooLarge         an encoded message over ``max_message_size``
+    ├── SerializationError          arguments or results that cannot be encoded or decoded
+    ├── ResultError                 problems reading a job's outcome
+    │   ├── TimeoutError            ``AsyncResult.get(timeout=...)`` ran out of time
+    │   ├── TaskFailed              the job failed; carries the remote type, message, traceback
+    │   └── TaskRevoked             the job was revoked or expired before it could finish
+    └── TaskControlError            misuse of task control (``retry`` outside a worker, ...)
+        └── MaxRetriesExceeded      ``self.retry()`` called with no retries left
+
+    Signals (not failures; a task raises them to steer its own job):
+    TaskSignal (BaseException)
+    ├── Retry                       run again later
+    └── Reject                      dead-letter the message now, with a reason
+
+    Limits raised inside a running task:
+    SoftTimeLimitExceeded (Exception)   the soft limit passed; clean up and return
+    TimeLimitExceeded (BaseException)   the hard limit passed; the job is being stopped
+    WorkerLost (Exception)              the process running the job died
+"""
+
+from __future__ import annotations
+
+import builtins
+
+
+class FaenaError(Exception):
+    """Something went wrong in faena."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+
+class ConfigurationError(FaenaError):
+    """The configuration is not valid."""
+
+
+class UnknownTaskError(ConfigurationError):
+    """No task is registered under that name."""
+
+
+class BrokerError(FaenaError):
+    """The broker could not complete the operation."""
+
+
+class MessageTooLarge(BrokerError):
+    """The encoded message is larger than ``max_message_size``."""
+
+
+class SerializationError(FaenaError):
+    """A value could not be serialized or deserialized."""
+
+
+class ResultError(FaenaError):
+    """The job's result could not be read."""
+
+
+class TimeoutError(ResultError, builtins.TimeoutError):
+    """The job did not finish within the timeout."""
+
+
+class TaskFailed(ResultError):
+    """The job failed on the worker.
+
+    Attributes:
+        job_id: the failed job.
+        type_name: the exception's qualified type name on the worker, e.g. ``"ValueError"``.
+        error_message: ``str()`` of the remote exception.
+        remote_traceback: the formatted traceback text from the worker.
+    """
+
+    def __init__(
+        self, job_id: str, type_name: str, error_message: str, remote_traceback: str = ""
+    ) -> None:
+        self.job_id = job_id
+        self.type_name = type_name
+        self.error_message = error_message
+        self.remote_traceback = remote_traceback
+        super().__init__(f"job {job_id} failed: {type_name}: {error_message}")
+
+
+class TaskRevoked(ResultError):
+    """The job was revoked or expired before it could finish."""
+
+    def __init__(self, job_id: str, reason: str | None = None) -> None:
+        self.job_id = job_id
+        self.reason = reason
+        super().__init__(f"job {job_id} was revoked" + (f": {reason}" if reason else ""))
+
+
+class TaskControlError(FaenaError):
+    """Task control was used where it has no meaning."""
+
+
+class MaxRetriesExceeded(TaskControlError):
+    """The task has no retries left."""
+
+
+class TaskSignal(BaseException):  # noqa: N818 - a signal, not an error
+    """Base of the control-flow signals a task raises to steer its own job."""
+
+
+class Retry(TaskSignal):
+    """Run this job again later.
+
+    Raised by ``self.retry()``; a task may also raise it directly.
+    """
+
+    def __init__(
+        self,
+        countdown: float | None = None,
+        eta: float | None = None,
+        exc: BaseException | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        self.countdown = countdown
+        self.eta = eta
+        self.exc = exc
+        self.max_retries = max_retries
+        reason = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        super().__init__(f"retry requested{reason}")
+
+
+class Reject(TaskSignal):
+    """Send this message to the dead-letter queue now, without retrying."""
+
+    def __init__(self, reason: str = "rejected") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class SoftTimeLimitExceeded(Exception):  # noqa: N818 - Celery's name, kept for habit
+    """The task's soft time limit passed; clean up and return or raise."""
+
+
+class TimeLimitExceeded(BaseException):  # noqa: N818 - Celery's name, kept for habit
+    """The task's hard time limit passed; the job is being stopped.
+
+    A ``BaseException`` so that a task's ``except Exception`` cannot swallow it.
+    """
+
+
+class WorkerLost(Exception):  # noqa: N818 - Celery's name, kept for habit
+    """The process running the job died before the job finished."""

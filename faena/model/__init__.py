@@ -1,0 +1,1 @@
+"""Model layer: messages, options, states, retry policy, serialization, tasks and the registry."""

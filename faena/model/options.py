@@ -1,0 +1,116 @@
+"""Task options: their names, defaults and validation.
+
+Unknown option names are an error where the task is declared, listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Final
+
+from faena.foundation.exceptions import ConfigurationError
+
+QUEUE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+MIN_PRIORITY: Final = 0
+MAX_PRIORITY: Final = 9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskOptions:
+    """The options a task is declared with. See ``docs/tasks.md`` for each one."""
+
+    name: str | None = None
+    bind: bool = False
+    queue: str | None = None
+    priority: int | None = None
+    max_retries: int | None = 3
+    default_retry_delay: float = 180.0
+    retry_for: tuple[type[BaseException], ...] = ()
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool = False
+    acks_late: bool = True
+    expires: float | None = None
+    result_ttl: float | None = None
+    serializer: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def merged(self, **changes: Any) -> TaskOptions:
+        """A copy with ``changes`` validated and applied."""
+        return build_options(base=self, **changes)
+
+
+OPTION_NAMES: Final = tuple(sorted(f.name for f in fields(TaskOptions) if f.name != "extra"))
+
+
+def validate_queue(queue: str) -> str:
+    """Return ``queue`` if it is a valid queue name, else raise ConfigurationError."""
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise ConfigurationError(
+            f"invalid queue name {queue!r}: use 1-128 characters from letters, digits and "
+            "'_.:-', starting with a letter or digit"
+        )
+    return queue
+
+
+def validate_priority(priority: int) -> int:
+    """Return ``priority`` if it is an int in 0..9, else raise ConfigurationError."""
+    if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ConfigurationError(f"priority must be an int from 0 to 9 (higher runs first), got {priority!r}")
+    return priority
+
+
+def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(f"task option {name} must be a positive number of seconds, got {value!r}")
+
+
+def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
+    """Validate ``given`` option values and return the resulting options.
+
+    Raises:
+        ConfigurationError: an unknown option name (the valid ones are listed) or a bad value.
+    """
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown task option(s) {', '.join(unknown)}; valid options are: {', '.join(OPTION_NAMES)}"
+        )
+    if given.get("queue") is not None:
+        validate_queue(given["queue"])
+    if given.get("priority") is not None:
+        validate_priority(given["priority"])
+    for name in ("time_limit", "soft_time_limit", "expires", "result_ttl"):
+        _check_seconds(name, given.get(name))
+    for name in ("default_retry_delay", "retry_backoff_max"):
+        if name in given and (not isinstance(given[name], int | float) or given[name] < 0):
+            raise ConfigurationError(f"task option {name} must be >= 0 seconds, got {given[name]!r}")
+    if "max_retries" in given and given["max_retries"] is not None and (
+        type(given["max_retries"]) is not int or given["max_retries"] < 0
+    ):
+        raise ConfigurationError(f"max_retries must be an int >= 0 or None (no limit), got {given['max_retries']!r}")
+    if "retry_for" in given:
+        retry_for = given["retry_for"]
+        retry_for = (retry_for,) if isinstance(retry_for, type) else tuple(retry_for)
+        if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_for):
+            raise ConfigurationError(f"retry_for must be exception types, got {given['retry_for']!r}")
+        given["retry_for"] = retry_for
+    if given.get("serializer") not in (None, "json", "pickle"):
+        raise ConfigurationError(f"serializer must be 'json' or 'pickle', got {given['serializer']!r}")
+    options = replace(base or TaskOptions(), **given)
+    if (
+        options.time_limit is not None
+        and options.soft_time_limit is not None
+        and options.soft_time_limit >= options.time_limit
+    ):
+        raise ConfigurationError(
+            f"soft_time_limit ({options.soft_time_limit}) must be below time_limit ({options.time_limit})"
+        )
+    return options

@@ -1,0 +1,93 @@
+"""What a job produced, and the record a result store keeps about it."""
+
+from __future__ import annotations
+
+import traceback as tb
+from typing import Any, Literal
+
+import msgspec
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A failure as stored: type name, message and traceback text, never a pickled object."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        text = "".join(tb.format_exception(kind, exc, exc.__traceback__))
+        return cls(type=name, message=str(exc), traceback=text)
+
+
+OutcomeStatus = Literal["success", "failure", "retry", "reject", "lost"]
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one run of a job ended, as a pool reports it.
+
+    ``value`` is the encoded return value (JSON or pickle bytes). For ``retry``, ``countdown``
+    or ``eta`` say when; ``None`` for both means "let the retry policy decide".
+    """
+
+    status: OutcomeStatus
+    value: bytes | None = None
+    error: ErrorInfo | None = None
+    countdown: float | None = None
+    eta: float | None = None
+    max_retries: int | None = None
+    reason: str | None = None
+    runtime_s: float = 0.0
+
+
+class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What a result store keeps for one job id.
+
+    ``fence`` is the broker's delivery token of the run that wrote the record; a store never
+    lets a lower fence overwrite a higher one, so a worker that lost its lease cannot overwrite
+    the outcome of the worker that holds it now.
+    """
+
+    id: str
+    state: str
+    task: str | None = None
+    queue: str | None = None
+    worker: str | None = None
+    value: bytes | None = None
+    serializer: str = "json"
+    error: ErrorInfo | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    retries: int = 0
+    deliveries: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    next_run_at: float | None = None
+    reason: str | None = None
+    terminate: bool = False
+    parent_id: str | None = None
+    root_id: str | None = None
+    fence: int = 0
+    expires_at: float | None = None
+
+
+
+FINAL_FENCE = 1 << 62
+"""The fence of a record that nothing may overwrite (a revoke)."""
+
+_record_encoder = msgspec.msgpack.Encoder()
+_record_decoder = msgspec.msgpack.Decoder(JobRecord)
+
+
+def encode_record(record: JobRecord) -> bytes:
+    """Compact binary form of a record, for stores that keep bytes."""
+    return _record_encoder.encode(record)
+
+
+def decode_record(data: bytes) -> JobRecord:
+    """Inverse of :func:`encode_record`."""
+    return _record_decoder.decode(data)

@@ -1,0 +1,286 @@
+"""Tasks: a callable, a stable name and default options, and the job context a bound task sees.
+
+A task never talks to a broker itself: sending goes through the :class:`Dispatcher` it belongs
+to (the app), so a task object is plain data plus a function.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+
+from faena.foundation.exceptions import ConfigurationError, MaxRetriesExceeded, Retry
+from faena.foundation.util import new_id
+from faena.model.options import TaskOptions, validate_priority, validate_queue
+from faena.model.retry import may_retry
+
+if TYPE_CHECKING:
+    from faena.app.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallOptions:
+    """Options for one call (``apply_async``), on top of the task's own."""
+
+    countdown: float | None = None
+    eta: datetime | float | None = None
+    expires: datetime | timedelta | float | None = None
+    queue: str | None = None
+    priority: int | None = None
+    task_id: str | None = None
+    headers: Mapping[str, Any] | None = None
+    serializer: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.countdown is not None and self.eta is not None:
+            raise ConfigurationError("give countdown or eta, not both")
+        if self.countdown is not None and (
+            isinstance(self.countdown, bool) or not isinstance(self.countdown, int | float)
+        ):
+            raise ConfigurationError(f"countdown must be a number of seconds, got {self.countdown!r}")
+        if self.queue is not None:
+            validate_queue(self.queue)
+        if self.priority is not None:
+            validate_priority(self.priority)
+        if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
+            raise ConfigurationError(f"task_id must be a non-empty str, got {self.task_id!r}")
+        if self.serializer not in (None, "json", "pickle"):
+            raise ConfigurationError(f"serializer must be 'json' or 'pickle', got {self.serializer!r}")
+
+
+class Dispatcher(Protocol):
+    """What a task needs from its app to send itself."""
+
+    def send(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+             call: CallOptions) -> AsyncResult[Any]: ...
+
+    async def asend(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                    call: CallOptions) -> AsyncResult[Any]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """What a bound task knows about the job it is running."""
+
+    id: str
+    task: str
+    queue: str = "default"
+    retries: int = 0
+    deliveries: int = 1
+    eta: float | None = None
+    expires: float | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    parent_id: str | None = None
+    root_id: str | None = None
+    worker: str | None = None
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first run, 2 on the first retry, and so on."""
+        return self.retries + 1
+
+
+ProgressSink = Callable[[float, str | None], None]
+
+
+def _discard_progress(fraction: float, message: str | None) -> None:
+    """Progress of a job run outside a worker goes nowhere."""
+
+
+class JobContext:
+    """The ``self`` of a task declared with ``bind=True``.
+
+    Example:
+        >>> @app.task(bind=True, max_retries=5)
+        ... def import_feed(self, url):
+        ...     self.update_progress(0.5, message="parsed")
+        ...     raise self.retry(countdown=30)
+    """
+
+    def __init__(self, task: Task[..., Any], request: Request,
+                 progress: ProgressSink = _discard_progress) -> None:
+        self.task = task
+        self.request = request
+        self._progress = progress
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
+              eta: datetime | float | None = None, max_retries: int | None = None) -> Retry:
+        """Ask for this job to run again later; raises the signal (``raise self.retry()`` reads well).
+
+        Raises:
+            Retry: always, while retries are left.
+            MaxRetriesExceeded: no retries left and no ``exc`` given; with ``exc``, ``exc`` itself.
+        """
+        if not may_retry(self.task.defaults, self.request.retries, max_retries):
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceeded(
+                f"task {self.name} job {self.request.id} has been retried {self.request.retries} "
+                "time(s) and has no retries left"
+            )
+        when = eta.timestamp() if isinstance(eta, datetime) else eta
+        raise Retry(countdown=countdown, eta=when, exc=exc, max_retries=max_retries)
+
+    def update_progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job is (0.0 to 1.0), with an optional short message."""
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"progress is a fraction from 0.0 to 1.0, got {fraction!r}")
+        self._progress(float(fraction), message)
+
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "faena_job_context", default=None
+)
+
+
+def current_context() -> JobContext | None:
+    """The context of the job running in this thread or asyncio task, if any."""
+    return _current.get()
+
+
+class Task(Generic[P, R]):
+    """A declared unit of work. Create with ``@app.task`` or ``@shared_task``."""
+
+    def __init__(self, fn: Callable[..., Any], options: TaskOptions,
+                 dispatcher: Dispatcher | None = None) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"a task needs a callable, got {fn!r}")
+        self.fn = fn
+        self.defaults = options
+        self.name: str = options.name or f"{fn.__module__}.{fn.__qualname__}"
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._dispatcher = dispatcher
+        self.signature = inspect.signature(fn)
+        if options.bind:
+            params = list(self.signature.parameters.values())
+            if not params:
+                raise ConfigurationError(f"task {self.name} has bind=True but takes no 'self' argument")
+            self.call_signature = self.signature.replace(parameters=params[1:])
+        else:
+            self.call_signature = self.signature
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", self.name)
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
+            raise ConfigurationError(
+                f"task {self.name} belongs to no app yet: create a Faena app (shared tasks join "
+                "the app created last) before sending it"
+            )
+        return self._dispatcher
+
+    def bind_dispatcher(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Raise TypeError if the task cannot be called with these arguments."""
+        self.call_signature.bind(*args, **kwargs)
+
+    def check_arguments_or_raise(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Like :meth:`check_arguments`, as a TypeError that names the task's signature."""
+        try:
+            self.call_signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}{self.call_signature}: {exc}") from None
+
+    def run(self, context: JobContext | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the function (a coroutine for async tasks), with ``context`` as ``self`` if bound."""
+        if self.defaults.bind:
+            if context is None:
+                context = JobContext(self, Request(id=new_id(), task=self.name))
+            return self.fn(context, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the task here and now, as a plain function call (a coroutine for async tasks)."""
+        return self.run(None, args, kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments; options come from the task and app.
+
+        Example:
+            >>> add.delay(2, 3).get(timeout=5)
+            5
+        """
+        return self.dispatcher.send(self, args, kwargs, CallOptions())
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``delay`` for async producers."""
+        return await self.dispatcher.asend(self, args, kwargs, CallOptions())
+
+    def apply_async(self, args: tuple[Any, ...] | list[Any] = (), kwargs: Mapping[str, Any] | None = None,
+                    **options: Any) -> AsyncResult[R]:
+        """Send with call options: countdown, eta, expires, queue, priority, task_id, headers.
+
+        Example:
+            >>> fetch_price.apply_async(("A1",), countdown=10, queue="high", priority=9)
+        """
+        return self.dispatcher.send(self, tuple(args), dict(kwargs or {}), _call_options(self, options))
+
+    async def aapply_async(self, args: tuple[Any, ...] | list[Any] = (),
+                           kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[R]:
+        """``apply_async`` for async producers."""
+        return await self.dispatcher.asend(self, tuple(args), dict(kwargs or {}), _call_options(self, options))
+
+    def options(self, **options: Any) -> BoundCall[P, R]:
+        """Fix call options, then ``delay``: ``task.options(queue="high").delay(1, 2)``."""
+        return BoundCall(self, _call_options(self, options))
+
+
+_CALL_OPTION_NAMES = tuple(sorted(CallOptions.__dataclass_fields__))
+
+
+def _call_options(task: Task[..., Any], options: Mapping[str, Any]) -> CallOptions:
+    unknown = sorted(set(options) - set(_CALL_OPTION_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown call option(s) for {task.name}: {', '.join(unknown)}; valid call options "
+            f"are: {', '.join(_CALL_OPTION_NAMES)}. Task arguments go in args=/kwargs="
+        )
+    return CallOptions(**options)
+
+
+class BoundCall(Generic[P, R]):
+    """A task with call options fixed; ``delay`` sends it."""
+
+    def __init__(self, task: Task[P, R], call: CallOptions) -> None:
+        self.task = task
+        self.call = call
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        return self.task.dispatcher.send(self.task, args, kwargs, self.call)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        return await self.task.dispatcher.asend(self.task, args, kwargs, self.call)
+
+
+def set_current_context(context: JobContext | None) -> contextvars.Token[JobContext | None]:
+    """Mark the job running in this thread or task; pass the token to reset it after."""
+    return _current.set(context)
+
+
+def reset_current_context(token: contextvars.Token[JobContext | None]) -> None:
+    _current.reset(token)
+
+
+AnyTask = Task[..., Any]
+TaskFunction = Callable[P, R] | Callable[P, Awaitable[R]]

@@ -1,0 +1,1 @@
+"""Engines layer: the worker, its pools and its logging."""

@@ -1,0 +1,228 @@
+"""The ``async``, ``threads`` and ``solo`` pools.
+
+- ``async``: ``async def`` tasks run on the worker's event loop; sync tasks run in threads.
+- ``threads``: every task runs in a thread (an async task gets its own event loop there).
+- ``solo``: ``threads`` with one slot: one job at a time, the event loop stays free to renew
+  leases while it runs.
+
+Time limits, honestly:
+
+- async tasks: at the soft limit the task is cancelled (it sees ``CancelledError`` and may
+  clean up until the hard limit); at the hard limit it is abandoned and reported as
+  ``TimeLimitExceeded``.
+- tasks in threads: a thread cannot be killed. At the soft limit ``SoftTimeLimitExceeded``
+  is raised inside the thread, and at the hard limit ``TimeLimitExceeded``; both arrive when
+  the thread next runs Python code, so a thread blocked in C (a socket read, ``time.sleep``)
+  sees them only when that call returns. At the hard limit the job is reported failed at once
+  and its thread is abandoned: it no longer counts against the pool's size (spare threads
+  take its place) and ``health().abandoned`` counts it. Use the ``processes`` pool when a hard
+  limit must stop the work itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ctypes
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from faena.contracts.pool import Job, Pool, PoolHealth
+from faena.features.execution import run_async, run_sync
+from faena.foundation.exceptions import SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
+from faena.model.outcome import ErrorInfo, Outcome
+from faena.model.registry import Registry
+
+log = logging.getLogger("faena.pool")
+
+SPARE_THREADS = 16
+"""Threads beyond the pool size, to stand in for threads abandoned at a hard time limit."""
+
+
+def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    """Ask CPython to raise ``exc_type`` in another thread at its next bytecode."""
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    return bool(done == 1)
+
+
+def _limit_failure(kind: type[BaseException], seconds: float, job: Job) -> Outcome:
+    name = f"faena.{kind.__name__}"
+    return Outcome(status="failure", error=ErrorInfo(
+        type=name, message=f"{job.request.task} ran past its {kind.__name__.replace('Exceeded', '')} "
+        f"of {seconds:g} s"))
+
+
+def _terminated(job: Job) -> Outcome:
+    return Outcome(status="failure", error=ErrorInfo.from_exception(TaskRevoked(job.request.id, "terminated")))
+
+
+class _Running:
+    __slots__ = ("abandoned", "future", "job", "terminated", "thread_id")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.thread_id: int | None = None
+        self.future: asyncio.Future[Any] | None = None
+        self.abandoned = False
+        self.terminated = False
+
+
+class ThreadPool(Pool):
+    """Runs every job in a thread. See the module docstring for time limits."""
+
+    def __init__(self, size: int, registry: Registry, name: str = "threads") -> None:
+        super().__init__(size)
+        self.name = name
+        self.registry = registry
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: dict[str, _Running] = {}
+        self._abandoned = 0
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(self.size + SPARE_THREADS, thread_name_prefix=f"faena-{self.name}")
+
+    def health(self) -> PoolHealth:
+        busy = sum(1 for r in self._running.values() if not r.abandoned)
+        return PoolHealth(size=self.size, busy=busy, abandoned=self._abandoned)
+
+    def _task(self, job: Job) -> Any:
+        return self.registry.get(job.request.task)
+
+    async def run(self, job: Job) -> Outcome:
+        if self._executor is None:
+            raise RuntimeError("pool not started")
+        return await self._run_in_thread(job)
+
+    async def _run_in_thread(self, job: Job) -> Outcome:
+        assert self._executor is not None
+        task = self._task(job)
+        running = _Running(job)
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+
+        def body() -> Outcome:
+            running.thread_id = threading.get_ident()
+            try:
+                return context.run(run_sync, task, job.request, job.args, job.kwargs,
+                                   job.serializer, job.progress)
+            except TimeLimitExceeded as exc:
+                return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
+            finally:
+                running.thread_id = None
+
+        self._running[job.request.id] = running
+        future = loop.run_in_executor(self._executor, body)
+        running.future = future
+        try:
+            return await self._watch(future, running, job)
+        finally:
+            self._running.pop(job.request.id, None)
+
+    async def _watch(self, future: asyncio.Future[Outcome], running: _Running, job: Job) -> Outcome:
+        soft, hard = job.soft_time_limit, job.time_limit
+        if soft is not None:
+            done, _ = await asyncio.wait({future}, timeout=soft)
+            if not done and running.thread_id is not None:
+                _raise_in_thread(running.thread_id, SoftTimeLimitExceeded)
+        if hard is not None:
+            remaining = hard - (soft or 0.0)
+            done, _ = await asyncio.wait({future}, timeout=max(0.0, remaining))
+            if not done:
+                if running.thread_id is not None:
+                    _raise_in_thread(running.thread_id, TimeLimitExceeded)
+                running.abandoned = True
+                self._abandoned += 1
+                log.warning("job %s passed its hard time limit (%gs); its thread is abandoned",
+                            job.request.id, hard)
+                return _limit_failure(TimeLimitExceeded, hard, job)
+        outcome = await asyncio.shield(future)
+        return _terminated(job) if running.terminated else outcome
+
+    def terminate(self, job_id: str) -> bool:
+        running = self._running.get(job_id)
+        if running is None or running.thread_id is None:
+            return False
+        running.terminated = True
+        return _raise_in_thread(running.thread_id, TimeLimitExceeded)
+
+    async def stop(self, graceful: bool, timeout_s: float) -> None:
+        pending = [r.future for r in self._running.values() if r.future is not None and not r.abandoned]
+        if graceful and pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+        if not graceful:
+            for job_id in list(self._running):
+                self.terminate(job_id)
+        if self._executor is not None:
+            # Abandoned threads cannot be joined; do not wait for them.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+class AsyncPool(ThreadPool):
+    """``async def`` tasks on the event loop, sync tasks in threads."""
+
+    def __init__(self, size: int, registry: Registry) -> None:
+        super().__init__(size, registry, name="async")
+        self._tasks: dict[str, asyncio.Task[Outcome]] = {}
+        self._terminating: set[str] = set()
+
+    async def run(self, job: Job) -> Outcome:
+        task = self._task(job)
+        if not task.is_async:
+            return await super().run(job)
+        coro = run_async(task, job.request, job.args, job.kwargs, job.serializer, job.progress)
+        inner = asyncio.ensure_future(coro)
+        self._tasks[job.request.id] = inner
+        try:
+            return await self._watch_coroutine(inner, job)
+        finally:
+            self._tasks.pop(job.request.id, None)
+
+    async def _watch_coroutine(self, inner: asyncio.Task[Outcome], job: Job) -> Outcome:
+        soft, hard = job.soft_time_limit, job.time_limit
+        first = soft if soft is not None else hard
+        done, _ = await asyncio.wait({inner}, timeout=first)
+        if done:
+            return self._settled(inner, job, SoftTimeLimitExceeded, soft or 0.0)
+        inner.cancel()
+        if soft is not None and hard is not None:
+            done, _ = await asyncio.wait({inner}, timeout=hard - soft)
+            if done:
+                return self._settled(inner, job, SoftTimeLimitExceeded, soft)
+            log.warning("job %s ignored cancellation past its hard time limit (%gs)", job.request.id, hard)
+            return _limit_failure(TimeLimitExceeded, hard, job)
+        if soft is not None:
+            await asyncio.wait({inner})
+            return self._settled(inner, job, SoftTimeLimitExceeded, soft)
+        await asyncio.wait({inner}, timeout=1.0)
+        return _limit_failure(TimeLimitExceeded, hard or 0.0, job)
+
+    def _settled(self, inner: asyncio.Task[Outcome], job: Job, kind: type[BaseException],
+                 seconds: float) -> Outcome:
+        if inner.cancelled():
+            if job.request.id in self._terminating:
+                self._terminating.discard(job.request.id)
+                return _terminated(job)
+            return _limit_failure(kind, seconds, job)
+        return inner.result()
+
+    def terminate(self, job_id: str) -> bool:
+        inner = self._tasks.get(job_id)
+        if inner is None:
+            return super().terminate(job_id)
+        self._terminating.add(job_id)
+        inner.cancel()
+        return True
+
+    def health(self) -> PoolHealth:
+        base = super().health()
+        return PoolHealth(size=self.size, busy=base.busy + len(self._tasks), abandoned=base.abandoned)
+
+    async def stop(self, graceful: bool, timeout_s: float) -> None:
+        if graceful and self._tasks:
+            await asyncio.wait(list(self._tasks.values()), timeout=timeout_s)
+        for inner in list(self._tasks.values()):
+            inner.cancel()
+        await super().stop(graceful, timeout_s)

@@ -1,0 +1,449 @@
+"""The worker: lease messages, run them in a pool, record outcomes, keep leases alive.
+
+One asyncio loop does all the I/O: a fetcher leases batches (as many as free slots plus
+prefetch), each message becomes a job that waits for a pool slot, an outbox writes results
+and settlements in batches, and a heartbeat renews every held lease, refreshes the worker's
+registration and stops jobs revoked with ``terminate``.
+
+Shutdown: the first SIGTERM/SIGINT stops fetching, hands unstarted messages back at once and
+waits up to the grace period for running jobs; a second signal (or the grace period running
+out) stops running jobs and hands their messages back. A clean stop exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from faena.app.core import Faena
+from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
+from faena.contracts.events import JobEvent
+from faena.contracts.pool import Job, Pool
+from faena.features.intake import Admitted, Refused, admit
+from faena.features.lifecycle import Decision, RunInfo, base_record, decide, expired, failed
+from faena.foundation.exceptions import ConfigurationError
+from faena.foundation.util import worker_identity
+from faena.model import states
+from faena.model.message import encode_message
+from faena.model.outcome import ErrorInfo, JobRecord
+from faena.model.task import Request
+from faena.worker.logs import current_job
+from faena.worker.outbox import Outbox
+from faena.worker.pools import POOL_NAMES, make_pool
+
+log = logging.getLogger("faena.worker")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_COLD = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerOptions:
+    """How a worker runs; every field has a CLI flag and a ``FAENA_*`` variable."""
+
+    queues: tuple[str, ...] = ()
+    concurrency: int | None = None
+    pool: str = "async"
+    prefetch: int | None = None
+    max_tasks_per_child: int | None = None
+    max_memory_per_child: int | None = None
+    app_spec: str | None = None
+    worker_id: str | None = None
+    burst: bool = False
+    grace_s: float | None = None
+
+    def resolved_concurrency(self) -> int:
+        if self.concurrency is not None:
+            return self.concurrency
+        if self.pool == "processes":
+            return os.cpu_count() or 2
+        return 1 if self.pool == "solo" else 10
+
+
+class Worker:
+    """Consumes the given queues of ``app`` until stopped.
+
+    Example:
+        >>> worker = Worker(app, WorkerOptions(queues=("default",), burst=True))
+        >>> asyncio.run(worker.run())   # burst: returns once the queues are empty
+        0
+    """
+
+    def __init__(self, app: Faena, options: WorkerOptions | None = None) -> None:
+        options = options or WorkerOptions()
+        if options.pool not in POOL_NAMES:
+            raise ConfigurationError(f"unknown pool {options.pool!r}; choose one of {', '.join(POOL_NAMES)}")
+        self.app = app
+        self.options = options
+        self.queues = options.queues or (app.settings.default_queue,)
+        self.concurrency = 1 if options.pool == "solo" else options.resolved_concurrency()
+        if self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
+        self.prefetch = self.concurrency if options.prefetch is None else options.prefetch
+        if self.prefetch < 0:
+            raise ConfigurationError(f"prefetch must be >= 0, got {self.prefetch}")
+        self.id = options.worker_id or worker_identity()
+        self.processed = 0
+        self.grace_s = options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
+        self._held: dict[str, Delivery] = {}
+        self._waiting: dict[str, asyncio.Task[None]] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._started_records: dict[str, JobRecord] = {}
+        self._terminated: set[str] = set()
+        self._stopping = False
+        self._cold = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._consumer: Consumer | None = None
+        self._outbox: Outbox | None = None
+        self._pool: Pool | None = None
+        self._started_at = app.settings.clock.time()
+
+    # -- control ------------------------------------------------------------------------------
+    def request_stop(self, cold: bool = False) -> None:
+        """Ask the worker to stop (thread-safe). A second request, or ``cold``, stops at once."""
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+            return
+        loop.call_soon_threadsafe(self._begin_stop, cold)
+
+    def _begin_stop(self, cold: bool) -> None:
+        if self._stopping or cold:
+            if not self._cold:
+                log.warning("cold shutdown: stopping running jobs and handing their messages back")
+            self._cold = True
+        else:
+            log.info("graceful shutdown: no new jobs; waiting up to %gs for %d running",
+                     self.grace_s, len(self._running))
+        self._stopping = True
+        assert self._stop_event is not None and self._room is not None
+        self._stop_event.set()
+        self._room.set()
+
+    def _install_signals(self) -> None:
+        assert self._loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._loop.add_signal_handler(sig, self._begin_stop, False)
+            except (NotImplementedError, RuntimeError, ValueError):
+                return  # not the main thread (tests run workers in threads)
+
+    # -- main ---------------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run until stopped; returns the exit code (0 for a clean stop)."""
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._room = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._install_signals()
+        app = self.app
+        options: dict[str, Any] = {}
+        if self.options.pool == "processes":
+            options = {"app_spec": self.options.app_spec,
+                       "max_tasks_per_child": self.options.max_tasks_per_child,
+                       "max_memory_per_child": self.options.max_memory_per_child}
+        self._pool = make_pool(self.options.pool, self.concurrency, app.registry, **options)
+        await self._pool.start()
+        self._consumer = await app.broker.open_consumer(self.queues, self.id)
+        self._outbox = Outbox(app.results, self._consumer, self._on_settled)
+        await app.broker.register_worker(self._info())
+        log.info("worker %s ready: app %s, queues %s, pool %s x%d, prefetch %d, broker %s",
+                 self.id, app.name, ",".join(self.queues), self.options.pool, self.concurrency,
+                 self.prefetch, app.broker_url)
+        if self._stopping:
+            self._begin_stop(False)
+        background = [asyncio.create_task(c) for c in (
+            self._outbox.run(), self._heartbeat(), self._maintenance())]
+        fetcher = asyncio.create_task(self._fetch())
+        try:
+            await self._stop_event.wait()
+        finally:
+            fetcher.cancel()
+            await asyncio.gather(fetcher, return_exceptions=True)
+            code = await self._shutdown()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._consumer.close()
+            await app.broker.unregister_worker(self.id)
+        log.info("worker %s stopped after %d jobs", self.id, self.processed)
+        return code
+
+    async def _fetch(self) -> None:
+        assert self._consumer and self._room and self._stop_event
+        while not self._stopping:
+            room = self.concurrency + self.prefetch - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            batch = await self._consumer.receive(room, 0.2 if self.options.burst else 1.0)
+            if not batch:
+                if self.options.burst and not self._held:
+                    log.info("queues are empty: burst worker stopping")
+                    self._begin_stop(False)
+                continue
+            revoked = await self._revoked([d.id for d in batch])
+            for delivery in batch:
+                self._held[delivery.id] = delivery
+                self._waiting[delivery.id] = asyncio.create_task(
+                    self._handle(delivery, delivery.id in revoked))
+
+    async def _revoked(self, ids: Sequence[str]) -> set[str]:
+        records = await self.app.results.fetch_many(ids)
+        return {i for i, r in records.items() if r.state == states.REVOKED}
+
+    # -- one job ------------------------------------------------------------------------------
+    async def _handle(self, delivery: Delivery, revoked: bool) -> None:
+        current_job.set(delivery.id)
+        assert self._slots and self._outbox
+        settings = self.app.settings
+        admitted = admit(delivery.body, max_size=settings.max_message_size, accept=settings.accept,
+                         registry=self.app.registry, function_modules=self.app.function_modules)
+        if isinstance(admitted, Refused):
+            self._waiting.pop(delivery.id, None)
+            self._refuse(delivery, admitted)
+            return
+        message = admitted.message
+        if revoked:
+            self._waiting.pop(delivery.id, None)
+            log.info("job %s was revoked before it started; skipped", delivery.id)
+            self._outbox.settle(Settlement(delivery=delivery, action="ack"))
+            self._emit(states.REVOKED, admitted)
+            return
+        if message.expires is not None and settings.clock.time() >= message.expires:
+            self._waiting.pop(delivery.id, None)
+            log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
+            self._apply(delivery, expired(message, self._run_info(delivery, None)), admitted)
+            return
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:
+            self._waiting.pop(delivery.id, None)
+            raise
+        self._waiting.pop(delivery.id, None)
+        if self._stopping:
+            self._slots.release()
+            self._release(delivery)
+            return
+        self._running[delivery.id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            await self._execute(delivery, admitted)
+        except asyncio.CancelledError:
+            self._release(delivery)
+            raise
+        finally:
+            self._running.pop(delivery.id, None)
+            self._started_records.pop(delivery.id, None)
+            self._slots.release()
+
+    async def _execute(self, delivery: Delivery, job: Admitted) -> None:
+        assert self._pool and self._outbox
+        task, message = job.task, job.message
+        started = self.app.settings.clock.time()
+        info = self._run_info(delivery, started)
+        if not task.defaults.ignore_result:
+            record = base_record(message, info, states.STARTED, task.defaults)
+            self._started_records[message.id] = record
+            self._outbox.record(record)
+        self._emit(states.STARTED, job)
+        request = Request(id=message.id, task=message.task, queue=message.queue,
+                          retries=message.retries, deliveries=delivery.deliveries, eta=message.eta,
+                          expires=message.expires, headers=message.headers,
+                          parent_id=message.parent_id, root_id=message.root_id, worker=self.id)
+        outcome = await self._pool.run(Job(
+            request=request, body=delivery.body, args=job.args, kwargs=job.kwargs,
+            serializer=message.serializer, time_limit=task.defaults.time_limit,
+            soft_time_limit=task.defaults.soft_time_limit, progress=self._progress_sink(message.id)))
+        self.processed += 1
+        info = self._run_info(delivery, started)
+        if message.id in self._terminated:
+            self._terminated.discard(message.id)
+            log.info("job %s was terminated by a revoke", message.id)
+            self._outbox.settle(Settlement(delivery=delivery, action="ack"))
+            self._emit(states.REVOKED, job)
+            return
+        decision = decide(task.defaults, message, outcome, info)
+        if outcome.status == "failure" and outcome.error is not None:
+            log.error("job %s (%s) failed: %s: %s", message.id, task.name, outcome.error.type,
+                      outcome.error.message)
+        elif decision.action == "retry":
+            log.info("job %s (%s) will retry at %.3f", message.id, task.name, decision.due or 0.0)
+        elif decision.action == "release":
+            log.error("job %s (%s): the process running it died: %s", message.id, task.name,
+                      decision.detail)
+        self._apply(delivery, decision, job)
+
+    def _apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
+        assert self._outbox
+        body = encode_message(decision.next_message) if decision.next_message else None
+        self._outbox.settle(
+            Settlement(delivery=delivery, action=decision.action, body=body, due=decision.due,
+                       reason=decision.reason, detail=decision.detail),
+            decision.record)
+        if job is not None:
+            state = decision.record.state if decision.record else {
+                "ack": states.SUCCESS, "release": "LOST"}.get(decision.action, decision.action)
+            self._emit(state, job)
+
+    def _refuse(self, delivery: Delivery, refused: Refused) -> None:
+        log.error("message %s dead-lettered: %s: %s", delivery.id, refused.reason, refused.detail)
+        if refused.message is None:
+            assert self._outbox
+            self._outbox.settle(Settlement(delivery=delivery, action="dead", reason=refused.reason,
+                                           detail=refused.detail))
+            return
+        error = ErrorInfo(type=f"faena.{refused.reason}", message=refused.detail)
+        decision = failed(None, refused.message, self._run_info(delivery, None), error,
+                          reason=refused.reason)
+        self._apply(delivery, decision, None)
+
+    def _release(self, delivery: Delivery) -> None:
+        assert self._outbox
+        self._outbox.settle(Settlement(delivery=delivery, action="release"))
+
+    def _on_settled(self, settlement: Settlement, ok: bool) -> None:
+        mid = settlement.delivery.id
+        if self._held.get(mid) is settlement.delivery:
+            del self._held[mid]
+        if not ok:
+            log.warning("message %s: lease lost before %s; another worker holds it now",
+                        mid, settlement.action)
+        assert self._room is not None
+        self._room.set()
+
+    def _run_info(self, delivery: Delivery, started: float | None) -> RunInfo:
+        now = self.app.settings.clock.time()
+        return RunInfo(worker=self.id, fence=delivery.fence, deliveries=delivery.deliveries,
+                       started_at=started if started is not None else now, now=now,
+                       result_ttl=self.app.settings.result_ttl)
+
+    def _progress_sink(self, job_id: str) -> Any:
+        loop = self._loop
+        assert loop is not None
+
+        def on_loop(fraction: float, message: str | None) -> None:
+            record = self._started_records.get(job_id)
+            if record is None or self._outbox is None:
+                return
+            updated = msgspec.structs.replace(record, progress=fraction, progress_message=message,
+                                              updated_at=self.app.settings.clock.time())
+            self._started_records[job_id] = updated
+            self._outbox.record(updated)
+
+        def sink(fraction: float, message: str | None) -> None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                on_loop(fraction, message)
+            else:
+                loop.call_soon_threadsafe(on_loop, fraction, message)
+
+        return sink
+
+    def _emit(self, kind: str, job: Admitted) -> None:
+        if not self.app.events:
+            return
+        m = job.message
+        self.app.events.emit(JobEvent(kind=kind, job_id=m.id, task=m.task, at=self.app.settings.clock.time(),
+                                      worker=self.id, parent_id=m.parent_id, root_id=m.root_id))
+
+    # -- background ---------------------------------------------------------------------------
+    def _info(self) -> WorkerInfo:
+        return WorkerInfo(id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
+                          queues=tuple(self.queues), concurrency=self.concurrency,
+                          pool=self.options.pool, started_at=self._started_at,
+                          processed=self.processed, running=len(self._running))
+
+    async def _heartbeat(self) -> None:
+        assert self._consumer and self._pool
+        interval = self.app.settings.heartbeat_interval_s
+        while True:
+            await asyncio.sleep(interval)  # a period, not a synchronisation
+            try:
+                held = list(self._held.values())
+                if held:
+                    lost = await self._consumer.extend(held, self.app.settings.lease_s)
+                    for mid in lost:
+                        log.warning("lease on %s was lost; its outcome will not be recorded", mid)
+                await self.app.broker.register_worker(self._info())
+                await self._terminate_revoked()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("heartbeat failed; retrying at the next beat")
+
+    async def _terminate_revoked(self) -> None:
+        if not self._running:
+            return
+        assert self._pool
+        records = await self.app.results.fetch_many(list(self._running))
+        for mid, record in records.items():
+            if record.state == states.REVOKED and record.terminate and mid not in self._terminated:
+                self._terminated.add(mid)
+                if self._pool.terminate(mid):
+                    log.warning("job %s revoked with terminate: stopping it", mid)
+
+    async def _maintenance(self) -> None:
+        interval = self.app.settings.result_cleanup_interval_s
+        while True:
+            await asyncio.sleep(interval)  # a period, not a synchronisation
+            try:
+                removed = await self.app.results.cleanup()
+                if removed:
+                    log.info("removed %d expired results", removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("result cleanup failed")
+
+    async def _shutdown(self) -> int:
+        assert self._outbox and self._pool
+        for mid, waiting in list(self._waiting.items()):
+            waiting.cancel()
+            delivery = self._held.get(mid)
+            if delivery is not None:
+                self._release(delivery)
+        self._waiting.clear()
+        await self._outbox.flush()  # unstarted messages go back now, before we wait for the rest
+        if self._running and not self._cold:
+            running = list(self._running.values())
+            deadline = self.grace_s
+            waiter = asyncio.ensure_future(asyncio.wait(running, timeout=deadline))
+            stop_wait = asyncio.ensure_future(self._wait_cold())
+            await asyncio.wait({waiter, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            if not waiter.done():
+                waiter.cancel()
+            if self._running:
+                log.warning("%d job(s) still running: handing their messages back", len(self._running))
+                self._cold = True
+        code = EXIT_OK
+        if self._running:
+            for running_task in list(self._running.values()):
+                running_task.cancel()
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+            code = EXIT_COLD
+        await self._pool.stop(graceful=not self._cold, timeout_s=1.0)
+        await self._outbox.flush()
+        return code
+
+    async def _wait_cold(self) -> None:
+        while not self._cold:
+            assert self._stop_event is not None
+            self._stop_event.clear()
+            await self._stop_event.wait()

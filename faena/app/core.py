@@ -44,7 +44,9 @@ class TaskDecorator(Protocol):
 
 class BoundTaskDecorator(Protocol):
     @overload
-    def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    def __call__(
+        self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /
+    ) -> Task[P, R]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
 
@@ -64,8 +66,9 @@ class Faena:
         **settings: see :class:`faena.app.settings.Settings`; unknown names are an error.
     """
 
-    def __init__(self, name: str, broker: str | None = None, results: str | None = None,
-                 **settings: Any) -> None:
+    def __init__(
+        self, name: str, broker: str | None = None, results: str | None = None, **settings: Any
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"an app needs a non-empty name, got {name!r}")
         self.name = name
@@ -95,17 +98,24 @@ class Faena:
         """The broker, connected on first use."""
         if self._broker is None:
             s = self.settings
-            self._broker = make_broker(self.broker_url, BrokerConfig(
-                lease_s=s.lease_s, max_deliveries=s.max_deliveries,
-                poll_interval_s=s.poll_interval_s, clock=s.clock))
+            self._broker = make_broker(
+                self.broker_url,
+                BrokerConfig(
+                    lease_s=s.lease_s,
+                    max_deliveries=s.max_deliveries,
+                    poll_interval_s=s.poll_interval_s,
+                    clock=s.clock,
+                ),
+            )
         return self._broker
 
     @property
     def results(self) -> ResultStore:
         """The result store, connected on first use."""
         if self._results is None:
-            self._results = make_result_store(self.results_url, self.settings.clock,
-                                              self.settings.poll_interval_s)
+            self._results = make_result_store(
+                self.results_url, self.settings.clock, self.settings.poll_interval_s
+            )
         return self._results
 
     def close(self) -> None:
@@ -141,13 +151,16 @@ class Faena:
     @overload
     def task(self, *, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    # mypy cannot see that a positional-only ``fn`` leaves ``**options`` free of it.
+    def task(  # type: ignore[misc]
+        self, fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+    ) -> Any:
         """Declare a task: ``@app.task`` or ``@app.task(max_retries=5, queue="emails")``.
 
         Raises:
             ConfigurationError: an unknown option (the valid ones are listed) or a bad value.
         """
-        opts = build_options(**options)
+        opts = build_options(bind=bind, **options)
 
         def declare(function: Callable[..., Any]) -> Task[..., Any]:
             task: Task[..., Any] = Task(function, opts, self)
@@ -157,8 +170,9 @@ class Faena:
         return declare(fn) if fn is not None else declare
 
     # -- sending ------------------------------------------------------------------------------
-    def send(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             call: CallOptions) -> AsyncResult[Any]:
+    def send(
+        self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions
+    ) -> AsyncResult[Any]:
         """Send one call of ``task`` (what ``delay`` and ``apply_async`` use)."""
         task.check_arguments_or_raise(args, kwargs)
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
@@ -167,8 +181,9 @@ class Faena:
         self.broker.enqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
 
-    async def asend(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    call: CallOptions) -> AsyncResult[Any]:
+    async def asend(
+        self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions
+    ) -> AsyncResult[Any]:
         """``send`` for async producers."""
         task.check_arguments_or_raise(args, kwargs)
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
@@ -177,8 +192,9 @@ class Faena:
         await self.broker.aenqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
 
-    def enqueue(self, name: str, *args: Any, kwargs: Mapping[str, Any] | None = None,
-                **options: Any) -> AsyncResult[Any]:
+    def enqueue(
+        self, name: str, *args: Any, kwargs: Mapping[str, Any] | None = None, **options: Any
+    ) -> AsyncResult[Any]:
         """Send a task by name, e.g. one declared in another service.
 
         Task arguments are positional, task keyword arguments go in ``kwargs=``, and the
@@ -194,13 +210,20 @@ class Faena:
             return self.send(task, args, dict(kwargs or {}), _call_options(task, options))
         return self._send_by_name(name, None, args, dict(kwargs or {}), options)
 
-    def _send_by_name(self, name: str, defaults: TaskOptions | None, args: tuple[Any, ...],
-                      kwargs: dict[str, Any], options: Mapping[str, Any]) -> AsyncResult[Any]:
+    def _send_by_name(
+        self,
+        name: str,
+        defaults: TaskOptions | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: Mapping[str, Any],
+    ) -> AsyncResult[Any]:
         call = _call_options(Task(_unnamed, TaskOptions(name=name)), options)
         message = build_message(self.settings, name, defaults, args, kwargs, call)
         if self.settings.eager:
             raise ConfigurationError(
-                f"eager mode runs tasks of this app only, and {name!r} is not registered here")
+                f"eager mode runs tasks of this app only, and {name!r} is not registered here"
+            )
         self.broker.enqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
 
@@ -212,7 +235,7 @@ class Faena:
         """An RQ-style handle: ``app.queue("high").enqueue(any_function, 1, 2)``."""
         return QueueHandle(self, validate_queue(name))
 
-    def AsyncResult(self, job_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's spelling
+    def AsyncResult(self, job_id: str) -> AsyncResult[Any]:
         """The handle of any job id."""
         return AsyncResult(job_id, self)
 
@@ -227,8 +250,13 @@ class QueueHandle:
     def __repr__(self) -> str:
         return f"<Queue {self.name} of {self.app.name}>"
 
-    def enqueue(self, fn: Callable[..., Any] | str, *args: Any,
-                kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[Any]:
+    def enqueue(
+        self,
+        fn: Callable[..., Any] | str,
+        *args: Any,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[Any]:
         """Send ``fn(*args, **kwargs)`` to this queue.
 
         ``fn`` is a task, a task name, or any module-level function; a worker runs a plain
@@ -242,9 +270,13 @@ class QueueHandle:
             return self.app.enqueue(fn, *args, kwargs=kwargs, **options)
         registered = self.app.registry.find(function_task_name(fn))
         if registered is not None:
-            return self.app.send(registered, args, dict(kwargs or {}), _call_options(registered, options))
+            return self.app.send(
+                registered, args, dict(kwargs or {}), _call_options(registered, options)
+            )
         Task(fn, TaskOptions()).check_arguments_or_raise(args, dict(kwargs or {}))
-        return self.app._send_by_name(function_task_name(fn), None, args, dict(kwargs or {}), options)
+        return self.app._send_by_name(
+            function_task_name(fn), None, args, dict(kwargs or {}), options
+        )
 
 
 def _unnamed() -> None:

@@ -24,33 +24,60 @@ if TYPE_CHECKING:
 
 def _admit(app: Faena, task: Task[..., Any], message: Message) -> Admitted:
     to_outgoing(app.settings, message)  # the size limit applies as it would for real
-    admitted = admit(encode_message(message), max_size=app.settings.max_message_size,
-                     accept=app.settings.accept, registry=app.registry,
-                     function_modules=app.function_modules)
+    admitted = admit(
+        encode_message(message),
+        max_size=app.settings.max_message_size,
+        accept=app.settings.accept,
+        registry=app.registry,
+        function_modules=app.function_modules,
+    )
     if not isinstance(admitted, Admitted):
         from faena.foundation.exceptions import SerializationError
 
-        raise SerializationError(f"eager run of {task.name} refused: {admitted.reason}: {admitted.detail}")
+        raise SerializationError(
+            f"eager run of {task.name} refused: {admitted.reason}: {admitted.detail}"
+        )
     return admitted
 
 
 def _info(app: Faena, attempt: int) -> RunInfo:
     now = app.settings.clock.time()
-    return RunInfo(worker="eager", fence=attempt, deliveries=1, started_at=now, now=now,
-                   result_ttl=app.settings.result_ttl)
+    return RunInfo(
+        worker="eager",
+        fence=attempt,
+        deliveries=1,
+        started_at=now,
+        now=now,
+        result_ttl=app.settings.result_ttl,
+    )
 
 
 def _request(message: Message) -> Request:
-    return Request(id=message.id, task=message.task, queue=message.queue, retries=message.retries,
-                   eta=message.eta, expires=message.expires, headers=message.headers,
-                   parent_id=message.parent_id, root_id=message.root_id, worker="eager")
+    return Request(
+        id=message.id,
+        task=message.task,
+        queue=message.queue,
+        retries=message.retries,
+        eta=message.eta,
+        expires=message.expires,
+        headers=message.headers,
+        parent_id=message.parent_id,
+        root_id=message.root_id,
+        worker="eager",
+    )
 
 
-def _next(app: Faena, task: Task[..., Any], job: Admitted, outcome: Outcome, attempt: int) -> Decision:
+def _next(
+    app: Faena, task: Task[..., Any], job: Admitted, outcome: Outcome, attempt: int
+) -> Decision:
     decision = decide(task.defaults, job.message, outcome, _info(app, attempt))
     if decision.action == "release":  # nothing dies in eager mode, but be complete
-        return failed(task.defaults, job.message, _info(app, attempt),
-                      outcome.error or ErrorInfo(type="WorkerLost", message="lost"))
+        return failed(
+            task.defaults,
+            job.message,
+            _info(app, attempt),
+            outcome.error or ErrorInfo(type="WorkerLost", message="lost"),
+        )
     return decision
 
 
@@ -59,8 +86,14 @@ def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResu
     job = _admit(app, task, message)
     attempt = 1
     while True:
-        outcome = run_sync(job.task, _request(job.message), job.args, job.kwargs,
-                           job.message.serializer, lambda f, m: None)
+        outcome = run_sync(
+            job.task,
+            _request(job.message),
+            job.args,
+            job.kwargs,
+            job.message.serializer,
+            lambda f, m: None,
+        )
         decision = _next(app, task, job, outcome, attempt)
         if decision.record is not None:
             app.results.store(decision.record)
@@ -76,11 +109,23 @@ async def run_eagerly_async(app: Faena, task: Task[..., Any], message: Message) 
     attempt = 1
     while True:
         if job.task.is_async:
-            outcome = await run_async(job.task, _request(job.message), job.args, job.kwargs,
-                                      job.message.serializer, lambda f, m: None)
+            outcome = await run_async(
+                job.task,
+                _request(job.message),
+                job.args,
+                job.kwargs,
+                job.message.serializer,
+                lambda f, m: None,
+            )
         else:
-            outcome = run_sync(job.task, _request(job.message), job.args, job.kwargs,
-                               job.message.serializer, lambda f, m: None)
+            outcome = run_sync(
+                job.task,
+                _request(job.message),
+                job.args,
+                job.kwargs,
+                job.message.serializer,
+                lambda f, m: None,
+            )
         decision = _next(app, task, job, outcome, attempt)
         if decision.record is not None:
             await app.results.store_many([decision.record])

@@ -24,12 +24,20 @@ def _expiry(value: datetime | timedelta | float, now: float) -> float:
     if isinstance(value, timedelta):
         return now + value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"expires must be seconds, a timedelta or a datetime, got {value!r}")
+        raise ConfigurationError(
+            f"expires must be seconds, a timedelta or a datetime, got {value!r}"
+        )
     return now + float(value)
 
 
-def build_message(settings: Settings, task_name: str, defaults: TaskOptions | None,
-                  args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions) -> Message:
+def build_message(
+    settings: Settings,
+    task_name: str,
+    defaults: TaskOptions | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    call: CallOptions,
+) -> Message:
     """The message for one call. Call options beat task options, which beat app settings.
 
     Raises:
@@ -81,10 +89,13 @@ def to_outgoing(settings: Settings, message: Message) -> Outgoing:
     if len(body) > settings.max_message_size:
         raise MessageTooLarge(
             f"message for {message.task} is {len(body):,} bytes, over max_message_size "
-            f"({settings.max_message_size:,}); pass a reference (a URL, a row id) instead of the data"
+            f"({settings.max_message_size:,}); pass a reference (a URL, a row id) "
+            "instead of the data"
         )
     due = message.eta if message.eta is not None and message.eta > message.sent_at else None
-    return Outgoing(id=message.id, queue=message.queue, body=body, priority=message.priority, due=due)
+    return Outgoing(
+        id=message.id, queue=message.queue, body=body, priority=message.priority, due=due
+    )
 
 
 def function_task_name(fn: Any) -> str:
@@ -94,6 +105,7 @@ def function_task_name(fn: Any) -> str:
     if not callable(fn) or not module or not qualname or "<" in qualname or module == "__main__":
         raise ConfigurationError(
             f"{fn!r} cannot be enqueued by reference: only module-level functions of an "
-            "importable module (not __main__, not lambdas or nested functions) can be found by a worker"
+            "importable module (not __main__, not lambdas or nested functions) can be "
+            "found by a worker"
         )
     return f"{module}:{qualname}"

@@ -139,7 +139,8 @@ class AsyncResult(Generic[R]):
         if record.state == states.SUCCESS:
             return cast(R, self._value(record))
         error: BaseException = (
-            self._failure(record) if record.state == states.FAILURE
+            self._failure(record)
+            if record.state == states.FAILURE
             else TaskRevoked(self.id, record.reason)
         )
         if propagate:
@@ -180,9 +181,16 @@ class AsyncResult(Generic[R]):
         """
         removed = self.app.broker.remove(self.id)
         now = self.app.settings.clock.time()
-        self.app.results.store(JobRecord(
-            id=self.id, state=states.REVOKED, reason=reason, terminate=terminate,
-            updated_at=now, finished_at=now,
-            fence=FINAL_FENCE, expires_at=now + self.app.settings.result_ttl,
-        ))
+        self.app.results.store(
+            JobRecord(
+                id=self.id,
+                state=states.REVOKED,
+                reason=reason,
+                terminate=terminate,
+                updated_at=now,
+                finished_at=now,
+                fence=FINAL_FENCE,
+                expires_at=now + self.app.settings.result_ttl,
+            )
+        )
         return removed

@@ -59,7 +59,8 @@ def build_settings(given: Mapping[str, Any]) -> Settings:
     unknown = sorted(set(given) - set(SETTING_NAMES))
     if unknown:
         raise ConfigurationError(
-            f"unknown setting(s) {', '.join(unknown)}; valid settings are: {', '.join(SETTING_NAMES)}"
+            f"unknown setting(s) {', '.join(unknown)}; "
+            f"valid settings are: {', '.join(SETTING_NAMES)}"
         )
     values = dict(given)
     if "accept" in values:
@@ -82,14 +83,22 @@ def _check(s: Settings) -> None:
         raise ConfigurationError(f"serializer must be one of {SERIALIZERS}, got {s.serializer!r}")
     bad = [a for a in s.accept if a not in SERIALIZERS]
     if bad or not s.accept:
-        raise ConfigurationError(f"accept must list serializers from {SERIALIZERS}, got {s.accept!r}")
+        raise ConfigurationError(
+            f"accept must list serializers from {SERIALIZERS}, got {s.accept!r}"
+        )
     if s.serializer not in s.accept:
         raise ConfigurationError(
             f"serializer {s.serializer!r} is not in accept={s.accept!r}: workers of this app "
             "would refuse its own messages; add it to accept"
         )
-    for name in ("max_message_size", "result_ttl", "lease_s", "poll_interval_s",
-                 "result_cleanup_interval_s", "shutdown_grace_s"):
+    for name in (
+        "max_message_size",
+        "result_ttl",
+        "lease_s",
+        "poll_interval_s",
+        "result_cleanup_interval_s",
+        "shutdown_grace_s",
+    ):
         _positive(name, getattr(s, name), s)
     if s.heartbeat_s is not None:
         _positive("heartbeat_s", s.heartbeat_s, s)

@@ -9,6 +9,7 @@ Nothing survives the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -107,8 +108,15 @@ class MemoryBroker(Broker):
                 old = self._entries.get(m.id)
                 if old is not None and old.location == "leased":
                     continue  # the same id is running; a duplicate send is dropped, not doubled
-                entry = _Entry(m.id, m.queue, m.body, m.priority, next(self._seq), now,
-                               m.due if m.due is not None else now)
+                entry = _Entry(
+                    m.id,
+                    m.queue,
+                    m.body,
+                    m.priority,
+                    next(self._seq),
+                    now,
+                    m.due if m.due is not None else now,
+                )
                 self._entries[m.id] = entry
                 self._place(entry, now)
         self._waiters.wake()
@@ -124,7 +132,9 @@ class MemoryBroker(Broker):
             heapq.heappush(self._scheduled, (entry.due, entry.seq, entry.id))
         else:
             entry.location = "queued"
-            heapq.heappush(self._ready.setdefault(entry.queue, []), (-entry.priority, entry.seq, entry.id))
+            heapq.heappush(
+                self._ready.setdefault(entry.queue, []), (-entry.priority, entry.seq, entry.id)
+            )
 
     def locate(self, message_id: str) -> Location | None:
         with self._lock:
@@ -146,19 +156,31 @@ class MemoryBroker(Broker):
         while self._scheduled and self._scheduled[0][0] <= now:
             due, seq, mid = heapq.heappop(self._scheduled)
             entry = self._entries.get(mid)
-            if entry is not None and entry.location == "scheduled" and entry.seq == seq and entry.due == due:
+            if (
+                entry is not None
+                and entry.location == "scheduled"
+                and entry.seq == seq
+                and entry.due == due
+            ):
                 self._place(entry, now)
         while self._leases and self._leases[0][0] <= now:
             _, fence, mid = heapq.heappop(self._leases)
             entry = self._entries.get(mid)
-            if (entry is not None and entry.location == "leased" and entry.fence == fence
-                    and entry.lease_until is not None and entry.lease_until <= now):
+            if (
+                entry is not None
+                and entry.location == "leased"
+                and entry.fence == fence
+                and entry.lease_until is not None
+                and entry.lease_until <= now
+            ):
                 entry.last_reason = "lease_expired"
                 entry.seq = next(self._seq)
                 entry.due = now
                 self._place(entry, now)
 
-    def _claim(self, queues: Sequence[str], start: int, limit: int, worker_id: str) -> list[Delivery]:
+    def _claim(
+        self, queues: Sequence[str], start: int, limit: int, worker_id: str
+    ) -> list[Delivery]:
         now = self.clock.time()
         out: list[Delivery] = []
         with self._lock:
@@ -171,8 +193,12 @@ class MemoryBroker(Broker):
                     if entry is None or entry.location != "queued" or entry.seq != seq:
                         continue
                     if entry.deliveries >= self.config.max_deliveries:
-                        self._kill(entry, entry.last_reason or "max_deliveries",
-                                   f"handed out {entry.deliveries} times without being settled", now)
+                        self._kill(
+                            entry,
+                            entry.last_reason or "max_deliveries",
+                            f"handed out {entry.deliveries} times without being settled",
+                            now,
+                        )
                         continue
                     entry.deliveries += 1
                     entry.fence += 1
@@ -180,10 +206,18 @@ class MemoryBroker(Broker):
                     entry.lease_until = now + self.config.lease_s
                     entry.worker = worker_id
                     heapq.heappush(self._leases, (entry.lease_until, entry.fence, entry.id))
-                    out.append(Delivery(id=entry.id, queue=entry.queue, body=entry.body,
-                                        priority=entry.priority, deliveries=entry.deliveries,
-                                        fence=entry.fence, enqueued_at=entry.enqueued_at,
-                                        last_reason=entry.last_reason))
+                    out.append(
+                        Delivery(
+                            id=entry.id,
+                            queue=entry.queue,
+                            body=entry.body,
+                            priority=entry.priority,
+                            deliveries=entry.deliveries,
+                            fence=entry.fence,
+                            enqueued_at=entry.enqueued_at,
+                            last_reason=entry.last_reason,
+                        )
+                    )
         return out
 
     def _next_due(self) -> float | None:
@@ -249,23 +283,37 @@ class MemoryBroker(Broker):
     async def workers(self) -> list[WorkerInfo]:
         horizon = self.clock.time() - self.config.lease_s
         with self._lock:
-            return sorted((w for w in self._workers.values() if w.heartbeat_at >= horizon),
-                          key=lambda w: w.id)
+            return sorted(
+                (w for w in self._workers.values() if w.heartbeat_at >= horizon), key=lambda w: w.id
+            )
 
     async def purge(self, queues: Sequence[str]) -> int:
         wanted = set(queues)
         with self._lock:
-            doomed = [e.id for e in self._entries.values()
-                      if e.queue in wanted and e.location in ("queued", "scheduled")]
+            doomed = [
+                e.id
+                for e in self._entries.values()
+                if e.queue in wanted and e.location in ("queued", "scheduled")
+            ]
             for mid in doomed:
                 del self._entries[mid]
             return len(doomed)
 
     async def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
         with self._lock:
-            rows = [DeadLetter(id=e.id, queue=e.queue, reason=r, detail=d, dead_at=t,
-                               deliveries=e.deliveries, body=e.body)
-                    for e, r, d, t in self._dead.values() if queue is None or e.queue == queue]
+            rows = [
+                DeadLetter(
+                    id=e.id,
+                    queue=e.queue,
+                    reason=r,
+                    detail=d,
+                    dead_at=t,
+                    deliveries=e.deliveries,
+                    body=e.body,
+                )
+                for e, r, d, t in self._dead.values()
+                if queue is None or e.queue == queue
+            ]
         rows.sort(key=lambda r: r.dead_at, reverse=True)
         return rows[:limit]
 
@@ -320,10 +368,8 @@ class _MemoryConsumer(Consumer):
                 next_due = broker._next_due()
                 if next_due is not None:
                     remaining = min(remaining, max(0.0, next_due - broker.clock.time()) + 0.001)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter[1].wait(), remaining)
-                except TimeoutError:
-                    pass
             return []
         finally:
             broker._waiters.discard(waiter)
@@ -358,8 +404,9 @@ class _MemoryConsumer(Consumer):
 class MemoryResultStore(ResultStore):
     """Job records in this process's memory. ``memory://``."""
 
-    def __init__(self, url: str = "memory://", clock: Clock = SYSTEM_CLOCK,
-                 poll_interval_s: float = 0.005) -> None:
+    def __init__(
+        self, url: str = "memory://", clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.005
+    ) -> None:
         super().__init__(url, clock, poll_interval_s)
         self._records: dict[str, JobRecord] = {}
         self._cond = threading.Condition()
@@ -426,10 +473,8 @@ class MemoryResultStore(ResultStore):
                 remaining = None if deadline is None else deadline - self.clock.monotonic()
                 if remaining is not None and remaining <= 0:
                     return record
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(waiter[1].wait(), min(remaining or 0.05, 0.05))
-                except TimeoutError:
-                    pass
         finally:
             self._waiters.discard(waiter)
 

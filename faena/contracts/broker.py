@@ -182,7 +182,7 @@ class Broker(ABC):
 
     @abstractmethod
     async def register_worker(self, info: WorkerInfo) -> None:
-        """Record (or refresh) a live worker; it counts as alive while its heartbeat is within ``lease_s``."""
+        """Record (or refresh) a live worker; alive while its heartbeat is within ``lease_s``."""
 
     @abstractmethod
     async def unregister_worker(self, worker_id: str) -> None:

@@ -18,7 +18,9 @@ from faena.model.outcome import JobRecord
 class ResultStore(ABC):
     """Keeps job records. See the module docstring."""
 
-    def __init__(self, url: str, clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.005) -> None:
+    def __init__(
+        self, url: str, clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.005
+    ) -> None:
         self.url = url
         self.clock = clock
         self.poll_interval_s = poll_interval_s

@@ -1,1 +1,1 @@
-"""Features layer: execution, retries, time limits and result recording, written against contracts."""
+"""Features layer: execution, intake and job lifecycle decisions, written against contracts."""

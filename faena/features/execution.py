@@ -43,19 +43,35 @@ def from_exception(task: Task[..., Any], exc: BaseException, runtime_s: float) -
     """The outcome of a run that raised ``exc``."""
     if isinstance(exc, Retry):
         cause = ErrorInfo.from_exception(exc.exc) if exc.exc is not None else None
-        return Outcome(status="retry", error=cause, countdown=exc.countdown, eta=exc.eta,
-                       max_retries=exc.max_retries, runtime_s=runtime_s)
+        return Outcome(
+            status="retry",
+            error=cause,
+            countdown=exc.countdown,
+            eta=exc.eta,
+            max_retries=exc.max_retries,
+            runtime_s=runtime_s,
+        )
     if isinstance(exc, Reject):
-        return Outcome(status="reject", reason=exc.reason, error=ErrorInfo.from_exception(exc),
-                       runtime_s=runtime_s)
+        return Outcome(
+            status="reject",
+            reason=exc.reason,
+            error=ErrorInfo.from_exception(exc),
+            runtime_s=runtime_s,
+        )
     error = ErrorInfo.from_exception(exc)
     if task.defaults.retry_for and isinstance(exc, task.defaults.retry_for):
         return Outcome(status="retry", error=error, runtime_s=runtime_s)
     return Outcome(status="failure", error=error, runtime_s=runtime_s)
 
 
-def run_sync(task: Task[..., Any], request: Request, args: tuple[Any, ...],
-             kwargs: dict[str, Any], serializer: str, progress: ProgressSink) -> Outcome:
+def run_sync(
+    task: Task[..., Any],
+    request: Request,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    serializer: str,
+    progress: ProgressSink,
+) -> Outcome:
     """Run a sync task here; for an async task, run its coroutine to completion here."""
     context = JobContext(task, request, progress)
     token = set_current_context(context)
@@ -64,7 +80,7 @@ def run_sync(task: Task[..., Any], request: Request, args: tuple[Any, ...],
         value = task.run(context, args, kwargs)
         if task.is_async:
             value = asyncio.run(value)
-    except BaseException as exc:  # noqa: BLE001 - every ending becomes an outcome
+    except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         return from_exception(task, exc, time.perf_counter() - started)
@@ -73,15 +89,21 @@ def run_sync(task: Task[..., Any], request: Request, args: tuple[Any, ...],
     return success(value, serializer, time.perf_counter() - started)
 
 
-async def run_async(task: Task[..., Any], request: Request, args: tuple[Any, ...],
-                    kwargs: dict[str, Any], serializer: str, progress: ProgressSink) -> Outcome:
+async def run_async(
+    task: Task[..., Any],
+    request: Request,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    serializer: str,
+    progress: ProgressSink,
+) -> Outcome:
     """Run an async task on the current event loop."""
     context = JobContext(task, request, progress)
     token = set_current_context(context)
     started = time.perf_counter()
     try:
         value = await task.run(context, args, kwargs)
-    except BaseException as exc:  # noqa: BLE001 - every ending becomes an outcome
+    except BaseException as exc:
         # Cancellation belongs to whoever cancelled (a time limit, a cold shutdown).
         if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
             raise

@@ -48,12 +48,16 @@ class Refused:
 def function_allowed(module: str, patterns: Sequence[str]) -> bool:
     """Whether ``module`` matches one of ``patterns`` (``"proj"`` also covers ``"proj.sub"``)."""
     for pattern in patterns:
-        if fnmatch.fnmatchcase(module, pattern) or module.startswith(pattern.rstrip("*").rstrip(".") + "."):
+        if fnmatch.fnmatchcase(module, pattern) or module.startswith(
+            pattern.rstrip("*").rstrip(".") + "."
+        ):
             return True
     return False
 
 
-def resolve_task(registry: Registry, name: str, function_modules: Sequence[str]) -> Task[..., Any] | None:
+def resolve_task(
+    registry: Registry, name: str, function_modules: Sequence[str]
+) -> Task[..., Any] | None:
     """The task for ``name``: a registered one, or an allowed ``module:function`` reference."""
     task = registry.find(name)
     if task is not None or ":" not in name:
@@ -72,11 +76,19 @@ def resolve_task(registry: Registry, name: str, function_modules: Sequence[str])
     return task
 
 
-def admit(body: bytes, *, max_size: int, accept: Sequence[str], registry: Registry,
-          function_modules: Sequence[str]) -> Admitted | Refused:
+def admit(
+    body: bytes,
+    *,
+    max_size: int,
+    accept: Sequence[str],
+    registry: Registry,
+    function_modules: Sequence[str],
+) -> Admitted | Refused:
     """Check a received body and decode it into a runnable job, or say why not."""
     if len(body) > max_size:
-        return Refused("too_large", f"{len(body):,} bytes, over max_message_size ({max_size:,})", None)
+        return Refused(
+            "too_large", f"{len(body):,} bytes, over max_message_size ({max_size:,})", None
+        )
     try:
         message = decode_message(body)
     except SerializationError as exc:
@@ -85,11 +97,15 @@ def admit(body: bytes, *, max_size: int, accept: Sequence[str], registry: Regist
         return Refused(
             "serializer_refused",
             f"the message uses {message.serializer!r}; this worker accepts {', '.join(accept)}",
-            message)
+            message,
+        )
     task = resolve_task(registry, message.task, function_modules)
     if task is None:
-        hint = (" (a module:function reference outside function_modules)" if ":" in message.task
-                else "; is the module that declares it imported by the worker's -A app?")
+        hint = (
+            " (a module:function reference outside function_modules)"
+            if ":" in message.task
+            else "; is the module that declares it imported by the worker's -A app?"
+        )
         return Refused("unknown_task", f"no task named {message.task!r}{hint}", message)
     try:
         args, kwargs = unpack_arguments(message)

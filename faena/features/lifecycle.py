@@ -53,13 +53,25 @@ class RunInfo:
     result_ttl: float
 
 
-def base_record(message: Message, info: RunInfo, state: str, options: TaskOptions | None) -> JobRecord:
+def base_record(
+    message: Message, info: RunInfo, state: str, options: TaskOptions | None
+) -> JobRecord:
     ttl = options.result_ttl if options and options.result_ttl else info.result_ttl
     return JobRecord(
-        id=message.id, state=state, task=message.task, queue=message.queue, worker=info.worker,
-        retries=message.retries, deliveries=info.deliveries, started_at=info.started_at,
-        updated_at=info.now, parent_id=message.parent_id, root_id=message.root_id,
-        fence=info.fence, expires_at=info.now + ttl, serializer=message.serializer,
+        id=message.id,
+        state=state,
+        task=message.task,
+        queue=message.queue,
+        worker=info.worker,
+        retries=message.retries,
+        deliveries=info.deliveries,
+        started_at=info.started_at,
+        updated_at=info.now,
+        parent_id=message.parent_id,
+        root_id=message.root_id,
+        fence=info.fence,
+        expires_at=info.now + ttl,
+        serializer=message.serializer,
     )
 
 
@@ -69,39 +81,69 @@ def decide(options: TaskOptions, message: Message, outcome: Outcome, info: RunIn
         if options.ignore_result:
             return Decision(action="ack", record=None)
         record = base_record(message, info, states.SUCCESS, options)
-        return Decision(action="ack", record=msgspec.structs.replace(
-            record, value=outcome.value, finished_at=info.now, progress=1.0))
+        return Decision(
+            action="ack",
+            record=msgspec.structs.replace(
+                record, value=outcome.value, finished_at=info.now, progress=1.0
+            ),
+        )
     if outcome.status == "lost":
-        return Decision(action="release", record=None, reason="worker_lost",
-                        detail=outcome.error.message if outcome.error else "")
+        return Decision(
+            action="release",
+            record=None,
+            reason="worker_lost",
+            detail=outcome.error.message if outcome.error else "",
+        )
     if outcome.status == "retry" and may_retry(options, message.retries, outcome.max_retries):
-        due = outcome.eta if outcome.eta is not None else (
-            info.now + retry_delay(options, message.retries, countdown=outcome.countdown))
+        due = (
+            outcome.eta
+            if outcome.eta is not None
+            else (info.now + retry_delay(options, message.retries, countdown=outcome.countdown))
+        )
         nxt = msgspec.structs.replace(message, retries=message.retries + 1, eta=due)
         record = msgspec.structs.replace(
-            base_record(message, info, states.RETRY, options), error=outcome.error, next_run_at=due)
+            base_record(message, info, states.RETRY, options), error=outcome.error, next_run_at=due
+        )
         return Decision(action="retry", record=record, next_message=nxt, due=due)
     return failed(options, message, info, outcome.error or _no_retries_left(message), outcome)
 
 
-def failed(options: TaskOptions | None, message: Message, info: RunInfo, error: ErrorInfo,
-           outcome: Outcome | None = None, reason: str | None = None) -> Decision:
+def failed(
+    options: TaskOptions | None,
+    message: Message,
+    info: RunInfo,
+    error: ErrorInfo,
+    outcome: Outcome | None = None,
+    reason: str | None = None,
+) -> Decision:
     """Record ``FAILURE`` and dead-letter the message."""
     if reason is None:
-        reason = outcome.reason if outcome and outcome.status == "reject" and outcome.reason else "failed"
+        reason = (
+            outcome.reason
+            if outcome and outcome.status == "reject" and outcome.reason
+            else "failed"
+        )
     record = msgspec.structs.replace(
-        base_record(message, info, states.FAILURE, options), error=error, finished_at=info.now,
-        reason=reason)
-    return Decision(action="dead", record=record, reason=reason, detail=f"{error.type}: {error.message}")
+        base_record(message, info, states.FAILURE, options),
+        error=error,
+        finished_at=info.now,
+        reason=reason,
+    )
+    return Decision(
+        action="dead", record=record, reason=reason, detail=f"{error.type}: {error.message}"
+    )
 
 
 def expired(message: Message, info: RunInfo) -> Decision:
     """The message's ``expires`` passed before it could run: record ``REVOKED``, ack."""
     record = msgspec.structs.replace(
-        base_record(message, info, states.REVOKED, None), reason="expired", finished_at=info.now)
+        base_record(message, info, states.REVOKED, None), reason="expired", finished_at=info.now
+    )
     return Decision(action="ack", record=record, reason="expired")
 
 
 def _no_retries_left(message: Message) -> ErrorInfo:
-    return ErrorInfo(type="faena.MaxRetriesExceeded",
-                     message=f"{message.task} was retried {message.retries} time(s) and has no retries left")
+    return ErrorInfo(
+        type="faena.MaxRetriesExceeded",
+        message=f"{message.task} was retried {message.retries} time(s) and has no retries left",
+    )

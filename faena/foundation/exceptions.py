@@ -103,7 +103,7 @@ class MaxRetriesExceeded(TaskControlError):
     """The task has no retries left."""
 
 
-class TaskSignal(BaseException):  # noqa: N818 - a signal, not an error
+class TaskSignal(BaseException):
     """Base of the control-flow signals a task raises to steer its own job."""
 
 
@@ -136,16 +136,16 @@ class Reject(TaskSignal):
         super().__init__(reason)
 
 
-class SoftTimeLimitExceeded(Exception):  # noqa: N818 - Celery's name, kept for habit
+class SoftTimeLimitExceeded(Exception):
     """The task's soft time limit passed; clean up and return or raise."""
 
 
-class TimeLimitExceeded(BaseException):  # noqa: N818 - Celery's name, kept for habit
+class TimeLimitExceeded(BaseException):
     """The task's hard time limit passed; the job is being stopped.
 
     A ``BaseException`` so that a task's ``except Exception`` cannot swallow it.
     """
 
 
-class WorkerLost(Exception):  # noqa: N818 - Celery's name, kept for habit
+class WorkerLost(Exception):
     """The process running the job died before the job finished."""

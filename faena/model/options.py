@@ -61,7 +61,9 @@ def validate_queue(queue: str) -> str:
 def validate_priority(priority: int) -> int:
     """Return ``priority`` if it is an int in 0..9, else raise ConfigurationError."""
     if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise ConfigurationError(f"priority must be an int from 0 to 9 (higher runs first), got {priority!r}")
+        raise ConfigurationError(
+            f"priority must be an int from 0 to 9 (higher runs first), got {priority!r}"
+        )
     return priority
 
 
@@ -69,7 +71,9 @@ def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigurationError(f"task option {name} must be a positive number of seconds, got {value!r}")
+        raise ConfigurationError(
+            f"task option {name} must be a positive number of seconds, got {value!r}"
+        )
 
 
 def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
@@ -81,7 +85,8 @@ def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
     unknown = sorted(set(given) - set(OPTION_NAMES))
     if unknown:
         raise ConfigurationError(
-            f"unknown task option(s) {', '.join(unknown)}; valid options are: {', '.join(OPTION_NAMES)}"
+            f"unknown task option(s) {', '.join(unknown)}; "
+            f"valid options are: {', '.join(OPTION_NAMES)}"
         )
     if given.get("queue") is not None:
         validate_queue(given["queue"])
@@ -91,19 +96,29 @@ def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
         _check_seconds(name, given.get(name))
     for name in ("default_retry_delay", "retry_backoff_max"):
         if name in given and (not isinstance(given[name], int | float) or given[name] < 0):
-            raise ConfigurationError(f"task option {name} must be >= 0 seconds, got {given[name]!r}")
-    if "max_retries" in given and given["max_retries"] is not None and (
-        type(given["max_retries"]) is not int or given["max_retries"] < 0
+            raise ConfigurationError(
+                f"task option {name} must be >= 0 seconds, got {given[name]!r}"
+            )
+    if (
+        "max_retries" in given
+        and given["max_retries"] is not None
+        and (type(given["max_retries"]) is not int or given["max_retries"] < 0)
     ):
-        raise ConfigurationError(f"max_retries must be an int >= 0 or None (no limit), got {given['max_retries']!r}")
+        raise ConfigurationError(
+            f"max_retries must be an int >= 0 or None (no limit), got {given['max_retries']!r}"
+        )
     if "retry_for" in given:
         retry_for = given["retry_for"]
         retry_for = (retry_for,) if isinstance(retry_for, type) else tuple(retry_for)
         if not all(isinstance(t, type) and issubclass(t, BaseException) for t in retry_for):
-            raise ConfigurationError(f"retry_for must be exception types, got {given['retry_for']!r}")
+            raise ConfigurationError(
+                f"retry_for must be exception types, got {given['retry_for']!r}"
+            )
         given["retry_for"] = retry_for
     if given.get("serializer") not in (None, "json", "pickle"):
-        raise ConfigurationError(f"serializer must be 'json' or 'pickle', got {given['serializer']!r}")
+        raise ConfigurationError(
+            f"serializer must be 'json' or 'pickle', got {given['serializer']!r}"
+        )
     options = replace(base or TaskOptions(), **given)
     if (
         options.time_limit is not None
@@ -111,6 +126,7 @@ def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
         and options.soft_time_limit >= options.time_limit
     ):
         raise ConfigurationError(
-            f"soft_time_limit ({options.soft_time_limit}) must be below time_limit ({options.time_limit})"
+            f"soft_time_limit ({options.soft_time_limit}) must be below "
+            f"time_limit ({options.time_limit})"
         )
     return options

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import traceback as tb
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 
@@ -18,7 +18,11 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         kind = type(exc)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
         text = "".join(tb.format_exception(kind, exc, exc.__traceback__))
         return cls(type=name, message=str(exc), traceback=text)
 
@@ -73,7 +77,6 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     root_id: str | None = None
     fence: int = 0
     expires_at: float | None = None
-
 
 
 FINAL_FENCE = 1 << 62

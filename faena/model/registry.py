@@ -18,9 +18,10 @@ class Registry:
     def register(self, task: Task[..., Any]) -> None:
         existing = self._tasks.get(task.name)
         if existing is not None and existing.fn is not task.fn:
-            same_origin = (
-                getattr(existing.fn, "__module__", None) == getattr(task.fn, "__module__", None)
-                and getattr(existing.fn, "__qualname__", None) == getattr(task.fn, "__qualname__", None)
+            same_origin = getattr(existing.fn, "__module__", None) == getattr(
+                task.fn, "__module__", None
+            ) and getattr(existing.fn, "__qualname__", None) == getattr(
+                task.fn, "__qualname__", None
             )
             if not same_origin:
                 raise ConfigurationError(

@@ -21,6 +21,7 @@ import datetime as dt
 import pickle
 import sys
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final, Literal
 
@@ -69,7 +70,7 @@ def _pack_dict(value: dict[Any, Any], where: str) -> Any:
     }
 
 
-def _pack_other(value: Any, where: str) -> Any:  # noqa: PLR0911 - one branch per type
+def _pack_other(value: Any, where: str) -> Any:
     if isinstance(value, dt.datetime):
         return {"~dt": value.isoformat()}
     if isinstance(value, dt.date):
@@ -123,34 +124,30 @@ def unpack(value: Any) -> Any:
     return value
 
 
-def _unpack_tag(tag: str, body: Any) -> Any:  # noqa: PLR0911 - one branch per type
-    if tag == "~dt":
-        return dt.datetime.fromisoformat(body)
-    if tag == "~date":
-        return dt.date.fromisoformat(body)
-    if tag == "~time":
-        return dt.time.fromisoformat(body)
-    if tag == "~td":
-        return dt.timedelta(days=body[0], seconds=body[1], microseconds=body[2])
-    if tag == "~uuid":
-        return uuid.UUID(body)
-    if tag == "~dec":
-        return Decimal(body)
-    if tag == "~b":
-        return base64.b64decode(body)
-    if tag == "~tuple":
-        return tuple(unpack(item) for item in body)
-    if tag == "~set":
-        return {unpack(item) for item in body}
-    if tag == "~fset":
-        return frozenset(unpack(item) for item in body)
-    if tag == "~map":
-        return {k: unpack(v) for k, v in body.items()}
-    if tag == "~dict":
-        return {unpack(k): unpack(v) for k, v in body}
-    if tag == "~dc":
-        return _rebuild_dataclass(body[0], body[1])
-    raise SerializationError(f"unknown type tag {tag!r} in a message; was it sent by a newer faena?")
+_SIMPLE_TAGS: Final[dict[str, Callable[[Any], Any]]] = {
+    "~dt": dt.datetime.fromisoformat,
+    "~date": dt.date.fromisoformat,
+    "~time": dt.time.fromisoformat,
+    "~td": lambda b: dt.timedelta(days=b[0], seconds=b[1], microseconds=b[2]),
+    "~uuid": uuid.UUID,
+    "~dec": Decimal,
+    "~b": base64.b64decode,
+    "~tuple": lambda b: tuple(unpack(item) for item in b),
+    "~set": lambda b: {unpack(item) for item in b},
+    "~fset": lambda b: frozenset(unpack(item) for item in b),
+    "~map": lambda b: {k: unpack(v) for k, v in b.items()},
+    "~dict": lambda b: {unpack(k): unpack(v) for k, v in b},
+    "~dc": lambda b: _rebuild_dataclass(b[0], b[1]),
+}
+
+
+def _unpack_tag(tag: str, body: Any) -> Any:
+    decode = _SIMPLE_TAGS.get(tag)
+    if decode is None:
+        raise SerializationError(
+            f"unknown type tag {tag!r} in a message; was it sent by a newer faena?"
+        )
+    return decode(body)
 
 
 def _rebuild_dataclass(type_path: str, fields: dict[str, Any]) -> Any:
@@ -199,6 +196,6 @@ def dumps_pickle(value: Any, where: str = "value") -> bytes:
 def loads_pickle(data: bytes) -> Any:
     """Unpickle bytes made by :func:`dumps_pickle`. Never call this on untrusted data."""
     try:
-        return pickle.loads(data)  # noqa: S301 - only reached when the worker accepts pickle
+        return pickle.loads(data)
     except Exception as exc:
         raise SerializationError(f"cannot unpickle: {exc}") from exc

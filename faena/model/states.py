@@ -21,7 +21,9 @@ FAILURE: Final = "FAILURE"
 REVOKED: Final = "REVOKED"
 """It was revoked or expired before it could run."""
 
-State = Literal["PENDING", "QUEUED", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+State = Literal[
+    "PENDING", "QUEUED", "SCHEDULED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"
+]
 
 READY_STATES: Final = frozenset({SUCCESS, FAILURE, REVOKED})
 """States after which nothing more happens to the job."""

@@ -47,7 +47,9 @@ class CallOptions:
         if self.countdown is not None and (
             isinstance(self.countdown, bool) or not isinstance(self.countdown, int | float)
         ):
-            raise ConfigurationError(f"countdown must be a number of seconds, got {self.countdown!r}")
+            raise ConfigurationError(
+                f"countdown must be a number of seconds, got {self.countdown!r}"
+            )
         if self.queue is not None:
             validate_queue(self.queue)
         if self.priority is not None:
@@ -55,17 +57,21 @@ class CallOptions:
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ConfigurationError(f"task_id must be a non-empty str, got {self.task_id!r}")
         if self.serializer not in (None, "json", "pickle"):
-            raise ConfigurationError(f"serializer must be 'json' or 'pickle', got {self.serializer!r}")
+            raise ConfigurationError(
+                f"serializer must be 'json' or 'pickle', got {self.serializer!r}"
+            )
 
 
 class Dispatcher(Protocol):
     """What a task needs from its app to send itself."""
 
-    def send(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-             call: CallOptions) -> AsyncResult[Any]: ...
+    def send(
+        self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions
+    ) -> AsyncResult[Any]: ...
 
-    async def asend(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    call: CallOptions) -> AsyncResult[Any]: ...
+    async def asend(
+        self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions
+    ) -> AsyncResult[Any]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,8 +113,9 @@ class JobContext:
         ...     raise self.retry(countdown=30)
     """
 
-    def __init__(self, task: Task[..., Any], request: Request,
-                 progress: ProgressSink = _discard_progress) -> None:
+    def __init__(
+        self, task: Task[..., Any], request: Request, progress: ProgressSink = _discard_progress
+    ) -> None:
         self.task = task
         self.request = request
         self._progress = progress
@@ -117,9 +124,14 @@ class JobContext:
     def name(self) -> str:
         return self.task.name
 
-    def retry(self, exc: BaseException | None = None, countdown: float | None = None,
-              eta: datetime | float | None = None, max_retries: int | None = None) -> Retry:
-        """Ask for this job to run again later; raises the signal (``raise self.retry()`` reads well).
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        eta: datetime | float | None = None,
+        max_retries: int | None = None,
+    ) -> Retry:
+        """Ask for this job to run again later; raises (``raise self.retry()`` reads well).
 
         Raises:
             Retry: always, while retries are left.
@@ -155,8 +167,9 @@ def current_context() -> JobContext | None:
 class Task(Generic[P, R]):
     """A declared unit of work. Create with ``@app.task`` or ``@shared_task``."""
 
-    def __init__(self, fn: Callable[..., Any], options: TaskOptions,
-                 dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], options: TaskOptions, dispatcher: Dispatcher | None = None
+    ) -> None:
         if not callable(fn):
             raise ConfigurationError(f"a task needs a callable, got {fn!r}")
         self.fn = fn
@@ -168,7 +181,9 @@ class Task(Generic[P, R]):
         if options.bind:
             params = list(self.signature.parameters.values())
             if not params:
-                raise ConfigurationError(f"task {self.name} has bind=True but takes no 'self' argument")
+                raise ConfigurationError(
+                    f"task {self.name} has bind=True but takes no 'self' argument"
+                )
             self.call_signature = self.signature.replace(parameters=params[1:])
         else:
             self.call_signature = self.signature
@@ -203,7 +218,7 @@ class Task(Generic[P, R]):
             raise TypeError(f"{self.name}{self.call_signature}: {exc}") from None
 
     def run(self, context: JobContext | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Call the function (a coroutine for async tasks), with ``context`` as ``self`` if bound."""
+        """Call the function (a coroutine if async), with ``context`` as ``self`` if bound."""
         if self.defaults.bind:
             if context is None:
                 context = JobContext(self, Request(id=new_id(), task=self.name))
@@ -227,19 +242,31 @@ class Task(Generic[P, R]):
         """``delay`` for async producers."""
         return await self.dispatcher.asend(self, args, kwargs, CallOptions())
 
-    def apply_async(self, args: tuple[Any, ...] | list[Any] = (), kwargs: Mapping[str, Any] | None = None,
-                    **options: Any) -> AsyncResult[R]:
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
         """Send with call options: countdown, eta, expires, queue, priority, task_id, headers.
 
         Example:
             >>> fetch_price.apply_async(("A1",), countdown=10, queue="high", priority=9)
         """
-        return self.dispatcher.send(self, tuple(args), dict(kwargs or {}), _call_options(self, options))
+        return self.dispatcher.send(
+            self, tuple(args), dict(kwargs or {}), _call_options(self, options)
+        )
 
-    async def aapply_async(self, args: tuple[Any, ...] | list[Any] = (),
-                           kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult[R]:
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
         """``apply_async`` for async producers."""
-        return await self.dispatcher.asend(self, tuple(args), dict(kwargs or {}), _call_options(self, options))
+        return await self.dispatcher.asend(
+            self, tuple(args), dict(kwargs or {}), _call_options(self, options)
+        )
 
     def options(self, **options: Any) -> BoundCall[P, R]:
         """Fix call options, then ``delay``: ``task.options(queue="high").delay(1, 2)``."""

@@ -44,6 +44,10 @@ def load_app(spec: str) -> Faena:
     if len(apps) == 1:
         return apps[0]
     if not apps:
-        raise ConfigurationError(f"module {module_name!r} defines no Faena app; name it with -A {module_name}:attribute")
+        raise ConfigurationError(
+            f"module {module_name!r} defines no Faena app; name it with -A {module_name}:attribute"
+        )
     raise ConfigurationError(
-        f"module {module_name!r} defines {len(apps)} Faena apps; choose one with -A {module_name}:attribute")
+        f"module {module_name!r} defines {len(apps)} Faena apps; "
+        f"choose one with -A {module_name}:attribute"
+    )

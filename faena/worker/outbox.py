@@ -21,8 +21,12 @@ log = logging.getLogger("faena.worker")
 class Outbox:
     """Pending writes, flushed by :meth:`run` as soon as there is something to write."""
 
-    def __init__(self, results: ResultStore, consumer: Consumer,
-                 on_settled: Callable[[Settlement, bool], None]) -> None:
+    def __init__(
+        self,
+        results: ResultStore,
+        consumer: Consumer,
+        on_settled: Callable[[Settlement, bool], None],
+    ) -> None:
         self._results = results
         self._consumer = consumer
         self._on_settled = on_settled
@@ -63,8 +67,12 @@ class Outbox:
             if records:
                 for record, ok in zip(records, written, strict=True):
                     if not ok:
-                                log.warning("record of job %s (%s) not written: a newer delivery or a "
-                                    "revoke holds it", record.id, record.state)
+                        log.warning(
+                            "record of job %s (%s) not written: a newer delivery or a "
+                            "revoke holds it",
+                            record.id,
+                            record.state,
+                        )
             if settlements:
                 try:
                     done = await self._consumer.settle(settlements)

@@ -81,7 +81,9 @@ class Worker:
     def __init__(self, app: Faena, options: WorkerOptions | None = None) -> None:
         options = options or WorkerOptions()
         if options.pool not in POOL_NAMES:
-            raise ConfigurationError(f"unknown pool {options.pool!r}; choose one of {', '.join(POOL_NAMES)}")
+            raise ConfigurationError(
+                f"unknown pool {options.pool!r}; choose one of {', '.join(POOL_NAMES)}"
+            )
         self.app = app
         self.options = options
         self.queues = options.queues or (app.settings.default_queue,)
@@ -93,7 +95,9 @@ class Worker:
             raise ConfigurationError(f"prefetch must be >= 0, got {self.prefetch}")
         self.id = options.worker_id or worker_identity()
         self.processed = 0
-        self.grace_s = options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
+        self.grace_s = (
+            options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
+        )
         self._held: dict[str, Delivery] = {}
         self._waiting: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -125,10 +129,14 @@ class Worker:
                 log.warning("cold shutdown: stopping running jobs and handing their messages back")
             self._cold = True
         else:
-            log.info("graceful shutdown: no new jobs; waiting up to %gs for %d running",
-                     self.grace_s, len(self._running))
+            log.info(
+                "graceful shutdown: no new jobs; waiting up to %gs for %d running",
+                self.grace_s,
+                len(self._running),
+            )
         self._stopping = True
-        assert self._stop_event is not None and self._room is not None
+        assert self._stop_event is not None
+        assert self._room is not None
         self._stop_event.set()
         self._room.set()
 
@@ -151,21 +159,32 @@ class Worker:
         app = self.app
         options: dict[str, Any] = {}
         if self.options.pool == "processes":
-            options = {"app_spec": self.options.app_spec,
-                       "max_tasks_per_child": self.options.max_tasks_per_child,
-                       "max_memory_per_child": self.options.max_memory_per_child}
+            options = {
+                "app_spec": self.options.app_spec,
+                "max_tasks_per_child": self.options.max_tasks_per_child,
+                "max_memory_per_child": self.options.max_memory_per_child,
+            }
         self._pool = make_pool(self.options.pool, self.concurrency, app.registry, **options)
         await self._pool.start()
         self._consumer = await app.broker.open_consumer(self.queues, self.id)
         self._outbox = Outbox(app.results, self._consumer, self._on_settled)
         await app.broker.register_worker(self._info())
-        log.info("worker %s ready: app %s, queues %s, pool %s x%d, prefetch %d, broker %s",
-                 self.id, app.name, ",".join(self.queues), self.options.pool, self.concurrency,
-                 self.prefetch, app.broker_url)
+        log.info(
+            "worker %s ready: app %s, queues %s, pool %s x%d, prefetch %d, broker %s",
+            self.id,
+            app.name,
+            ",".join(self.queues),
+            self.options.pool,
+            self.concurrency,
+            self.prefetch,
+            app.broker_url,
+        )
         if self._stopping:
             self._begin_stop(False)
-        background = [asyncio.create_task(c) for c in (
-            self._outbox.run(), self._heartbeat(), self._maintenance())]
+        background = [
+            asyncio.create_task(c)
+            for c in (self._outbox.run(), self._heartbeat(), self._maintenance())
+        ]
         fetcher = asyncio.create_task(self._fetch())
         try:
             await self._stop_event.wait()
@@ -182,7 +201,9 @@ class Worker:
         return code
 
     async def _fetch(self) -> None:
-        assert self._consumer and self._room and self._stop_event
+        assert self._consumer
+        assert self._room
+        assert self._stop_event
         while not self._stopping:
             room = self.concurrency + self.prefetch - len(self._held)
             if room <= 0:
@@ -199,7 +220,8 @@ class Worker:
             for delivery in batch:
                 self._held[delivery.id] = delivery
                 self._waiting[delivery.id] = asyncio.create_task(
-                    self._handle(delivery, delivery.id in revoked))
+                    self._handle(delivery, delivery.id in revoked)
+                )
 
     async def _revoked(self, ids: Sequence[str]) -> set[str]:
         records = await self.app.results.fetch_many(ids)
@@ -208,10 +230,16 @@ class Worker:
     # -- one job ------------------------------------------------------------------------------
     async def _handle(self, delivery: Delivery, revoked: bool) -> None:
         current_job.set(delivery.id)
-        assert self._slots and self._outbox
+        assert self._slots
+        assert self._outbox
         settings = self.app.settings
-        admitted = admit(delivery.body, max_size=settings.max_message_size, accept=settings.accept,
-                         registry=self.app.registry, function_modules=self.app.function_modules)
+        admitted = admit(
+            delivery.body,
+            max_size=settings.max_message_size,
+            accept=settings.accept,
+            registry=self.app.registry,
+            function_modules=self.app.function_modules,
+        )
         if isinstance(admitted, Refused):
             self._waiting.pop(delivery.id, None)
             self._refuse(delivery, admitted)
@@ -250,7 +278,8 @@ class Worker:
             self._slots.release()
 
     async def _execute(self, delivery: Delivery, job: Admitted) -> None:
-        assert self._pool and self._outbox
+        assert self._pool
+        assert self._outbox
         task, message = job.task, job.message
         started = self.app.settings.clock.time()
         info = self._run_info(delivery, started)
@@ -259,14 +288,31 @@ class Worker:
             self._started_records[message.id] = record
             self._outbox.record(record)
         self._emit(states.STARTED, job)
-        request = Request(id=message.id, task=message.task, queue=message.queue,
-                          retries=message.retries, deliveries=delivery.deliveries, eta=message.eta,
-                          expires=message.expires, headers=message.headers,
-                          parent_id=message.parent_id, root_id=message.root_id, worker=self.id)
-        outcome = await self._pool.run(Job(
-            request=request, body=delivery.body, args=job.args, kwargs=job.kwargs,
-            serializer=message.serializer, time_limit=task.defaults.time_limit,
-            soft_time_limit=task.defaults.soft_time_limit, progress=self._progress_sink(message.id)))
+        request = Request(
+            id=message.id,
+            task=message.task,
+            queue=message.queue,
+            retries=message.retries,
+            deliveries=delivery.deliveries,
+            eta=message.eta,
+            expires=message.expires,
+            headers=message.headers,
+            parent_id=message.parent_id,
+            root_id=message.root_id,
+            worker=self.id,
+        )
+        outcome = await self._pool.run(
+            Job(
+                request=request,
+                body=delivery.body,
+                args=job.args,
+                kwargs=job.kwargs,
+                serializer=message.serializer,
+                time_limit=task.defaults.time_limit,
+                soft_time_limit=task.defaults.soft_time_limit,
+                progress=self._progress_sink(message.id),
+            )
+        )
         self.processed += 1
         info = self._run_info(delivery, started)
         if message.id in self._terminated:
@@ -277,37 +323,62 @@ class Worker:
             return
         decision = decide(task.defaults, message, outcome, info)
         if outcome.status == "failure" and outcome.error is not None:
-            log.error("job %s (%s) failed: %s: %s", message.id, task.name, outcome.error.type,
-                      outcome.error.message)
+            log.error(
+                "job %s (%s) failed: %s: %s",
+                message.id,
+                task.name,
+                outcome.error.type,
+                outcome.error.message,
+            )
         elif decision.action == "retry":
             log.info("job %s (%s) will retry at %.3f", message.id, task.name, decision.due or 0.0)
         elif decision.action == "release":
-            log.error("job %s (%s): the process running it died: %s", message.id, task.name,
-                      decision.detail)
+            log.error(
+                "job %s (%s): the process running it died: %s",
+                message.id,
+                task.name,
+                decision.detail,
+            )
         self._apply(delivery, decision, job)
 
     def _apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
         assert self._outbox
         body = encode_message(decision.next_message) if decision.next_message else None
         self._outbox.settle(
-            Settlement(delivery=delivery, action=decision.action, body=body, due=decision.due,
-                       reason=decision.reason, detail=decision.detail),
-            decision.record)
+            Settlement(
+                delivery=delivery,
+                action=decision.action,
+                body=body,
+                due=decision.due,
+                reason=decision.reason,
+                detail=decision.detail,
+            ),
+            decision.record,
+        )
         if job is not None:
-            state = decision.record.state if decision.record else {
-                "ack": states.SUCCESS, "release": "LOST"}.get(decision.action, decision.action)
+            state = (
+                decision.record.state
+                if decision.record
+                else {"ack": states.SUCCESS, "release": "LOST"}.get(
+                    decision.action, decision.action
+                )
+            )
             self._emit(state, job)
 
     def _refuse(self, delivery: Delivery, refused: Refused) -> None:
         log.error("message %s dead-lettered: %s: %s", delivery.id, refused.reason, refused.detail)
         if refused.message is None:
             assert self._outbox
-            self._outbox.settle(Settlement(delivery=delivery, action="dead", reason=refused.reason,
-                                           detail=refused.detail))
+            self._outbox.settle(
+                Settlement(
+                    delivery=delivery, action="dead", reason=refused.reason, detail=refused.detail
+                )
+            )
             return
         error = ErrorInfo(type=f"faena.{refused.reason}", message=refused.detail)
-        decision = failed(None, refused.message, self._run_info(delivery, None), error,
-                          reason=refused.reason)
+        decision = failed(
+            None, refused.message, self._run_info(delivery, None), error, reason=refused.reason
+        )
         self._apply(delivery, decision, None)
 
     def _release(self, delivery: Delivery) -> None:
@@ -319,16 +390,24 @@ class Worker:
         if self._held.get(mid) is settlement.delivery:
             del self._held[mid]
         if not ok:
-            log.warning("message %s: lease lost before %s; another worker holds it now",
-                        mid, settlement.action)
+            log.warning(
+                "message %s: lease lost before %s; another worker holds it now",
+                mid,
+                settlement.action,
+            )
         assert self._room is not None
         self._room.set()
 
     def _run_info(self, delivery: Delivery, started: float | None) -> RunInfo:
         now = self.app.settings.clock.time()
-        return RunInfo(worker=self.id, fence=delivery.fence, deliveries=delivery.deliveries,
-                       started_at=started if started is not None else now, now=now,
-                       result_ttl=self.app.settings.result_ttl)
+        return RunInfo(
+            worker=self.id,
+            fence=delivery.fence,
+            deliveries=delivery.deliveries,
+            started_at=started if started is not None else now,
+            now=now,
+            result_ttl=self.app.settings.result_ttl,
+        )
 
     def _progress_sink(self, job_id: str) -> Any:
         loop = self._loop
@@ -338,8 +417,12 @@ class Worker:
             record = self._started_records.get(job_id)
             if record is None or self._outbox is None:
                 return
-            updated = msgspec.structs.replace(record, progress=fraction, progress_message=message,
-                                              updated_at=self.app.settings.clock.time())
+            updated = msgspec.structs.replace(
+                record,
+                progress=fraction,
+                progress_message=message,
+                updated_at=self.app.settings.clock.time(),
+            )
             self._started_records[job_id] = updated
             self._outbox.record(updated)
 
@@ -359,18 +442,35 @@ class Worker:
         if not self.app.events:
             return
         m = job.message
-        self.app.events.emit(JobEvent(kind=kind, job_id=m.id, task=m.task, at=self.app.settings.clock.time(),
-                                      worker=self.id, parent_id=m.parent_id, root_id=m.root_id))
+        self.app.events.emit(
+            JobEvent(
+                kind=kind,
+                job_id=m.id,
+                task=m.task,
+                at=self.app.settings.clock.time(),
+                worker=self.id,
+                parent_id=m.parent_id,
+                root_id=m.root_id,
+            )
+        )
 
     # -- background ---------------------------------------------------------------------------
     def _info(self) -> WorkerInfo:
-        return WorkerInfo(id=self.id, hostname=socket.gethostname(), pid=os.getpid(),
-                          queues=tuple(self.queues), concurrency=self.concurrency,
-                          pool=self.options.pool, started_at=self._started_at,
-                          processed=self.processed, running=len(self._running))
+        return WorkerInfo(
+            id=self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues=tuple(self.queues),
+            concurrency=self.concurrency,
+            pool=self.options.pool,
+            started_at=self._started_at,
+            processed=self.processed,
+            running=len(self._running),
+        )
 
     async def _heartbeat(self) -> None:
-        assert self._consumer and self._pool
+        assert self._consumer
+        assert self._pool
         interval = self.app.settings.heartbeat_interval_s
         while True:
             await asyncio.sleep(interval)  # a period, not a synchronisation
@@ -412,7 +512,8 @@ class Worker:
                 log.exception("result cleanup failed")
 
     async def _shutdown(self) -> int:
-        assert self._outbox and self._pool
+        assert self._outbox
+        assert self._pool
         for mid, waiting in list(self._waiting.items()):
             waiting.cancel()
             delivery = self._held.get(mid)
@@ -430,7 +531,9 @@ class Worker:
             if not waiter.done():
                 waiter.cancel()
             if self._running:
-                log.warning("%d job(s) still running: handing their messages back", len(self._running))
+                log.warning(
+                    "%d job(s) still running: handing their messages back", len(self._running)
+                )
                 self._cold = True
         code = EXIT_OK
         if self._running:

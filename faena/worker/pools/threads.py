@@ -43,19 +43,28 @@ SPARE_THREADS = 16
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     """Ask CPython to raise ``exc_type`` in another thread at its next bytecode."""
-    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
     return bool(done == 1)
 
 
 def _limit_failure(kind: type[BaseException], seconds: float, job: Job) -> Outcome:
     name = f"faena.{kind.__name__}"
-    return Outcome(status="failure", error=ErrorInfo(
-        type=name, message=f"{job.request.task} ran past its {kind.__name__.replace('Exceeded', '')} "
-        f"of {seconds:g} s"))
+    return Outcome(
+        status="failure",
+        error=ErrorInfo(
+            type=name,
+            message=f"{job.request.task} ran past its {kind.__name__.replace('Exceeded', '')} "
+            f"of {seconds:g} s",
+        ),
+    )
 
 
 def _terminated(job: Job) -> Outcome:
-    return Outcome(status="failure", error=ErrorInfo.from_exception(TaskRevoked(job.request.id, "terminated")))
+    return Outcome(
+        status="failure", error=ErrorInfo.from_exception(TaskRevoked(job.request.id, "terminated"))
+    )
 
 
 class _Running:
@@ -81,7 +90,9 @@ class ThreadPool(Pool):
         self._abandoned = 0
 
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(self.size + SPARE_THREADS, thread_name_prefix=f"faena-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            self.size + SPARE_THREADS, thread_name_prefix=f"faena-{self.name}"
+        )
 
     def health(self) -> PoolHealth:
         busy = sum(1 for r in self._running.values() if not r.abandoned)
@@ -105,8 +116,9 @@ class ThreadPool(Pool):
         def body() -> Outcome:
             running.thread_id = threading.get_ident()
             try:
-                return context.run(run_sync, task, job.request, job.args, job.kwargs,
-                                   job.serializer, job.progress)
+                return context.run(
+                    run_sync, task, job.request, job.args, job.kwargs, job.serializer, job.progress
+                )
             except TimeLimitExceeded as exc:
                 return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
             finally:
@@ -134,8 +146,11 @@ class ThreadPool(Pool):
                     _raise_in_thread(running.thread_id, TimeLimitExceeded)
                 running.abandoned = True
                 self._abandoned += 1
-                log.warning("job %s passed its hard time limit (%gs); its thread is abandoned",
-                            job.request.id, hard)
+                log.warning(
+                    "job %s passed its hard time limit (%gs); its thread is abandoned",
+                    job.request.id,
+                    hard,
+                )
                 return _limit_failure(TimeLimitExceeded, hard, job)
         outcome = await asyncio.shield(future)
         return _terminated(job) if running.terminated else outcome
@@ -148,7 +163,9 @@ class ThreadPool(Pool):
         return _raise_in_thread(running.thread_id, TimeLimitExceeded)
 
     async def stop(self, graceful: bool, timeout_s: float) -> None:
-        pending = [r.future for r in self._running.values() if r.future is not None and not r.abandoned]
+        pending = [
+            r.future for r in self._running.values() if r.future is not None and not r.abandoned
+        ]
         if graceful and pending:
             await asyncio.wait(pending, timeout=timeout_s)
         if not graceful:
@@ -191,7 +208,9 @@ class AsyncPool(ThreadPool):
             done, _ = await asyncio.wait({inner}, timeout=hard - soft)
             if done:
                 return self._settled(inner, job, SoftTimeLimitExceeded, soft)
-            log.warning("job %s ignored cancellation past its hard time limit (%gs)", job.request.id, hard)
+            log.warning(
+                "job %s ignored cancellation past its hard time limit (%gs)", job.request.id, hard
+            )
             return _limit_failure(TimeLimitExceeded, hard, job)
         if soft is not None:
             await asyncio.wait({inner})
@@ -199,8 +218,9 @@ class AsyncPool(ThreadPool):
         await asyncio.wait({inner}, timeout=1.0)
         return _limit_failure(TimeLimitExceeded, hard or 0.0, job)
 
-    def _settled(self, inner: asyncio.Task[Outcome], job: Job, kind: type[BaseException],
-                 seconds: float) -> Outcome:
+    def _settled(
+        self, inner: asyncio.Task[Outcome], job: Job, kind: type[BaseException], seconds: float
+    ) -> Outcome:
         if inner.cancelled():
             if job.request.id in self._terminating:
                 self._terminating.discard(job.request.id)
@@ -218,7 +238,9 @@ class AsyncPool(ThreadPool):
 
     def health(self) -> PoolHealth:
         base = super().health()
-        return PoolHealth(size=self.size, busy=base.busy + len(self._tasks), abandoned=base.abandoned)
+        return PoolHealth(
+            size=self.size, busy=base.busy + len(self._tasks), abandoned=base.abandoned
+        )
 
     async def stop(self, graceful: bool, timeout_s: float) -> None:
         if graceful and self._tasks:

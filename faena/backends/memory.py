@@ -353,7 +353,8 @@ class _MemoryConsumer(Consumer):
 
     async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
         broker = self._broker
-        deadline = broker.clock.monotonic() + timeout_s
+        # Timeouts are real waits; the store's clock (maybe a FakeClock) decides what is due.
+        deadline = SYSTEM_CLOCK.monotonic() + timeout_s
         waiter = broker._waiters.add()
         try:
             while not self._closed:
@@ -362,7 +363,7 @@ class _MemoryConsumer(Consumer):
                 self._turn = (self._turn + 1) % len(self._queues)
                 if got:
                     return got
-                remaining = deadline - broker.clock.monotonic()
+                remaining = deadline - SYSTEM_CLOCK.monotonic()
                 if remaining <= 0:
                     return []
                 next_due = broker._next_due()
@@ -449,20 +450,20 @@ class MemoryResultStore(ResultStore):
         return {i: r for i, r in found.items() if r is not None}
 
     def wait(self, job_id: str, timeout_s: float | None) -> JobRecord | None:
-        deadline = None if timeout_s is None else self.clock.monotonic() + timeout_s
+        deadline = None if timeout_s is None else SYSTEM_CLOCK.monotonic() + timeout_s
         with self._cond:
             while True:
                 record = self.fetch(job_id)
                 if record is not None and record.state in READY_STATES:
                     return record
-                remaining = None if deadline is None else deadline - self.clock.monotonic()
+                remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
                 if remaining is not None and remaining <= 0:
                     return record
                 # A fake clock never moves by itself: wake up now and then to look at it.
                 self._cond.wait(min(remaining, 0.05) if remaining is not None else 0.05)
 
     async def await_ready(self, job_id: str, timeout_s: float | None) -> JobRecord | None:
-        deadline = None if timeout_s is None else self.clock.monotonic() + timeout_s
+        deadline = None if timeout_s is None else SYSTEM_CLOCK.monotonic() + timeout_s
         waiter = self._waiters.add()
         try:
             while True:
@@ -470,7 +471,7 @@ class MemoryResultStore(ResultStore):
                 record = self.fetch(job_id)
                 if record is not None and record.state in READY_STATES:
                     return record
-                remaining = None if deadline is None else deadline - self.clock.monotonic()
+                remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
                 if remaining is not None and remaining <= 0:
                     return record
                 with contextlib.suppress(TimeoutError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from faena.app.eager import run_eagerly, run_eagerly_async
@@ -227,9 +227,34 @@ class Faena:
         self.broker.enqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
 
-    def enqueue_messages(self, messages: Sequence[Message]) -> None:
-        """Enqueue ready-made messages in one step (bulk producers)."""
+    def enqueue_many(
+        self, task: Task[..., Any] | str, calls: Iterable[Sequence[Any]], **options: Any
+    ) -> list[AsyncResult[Any]]:
+        """Send one job per argument tuple in ``calls``, all in one step.
+
+        Example:
+            >>> results = app.enqueue_many(add, [(i, i) for i in range(1000)], queue="bulk")
+        """
+        named = self.registry.find(task) if isinstance(task, str) else task
+        name = task if isinstance(task, str) else task.name
+        call = _call_options(named or Task(_unnamed, TaskOptions(name=name)), options)
+        if call.task_id is not None:
+            raise ConfigurationError("enqueue_many gives each job its own id; drop task_id")
+        messages: list[Message] = []
+        defaults = named.defaults if named is not None else None
+        for given in calls:
+            args = tuple(given)
+            if named is not None:
+                named.check_arguments_or_raise(args, {})
+            messages.append(build_message(self.settings, name, defaults, args, {}, call))
+        if self.settings.eager:
+            if named is None:
+                raise ConfigurationError(
+                    f"eager mode runs tasks of this app only; {name!r} is not one"
+                )
+            return [run_eagerly(self, named, m) for m in messages]
         self.broker.enqueue([to_outgoing(self.settings, m) for m in messages])
+        return [AsyncResult(m.id, self) for m in messages]
 
     def queue(self, name: str) -> QueueHandle:
         """An RQ-style handle: ``app.queue("high").enqueue(any_function, 1, 2)``."""

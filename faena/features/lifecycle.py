@@ -11,8 +11,9 @@ Rules:
 - failure: record ``FAILURE`` and dead-letter the message with reason ``failed`` (so it can
   be inspected and re-run with ``faena dlq retry``).
 - reject: record ``FAILURE`` and dead-letter with the task's reason.
-- lost (the process running it died): give the message back, counted as a delivery with
-  reason ``worker_lost``; the delivery limit dead-letters it if it keeps happening.
+- lost (the process running it died): record ``RETRY`` with a ``WorkerLost`` error and give
+  the message back, counted as a delivery with reason ``worker_lost``; on the last delivery
+  allowed (``max_deliveries``), record ``FAILURE`` and dead-letter it with that reason.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RunInfo:
     started_at: float
     now: float
     result_ttl: float
+    max_deliveries: int = 5
 
 
 def base_record(

@@ -407,6 +407,7 @@ class Worker:
             started_at=started if started is not None else now,
             now=now,
             result_ttl=self.app.settings.result_ttl,
+            max_deliveries=self.app.settings.max_deliveries,
         )
 
     def _progress_sink(self, job_id: str) -> Any:
@@ -456,6 +457,15 @@ class Worker:
 
     # -- background ---------------------------------------------------------------------------
     def _info(self) -> WorkerInfo:
+        extra: dict[str, str] = {"app": self.app.name}
+        if self._pool is not None:
+            health = self._pool.health()
+            extra.update(
+                pool_size=str(health.size),
+                pool_busy=str(health.busy),
+                pool_restarts=str(health.restarts),
+                pool_abandoned=str(health.abandoned),
+            )
         return WorkerInfo(
             id=self.id,
             hostname=socket.gethostname(),
@@ -466,6 +476,7 @@ class Worker:
             started_at=self._started_at,
             processed=self.processed,
             running=len(self._running),
+            extra=extra,
         )
 
     async def _heartbeat(self) -> None:

@@ -1,0 +1,72 @@
+"""Tasks for the fault tests: each run writes a line to a ledger file, so a test can see what
+ran, where and how often, without trusting the queue under test.
+
+Configured by the environment of the worker process (set by the tests):
+FAULT_LEDGER (path), FAULT_LEASE_S, FAULT_MAX_DELIVERIES, FAULT_SLEEP_S (seconds `work` sleeps).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from faena import Faena
+
+app = Faena(
+    "faults",
+    lease_s=float(os.environ.get("FAULT_LEASE_S", "30")),
+    max_deliveries=int(os.environ.get("FAULT_MAX_DELIVERIES", "5")),
+    poll_interval_s=0.005,
+)
+
+
+def ledger(line: str) -> None:
+    path = os.environ.get("FAULT_LEDGER")
+    if path:
+        # One short O_APPEND write per line: lines from several processes never interleave.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{line}\n".encode())
+        finally:
+            os.close(fd)
+
+
+@app.task
+def work(i: int) -> int:
+    ledger(f"start {i} {os.getpid()}")
+    time.sleep(float(os.environ.get("FAULT_SLEEP_S", "0")))
+    ledger(f"done {i} {os.getpid()}")
+    return i
+
+
+@app.task(ignore_result=False)
+def noop(i: int) -> int:
+    ledger(f"run {i} {os.getpid()}")
+    return i
+
+
+@app.task
+def suicide() -> None:
+    ledger(f"suicide {os.getpid()}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(time_limit=1.0)
+def hang() -> None:
+    ledger(f"hang {os.getpid()} {time.time()}")
+    while True:
+        time.sleep(0.05)
+
+
+@app.task
+def rendezvous(name: str, directory: str, expected: int) -> int:
+    """Wait (up to 10 s) until ``expected`` jobs have arrived here at the same time."""
+    Path(directory, f"{name}.{os.getpid()}").touch()
+    deadline = time.monotonic() + 10
+    while len(list(Path(directory).iterdir())) < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other jobs never arrived")
+        time.sleep(0.01)
+    return os.getpid()

@@ -33,7 +33,7 @@ from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import worker_identity
 from faena.model import states
 from faena.model.message import encode_message
-from faena.model.outcome import ErrorInfo, JobRecord
+from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.model.task import Request
 from faena.worker.logs import current_job
 from faena.worker.outbox import Outbox
@@ -115,6 +115,11 @@ class Worker:
         self._started_at = app.settings.clock.time()
 
     # -- control ------------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested."""
+        return self._stopping
+
     def request_stop(self, cold: bool = False) -> None:
         """Ask the worker to stop (thread-safe). A second request, or ``cold``, stops at once."""
         loop = self._loop
@@ -189,9 +194,7 @@ class Worker:
         try:
             await self._stop_event.wait()
         finally:
-            fetcher.cancel()
-            await asyncio.gather(fetcher, return_exceptions=True)
-            code = await self._shutdown()
+            code = await self._shutdown(fetcher)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -204,13 +207,20 @@ class Worker:
         assert self._consumer
         assert self._room
         assert self._stop_event
-        while not self._stopping:
+        while not self.stopping:
             room = self.concurrency + self.prefetch - len(self._held)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
                 continue
-            batch = await self._consumer.receive(room, 0.2 if self.options.burst else 1.0)
+            # Never cancelled mid-claim (a cancelled claim could lease messages nobody holds):
+            # shutdown waits for this call, which returns within its timeout.
+            batch = await self._consumer.receive(room, 0.2 if self.options.burst else 0.5)
+            if self.stopping:
+                for delivery in batch:
+                    self._held[delivery.id] = delivery
+                    self._release(delivery)
+                return
             if not batch:
                 if self.options.burst and not self._held:
                     log.info("queues are empty: burst worker stopping")
@@ -301,18 +311,24 @@ class Worker:
             root_id=message.root_id,
             worker=self.id,
         )
-        outcome = await self._pool.run(
-            Job(
-                request=request,
-                body=delivery.body,
-                args=job.args,
-                kwargs=job.kwargs,
-                serializer=message.serializer,
-                time_limit=task.defaults.time_limit,
-                soft_time_limit=task.defaults.soft_time_limit,
-                progress=self._progress_sink(message.id),
+        try:
+            outcome = await self._pool.run(
+                Job(
+                    request=request,
+                    body=delivery.body,
+                    args=job.args,
+                    kwargs=job.kwargs,
+                    serializer=message.serializer,
+                    time_limit=task.defaults.time_limit,
+                    soft_time_limit=task.defaults.soft_time_limit,
+                    progress=self._progress_sink(message.id),
+                )
             )
-        )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a pool fault must not strand the message
+            log.exception("the pool could not run job %s", message.id)
+            outcome = Outcome(status="failure", error=ErrorInfo.from_exception(exc))
         self.processed += 1
         info = self._run_info(delivery, started)
         if message.id in self._terminated:
@@ -491,6 +507,7 @@ class Worker:
                     lost = await self._consumer.extend(held, self.app.settings.lease_s)
                     for mid in lost:
                         log.warning("lease on %s was lost; its outcome will not be recorded", mid)
+                        self._held.pop(mid, None)
                 await self.app.broker.register_worker(self._info())
                 await self._terminate_revoked()
             except asyncio.CancelledError:
@@ -522,7 +539,7 @@ class Worker:
             except Exception:
                 log.exception("result cleanup failed")
 
-    async def _shutdown(self) -> int:
+    async def _shutdown(self, fetcher: asyncio.Task[None]) -> int:
         assert self._outbox
         assert self._pool
         for mid, waiting in list(self._waiting.items()):
@@ -532,6 +549,8 @@ class Worker:
                 self._release(delivery)
         self._waiting.clear()
         await self._outbox.flush()  # unstarted messages go back now, before we wait for the rest
+        await asyncio.gather(fetcher, return_exceptions=True)
+        await self._outbox.flush()
         if self._running and not self._cold:
             running = list(self._running.values())
             deadline = self.grace_s

@@ -115,9 +115,8 @@ class Worker:
         self._started_at = app.settings.clock.time()
 
     # -- control ------------------------------------------------------------------------------
-    @property
     def stopping(self) -> bool:
-        """Whether a stop was requested."""
+        """Whether a stop was requested (a method: it changes while a caller awaits)."""
         return self._stopping
 
     def request_stop(self, cold: bool = False) -> None:
@@ -207,7 +206,7 @@ class Worker:
         assert self._consumer
         assert self._room
         assert self._stop_event
-        while not self.stopping:
+        while not self.stopping():
             room = self.concurrency + self.prefetch - len(self._held)
             if room <= 0:
                 self._room.clear()
@@ -216,7 +215,7 @@ class Worker:
             # Never cancelled mid-claim (a cancelled claim could lease messages nobody holds):
             # shutdown waits for this call, which returns within its timeout.
             batch = await self._consumer.receive(room, 0.2 if self.options.burst else 0.5)
-            if self.stopping:
+            if self.stopping():
                 for delivery in batch:
                     self._held[delivery.id] = delivery
                     self._release(delivery)

@@ -15,8 +15,13 @@ def memory_app(name: str = "test", **settings: Any) -> Faena:
     return Faena(name, broker="memory://", results="memory://", **settings)
 
 
-async def adrain(app: Faena, queues: Sequence[str] | None = None, *, pool: str = "async",
-                 concurrency: int | None = None) -> int:
+async def adrain(
+    app: Faena,
+    queues: Sequence[str] | None = None,
+    *,
+    pool: str = "async",
+    concurrency: int | None = None,
+) -> int:
     """Run a worker on ``queues`` (default: every queue the app's tasks use, and the default
     queue) until nothing is ready or running; returns how many jobs it ran.
 
@@ -26,13 +31,22 @@ async def adrain(app: Faena, queues: Sequence[str] | None = None, *, pool: str =
     if queues is None:
         found = {t.defaults.queue for t in (app.registry.get(n) for n in app.registry)}
         queues = sorted({app.settings.default_queue} | {q for q in found if q})
-    worker = Worker(app, WorkerOptions(queues=tuple(queues), pool=pool, concurrency=concurrency,
-                                       burst=True, grace_s=60.0))
+    worker = Worker(
+        app,
+        WorkerOptions(
+            queues=tuple(queues), pool=pool, concurrency=concurrency, burst=True, grace_s=60.0
+        ),
+    )
     await worker.run()
     return worker.processed
 
 
-def drain(app: Faena, queues: Sequence[str] | None = None, *, pool: str = "async",
-          concurrency: int | None = None) -> int:
+def drain(
+    app: Faena,
+    queues: Sequence[str] | None = None,
+    *,
+    pool: str = "async",
+    concurrency: int | None = None,
+) -> int:
     """Blocking :func:`adrain`: run a worker until the queues are empty."""
     return asyncio.run(adrain(app, queues, pool=pool, concurrency=concurrency))

@@ -10,7 +10,7 @@ from faena.model.outcome import Outcome
 from faena.model.task import ProgressSink, Request
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Job:
     """One run of a task, ready to execute.
 

@@ -42,8 +42,7 @@ class Decision:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunInfo:
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     """Who ran the job and when, for its record."""
 
     worker: str | None

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextvars
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+
+import msgspec
 
 from faena.foundation.exceptions import ConfigurationError, MaxRetriesExceeded, Retry
 from faena.foundation.util import new_id
@@ -74,8 +76,7 @@ class Dispatcher(Protocol):
     ) -> AsyncResult[Any]: ...
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Request:
+class Request(msgspec.Struct, frozen=True, kw_only=True):
     """What a bound task knows about the job it is running."""
 
     id: str
@@ -85,7 +86,7 @@ class Request:
     deliveries: int = 1
     eta: float | None = None
     expires: float | None = None
-    headers: Mapping[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] = {}
     parent_id: str | None = None
     root_id: str | None = None
     worker: str | None = None
@@ -187,6 +188,7 @@ class Task(Generic[P, R]):
             self.call_signature = self.signature.replace(parameters=params[1:])
         else:
             self.call_signature = self.signature
+        self._positional = _positional_range(self.call_signature)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", self.name)
         self.__wrapped__ = fn
@@ -208,6 +210,11 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise TypeError if the task cannot be called with these arguments."""
+        # Most calls are positional only: a range check then stands for a full bind.
+        if not kwargs and self._positional is not None:
+            low, high = self._positional
+            if low <= len(args) <= high:
+                return
         self.call_signature.bind(*args, **kwargs)
 
     def check_arguments_or_raise(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
@@ -271,6 +278,22 @@ class Task(Generic[P, R]):
     def options(self, **options: Any) -> BoundCall[P, R]:
         """Fix call options, then ``delay``: ``task.options(queue="high").delay(1, 2)``."""
         return BoundCall(self, _call_options(self, options))
+
+
+def _positional_range(signature: inspect.Signature) -> tuple[int, float] | None:
+    """(fewest, most) positional arguments a call without keywords may pass, or ``None`` if a
+    keyword-only parameter is required (then every call needs a full bind)."""
+    low, high = 0, 0.0
+    for param in signature.parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            high += 1
+            if param.default is param.empty:
+                low += 1
+        elif param.kind is param.VAR_POSITIONAL:
+            high = float("inf")
+        elif param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+            return None
+    return low, high
 
 
 _CALL_OPTION_NAMES = tuple(sorted(CallOptions.__dataclass_fields__))

@@ -99,8 +99,11 @@ class Worker:
             options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
         )
         self._held: dict[str, Delivery] = {}
-        self._waiting: dict[str, asyncio.Task[None]] = {}
+        self._settling: set[str] = set()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._runners: list[asyncio.Task[None]] = []
+        self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None
+        self._idle: asyncio.Event | None = None
         self._started_records: dict[str, JobRecord] = {}
         self._terminated: set[str] = set()
         self._stopping = False
@@ -108,11 +111,11 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
-        self._slots: asyncio.Semaphore | None = None
         self._consumer: Consumer | None = None
         self._outbox: Outbox | None = None
         self._pool: Pool | None = None
         self._started_at = app.settings.clock.time()
+        self._function_modules = app.function_modules
 
     # -- control ------------------------------------------------------------------------------
     def stopping(self) -> bool:
@@ -158,7 +161,9 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._room = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.concurrency)
+        self._queue = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._install_signals()
         app = self.app
         options: dict[str, Any] = {}
@@ -189,6 +194,8 @@ class Worker:
             asyncio.create_task(c)
             for c in (self._outbox.run(), self._heartbeat(), self._maintenance())
         ]
+        # One long-lived runner per slot: a job costs a queue hand-off, not a new task.
+        self._runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
         fetcher = asyncio.create_task(self._fetch())
         try:
             await self._stop_event.wait()
@@ -205,7 +212,7 @@ class Worker:
     async def _fetch(self) -> None:
         assert self._consumer
         assert self._room
-        assert self._stop_event
+        assert self._queue
         while not self.stopping():
             room = self.concurrency + self.prefetch - len(self._held)
             if room <= 0:
@@ -228,18 +235,38 @@ class Worker:
             revoked = await self._revoked([d.id for d in batch])
             for delivery in batch:
                 self._held[delivery.id] = delivery
-                self._waiting[delivery.id] = asyncio.create_task(
-                    self._handle(delivery, delivery.id in revoked)
-                )
+                self._queue.put_nowait((delivery, delivery.id in revoked))
 
     async def _revoked(self, ids: Sequence[str]) -> set[str]:
         records = await self.app.results.fetch_many(ids)
         return {i for i, r in records.items() if r.state == states.REVOKED}
 
     # -- one job ------------------------------------------------------------------------------
+    async def _runner(self) -> None:
+        assert self._queue
+        assert self._idle
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            delivery, revoked = await self._queue.get()
+            if self._stopping:  # shutdown hands queued messages back; this one slipped through
+                self._release(delivery)
+                continue
+            self._running[delivery.id] = me
+            self._idle.clear()
+            try:
+                await self._handle(delivery, revoked)
+            except asyncio.CancelledError:
+                self._release(delivery)
+                raise
+            finally:
+                self._running.pop(delivery.id, None)
+                self._started_records.pop(delivery.id, None)
+                if not self._running:
+                    self._idle.set()
+
     async def _handle(self, delivery: Delivery, revoked: bool) -> None:
         current_job.set(delivery.id)
-        assert self._slots
         assert self._outbox
         settings = self.app.settings
         admitted = admit(
@@ -247,44 +274,22 @@ class Worker:
             max_size=settings.max_message_size,
             accept=settings.accept,
             registry=self.app.registry,
-            function_modules=self.app.function_modules,
+            function_modules=self._function_modules,
         )
         if isinstance(admitted, Refused):
-            self._waiting.pop(delivery.id, None)
             self._refuse(delivery, admitted)
             return
         message = admitted.message
         if revoked:
-            self._waiting.pop(delivery.id, None)
             log.info("job %s was revoked before it started; skipped", delivery.id)
-            self._outbox.settle(Settlement(delivery=delivery, action="ack"))
+            self._settle(Settlement(delivery=delivery, action="ack"))
             self._emit(states.REVOKED, admitted)
             return
         if message.expires is not None and settings.clock.time() >= message.expires:
-            self._waiting.pop(delivery.id, None)
             log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
             self._apply(delivery, expired(message, self._run_info(delivery, None)), admitted)
             return
-        try:
-            await self._slots.acquire()
-        except asyncio.CancelledError:
-            self._waiting.pop(delivery.id, None)
-            raise
-        self._waiting.pop(delivery.id, None)
-        if self._stopping:
-            self._slots.release()
-            self._release(delivery)
-            return
-        self._running[delivery.id] = asyncio.current_task()  # type: ignore[assignment]
-        try:
-            await self._execute(delivery, admitted)
-        except asyncio.CancelledError:
-            self._release(delivery)
-            raise
-        finally:
-            self._running.pop(delivery.id, None)
-            self._started_records.pop(delivery.id, None)
-            self._slots.release()
+        await self._execute(delivery, admitted)
 
     async def _execute(self, delivery: Delivery, job: Admitted) -> None:
         assert self._pool
@@ -333,7 +338,7 @@ class Worker:
         if message.id in self._terminated:
             self._terminated.discard(message.id)
             log.info("job %s was terminated by a revoke", message.id)
-            self._outbox.settle(Settlement(delivery=delivery, action="ack"))
+            self._settle(Settlement(delivery=delivery, action="ack"))
             self._emit(states.REVOKED, job)
             return
         decision = decide(task.defaults, message, outcome, info)
@@ -357,9 +362,8 @@ class Worker:
         self._apply(delivery, decision, job)
 
     def _apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
-        assert self._outbox
         body = encode_message(decision.next_message) if decision.next_message else None
-        self._outbox.settle(
+        self._settle(
             Settlement(
                 delivery=delivery,
                 action=decision.action,
@@ -383,8 +387,7 @@ class Worker:
     def _refuse(self, delivery: Delivery, refused: Refused) -> None:
         log.error("message %s dead-lettered: %s: %s", delivery.id, refused.reason, refused.detail)
         if refused.message is None:
-            assert self._outbox
-            self._outbox.settle(
+            self._settle(
                 Settlement(
                     delivery=delivery, action="dead", reason=refused.reason, detail=refused.detail
                 )
@@ -396,12 +399,22 @@ class Worker:
         )
         self._apply(delivery, decision, None)
 
-    def _release(self, delivery: Delivery) -> None:
+    def _settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
+        """Queue the end of a lease; a message is settled once, whatever happens after."""
         assert self._outbox
-        self._outbox.settle(Settlement(delivery=delivery, action="release"))
+        mid = settlement.delivery.id
+        if mid in self._settling:
+            return
+        self._settling.add(mid)
+        self._outbox.settle(settlement, record)
+
+    def _release(self, delivery: Delivery) -> None:
+        """Hand an unfinished message back, due now, without counting the delivery."""
+        self._settle(Settlement(delivery=delivery, action="release"))
 
     def _on_settled(self, settlement: Settlement, ok: bool) -> None:
         mid = settlement.delivery.id
+        self._settling.discard(mid)
         if self._held.get(mid) is settlement.delivery:
             del self._held[mid]
         if not ok:
@@ -541,35 +554,32 @@ class Worker:
     async def _shutdown(self, fetcher: asyncio.Task[None]) -> int:
         assert self._outbox
         assert self._pool
-        for mid, waiting in list(self._waiting.items()):
-            waiting.cancel()
-            delivery = self._held.get(mid)
-            if delivery is not None:
-                self._release(delivery)
-        self._waiting.clear()
-        await self._outbox.flush()  # unstarted messages go back now, before we wait for the rest
+        assert self._queue
+        assert self._idle
+        # Unstarted messages go back at once, before waiting for the running ones.
+        while not self._queue.empty():
+            delivery, _ = self._queue.get_nowait()
+            self._release(delivery)
+        await self._outbox.flush()
         await asyncio.gather(fetcher, return_exceptions=True)
         await self._outbox.flush()
         if self._running and not self._cold:
-            running = list(self._running.values())
-            deadline = self.grace_s
-            waiter = asyncio.ensure_future(asyncio.wait(running, timeout=deadline))
-            stop_wait = asyncio.ensure_future(self._wait_cold())
-            await asyncio.wait({waiter, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
-            if not waiter.done():
-                waiter.cancel()
+            idle = asyncio.ensure_future(self._idle.wait())
+            cold = asyncio.ensure_future(self._wait_cold())
+            await asyncio.wait(
+                {idle, cold}, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            idle.cancel()
+            cold.cancel()
             if self._running:
                 log.warning(
                     "%d job(s) still running: handing their messages back", len(self._running)
                 )
                 self._cold = True
-        code = EXIT_OK
-        if self._running:
-            for running_task in list(self._running.values()):
-                running_task.cancel()
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
-            code = EXIT_COLD
+        code = EXIT_COLD if self._running else EXIT_OK
+        for runner in self._runners:
+            runner.cancel()
+        await asyncio.gather(*self._runners, return_exceptions=True)
         await self._pool.stop(graceful=not self._cold, timeout_s=1.0)
         await self._outbox.flush()
         return code

@@ -26,6 +26,7 @@ import contextvars
 import ctypes
 import logging
 import threading
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -134,6 +135,9 @@ class ThreadPool(Pool):
 
     async def _watch(self, future: asyncio.Future[Outcome], running: _Running, job: Job) -> Outcome:
         soft, hard = job.soft_time_limit, job.time_limit
+        if soft is None and hard is None:
+            outcome = await future
+            return _terminated(job) if running.terminated else outcome
         if soft is not None:
             done, _ = await asyncio.wait({future}, timeout=soft)
             if not done and running.thread_id is not None:
@@ -190,6 +194,8 @@ class AsyncPool(ThreadPool):
         if not task.is_async:
             return await super().run(job)
         coro = run_async(task, job.request, job.args, job.kwargs, job.serializer, job.progress)
+        if job.soft_time_limit is None and job.time_limit is None:
+            return await self._run_inline(coro, job)
         inner = asyncio.ensure_future(coro)
         self._tasks[job.request.id] = inner
         try:
@@ -217,6 +223,22 @@ class AsyncPool(ThreadPool):
             return self._settled(inner, job, SoftTimeLimitExceeded, soft)
         await asyncio.wait({inner}, timeout=1.0)
         return _limit_failure(TimeLimitExceeded, hard or 0.0, job)
+
+    async def _run_inline(self, coro: Coroutine[Any, Any, Outcome], job: Job) -> Outcome:
+        """No time limit: await the job in the caller's task (no extra task per job)."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._tasks[job.request.id] = me
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if job.request.id not in self._terminating:
+                raise
+            self._terminating.discard(job.request.id)
+            me.uncancel()
+            return _terminated(job)
+        finally:
+            self._tasks.pop(job.request.id, None)
 
     def _settled(
         self, inner: asyncio.Task[Outcome], job: Job, kind: type[BaseException], seconds: float

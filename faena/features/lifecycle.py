@@ -89,12 +89,13 @@ def decide(options: TaskOptions, message: Message, outcome: Outcome, info: RunIn
             ),
         )
     if outcome.status == "lost":
-        return Decision(
-            action="release",
-            record=None,
-            reason="worker_lost",
-            detail=outcome.error.message if outcome.error else "",
+        error = outcome.error or ErrorInfo(type="faena.WorkerLost", message="the process died")
+        if info.deliveries >= info.max_deliveries:
+            return failed(options, message, info, error, reason="worker_lost")
+        record = msgspec.structs.replace(
+            base_record(message, info, states.RETRY, options), error=error, next_run_at=info.now
         )
+        return Decision(action="release", record=record, reason="worker_lost", detail=error.message)
     if outcome.status == "retry" and may_retry(options, message.retries, outcome.max_retries):
         due = (
             outcome.eta

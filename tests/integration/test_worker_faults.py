@@ -30,8 +30,9 @@ def started(env: dict[str, str], kind: str = "start") -> list[list[str]]:
 def test_sigkill_of_a_worker_holding_50_leases_loses_nothing(client, env, start_worker):
     # Given a worker holding 50 leased messages, all running long jobs
     results = [client.enqueue(f"{TASKS}.work", i) for i in range(50)]
-    first = start_worker("--pool", "threads", "-c", "50", "--prefetch", "0",
-                         FAULT_SLEEP_S="600", FAULT_LEASE_S="2")
+    first = start_worker(
+        "--pool", "threads", "-c", "50", "--prefetch", "0", FAULT_SLEEP_S="600", FAULT_LEASE_S="2"
+    )
     wait_until(lambda: len(started(env)) == 50, 30, "50 jobs running on the first worker")
 
     # When it is killed outright
@@ -97,13 +98,10 @@ def test_hung_task_past_its_time_limit_is_killed_and_the_pool_refilled(
     assert len({r.get(timeout=30) for r in pair}) == 2
 
 
-def test_sigterm_finishes_running_jobs_and_hands_back_the_rest_at_once(
-    client, env, start_worker
-):
+def test_sigterm_finishes_running_jobs_and_hands_back_the_rest_at_once(client, env, start_worker):
     # Given a worker running 20 jobs with 10 more prefetched, and 10 still queued
     results = [client.enqueue(f"{TASKS}.work", i) for i in range(40)]
-    worker = start_worker("--pool", "threads", "-c", "20", "--prefetch", "10",
-                          FAULT_SLEEP_S="2")
+    worker = start_worker("--pool", "threads", "-c", "20", "--prefetch", "10", FAULT_SLEEP_S="2")
     wait_until(lambda: len(started(env)) == 20, 30, "20 jobs running")
     running = {int(line[1]) for line in started(env)}
 
@@ -112,8 +110,11 @@ def test_sigterm_finishes_running_jobs_and_hands_back_the_rest_at_once(
 
     # Then every message that had not started is claimable again within 1 s
     waiting = [r for i, r in enumerate(results) if i not in running]
-    wait_until(lambda: all(client.broker.locate(r.id) == "queued" for r in waiting), 1.0,
-               "unstarted messages handed back")
+    wait_until(
+        lambda: all(client.broker.locate(r.id) == "queued" for r in waiting),
+        1.0,
+        "unstarted messages handed back",
+    )
     # and the running jobs finish before it exits 0
     assert worker.wait(30) == 0
     assert all(results[i].get(timeout=1) == i for i in running)

@@ -117,6 +117,8 @@ class MemoryBroker(Broker):
                     now,
                     m.due if m.due is not None else now,
                 )
+                if old is not None:
+                    entry.fence = old.fence  # fences never go back: a stale lease stays stale
                 self._entries[m.id] = entry
                 self._place(entry, now)
         self._waiters.wake()

@@ -1,0 +1,134 @@
+"""The connections one broker or result store holds to its file, and their lifetime.
+
+Two kinds of callers, two kinds of connection:
+
+- sync callers (a web request enqueuing, ``AsyncResult.get``) borrow a connection from a small
+  pool, so concurrent threads never share one and a thread that comes and goes (a dev server's
+  thread per request) leaves nothing behind;
+- async callers (the worker's event loop) hand their blocking SQLite work to one dedicated
+  thread with its own connection, so the loop never blocks on the file and
+  ``PRAGMA data_version`` is always read on the same connection.
+
+A connection must not cross ``fork()``: a child that finds the parent's connections abandons them
+(never closing them, which could drop the parent's locks) and opens its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from faena.backends.sqlite._connection import connect, path_from_url
+from faena.backends.sqlite._notify import Notifier, notifier_for
+from faena.foundation.exceptions import BrokerError
+
+T = TypeVar("T")
+
+_MAX_IDLE = 8
+"""Idle pooled connections kept; more are closed on return (a burst of threads)."""
+_inherited: list[object] = []
+"""Connections and executors inherited through fork: kept alive, never closed, never used."""
+
+
+class Database:
+    """The pool, the executor thread and the notifier of one owner on one file."""
+
+    def __init__(self, url: str) -> None:
+        self.path = path_from_url(url)
+        self.notifier: Notifier = notifier_for(self.path)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._idle: list[sqlite3.Connection] = []
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_conn: sqlite3.Connection | None = None
+        self._closed = False
+        # Open one connection now: a bad path or a broken file fails at construction, and the
+        # schema exists before anyone waits on it.
+        with self.connection():
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _drop_inherited(self) -> None:
+        """In a forked child, set the parent's connections aside. Call with the lock held."""
+        if os.getpid() != self._pid:
+            _inherited.extend([*self._idle, self._executor, self._executor_conn])
+            self._idle = []
+            self._executor = None
+            self._executor_conn = None
+            self._pid = os.getpid()
+
+    def _check_open(self) -> None:
+        """Raise if closed; after a fork, start afresh. Call with the lock held."""
+        if self._closed:
+            raise BrokerError(f"the SQLite backend on {self.path!r} is closed")
+        self._drop_inherited()
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a pooled connection for a sync caller."""
+        with self._lock:
+            self._check_open()
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = connect(self.path)
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                keep = not self._closed and len(self._idle) < _MAX_IDLE
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn`` with the executor thread's connection; the future of its result."""
+        with self._lock:
+            self._check_open()
+            if self._executor is None:
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix=f"faena-sqlite-{os.path.basename(self.path)}"
+                )
+            executor = self._executor
+        return executor.submit(self._on_executor, fn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``fn`` on the executor thread, awaited without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(fn))
+
+    def _on_executor(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # Only the executor thread touches _executor_conn, so no lock is needed here.
+        if self._executor_conn is None:
+            self._executor_conn = connect(self.path)
+        return fn(self._executor_conn)
+
+    def _close_executor_conn(self) -> None:
+        if self._executor_conn is not None:
+            self._executor_conn.close()
+            self._executor_conn = None
+
+    def close(self) -> None:
+        """Close every connection and stop the executor thread. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._drop_inherited()
+            self._closed = True
+            executor, self._executor = self._executor, None
+            idle, self._idle = self._idle, []
+        if executor is not None:
+            # Queued after any work in flight, so the connection closes on its own thread last.
+            executor.submit(self._close_executor_conn)
+            executor.shutdown(wait=True)
+        for conn in idle:
+            conn.close()
+        self.notifier.notify()

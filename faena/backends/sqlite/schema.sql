@@ -1,0 +1,79 @@
+-- faena SQLite schema: broker tables (faena_messages, faena_dead, faena_workers, faena_meta)
+-- and the result store table (faena_results). Every statement is idempotent, so any process
+-- may run this file against a new or existing database; the loader wraps it in one
+-- BEGIN IMMEDIATE transaction.
+--
+-- faena_messages.state: 0 ready, 1 leased, 2 scheduled. A message row is never deleted when it
+-- is handed out, only when it is acknowledged, removed, purged or moved to faena_dead.
+-- seq orders messages FIFO within a priority; it comes from faena_meta('seq'), a counter that
+-- only grows, so a retried or recovered message goes to the back of its priority.
+
+CREATE TABLE IF NOT EXISTS faena_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+
+INSERT OR IGNORE INTO faena_meta (key, value) VALUES ('seq', 0), ('schema', 1);
+
+CREATE TABLE IF NOT EXISTS faena_messages (
+    id          TEXT PRIMARY KEY,
+    queue       TEXT NOT NULL,
+    priority    INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    due         REAL NOT NULL,
+    lease_until REAL,
+    worker      TEXT,
+    deliveries  INTEGER NOT NULL DEFAULT 0,
+    fence       INTEGER NOT NULL DEFAULT 0,
+    last_reason TEXT,
+    enqueued_at REAL NOT NULL,
+    body        BLOB NOT NULL
+);
+
+-- The claim walks this index per queue in hand-out order and stops after LIMIT rows.
+CREATE INDEX IF NOT EXISTS faena_messages_ready
+    ON faena_messages (queue, priority DESC, seq) WHERE state = 0;
+-- Promotion of due scheduled messages, and the next due time a waiting consumer sleeps until.
+CREATE INDEX IF NOT EXISTS faena_messages_scheduled
+    ON faena_messages (due) WHERE state = 2;
+-- Recovery of expired leases, and the next expiry a waiting consumer sleeps until.
+CREATE INDEX IF NOT EXISTS faena_messages_leased
+    ON faena_messages (lease_until) WHERE state = 1;
+-- Ready messages that were handed out before (recovered or released with a reason): the only
+-- ones that can have used up max_deliveries, so the claim's dead-letter sweep stays cheap.
+CREATE INDEX IF NOT EXISTS faena_messages_redelivered
+    ON faena_messages (deliveries) WHERE state = 0 AND deliveries > 0;
+
+CREATE TABLE IF NOT EXISTS faena_dead (
+    id          TEXT PRIMARY KEY,
+    queue       TEXT NOT NULL,
+    priority    INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    detail      TEXT NOT NULL,
+    dead_at     REAL NOT NULL,
+    deliveries  INTEGER NOT NULL,
+    fence       INTEGER NOT NULL,
+    enqueued_at REAL NOT NULL,
+    body        BLOB NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS faena_dead_newest ON faena_dead (dead_at DESC);
+
+CREATE TABLE IF NOT EXISTS faena_workers (
+    id           TEXT PRIMARY KEY,
+    heartbeat_at REAL NOT NULL,
+    data         TEXT NOT NULL
+);
+
+-- data is encode_record(record); fence and expires_at are copied out so the fenced upsert,
+-- expiry and cleanup run in SQL without decoding.
+CREATE TABLE IF NOT EXISTS faena_results (
+    id         TEXT PRIMARY KEY,
+    fence      INTEGER NOT NULL,
+    expires_at REAL,
+    data       BLOB NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS faena_results_expiry
+    ON faena_results (expires_at) WHERE expires_at IS NOT NULL;

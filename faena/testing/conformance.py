@@ -1,0 +1,814 @@
+"""The conformance suites every broker and result store must pass, shipped for any backend.
+
+Subclass a suite in a test module and supply the backend; pytest collects the subclass::
+
+    from faena.testing.conformance import BrokerConformance, ResultStoreConformance
+
+    class TestMyBroker(BrokerConformance):
+        def make_broker(self, config: BrokerConfig) -> Broker:
+            return MyBroker("my://localhost/0", config)
+
+    class TestMyResults(ResultStoreConformance):
+        def make_result_store(self, clock: Clock) -> ResultStore:
+            return MyResultStore("my://localhost/0", clock)
+
+Each test makes its own backend through the hook, starting empty (a fresh file, a flushed
+database), and closes it in ``teardown_method``; a subclass that overrides ``setup_method`` or
+``teardown_method`` calls ``super()``. Time is a :class:`FakeClock` the tests move by hand, so
+the backend must read ``config.clock`` (or the ``clock`` it was given) for every due time,
+lease and expiry. A blocking ``receive``/``wait`` measures its timeout on that clock too (as
+the in-memory reference does), so fake-clock tests pass ``timeout_s=0``; only the tests about
+blocking waits use the real clock, with short timeouts. The suites need no pytest plugin: async
+bodies run on a fresh event loop per test.
+
+The module is long because it is the contract's executable specification: one test per rule,
+kept together so a backend author reads the whole contract in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, ClassVar, TypeVar
+
+from faena.contracts.broker import (
+    Broker,
+    BrokerConfig,
+    Consumer,
+    Delivery,
+    Outgoing,
+    QueueStats,
+    SettleAction,
+    Settlement,
+    WorkerInfo,
+)
+from faena.contracts.results import ResultStore
+from faena.foundation.clock import SYSTEM_CLOCK, Clock, FakeClock
+from faena.model.outcome import FINAL_FENCE, JobRecord
+from faena.model.states import REVOKED, STARTED, SUCCESS
+
+__all__ = [
+    "PROMPT_S",
+    "BrokerConformance",
+    "ResultStoreConformance",
+    "async_test",
+    "out",
+    "record",
+    "run",
+]
+
+T = TypeVar("T")
+S = TypeVar("S")
+
+TEST_TIMEOUT_S = 30.0
+"""No async test body may run longer than this, whatever the backend does."""
+PROMPT_S = 2.5
+"""A wake-up must arrive within this; the blocking calls under test wait up to 5 s."""
+
+
+def run(coro: Coroutine[Any, Any, T], timeout_s: float = TEST_TIMEOUT_S) -> T:
+    """Run ``coro`` on a fresh event loop, bounded by ``timeout_s``."""
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+def async_test(fn: Callable[[S], Coroutine[Any, Any, None]]) -> Callable[[S], None]:
+    """Turn an ``async def test_...(self)`` into a sync test method (no pytest-asyncio)."""
+
+    def test(self: S) -> None:
+        run(fn(self))
+
+    # Copy the identity by hand: a __wrapped__ attribute would make pytest see a coroutine.
+    test.__name__, test.__qualname__, test.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    return test
+
+
+def out(
+    mid: str,
+    queue: str = "default",
+    *,
+    priority: int = 0,
+    due: float | None = None,
+    body: bytes | None = None,
+) -> Outgoing:
+    """An outgoing message whose body defaults to its id."""
+    return Outgoing(
+        id=mid,
+        queue=queue,
+        body=body if body is not None else mid.encode(),
+        priority=priority,
+        due=due,
+    )
+
+
+def ids(deliveries: list[Delivery]) -> list[str]:
+    return [d.id for d in deliveries]
+
+
+def settle(delivery: Delivery, action: SettleAction, **kw: Any) -> Settlement:
+    return Settlement(delivery=delivery, action=action, **kw)
+
+
+class BrokerConformance:
+    """The broker contract (``faena.contracts.broker``). Implement :meth:`make_broker`."""
+
+    lease_s: ClassVar[float] = 30.0
+    max_deliveries: ClassVar[int] = 3
+    clock: FakeClock
+    _brokers: list[Broker]
+
+    def make_broker(self, config: BrokerConfig) -> Broker:
+        """A new, empty broker of the backend under test, honouring ``config``."""
+        raise NotImplementedError("subclasses of BrokerConformance implement make_broker")
+
+    def setup_method(self) -> None:
+        self.clock = FakeClock()
+        self._brokers = []
+
+    def teardown_method(self) -> None:
+        for broker in self._brokers:
+            broker.close()
+
+    def broker(self, *, real_time: bool = False, **overrides: Any) -> Broker:
+        """A broker on the fake clock (or the real one), closed after the test."""
+        config = BrokerConfig(
+            lease_s=self.lease_s,
+            max_deliveries=self.max_deliveries,
+            clock=SYSTEM_CLOCK if real_time else self.clock,
+        )
+        broker = self.make_broker(dataclasses.replace(config, **overrides))
+        self._brokers.append(broker)
+        return broker
+
+    @asynccontextmanager
+    async def consumer(
+        self, broker: Broker, *queues: str, worker: str = "w1"
+    ) -> AsyncIterator[Consumer]:
+        consumer = await broker.open_consumer(list(queues) or ["default"], worker)
+        try:
+            yield consumer
+        finally:
+            await consumer.close()
+
+    # -- hand-out ---------------------------------------------------------------------------
+    @async_test
+    async def test_enqueue_then_receive_round_trip(self) -> None:
+        broker = self.broker()
+        # Given one message enqueued now
+        broker.enqueue([out("m1", "q", priority=4, body=b"payload")])
+        assert broker.locate("m1") == "queued"
+        async with self.consumer(broker, "q") as consumer:
+            # When a consumer receives
+            got = await consumer.receive(10, 0)
+        # Then it is leased with its body and a first delivery
+        assert len(got) == 1
+        d = got[0]
+        assert (d.id, d.queue, d.body, d.priority) == ("m1", "q", b"payload", 4)
+        assert d.deliveries == 1
+        assert d.fence >= 1
+        assert d.last_reason is None
+        assert d.enqueued_at == self.clock.time()
+        assert broker.locate("m1") == "leased"
+
+    @async_test
+    async def test_aenqueue_is_enqueue_for_async_callers(self) -> None:
+        broker = self.broker()
+        await broker.aenqueue([out("m1"), out("m2")])
+        async with self.consumer(broker) as consumer:
+            assert ids(await consumer.receive(10, 0)) == ["m1", "m2"]
+
+    @async_test
+    async def test_receive_hands_out_at_most_max_messages(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out(f"m{i}") for i in range(5)])
+        async with self.consumer(broker) as consumer:
+            assert ids(await consumer.receive(3, 0)) == ["m0", "m1", "m2"]
+            assert ids(await consumer.receive(10, 0)) == ["m3", "m4"]
+            assert await consumer.receive(10, 0) == []
+
+    @async_test
+    async def test_higher_priority_first_then_oldest_first(self) -> None:
+        broker = self.broker()
+        broker.enqueue(
+            [
+                out("low", priority=0),
+                out("mid1", priority=5),
+                out("high", priority=9),
+                out("mid2", priority=5),
+            ]
+        )
+        async with self.consumer(broker) as consumer:
+            assert ids(await consumer.receive(10, 0)) == ["high", "mid1", "mid2", "low"]
+
+    @async_test
+    async def test_queues_are_served_round_robin(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("a1", "a"), out("a2", "a"), out("b1", "b"), out("b2", "b")])
+        async with self.consumer(broker, "a", "b") as consumer:
+            # When receiving one at a time, each claim round starts at the next queue
+            got = [ids(await consumer.receive(1, 0)) for _ in range(4)]
+        assert got == [["a1"], ["b1"], ["a2"], ["b2"]]
+
+    @async_test
+    async def test_a_batch_takes_from_each_queue_in_round_order(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("a1", "a"), out("a2", "a"), out("b1", "b"), out("b2", "b")])
+        async with self.consumer(broker, "a", "b") as consumer:
+            assert ids(await consumer.receive(3, 0)) == ["a1", "a2", "b1"]
+            assert ids(await consumer.receive(3, 0)) == ["b2"]
+
+    @async_test
+    async def test_a_delayed_message_waits_until_due(self) -> None:
+        broker = self.broker()
+        # Given a message due in 10 s
+        broker.enqueue([out("later", due=self.clock.time() + 10)])
+        assert broker.locate("later") == "scheduled"
+        async with self.consumer(broker) as consumer:
+            # Then it is not handed out before it is due
+            assert await consumer.receive(10, 0) == []
+            self.clock.advance(9.5)
+            assert await consumer.receive(10, 0) == []
+            # When it falls due, it is
+            self.clock.advance(0.5)
+            assert ids(await consumer.receive(10, 0)) == ["later"]
+
+    # -- leases -----------------------------------------------------------------------------
+    @async_test
+    async def test_an_expired_lease_is_redelivered_with_a_new_fence(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            (first,) = await consumer.receive(1, 0)
+            # When the lease runs out without a renewal
+            self.clock.advance(self.lease_s + 1)
+            (second,) = await consumer.receive(1, 0)
+        # Then the message comes back, counted, with a higher fence and the reason
+        assert second.id == "m1"
+        assert second.deliveries == first.deliveries + 1
+        assert second.fence == first.fence + 1
+        assert second.last_reason == "lease_expired"
+
+    @async_test
+    async def test_extend_keeps_the_lease(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            (d,) = await consumer.receive(1, 0)
+            self.clock.advance(self.lease_s * 0.8)
+            # When the holder renews before expiry
+            assert await consumer.extend([d], self.lease_s) == set()
+            self.clock.advance(self.lease_s * 0.8)
+            # Then the message is not handed out again past the original lease
+            assert await consumer.receive(1, 0) == []
+            assert broker.locate("m1") == "leased"
+            assert await consumer.settle([settle(d, "ack")]) == [True]
+
+    @async_test
+    async def test_extend_reports_leases_lost_to_someone_else(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            # Given m1's first lease ran out and m1 was handed out again, and m2 is new
+            (stale,) = await consumer.receive(1, 0)
+            self.clock.advance(self.lease_s + 1)
+            (current,) = await consumer.receive(1, 0)
+            broker.enqueue([out("m2")])
+            (fresh,) = await consumer.receive(1, 0)
+            # When the holder of the first lease renews it along with m2
+            lost = await consumer.extend([stale, fresh], self.lease_s)
+            # Then m1 is reported lost, and its current holder can still renew it
+            assert lost == {"m1"}
+            assert await consumer.extend([current], self.lease_s) == set()
+
+    # -- settlements ------------------------------------------------------------------------
+    @async_test
+    async def test_ack_deletes_the_message(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            (d,) = await consumer.receive(1, 0)
+            assert await consumer.settle([settle(d, "ack")]) == [True]
+            self.clock.advance(self.lease_s + 1)
+            assert await consumer.receive(1, 0) == []
+        assert broker.locate("m1") is None
+
+    @async_test
+    async def test_retry_replaces_the_body_reschedules_and_restarts_counting(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1", body=b"attempt-1")])
+        async with self.consumer(broker) as consumer:
+            (d,) = await consumer.receive(1, 0)
+            # When the job is retried in 60 s with its next attempt's body
+            retry = settle(d, "retry", body=b"attempt-2", due=self.clock.time() + 60)
+            assert await consumer.settle([retry]) == [True]
+            # Then it waits in the schedule, and comes back as a first delivery
+            assert broker.locate("m1") == "scheduled"
+            assert await consumer.receive(1, 0) == []
+            self.clock.advance(60)
+            (again,) = await consumer.receive(1, 0)
+        assert (again.body, again.deliveries, again.last_reason) == (b"attempt-2", 1, None)
+        assert again.fence > d.fence
+
+    @async_test
+    async def test_dead_moves_the_message_to_the_dead_letters(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1", "q")])
+        async with self.consumer(broker, "q") as consumer:
+            (d,) = await consumer.receive(1, 0)
+            dead = settle(d, "dead", reason="unknown_task", detail="no task 'x'")
+            assert await consumer.settle([dead]) == [True]
+        assert broker.locate("m1") == "dead"
+        (letter,) = await broker.dead_letters()
+        assert (letter.id, letter.queue, letter.reason, letter.detail) == (
+            "m1",
+            "q",
+            "unknown_task",
+            "no task 'x'",
+        )
+        assert (letter.deliveries, letter.body, letter.dead_at) == (1, b"m1", self.clock.time())
+
+    @async_test
+    async def test_release_without_reason_does_not_count_a_delivery(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            (d,) = await consumer.receive(1, 0)
+            # When an unstarted message is handed back at shutdown
+            assert await consumer.settle([settle(d, "release")]) == [True]
+            (again,) = await consumer.receive(1, 0)
+        # Then it is ready at once and its next hand-out is still the first
+        assert (again.id, again.deliveries, again.last_reason) == ("m1", 1, None)
+
+    @async_test
+    async def test_release_with_reason_counts_and_records_it(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            (d,) = await consumer.receive(1, 0)
+            lost = settle(d, "release", reason="worker_lost")
+            assert await consumer.settle([lost]) == [True]
+            (again,) = await consumer.receive(1, 0)
+        assert (again.deliveries, again.last_reason) == (2, "worker_lost")
+
+    @async_test
+    async def test_a_stale_delivery_cannot_settle(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            # Given a delivery whose lease expired and was handed out again
+            (stale,) = await consumer.receive(1, 0)
+            self.clock.advance(self.lease_s + 1)
+            (current,) = await consumer.receive(1, 0)
+            # Then the old holder's settlements are refused, each in its own slot
+            refused = [
+                settle(stale, "ack"),
+                settle(stale, "retry", body=b"x"),
+                settle(stale, "dead", reason="r"),
+                settle(stale, "release"),
+            ]
+            assert await consumer.settle(refused) == [False, False, False, False]
+            assert broker.locate("m1") == "leased"
+            # And the current holder's ack goes through
+            assert await consumer.settle([settle(current, "ack")]) == [True]
+        assert broker.locate("m1") is None
+
+    @async_test
+    async def test_settle_answers_per_item_in_one_batch(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1"), out("m2"), out("m3")])
+        async with self.consumer(broker) as consumer:
+            d1, d2, d3 = await consumer.receive(3, 0)
+            batch = [
+                settle(d1, "ack"),
+                settle(d2, "release"),
+                settle(d1, "ack"),
+                settle(d3, "retry", body=b"next"),
+            ]
+            assert await consumer.settle(batch) == [True, True, False, True]
+        assert [broker.locate(m) for m in ("m1", "m2", "m3")] == [None, "queued", "queued"]
+
+    @async_test
+    async def test_settlements_of_one_delivery_apply_in_order(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            (d,) = await consumer.receive(1, 0)
+            # When a batch retries a delivery and then acks it
+            batch = [settle(d, "retry", body=b"again"), settle(d, "ack")]
+            # Then the retry ended the lease, so the ack is refused
+            assert await consumer.settle(batch) == [True, False]
+        assert broker.locate("m1") == "queued"
+
+    @async_test
+    async def test_retried_and_recovered_messages_go_to_the_back_of_the_line(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("retried"), out("expired")])
+        async with self.consumer(broker) as consumer:
+            retried, _ = await consumer.receive(2, 0)
+            broker.enqueue([out("waiting")])
+            # When one is retried now and the other's lease runs out
+            await consumer.settle([settle(retried, "retry")])
+            self.clock.advance(self.lease_s + 1)
+            # Then both line up behind the message that was already waiting
+            assert ids(await consumer.receive(10, 0)) == ["waiting", "retried", "expired"]
+
+    # -- dead-lettering by delivery count ---------------------------------------------------
+    @async_test
+    async def test_too_many_lost_leases_dead_letter_with_the_last_reason(self) -> None:
+        broker = self.broker(max_deliveries=2)
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            for _ in range(2):
+                assert ids(await consumer.receive(1, 0)) == ["m1"]
+                self.clock.advance(self.lease_s + 1)
+            # When a third hand-out would exceed max_deliveries
+            assert await consumer.receive(1, 0) == []
+        # Then the message is dead, with the reason of its last loss
+        assert broker.locate("m1") == "dead"
+        (letter,) = await broker.dead_letters()
+        assert (letter.reason, letter.deliveries) == ("lease_expired", 2)
+
+    @async_test
+    async def test_a_lost_worker_counts_towards_max_deliveries(self) -> None:
+        broker = self.broker(max_deliveries=1)
+        broker.enqueue([out("m1"), out("m2")])
+        async with self.consumer(broker) as consumer:
+            d1, _ = await consumer.receive(2, 0)
+            await consumer.settle([settle(d1, "release", reason="worker_lost")])
+            assert await consumer.receive(1, 0) == []
+        (letter,) = await broker.dead_letters()
+        assert (letter.id, letter.reason) == ("m1", "worker_lost")
+
+    # -- producers' view --------------------------------------------------------------------
+    @async_test
+    async def test_locate_and_remove(self) -> None:
+        broker = self.broker()
+        assert broker.locate("nothing") is None
+        assert broker.remove("nothing") is False
+        async with self.consumer(broker) as consumer:
+            # Given one leased, one ready and one scheduled message
+            broker.enqueue([out("busy")])
+            assert ids(await consumer.receive(1, 0)) == ["busy"]
+            broker.enqueue([out("ready"), out("later", due=self.clock.time() + 5)])
+            assert [broker.locate(m) for m in ("busy", "ready", "later")] == [
+                "leased",
+                "queued",
+                "scheduled",
+            ]
+            # Then the waiting ones can be removed, the leased one cannot
+            assert broker.remove("ready") is True
+            assert broker.remove("later") is True
+            assert broker.remove("busy") is False
+            assert [broker.locate(m) for m in ("busy", "ready", "later")] == ["leased", None, None]
+            self.clock.advance(5)
+            assert await consumer.receive(10, 0) == []
+
+    @async_test
+    async def test_re_enqueue_replaces_a_waiting_message(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1", body=b"old"), out("m2")])
+        broker.enqueue([out("m1", body=b"new")])
+        async with self.consumer(broker) as consumer:
+            got = await consumer.receive(10, 0)
+        assert [(d.id, d.body) for d in got] == [("m2", b"m2"), ("m1", b"new")]
+
+    @async_test
+    async def test_re_enqueue_of_a_leased_message_is_dropped(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1", body=b"running")])
+        async with self.consumer(broker) as consumer:
+            (d,) = await consumer.receive(1, 0)
+            broker.enqueue([out("m1", body=b"duplicate")])
+            assert broker.locate("m1") == "leased"
+            assert await consumer.settle([settle(d, "ack")]) == [True]
+            assert await consumer.receive(1, 0) == []
+
+    # -- administration ---------------------------------------------------------------------
+    @async_test
+    async def test_stats_count_every_place_per_queue(self) -> None:
+        broker = self.broker()
+        broker.enqueue(
+            [
+                out("a1", "a"),
+                out("a2", "a"),
+                out("a3", "a", due=self.clock.time() + 9),
+                out("a4", "a"),
+                out("b1", "b"),
+            ]
+        )
+        async with self.consumer(broker, "a") as consumer:
+            d1, d2 = await consumer.receive(2, 0)
+            await consumer.settle([settle(d2, "dead", reason="r")])
+        assert await broker.stats() == [
+            QueueStats(queue="a", ready=1, scheduled=1, leased=1, dead=1),
+            QueueStats(queue="b", ready=1),
+        ]
+        assert d1.id == "a1"
+
+    @async_test
+    async def test_purge_deletes_waiting_messages_only(self) -> None:
+        broker = self.broker()
+        broker.enqueue(
+            [
+                out("a1", "a"),
+                out("a2", "a", due=self.clock.time() + 9),
+                out("a3", "a"),
+                out("b1", "b"),
+            ]
+        )
+        async with self.consumer(broker, "a") as consumer:
+            (leased,) = await consumer.receive(1, 0)
+            assert await broker.purge(["a"]) == 2
+            assert [broker.locate(m) for m in ("a1", "a2", "a3", "b1")] == [
+                "leased",
+                None,
+                None,
+                "queued",
+            ]
+            assert await consumer.settle([settle(leased, "ack")]) == [True]
+
+    async def _bury(self, broker: Broker, *mids: str, queue: str = "default") -> None:
+        """Dead-letter ``mids`` one second apart, in order."""
+        broker.enqueue([out(m, queue) for m in mids])
+        async with self.consumer(broker, queue) as consumer:
+            for m in mids:
+                (d,) = await consumer.receive(1, 0)
+                assert d.id == m
+                await consumer.settle([settle(d, "dead", reason=f"bad-{m}")])
+                self.clock.advance(1)
+
+    @async_test
+    async def test_dead_letters_newest_first_limited_and_by_queue(self) -> None:
+        broker = self.broker()
+        await self._bury(broker, "d1", "d2", "d3")
+        await self._bury(broker, "x1", queue="other")
+        assert [x.id for x in await broker.dead_letters()] == ["x1", "d3", "d2", "d1"]
+        assert [x.id for x in await broker.dead_letters(limit=2)] == ["x1", "d3"]
+        assert [x.id for x in await broker.dead_letters(queue="default")] == ["d3", "d2", "d1"]
+
+    @async_test
+    async def test_requeue_dead_puts_letters_back_uncounted(self) -> None:
+        broker = self.broker()
+        await self._bury(broker, "d1", "d2", "d3")
+        # When one named letter, then all the rest, are requeued
+        assert await broker.requeue_dead(["d2", "missing"]) == 1
+        assert [broker.locate(m) for m in ("d1", "d2")] == ["dead", "queued"]
+        assert await broker.requeue_dead() == 2
+        assert await broker.dead_letters() == []
+        async with self.consumer(broker) as consumer:
+            got = await consumer.receive(10, 0)
+        # Then they are handed out again as first deliveries with their bodies
+        assert sorted((d.id, d.body, d.deliveries) for d in got) == [
+            ("d1", b"d1", 1),
+            ("d2", b"d2", 1),
+            ("d3", b"d3", 1),
+        ]
+
+    @async_test
+    async def test_purge_dead_by_id_and_all(self) -> None:
+        broker = self.broker()
+        await self._bury(broker, "d1", "d2", "d3")
+        assert await broker.purge_dead(["d1", "missing"]) == 1
+        assert await broker.purge_dead() == 2
+        assert await broker.dead_letters() == []
+        assert broker.locate("d2") is None
+
+    @async_test
+    async def test_workers_are_listed_while_their_heartbeat_is_recent(self) -> None:
+        broker = self.broker()
+        info = WorkerInfo(
+            id="host:1",
+            hostname="host",
+            pid=1,
+            queues=("a", "b"),
+            concurrency=4,
+            pool="threads",
+            started_at=self.clock.time(),
+            processed=7,
+            running=2,
+            extra={"version": "1"},
+        )
+        await broker.register_worker(info)
+        listed = await broker.workers()
+        assert listed == [dataclasses.replace(info, heartbeat_at=self.clock.time())]
+        # When the heartbeat is older than the lease, the worker is presumed dead
+        self.clock.advance(self.lease_s + 1)
+        assert await broker.workers() == []
+        # And a fresh heartbeat brings it back, until it unregisters
+        await broker.register_worker(info)
+        assert [w.id for w in await broker.workers()] == ["host:1"]
+        await broker.unregister_worker("host:1")
+        assert await broker.workers() == []
+
+    # -- blocking receive (real clock) ------------------------------------------------------
+    @async_test
+    async def test_receive_times_out_with_nothing(self) -> None:
+        broker = self.broker(real_time=True)
+        async with self.consumer(broker) as consumer:
+            started = SYSTEM_CLOCK.monotonic()
+            assert await consumer.receive(1, 0.2) == []
+        assert 0.15 <= SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+
+    @async_test
+    async def test_a_waiting_receive_wakes_on_enqueue(self) -> None:
+        broker = self.broker(real_time=True)
+        async with self.consumer(broker) as consumer:
+            # Given a receive waiting up to 5 s on an empty queue
+            waiting = asyncio.create_task(consumer.receive(1, 5.0))
+            # When another thread enqueues (the delay only lets the receive start waiting;
+            # the assertions hold whichever comes first)
+            producer = threading.Timer(0.05, broker.enqueue, ([out("m1")],))
+            started = SYSTEM_CLOCK.monotonic()
+            producer.start()
+            try:
+                got = await waiting
+            finally:
+                producer.join()
+        # Then the receive returns the message well before its timeout
+        assert ids(got) == ["m1"]
+        assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+
+    @async_test
+    async def test_closing_the_consumer_ends_a_waiting_receive(self) -> None:
+        broker = self.broker(real_time=True)
+        consumer = await broker.open_consumer(["default"], "w1")
+        # Given a receive waiting up to 5 s on an empty queue
+        waiting = asyncio.create_task(consumer.receive(1, 5.0))
+        closing: list[asyncio.Task[None]] = []
+        started = SYSTEM_CLOCK.monotonic()
+        # When the consumer is closed meanwhile
+        asyncio.get_running_loop().call_later(
+            0.05, lambda: closing.append(asyncio.create_task(consumer.close()))
+        )
+        # Then the receive ends empty-handed well before its timeout
+        assert await waiting == []
+        assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+        await asyncio.gather(*closing)
+
+    def test_close_is_idempotent(self) -> None:
+        broker = self.broker()
+        broker.close()
+        broker.close()
+
+
+def record(job_id: str, state: str = STARTED, fence: int = 1, **fields: Any) -> JobRecord:
+    return JobRecord(id=job_id, state=state, fence=fence, **fields)
+
+
+class ResultStoreConformance:
+    """The result store contract (``faena.contracts.results``). Implement the hook."""
+
+    clock: FakeClock
+    _stores: list[ResultStore]
+
+    def make_result_store(self, clock: Clock) -> ResultStore:
+        """A new, empty result store of the backend under test, reading time from ``clock``."""
+        raise NotImplementedError("subclasses of ResultStoreConformance implement the hook")
+
+    def setup_method(self) -> None:
+        self.clock = FakeClock()
+        self._stores = []
+
+    def teardown_method(self) -> None:
+        for store in self._stores:
+            store.close()
+
+    def store(self, *, real_time: bool = False) -> ResultStore:
+        store = self.make_result_store(SYSTEM_CLOCK if real_time else self.clock)
+        self._stores.append(store)
+        return store
+
+    @async_test
+    async def test_store_then_fetch_round_trip(self) -> None:
+        store = self.store()
+        full = record(
+            "j1",
+            SUCCESS,
+            fence=3,
+            task="t.add",
+            queue="q",
+            worker="w",
+            value=b"4",
+            progress=1.0,
+            retries=2,
+            deliveries=1,
+            started_at=1.0,
+            finished_at=2.0,
+            updated_at=2.0,
+            parent_id="p",
+            root_id="r",
+        )
+        assert store.store(full) is True
+        assert store.fetch("j1") == full
+        assert await store.afetch("j1") == full
+        assert store.fetch("unknown") is None
+
+    def test_a_lower_fence_is_not_written(self) -> None:
+        store = self.store()
+        assert store.store(record("j1", fence=2, worker="current")) is True
+        # When a worker that lost its lease writes with an older fence
+        assert store.store(record("j1", SUCCESS, fence=1, worker="stale")) is False
+        # Then the record is unchanged; an equal fence still writes
+        assert store.fetch("j1") == record("j1", fence=2, worker="current")
+        assert store.store(record("j1", SUCCESS, fence=2)) is True
+        assert store.fetch("j1") == record("j1", SUCCESS, fence=2)
+
+    def test_the_final_fence_wins(self) -> None:
+        store = self.store()
+        assert store.store(record("j1", REVOKED, fence=FINAL_FENCE)) is True
+        assert store.store(record("j1", SUCCESS, fence=10**6)) is False
+        fetched = store.fetch("j1")
+        assert fetched is not None
+        assert fetched.state == REVOKED
+
+    @async_test
+    async def test_expired_records_read_as_missing_and_are_cleaned_up(self) -> None:
+        store = self.store()
+        now = self.clock.time()
+        store.store(record("short", expires_at=now + 10))
+        store.store(record("long", expires_at=now + 100))
+        store.store(record("forever"))
+        self.clock.advance(10)
+        # Then the expired record is gone for readers, and cleanup deletes only it
+        assert store.fetch("short") is None
+        assert await store.fetch_many(["short", "long"]) == {"long": store.fetch("long")}
+        assert await store.cleanup() == 1
+        assert await store.cleanup() == 0
+        assert store.fetch("forever") is not None
+
+    def test_an_expired_record_never_blocks_a_new_write(self) -> None:
+        store = self.store()
+        store.store(record("j1", fence=5, expires_at=self.clock.time() + 1))
+        self.clock.advance(2)
+        assert store.store(record("j1", fence=1)) is True
+        assert store.fetch("j1") == record("j1", fence=1)
+
+    @async_test
+    async def test_store_many_answers_per_record(self) -> None:
+        store = self.store()
+        store.store(record("b", fence=3))
+        written = await store.store_many(
+            [record("a"), record("b", SUCCESS, fence=2), record("c", SUCCESS)]
+        )
+        assert written == [True, False, True]
+        found = await store.fetch_many(["a", "b", "c", "missing"])
+        assert found == {"a": record("a"), "b": record("b", fence=3), "c": record("c", SUCCESS)}
+
+    def test_forget_deletes_the_record(self) -> None:
+        store = self.store()
+        store.store(record("j1", SUCCESS))
+        store.forget("j1")
+        store.forget("j1")
+        assert store.fetch("j1") is None
+
+    @async_test
+    async def test_wait_returns_a_ready_record_at_once(self) -> None:
+        store = self.store()
+        store.store(record("j1", SUCCESS, value=b"1"))
+        assert store.wait("j1", 5.0) == record("j1", SUCCESS, value=b"1")
+        assert await store.await_ready("j1", 5.0) == record("j1", SUCCESS, value=b"1")
+
+    @async_test
+    async def test_wait_returns_the_last_record_when_time_is_up(self) -> None:
+        store = self.store(real_time=True)
+        store.store(record("j1", STARTED))
+        assert store.wait("j1", 0.1) == record("j1", STARTED)
+        assert await store.await_ready("j1", 0.1) == record("j1", STARTED)
+        assert store.wait("unknown", 0.05) is None
+        assert await store.await_ready("unknown", 0) is None
+
+    def test_wait_is_woken_by_a_store_from_another_thread(self) -> None:
+        store = self.store(real_time=True)
+        # Given a job running, and a thread that finishes it shortly
+        store.store(record("j1", STARTED))
+        finisher = threading.Timer(0.05, store.store, (record("j1", SUCCESS, fence=2),))
+        started = SYSTEM_CLOCK.monotonic()
+        finisher.start()
+        try:
+            # When the caller waits up to 5 s
+            got = store.wait("j1", 5.0)
+        finally:
+            finisher.join()
+        # Then it gets the final record well before the timeout
+        assert got == record("j1", SUCCESS, fence=2)
+        assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+
+    @async_test
+    async def test_await_ready_is_woken_by_a_store_from_another_thread(self) -> None:
+        store = self.store(real_time=True)
+        finisher = threading.Timer(0.05, store.store, (record("j1", SUCCESS),))
+        started = SYSTEM_CLOCK.monotonic()
+        finisher.start()
+        try:
+            got = await store.await_ready("j1", 5.0)
+        finally:
+            finisher.join()
+        assert got == record("j1", SUCCESS)
+        assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+
+    def test_close_is_idempotent(self) -> None:
+        store = self.store()
+        store.close()
+        store.close()

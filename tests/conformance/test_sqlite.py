@@ -1,0 +1,221 @@
+"""The conformance suites against the SQLite backend, plus what only SQLite promises."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from faena.backends.sqlite import SQLiteBroker, SQLiteResultStore
+from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.results import ResultStore
+from faena.foundation.clock import SYSTEM_CLOCK, Clock, FakeClock
+from faena.foundation.exceptions import BrokerError, ConfigurationError
+from faena.model.outcome import encode_record
+from faena.model.states import SUCCESS
+from faena.testing.conformance import (
+    PROMPT_S,
+    BrokerConformance,
+    ResultStoreConformance,
+    async_test,
+    out,
+    record,
+)
+
+
+class _OnAFile:
+    path: Path
+
+    @pytest.fixture(autouse=True)
+    def _database_file(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "faena.sqlite3"
+
+    @property
+    def url(self) -> str:
+        return f"sqlite:///{self.path}"
+
+
+class TestSQLiteBroker(_OnAFile, BrokerConformance):
+    def make_broker(self, config: BrokerConfig) -> Broker:
+        return SQLiteBroker(self.url, config)
+
+
+class TestSQLiteResultStore(_OnAFile, ResultStoreConformance):
+    def make_result_store(self, clock: Clock) -> ResultStore:
+        return SQLiteResultStore(self.url, clock)
+
+
+class TestSQLiteOnly(_OnAFile):
+    def test_urls_name_relative_and_absolute_files(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        relative = SQLiteBroker("sqlite:///sub.sqlite3", BrokerConfig())
+        relative.close()
+        assert (tmp_path / "sub.sqlite3").exists()
+        absolute = SQLiteResultStore(f"sqlite:///{tmp_path / 'abs.sqlite3'}")
+        absolute.close()
+        assert (tmp_path / "abs.sqlite3").exists()
+
+    @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "redis://x", "sqlite:///:memory:"])
+    def test_bad_urls_are_configuration_errors(self, url: str) -> None:
+        with pytest.raises(ConfigurationError):
+            SQLiteBroker(url, BrokerConfig())
+
+    def test_the_file_is_in_wal_mode_with_the_schema(self) -> None:
+        SQLiteBroker(self.url, BrokerConfig()).close()
+        conn = sqlite3.connect(self.path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+        assert {"faena_messages", "faena_dead", "faena_workers", "faena_results"} <= tables
+
+    @async_test
+    async def test_broker_and_result_store_share_a_file(self) -> None:
+        clock = FakeClock()
+        broker = SQLiteBroker(self.url, BrokerConfig(clock=clock))
+        store = SQLiteResultStore(self.url, clock)
+        try:
+            broker.enqueue([out("j1")])
+            consumer = await broker.open_consumer(["default"], "w1")
+            (d,) = await consumer.receive(1, 0)
+            assert await store.store_many([record("j1", SUCCESS, fence=d.fence)]) == [True]
+            await consumer.close()
+            assert store.fetch("j1") == record("j1", SUCCESS, fence=d.fence)
+        finally:
+            broker.close()
+            store.close()
+
+    def test_messages_survive_a_reopen(self) -> None:
+        first = SQLiteBroker(self.url, BrokerConfig())
+        first.enqueue([out("m1")])
+        first.close()
+        again = SQLiteBroker(self.url, BrokerConfig())
+        try:
+            assert again.locate("m1") == "queued"
+        finally:
+            again.close()
+
+    @async_test
+    async def test_an_enqueue_in_this_process_wakes_a_receive_without_polling(self) -> None:
+        # Given a consumer that would poll the file only every 60 s
+        config = BrokerConfig(poll_interval_s=60.0, clock=SYSTEM_CLOCK)
+        worker_side = SQLiteBroker(self.url, config)
+        producer_side = SQLiteBroker(self.url, config)
+        try:
+            consumer = await worker_side.open_consumer(["default"], "w1")
+            waiting = asyncio.create_task(consumer.receive(1, 5.0))
+            # When another broker on the same file enqueues from another thread
+            producer = threading.Timer(0.05, producer_side.enqueue, ([out("m1")],))
+            started = SYSTEM_CLOCK.monotonic()
+            producer.start()
+            try:
+                got = await waiting
+            finally:
+                producer.join()
+            await consumer.close()
+            # Then the notifier woke the receive at once
+            assert [d.id for d in got] == ["m1"]
+            assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+        finally:
+            worker_side.close()
+            producer_side.close()
+
+    @async_test
+    async def test_a_receive_waits_only_until_the_next_due_time(self) -> None:
+        broker = SQLiteBroker(self.url, BrokerConfig(poll_interval_s=60.0, clock=SYSTEM_CLOCK))
+        try:
+            broker.enqueue([out("soon", due=SYSTEM_CLOCK.time() + 0.2)])
+            consumer = await broker.open_consumer(["default"], "w1")
+            got = await consumer.receive(1, 5.0)
+            await consumer.close()
+            assert [d.id for d in got] == ["soon"]
+        finally:
+            broker.close()
+
+    @async_test
+    async def test_a_cancelled_receive_loses_no_message(self) -> None:
+        broker = SQLiteBroker(self.url, BrokerConfig(clock=SYSTEM_CLOCK))
+        try:
+            broker.enqueue([out("m1")])
+            first = await broker.open_consumer(["default"], "w1")
+            second = await broker.open_consumer(["default"], "w2")
+            # Given a receive cancelled while its claim may be running in the SQLite thread
+            doomed = asyncio.create_task(first.receive(1, 5.0))
+            await asyncio.sleep(0)  # a yield, not a delay: lets the claim start
+            doomed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            # Then the message is handed back uncounted, not left leased until expiry
+            (d,) = await second.receive(1, 2.0)
+            assert (d.id, d.deliveries) == ("m1", 1)
+            await first.close()
+            await second.close()
+        finally:
+            broker.close()
+
+    def _write_behind_faena(self, sql: str, params: tuple[object, ...]) -> None:
+        """Commit through a plain connection, as another process would: no notifier."""
+        conn = sqlite3.connect(self.path, timeout=5)
+        try:
+            with conn:
+                conn.execute(sql, params)
+        finally:
+            conn.close()
+
+    def test_wait_notices_a_commit_from_another_connection(self) -> None:
+        store = SQLiteResultStore(self.url, SYSTEM_CLOCK, poll_interval_s=0.005)
+        try:
+            # Given a commit that only PRAGMA data_version can reveal
+            sql = "INSERT INTO faena_results (id, fence, expires_at, data) VALUES (?, ?, ?, ?)"
+            row = ("j1", 1, None, encode_record(record("j1", SUCCESS)))
+            writer = threading.Timer(0.05, self._write_behind_faena, (sql, row))
+            started = SYSTEM_CLOCK.monotonic()
+            writer.start()
+            try:
+                got = store.wait("j1", 5.0)
+            finally:
+                writer.join()
+            # Then the polling waiter sees it promptly
+            assert got == record("j1", SUCCESS)
+            assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+        finally:
+            store.close()
+
+    @async_test
+    async def test_receive_notices_a_commit_from_another_connection(self) -> None:
+        broker = SQLiteBroker(self.url, BrokerConfig(clock=SYSTEM_CLOCK, poll_interval_s=0.005))
+        try:
+            consumer = await broker.open_consumer(["default"], "w1")
+            sql = (
+                "INSERT INTO faena_messages (id, queue, priority, seq, state, due, enqueued_at, "
+                "body) VALUES ('m1', 'default', 0, 1000000, 0, 0, 0, x'00')"
+            )
+            writer = threading.Timer(0.05, self._write_behind_faena, (sql, ()))
+            started = SYSTEM_CLOCK.monotonic()
+            writer.start()
+            try:
+                got = await consumer.receive(1, 5.0)
+            finally:
+                writer.join()
+            await consumer.close()
+            assert [d.id for d in got] == ["m1"]
+            assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+        finally:
+            broker.close()
+
+    def test_using_a_closed_broker_is_a_broker_error(self) -> None:
+        broker = SQLiteBroker(self.url, BrokerConfig())
+        broker.close()
+        with pytest.raises(BrokerError, match="closed"):
+            broker.enqueue([out("m1")])
+
+    def test_a_file_that_cannot_be_opened_is_a_broker_error(self, tmp_path: Path) -> None:
+        missing_folder = tmp_path / "no" / "such" / "folder" / "faena.sqlite3"
+        with pytest.raises(BrokerError, match="is its folder writable"):
+            SQLiteBroker(f"sqlite:///{missing_folder}", BrokerConfig())

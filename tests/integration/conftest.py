@@ -24,7 +24,10 @@ class WorkerProcess:
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "faena", "worker", *args],
-            cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
         )
 
     @property
@@ -68,7 +71,8 @@ def start_worker(tmp_path: Path, env: dict[str, str]) -> Iterator[Callable[..., 
     def start(*args: str, **overrides: str) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
         worker = WorkerProcess(
-            ["-A", "tests.integration.fault_tasks", *args], {**env, **overrides}, log)
+            ["-A", "tests.integration.fault_tasks", *args], {**env, **overrides}, log
+        )
         started.append(worker)
         return worker
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import msgspec
+
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
 Location = Literal["queued", "scheduled", "leased", "dead"]
@@ -41,8 +43,7 @@ class Capabilities:
     shared_between_processes: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outgoing:
+class Outgoing(msgspec.Struct, frozen=True, kw_only=True):
     """An encoded message ready to enqueue. ``due`` is Unix seconds, ``None`` for now."""
 
     id: str
@@ -52,8 +53,7 @@ class Outgoing:
     due: float | None = None
 
 
-@dataclass(slots=True, kw_only=True)
-class Delivery:
+class Delivery(msgspec.Struct, kw_only=True):
     """A message leased to this consumer."""
 
     id: str
@@ -69,8 +69,7 @@ class Delivery:
 SettleAction = Literal["ack", "retry", "dead", "release"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settlement:
+class Settlement(msgspec.Struct, frozen=True, kw_only=True):
     """The end of one lease.
 
     - ``ack``: done, delete the message.

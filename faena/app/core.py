@@ -119,13 +119,19 @@ class Faena:
         return self._results
 
     def close(self) -> None:
-        """Close the backends' connections. The app can be used again afterwards."""
+        """Close the backends' connections. The app can be used again afterwards.
+
+        In-memory backends hold the data itself, so they are kept (closing them only wakes
+        their waiters): a ``memory://`` app keeps its messages and results across ``close``.
+        """
         if self._broker is not None:
             self._broker.close()
-            self._broker = None
+            if self._broker.capabilities.shared_between_processes:
+                self._broker = None
         if self._results is not None:
             self._results.close()
-            self._results = None
+            if not self.results_url.startswith("memory:"):
+                self._results = None
 
     def __enter__(self) -> Faena:
         return self

@@ -1,0 +1,158 @@
+"""``faena worker``: run a worker in this process until SIGTERM/SIGINT (or, with --burst, until
+its queues are empty). The exit code is the worker's own (see :mod:`faena.cli.exits`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from faena.cli.common import BadUsage, app_option, load, queues_option
+from faena.worker.logs import configure
+from faena.worker.pools import POOL_NAMES
+from faena.worker.worker import Worker, WorkerOptions
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@click.command()
+@app_option(required=True)
+@queues_option(
+    required=False, help_text="Queues to consume, served round-robin. [default: the app's]"
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    envvar="FAENA_CONCURRENCY",
+    show_envvar=True,
+    help="Jobs run at once. [default: 10; processes: CPU count; solo: 1]",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOL_NAMES),
+    default="async",
+    show_default=True,
+    envvar="FAENA_POOL",
+    show_envvar=True,
+    help="Where jobs run: async (async tasks on the loop, sync ones in threads), threads, "
+    "processes, or solo (one at a time).",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    envvar="FAENA_PREFETCH",
+    show_envvar=True,
+    help="Messages leased beyond the free slots, to hide broker latency. [default: concurrency]",
+)
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(min=1),
+    envvar="FAENA_MAX_TASKS_PER_CHILD",
+    show_envvar=True,
+    help="processes pool: replace a child after this many jobs.",
+)
+@click.option(
+    "--max-memory-per-child",
+    type=click.IntRange(min=1),
+    envvar="FAENA_MAX_MEMORY_PER_CHILD",
+    show_envvar=True,
+    metavar="KIB",
+    help="processes pool: replace a child once its resident memory passes this many KiB.",
+)
+@click.option(
+    "--grace",
+    "grace_s",
+    type=click.FloatRange(min=0),
+    envvar="FAENA_GRACE",
+    show_envvar=True,
+    metavar="SECONDS",
+    help="On SIGTERM, how long running jobs may finish before they are stopped and handed "
+    "back. [default: the app's shutdown_grace_s, 30]",
+)
+@click.option(
+    "--burst",
+    is_flag=True,
+    envvar="FAENA_BURST",
+    show_envvar=True,
+    help="Stop (exit 0) once the queues are empty.",
+)
+@click.option(
+    "--worker-id",
+    envvar="FAENA_WORKER_ID",
+    show_envvar=True,
+    metavar="ID",
+    help="This worker's id, as `faena status` shows it. [default: hostname:pid]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="FAENA_LOG_LEVEL",
+    show_envvar=True,
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(("text", "json")),
+    default="text",
+    show_default=True,
+    envvar="FAENA_LOG_FORMAT",
+    show_envvar=True,
+    help="text for people, json (one object per line) for log collectors.",
+)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    app_spec: str,
+    queues: tuple[str, ...],
+    concurrency: int | None,
+    pool: str,
+    prefetch: int | None,
+    max_tasks_per_child: int | None,
+    max_memory_per_child: int | None,
+    grace_s: float | None,
+    burst: bool,
+    worker_id: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run a worker: lease messages from the queues and run their jobs.
+
+    \b
+    Examples:
+      faena worker -A shop.tasks
+      faena worker -A shop.tasks:app -Q high,default -c 20
+      FAENA_APP=shop.tasks FAENA_POOL=processes faena worker
+
+    The first SIGTERM or Ctrl-C stops taking jobs and lets running ones finish (--grace);
+    a second one stops them at once and hands their messages back.
+    """
+    if pool != "processes":
+        for flag, value in (
+            ("--max-tasks-per-child", max_tasks_per_child),
+            ("--max-memory-per-child", max_memory_per_child),
+        ):
+            if value is not None:
+                raise BadUsage(
+                    f"{flag} applies to --pool processes only (this worker uses --pool {pool})"
+                )
+    configure(log_level, log_format)  # before the import, so the app's own logs show too
+    app = load(app_spec)
+    options = WorkerOptions(
+        queues=queues,
+        concurrency=concurrency,
+        pool=pool,
+        prefetch=prefetch,
+        max_tasks_per_child=max_tasks_per_child,
+        max_memory_per_child=max_memory_per_child,
+        app_spec=app_spec,
+        worker_id=worker_id,
+        burst=burst,
+        grace_s=grace_s,
+    )
+    try:
+        code = asyncio.run(Worker(app, options).run())
+    finally:
+        app.close()
+    ctx.exit(code)

@@ -1,0 +1,365 @@
+"""The ``faena`` command line, run as a user runs it: ``python -m faena ...`` in a subprocess.
+
+Each test gets a SQLite file in its own directory (``FAENA_BROKER_URL``) and a small ``tasks``
+module there; the CLI runs with that directory as its working directory, so ``-A tasks``
+imports it, and the test process imports the same module to send jobs and read results.
+Synchronisation is always on a real event: a result (``get(timeout=...)``), a process exit,
+or polling ``faena status`` until a condition holds, with a deadline.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE_S = 30.0
+
+TASKS = textwrap.dedent(
+    """
+    import asyncio
+
+    from faena import Faena
+
+    app = Faena("acceptance", lease_s=5.0, heartbeat_s=0.5, shutdown_grace_s=5.0)
+
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+
+    @app.task
+    async def shout(word):
+        await asyncio.sleep(0.01)
+        return word.upper()
+    """
+)
+
+
+class Cli:
+    """Runs ``python -m faena`` in ``cwd`` with the test's environment."""
+
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.cwd = cwd
+        self.env = env
+        self.started: list[subprocess.Popen[str]] = []
+
+    def run(
+        self, *args: str, input: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "faena", *args],
+            cwd=self.cwd,
+            env={**self.env, **(env or {})},
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "faena", *args],
+            cwd=self.cwd,
+            env={**self.env, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+            process.communicate(timeout=10)
+
+    def status(self) -> dict[str, Any]:
+        result = self.run("status", "-A", "tasks", "--json")
+        assert result.returncode == 0, result.stderr
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def wait_for(self, condition: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        """Poll ``faena status --json`` until ``condition`` holds, or fail at the deadline."""
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            data = self.status()
+            if condition(data):
+                return data
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting for {what}; last status: {data}")
+
+
+def queue_row(data: dict[str, Any], queue: str) -> dict[str, Any]:
+    for row in data["queues"]:
+        if row["queue"] == queue:
+            return dict(row)
+    return {"queue": queue, "ready": 0, "scheduled": 0, "leased": 0, "dead": 0}
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Cli, ModuleType]]:
+    """A tasks module on a fresh SQLite file; the CLI and this process both use it."""
+    (tmp_path / "tasks.py").write_text(TASKS)
+    url = f"sqlite:///{tmp_path / 'faena.sqlite3'}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAENA_")}
+    env.update(
+        FAENA_BROKER_URL=url,
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p),
+        COLUMNS="200",
+    )
+    for name in [k for k in os.environ if k.startswith("FAENA_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("FAENA_BROKER_URL", url)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("tasks", None)
+    tasks = importlib.import_module("tasks")
+    cli = Cli(tmp_path, env)
+    try:
+        yield cli, tasks
+    finally:
+        cli.stop_all()
+        tasks.app.close()
+        sys.modules.pop("tasks", None)
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=DEADLINE_S)
+    return process.returncode, output
+
+
+@pytest.mark.timeout(90)
+def test_worker_runs_jobs_shows_in_status_and_stops_cleanly_on_sigterm(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    cli, tasks = project
+    # Given a worker process
+    worker = cli.start("worker", "-A", "tasks", "-c", "2", "--worker-id", "acc-1")
+
+    # When jobs are sent to it, sync and async
+    # Then they run
+    assert tasks.add.delay(2, 3).get(timeout=DEADLINE_S) == 5
+    assert tasks.shout.delay("hi").get(timeout=DEADLINE_S) == "HI"
+
+    # And `faena status` lists the worker with what it has done
+    data = cli.wait_for(
+        lambda d: any(w["id"] == "acc-1" and w["processed"] >= 2 for w in d["workers"]),
+        "the worker to report 2 processed jobs",
+    )
+    (row,) = [w for w in data["workers"] if w["id"] == "acc-1"]
+    assert row["pool"] == "async"
+    assert row["concurrency"] == 2
+    assert row["queues"] == ["default"]
+    table = cli.run("status", "-A", "tasks")
+    assert table.returncode == 0
+    assert "acc-1" in table.stdout
+    assert "Workers" in table.stdout
+
+    # When it gets SIGTERM, it stops with exit code 0
+    code, output = stop(worker)
+    assert code == 0, output
+    assert "stopped" in output
+
+
+@pytest.mark.timeout(60)
+def test_status_shows_ready_counts_per_queue(project: tuple[Cli, ModuleType]) -> None:
+    cli, tasks = project
+    # Given 3 jobs sent and no worker running
+    for i in range(3):
+        tasks.add.delay(i, i)
+    tasks.add.apply_async((1, 1), queue="reports", countdown=600)
+
+    # When `faena status` runs without -A (the broker from FAENA_BROKER_URL)
+    result = cli.run("status")
+
+    # Then the table shows 3 ready in default, 1 scheduled in reports
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "│" in line}
+    cells = [c.strip() for c in rows["default"].split("│")[1:-1]]
+    assert cells == ["default", "3", "0", "0", "0"]
+    cells = [c.strip() for c in rows["reports"].split("│")[1:-1]]
+    assert cells == ["reports", "0", "1", "0", "0"]
+    assert "No live workers." in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_purge_asks_then_deletes_ready_and_scheduled(project: tuple[Cli, ModuleType]) -> None:
+    cli, tasks = project
+    # Given 2 ready and 1 scheduled job in default, and one in another queue
+    tasks.add.delay(1, 1)
+    tasks.add.delay(2, 2)
+    tasks.add.apply_async((3, 3), countdown=600)
+    tasks.add.apply_async((4, 4), queue="keep")
+
+    # When the user declines at the prompt, nothing is deleted
+    declined = cli.run("purge", "-Q", "default", input="n\n")
+    assert declined.returncode == 1
+    assert queue_row(cli.status(), "default")["ready"] == 2
+
+    # When --yes is given, the ready and scheduled messages of that queue go
+    result = cli.run("purge", "-Q", "default", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "Purged 3 message(s) from default." in result.stdout
+    data = cli.status()
+    assert queue_row(data, "default")["ready"] == 0
+    assert queue_row(data, "default")["scheduled"] == 0
+    assert queue_row(data, "keep")["ready"] == 1
+
+
+@pytest.mark.timeout(90)
+def test_dead_letters_list_retry_purge(project: tuple[Cli, ModuleType]) -> None:
+    cli, tasks = project
+    # Given a job for a task no worker knows, and a burst worker that has seen it
+    job = tasks.app.enqueue("billing.charge", 10)
+    burst = cli.run("worker", "-A", "tasks", "--burst")
+    assert burst.returncode == 0, burst.stderr
+
+    # When the dead letters are listed
+    listed = cli.run("dlq", "list")
+
+    # Then the message is there with its task and the reason
+    assert listed.returncode == 0, listed.stderr
+    (line,) = [ln for ln in listed.stdout.splitlines() if job.id in ln]
+    assert "billing.charge" in line
+    assert "unknown_task" in line
+    assert "default" in line
+    as_json = json.loads(cli.run("dlq", "list", "--json").stdout)
+    assert [d["id"] for d in as_json["dead_letters"]] == [job.id]
+
+    # When it is retried, it is back in its queue
+    retried = cli.run("dlq", "retry", job.id)
+    assert retried.returncode == 0, retried.stderr
+    assert "Requeued 1 dead letter(s)." in retried.stdout
+    data = cli.status()
+    assert queue_row(data, "default")["ready"] == 1
+    assert queue_row(data, "default")["dead"] == 0
+
+    # And an unknown id is an error naming it
+    missing = cli.run("dlq", "retry", "no-such-id")
+    assert missing.returncode == 1
+    assert "no-such-id" in missing.stderr
+
+    # When a worker dead-letters it again and it is purged, it is gone for good
+    assert cli.run("worker", "-A", "tasks", "--burst").returncode == 0
+    assert queue_row(cli.status(), "default")["dead"] == 1
+    purged = cli.run("dlq", "purge", job.id, "--yes")
+    assert purged.returncode == 0, purged.stderr
+    assert "Deleted 1 dead letter(s)." in purged.stdout
+    assert "No dead letters." in cli.run("dlq", "list").stdout
+
+    # And neither ids nor --all is a usage error
+    assert cli.run("dlq", "purge").returncode == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["worker", "-A", "no_such_module"], "cannot import app module 'no_such_module'"),
+        (["worker", "-A", "tasks:nothing"], "'tasks:nothing' is not a Faena app"),
+        (["status", "-A", "broken"], "NameError"),
+        (["worker"], "FAENA_APP"),
+        (["worker", "-A", "tasks", "-Q", "no spaces"], "invalid queue name"),
+    ],
+)
+def test_bad_app_or_flags_exit_2_with_one_clear_line(
+    project: tuple[Cli, ModuleType], args: list[str], expected: str
+) -> None:
+    cli, _ = project
+    (cli.cwd / "broken.py").write_text("x = undefined_name\n")
+    result = cli.run(*args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")
+
+
+@pytest.mark.timeout(60)
+def test_admin_commands_do_not_create_a_database_where_none_is(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    cli, _ = project
+    # Given a mistyped broker path
+    # When an admin command runs on it
+    result = cli.run("status", "--broker", "sqlite:///typo.sqlite3")
+    # Then it says so, and no empty database appears
+    assert result.returncode == 1
+    assert "no faena database at" in result.stderr
+    assert not (cli.cwd / "typo.sqlite3").exists()
+
+
+@pytest.mark.timeout(60)
+def test_environment_fallbacks_name_the_app_and_queues(project: tuple[Cli, ModuleType]) -> None:
+    cli, tasks = project
+    # Given one job in "urgent" and one in "default"
+    urgent = tasks.add.apply_async((1, 2), queue="urgent")
+    normal = tasks.add.delay(3, 4)
+
+    # When a burst worker runs with FAENA_APP and FAENA_QUEUES instead of flags
+    result = cli.run("worker", "--burst", env={"FAENA_APP": "tasks", "FAENA_QUEUES": "urgent"})
+
+    # Then it consumed "urgent" only
+    assert result.returncode == 0, result.stderr
+    assert urgent.get(timeout=DEADLINE_S) == 3
+    assert normal.state == "QUEUED"
+    # And the flag wins over the environment
+    again = cli.run("worker", "--burst", "-Q", "default", env={"FAENA_QUEUES": "urgent"})
+    assert again.returncode == 2  # no -A and no FAENA_APP
+    again = cli.run("worker", "-A", "tasks", "--burst", "-Q", "default", env={"FAENA_QUEUES": "x"})
+    assert again.returncode == 0, again.stderr
+    assert normal.get(timeout=DEADLINE_S) == 7
+
+
+@pytest.mark.timeout(30)
+def test_help_documents_every_environment_variable(project: tuple[Cli, ModuleType]) -> None:
+    cli, _ = project
+    text = cli.run("worker", "--help").stdout
+    for name in (
+        "FAENA_APP",
+        "FAENA_QUEUES",
+        "FAENA_CONCURRENCY",
+        "FAENA_POOL",
+        "FAENA_PREFETCH",
+        "FAENA_MAX_TASKS_PER_CHILD",
+        "FAENA_MAX_MEMORY_PER_CHILD",
+        "FAENA_GRACE",
+        "FAENA_BURST",
+        "FAENA_WORKER_ID",
+        "FAENA_LOG_LEVEL",
+        "FAENA_LOG_FORMAT",
+    ):
+        assert name in text
+    assert "--autoscale" not in text
+    assert "FAENA_BROKER_URL" in cli.run("status", "--help").stdout
+
+
+@pytest.mark.timeout(90)
+def test_demo_runs_a_real_worker_and_exits_0(project: tuple[Cli, ModuleType]) -> None:
+    cli, _ = project
+    result = cli.run("demo", "--jobs", "5")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Summary" in result.stdout
+    assert "All 5 jobs succeeded" in result.stdout
+    for task in ("add", "flaky_fetch", "send_reminder", "fetch_price", "resize_images"):
+        assert task in result.stdout
+    summary = result.stdout.split("Summary", 1)[1]
+    (flaky,) = [line for line in summary.splitlines() if "flaky_fetch" in line]
+    assert [c.strip() for c in flaky.split("│")][3:6:2] == ["SUCCESS", "2"]  # state, attempts
+    assert not list(cli.cwd.glob("faena-demo.sqlite3"))  # nothing left behind without --keep

@@ -132,3 +132,69 @@ class Database:
         for conn in idle:
             conn.close()
         self.notifier.notify()
+
+
+# -- sharing --------------------------------------------------------------------------------
+# A broker and a result store on the same file, in the same process, must not be two writers:
+# SQLite would make one wait on the other's write lock in its busy handler, which sleeps in
+# steps of milliseconds. They share one Database (one executor thread, one connection pool),
+# so their writes queue up behind each other instead.
+
+_shared: dict[str, tuple[Database, int]] = {}
+_shared_lock = threading.Lock()
+
+
+class SharedDatabase:
+    """One owner's handle on the Database shared by every owner of one file in this process."""
+
+    def __init__(self, url: str) -> None:
+        path = path_from_url(url)
+        with _shared_lock:
+            db, users = _shared.get(path, (None, 0))
+            if db is None or db.closed:
+                db, users = Database(url), 0
+            _shared[path] = (db, users + 1)
+        self._db = db
+        self._closed = False
+        self.path = db.path
+        self.notifier = db.notifier
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._db.closed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise BrokerError(f"the SQLite backend on {self.path!r} is closed")
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        self._check()
+        with self._db.connection() as conn:
+            yield conn
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        self._check()
+        return self._db.submit(fn)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check()
+        return await self._db.run(fn)
+
+    def close(self) -> None:
+        """Let go of the shared Database; the last owner closes it. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        with _shared_lock:
+            db, users = _shared.get(self.path, (None, 0))
+            if db is not self._db:
+                last = True  # replaced after it was closed elsewhere: ours is ours alone
+            else:
+                last = users <= 1
+                if last:
+                    del _shared[self.path]
+                else:
+                    _shared[self.path] = (db, users - 1)
+        if last:
+            self._db.close()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from faena.backends.sqlite import _claims
 from faena.backends.sqlite._claims import LEASED, READY, SCHEDULED
 from faena.backends.sqlite._connection import read, write
-from faena.backends.sqlite._database import Database
+from faena.backends.sqlite._database import SharedDatabase
 from faena.backends.sqlite.consumer import SQLiteConsumer
 from faena.contracts.broker import (
     Broker,
@@ -84,7 +84,7 @@ class SQLiteBroker(Broker):
 
     def __init__(self, url: str, config: BrokerConfig | None = None) -> None:
         super().__init__(url, config or BrokerConfig())
-        self._db = Database(url)
+        self._db = SharedDatabase(url)
 
     # -- producers --------------------------------------------------------------------------
     def _enqueue(self, conn: sqlite3.Connection, messages: Sequence[Outgoing]) -> None:

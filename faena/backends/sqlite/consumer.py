@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from faena.backends.sqlite import _claims
 from faena.backends.sqlite._connection import data_version, write
-from faena.backends.sqlite._database import Database
+from faena.backends.sqlite._database import SharedDatabase
 from faena.contracts.broker import BrokerConfig, Consumer, Delivery, Settlement
 from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import BrokerError, ConfigurationError
@@ -28,7 +28,7 @@ class SQLiteConsumer(Consumer):
     """Leases messages of ``queues`` to ``worker_id``; see the module docstring."""
 
     def __init__(
-        self, db: Database, config: BrokerConfig, queues: list[str], worker_id: str
+        self, db: SharedDatabase, config: BrokerConfig, queues: list[str], worker_id: str
     ) -> None:
         if not queues:
             raise ConfigurationError("a consumer needs at least one queue to read from")

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from faena.backends.sqlite._connection import data_version, read, write
-from faena.backends.sqlite._database import Database
+from faena.backends.sqlite._database import SharedDatabase
 from faena.backends.sqlite._notify import Backoff
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
@@ -72,7 +72,7 @@ class SQLiteResultStore(ResultStore):
         self, url: str, clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.005
     ) -> None:
         super().__init__(url, clock, poll_interval_s)
-        self._db = Database(url)
+        self._db = SharedDatabase(url)
 
     # -- statements (run inside a transaction or a read) -------------------------------------
     def _put(self, c: sqlite3.Connection, records: Sequence[JobRecord]) -> list[bool]:

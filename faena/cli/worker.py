@@ -43,7 +43,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     type=click.IntRange(min=0),
     envvar="FAENA_PREFETCH",
     show_envvar=True,
-    help="Messages leased beyond the free slots, to hide broker latency. [default: concurrency]",
+    help="Messages leased beyond the free slots, to hide broker latency. "
+    "[default: 4 x concurrency]",
 )
 @click.option(
     "--max-tasks-per-child",

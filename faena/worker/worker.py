@@ -90,7 +90,8 @@ class Worker:
         self.concurrency = 1 if options.pool == "solo" else options.resolved_concurrency()
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
-        self.prefetch = self.concurrency if options.prefetch is None else options.prefetch
+        # Celery's habit: hold up to four times the slots, so claims come in useful batches.
+        self.prefetch = 4 * self.concurrency if options.prefetch is None else options.prefetch
         if self.prefetch < 0:
             raise ConfigurationError(f"prefetch must be >= 0, got {self.prefetch}")
         self.id = options.worker_id or worker_identity()

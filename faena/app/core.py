@@ -145,7 +145,8 @@ class Faena:
         if self.settings.function_modules is not None:
             return self.settings.function_modules
         top = self.main_module.partition(".")[0]
-        return () if top in ("__main__", "") else (top,)
+        # faena's own modules are never callable by reference, whoever declares the app.
+        return () if top in ("__main__", "", "faena") else (top,)
 
     # -- declaring ----------------------------------------------------------------------------
     @overload

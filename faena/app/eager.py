@@ -14,7 +14,7 @@ from faena.app.result import AsyncResult
 from faena.features.execution import run_async, run_sync
 from faena.features.intake import Admitted, admit
 from faena.features.lifecycle import Decision, RunInfo, decide, failed
-from faena.model.message import Message, encode_message
+from faena.model.message import Message, encode_message, unpack_headers
 from faena.model.outcome import ErrorInfo, Outcome
 from faena.model.task import Request, Task
 
@@ -60,7 +60,7 @@ def _request(message: Message) -> Request:
         retries=message.retries,
         eta=message.eta,
         expires=message.expires,
-        headers=message.headers,
+        headers=unpack_headers(message),
         parent_id=message.parent_id,
         root_id=message.root_id,
         worker="eager",

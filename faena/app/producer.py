@@ -9,7 +9,7 @@ from faena.app.settings import Settings
 from faena.contracts.broker import Outgoing
 from faena.foundation.exceptions import ConfigurationError, MessageTooLarge
 from faena.foundation.util import new_id
-from faena.model.message import Message, encode_message, pack_arguments
+from faena.model.message import Message, encode_message, pack_arguments, pack_headers
 from faena.model.options import TaskOptions
 from faena.model.task import CallOptions, current_context
 
@@ -71,7 +71,7 @@ def build_message(
         serializer=serializer,
         eta=eta,
         expires=expires,
-        headers=dict(call.headers or {}),
+        headers=pack_headers(call.headers),
         parent_id=parent_id,
         root_id=root_id or (job_id if parent_id is None else None),
         sent_at=now,

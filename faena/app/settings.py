@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 from faena.foundation.exceptions import ConfigurationError
-from faena.model.options import validate_queue
+from faena.model.options import validate_priority, validate_queue
 from faena.model.serialization import SERIALIZERS
 
 DEFAULT_BROKER_URL: Final = "sqlite:///faena.sqlite3"
@@ -79,6 +79,7 @@ def _positive(name: str, value: float, settings: Settings) -> None:
 
 def _check(s: Settings) -> None:
     validate_queue(s.default_queue)
+    validate_priority(s.default_priority)
     if s.serializer not in SERIALIZERS:
         raise ConfigurationError(f"serializer must be one of {SERIALIZERS}, got {s.serializer!r}")
     bad = [a for a in s.accept if a not in SERIALIZERS]

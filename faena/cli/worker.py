@@ -4,6 +4,9 @@ its queues are empty). The exit code is the worker's own (see :mod:`faena.cli.ex
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import sys
 
 import click
 
@@ -18,7 +21,9 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 @click.command()
 @app_option(required=True)
 @queues_option(
-    required=False, help_text="Queues to consume, served round-robin. [default: the app's]"
+    required=False,
+    help_text="Queues to consume, served round-robin. "
+    "[default: the app's default queue and every queue its tasks declare]",
 )
 @click.option(
     "-c",
@@ -152,8 +157,16 @@ def worker(
         burst=burst,
         grace_s=grace_s,
     )
+    runner = Worker(app, options)
     try:
-        code = asyncio.run(Worker(app, options).run())
+        code = asyncio.run(runner.run())
     finally:
         app.close()
+    if runner.leftover:
+        # A thread cannot be killed and Python would wait for it at exit: everything is
+        # settled and written, so leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     ctx.exit(code)

@@ -67,6 +67,10 @@ class Pool(ABC):
     async def stop(self, graceful: bool, timeout_s: float) -> None:
         """Stop; graceful waits up to ``timeout_s`` for running jobs, else stops them now."""
 
+    def leftover(self) -> int:
+        """After ``stop``: jobs still running that would keep the process alive at exit."""
+        return 0
+
     @abstractmethod
     def health(self) -> PoolHealth:
         """Size, busy slots and restarts so far."""

@@ -63,7 +63,11 @@ def resolve_task(
     if task is not None or ":" not in name:
         return task
     module = name.partition(":")[0]
-    if not function_allowed(module, function_modules):
+    if (
+        module == "faena"
+        or module.startswith("faena.")
+        or not function_allowed(module, function_modules)
+    ):
         return None
     try:
         fn = import_string(name)

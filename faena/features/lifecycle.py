@@ -54,6 +54,16 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     max_deliveries: int = 5
 
 
+def record_fence(sent_at: float | None, delivery_fence: int) -> int:
+    """The fence a run writes its record with: the send time (ms) above the broker's delivery
+    token, so a later send of the same job id outranks every run of an earlier one, and within
+    one send a later delivery outranks an earlier one. Stays below ``FINAL_FENCE``.
+    """
+    if sent_at is None:
+        return delivery_fence
+    return (int(sent_at * 1000) << 16) | min(delivery_fence, 0xFFFF)
+
+
 def base_record(
     message: Message, info: RunInfo, state: str, options: TaskOptions | None
 ) -> JobRecord:

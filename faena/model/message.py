@@ -8,6 +8,7 @@ they travel as one opaque ``body`` that a worker opens only if it accepts pickle
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
@@ -60,6 +61,21 @@ def pack_arguments(
         "args": [pack(a, f"args[{i}]") for i, a in enumerate(args)],
         "kwargs": {k: pack(v, f"kwargs[{k!r}]") for k, v in kwargs.items()},
     }
+
+
+def pack_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Headers in the tagged JSON form (they travel as JSON whatever the serializer)."""
+    if not headers:
+        return {}
+    for key in headers:
+        if type(key) is not str:
+            raise SerializationError(f"header names must be str, got {key!r}")
+    return {k: pack(v, f"headers[{k!r}]") for k, v in headers.items()}
+
+
+def unpack_headers(message: Message) -> dict[str, Any]:
+    """The headers of ``message`` as they were sent."""
+    return {k: unpack(v) for k, v in message.headers.items()} if message.headers else {}
 
 
 def unpack_arguments(message: Message) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -18,11 +18,12 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         kind = type(exc)
-        name = (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else f"{kind.__module__}.{kind.__qualname__}"
-        )
+        if kind.__module__ == "builtins":
+            name = kind.__qualname__
+        elif kind.__module__.startswith("faena."):
+            name = f"faena.{kind.__qualname__}"  # the public name: faena.SoftTimeLimitExceeded
+        else:
+            name = f"{kind.__module__}.{kind.__qualname__}"
         text = "".join(tb.format_exception(kind, exc, exc.__traceback__))
         return cls(type=name, message=str(exc), traceback=text)
 

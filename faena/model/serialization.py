@@ -98,10 +98,11 @@ def _pack_other(value: Any, where: str) -> Any:
         }
         return {"~dc": [f"{cls.__module__}:{cls.__qualname__}", fields]}
     if isinstance(value, int | float | str | list | dict):  # subclasses (IntEnum, ...)
+        base = next(t for t in (bool, int, float, str, list, dict) if isinstance(value, t))
         raise SerializationError(
-            f"cannot serialize {where}: {type(value).__qualname__} is a subclass of a JSON "
-            f"type and would come back as the base type; pass {type(value).__mro__[1].__name__}"
-            f"(value) or enable pickle"
+            f"cannot serialize {where}: {type(value).__qualname__} is a subclass of "
+            f"{base.__name__} and would come back as a plain {base.__name__}; pass "
+            f"{base.__name__}(value), or enable pickle"
         )
     raise SerializationError(
         f"cannot serialize {where}: a {type(value).__qualname__} has no JSON form. "

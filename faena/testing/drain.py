@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from faena.app.core import Faena
-from faena.worker.worker import Worker, WorkerOptions
+from faena.worker.worker import Worker, WorkerOptions, default_queues
 
 
 def memory_app(name: str = "test", **settings: Any) -> Faena:
@@ -29,8 +29,7 @@ async def adrain(
     and drain again.
     """
     if queues is None:
-        found = {t.defaults.queue for t in (app.registry.get(n) for n in app.registry)}
-        queues = sorted({app.settings.default_queue} | {q for q in found if q})
+        queues = default_queues(app)
     worker = Worker(
         app,
         WorkerOptions(

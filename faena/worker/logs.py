@@ -44,11 +44,19 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Send faena's logs to stderr, with job ids, as text or JSON."""
+    """Send faena's logs to stderr, with job ids, as text or JSON.
+
+    The tasks' own loggers get the same handler through the root logger, unless the
+    application has configured the root logger itself (then its handlers stay as they are).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(JobIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger("faena")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    ours = logging.getLogger("faena")
+    ours.handlers[:] = [handler]
+    ours.setLevel(level.upper())
+    ours.propagate = False
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(level.upper())

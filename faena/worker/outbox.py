@@ -35,6 +35,9 @@ class Outbox:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        # One flush at a time: two interleaved flushes could land a job's STARTED record
+        # after its SUCCESS record.
+        self._flushing = asyncio.Lock()
 
     def record(self, record: JobRecord) -> None:
         self._records[record.id] = record
@@ -53,6 +56,10 @@ class Outbox:
 
     async def flush(self) -> None:
         """Write everything pending now: records first, then settlements."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         while self._records or self._settlements:
             records = list(self._records.values())
             settlements = self._settlements

@@ -24,15 +24,23 @@ from typing import Any
 import msgspec
 
 from faena.app.core import Faena
-from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
+from faena.contracts.broker import Consumer, Delivery, Outgoing, Settlement, WorkerInfo
 from faena.contracts.events import JobEvent
 from faena.contracts.pool import Job, Pool
 from faena.features.intake import Admitted, Refused, admit
-from faena.features.lifecycle import Decision, RunInfo, base_record, decide, expired, failed
+from faena.features.lifecycle import (
+    Decision,
+    RunInfo,
+    base_record,
+    decide,
+    expired,
+    failed,
+    record_fence,
+)
 from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import worker_identity
 from faena.model import states
-from faena.model.message import encode_message
+from faena.model.message import Message, encode_message, unpack_headers
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.model.task import Request
 from faena.worker.logs import current_job
@@ -69,6 +77,14 @@ class WorkerOptions:
         return 1 if self.pool == "solo" else 10
 
 
+def default_queues(app: Faena) -> tuple[str, ...]:
+    """The queues a worker consumes when none are named: the app's default queue, then every
+    queue a task of the app is declared with."""
+    declared = {t.defaults.queue for t in map(app.registry.get, app.registry)}
+    named = sorted(q for q in declared if q and q != app.settings.default_queue)
+    return (app.settings.default_queue, *named)
+
+
 class Worker:
     """Consumes the given queues of ``app`` until stopped.
 
@@ -86,7 +102,7 @@ class Worker:
             )
         self.app = app
         self.options = options
-        self.queues = options.queues or (app.settings.default_queue,)
+        self.queues = options.queues or default_queues(app)
         self.concurrency = 1 if options.pool == "solo" else options.resolved_concurrency()
         if self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency}")
@@ -96,6 +112,8 @@ class Worker:
             raise ConfigurationError(f"prefetch must be >= 0, got {self.prefetch}")
         self.id = options.worker_id or worker_identity()
         self.processed = 0
+        self.leftover = 0
+        """After ``run``: job threads that never returned (see ``faena.cli`` for the exit)."""
         self.grace_s = (
             options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
         )
@@ -288,7 +306,9 @@ class Worker:
             return
         if message.expires is not None and settings.clock.time() >= message.expires:
             log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
-            self._apply(delivery, expired(message, self._run_info(delivery, None)), admitted)
+            self._apply(
+                delivery, expired(message, self._run_info(delivery, None, message)), admitted
+            )
             return
         await self._execute(delivery, admitted)
 
@@ -297,12 +317,16 @@ class Worker:
         assert self._outbox
         task, message = job.task, job.message
         started = self.app.settings.clock.time()
-        info = self._run_info(delivery, started)
+        info = self._run_info(delivery, started, message)
         if not task.defaults.ignore_result:
             record = base_record(message, info, states.STARTED, task.defaults)
             self._started_records[message.id] = record
             self._outbox.record(record)
         self._emit(states.STARTED, job)
+        if not task.defaults.acks_late:
+            # At most once: the message is gone before the job starts, whatever happens next.
+            self._settle(Settlement(delivery=delivery, action="ack"))
+            await self._outbox.flush()
         request = Request(
             id=message.id,
             task=message.task,
@@ -311,7 +335,7 @@ class Worker:
             deliveries=delivery.deliveries,
             eta=message.eta,
             expires=message.expires,
-            headers=message.headers,
+            headers=unpack_headers(message),
             parent_id=message.parent_id,
             root_id=message.root_id,
             worker=self.id,
@@ -335,12 +359,17 @@ class Worker:
             log.exception("the pool could not run job %s", message.id)
             outcome = Outcome(status="failure", error=ErrorInfo.from_exception(exc))
         self.processed += 1
-        info = self._run_info(delivery, started)
+        info = self._run_info(delivery, started, message)
         if message.id in self._terminated:
             self._terminated.discard(message.id)
             log.info("job %s was terminated by a revoke", message.id)
             self._settle(Settlement(delivery=delivery, action="ack"))
             self._emit(states.REVOKED, job)
+            return
+        if not task.defaults.acks_late:
+            await self._after_early_ack(
+                delivery, decide(task.defaults, message, outcome, info), job
+            )
             return
         decision = decide(task.defaults, message, outcome, info)
         if outcome.status == "failure" and outcome.error is not None:
@@ -361,6 +390,34 @@ class Worker:
                 decision.detail,
             )
         self._apply(delivery, decision, job)
+
+    async def _after_early_ack(self, delivery: Delivery, decision: Decision, job: Admitted) -> None:
+        """Carry out a decision for a message acknowledged before its job ran (acks_late=False):
+        the record is written; a retry is sent as a new message; a failure or a loss is final
+        and leaves nothing in the dead-letter queue."""
+        assert self._outbox
+        if decision.record is not None:
+            self._outbox.record(decision.record)
+        if decision.action == "retry" and decision.next_message is not None:
+            await self.app.broker.aenqueue(
+                [
+                    Outgoing(
+                        id=decision.next_message.id,
+                        queue=decision.next_message.queue,
+                        body=encode_message(decision.next_message),
+                        priority=decision.next_message.priority,
+                        due=decision.due,
+                    )
+                ]
+            )
+        elif decision.action in ("dead", "release"):
+            log.warning(
+                "job %s (acks_late=False) ended %s; its message is not kept",
+                delivery.id,
+                decision.reason,
+            )
+        state = decision.record.state if decision.record else states.SUCCESS
+        self._emit(state, job)
 
     def _apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
         body = encode_message(decision.next_message) if decision.next_message else None
@@ -387,16 +444,36 @@ class Worker:
 
     def _refuse(self, delivery: Delivery, refused: Refused) -> None:
         log.error("message %s dead-lettered: %s: %s", delivery.id, refused.reason, refused.detail)
+        error = ErrorInfo(type=f"faena.{refused.reason}", message=refused.detail)
         if refused.message is None:
+            # Unreadable: no task, no lineage; still a FAILURE record, so get() ends.
+            now = self.app.settings.clock.time()
+            record = JobRecord(
+                id=delivery.id,
+                state=states.FAILURE,
+                queue=delivery.queue,
+                worker=self.id,
+                error=error,
+                reason=refused.reason,
+                deliveries=delivery.deliveries,
+                finished_at=now,
+                updated_at=now,
+                fence=delivery.fence,
+                expires_at=now + self.app.settings.result_ttl,
+            )
             self._settle(
                 Settlement(
                     delivery=delivery, action="dead", reason=refused.reason, detail=refused.detail
-                )
+                ),
+                record,
             )
             return
-        error = ErrorInfo(type=f"faena.{refused.reason}", message=refused.detail)
         decision = failed(
-            None, refused.message, self._run_info(delivery, None), error, reason=refused.reason
+            None,
+            refused.message,
+            self._run_info(delivery, None, refused.message),
+            error,
+            reason=refused.reason,
         )
         self._apply(delivery, decision, None)
 
@@ -427,11 +504,13 @@ class Worker:
         assert self._room is not None
         self._room.set()
 
-    def _run_info(self, delivery: Delivery, started: float | None) -> RunInfo:
+    def _run_info(
+        self, delivery: Delivery, started: float | None, message: Message | None
+    ) -> RunInfo:
         now = self.app.settings.clock.time()
         return RunInfo(
             worker=self.id,
-            fence=delivery.fence,
+            fence=record_fence(message.sent_at if message else None, delivery.fence),
             deliveries=delivery.deliveries,
             started_at=started if started is not None else now,
             now=now,
@@ -583,6 +662,11 @@ class Worker:
         await asyncio.gather(*self._runners, return_exceptions=True)
         await self._pool.stop(graceful=not self._cold, timeout_s=1.0)
         await self._outbox.flush()
+        self.leftover = self._pool.leftover()
+        if self.leftover:
+            log.warning(
+                "%d job thread(s) did not return; their messages were handed back", self.leftover
+            )
         return code
 
     async def _wait_cold(self) -> None:

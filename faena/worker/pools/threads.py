@@ -56,8 +56,8 @@ def _limit_failure(kind: type[BaseException], seconds: float, job: Job) -> Outco
         status="failure",
         error=ErrorInfo(
             type=name,
-            message=f"{job.request.task} ran past its {kind.__name__.replace('Exceeded', '')} "
-            f"of {seconds:g} s",
+            message=f"{job.request.task} ran past its "
+            f"{'soft ' if kind is SoftTimeLimitExceeded else ''}time limit of {seconds:g} s",
         ),
     )
 
@@ -89,6 +89,10 @@ class ThreadPool(Pool):
         self._executor: ThreadPoolExecutor | None = None
         self._running: dict[str, _Running] = {}
         self._abandoned = 0
+        # Jobs whose thread is still running, kept by the threads themselves: a job whose
+        # awaiting coroutine was cancelled (a cold shutdown) is still here until it returns.
+        self._in_threads: set[_Running] = set()
+        self._threads_lock = threading.Lock()
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(
@@ -98,6 +102,12 @@ class ThreadPool(Pool):
     def health(self) -> PoolHealth:
         busy = sum(1 for r in self._running.values() if not r.abandoned)
         return PoolHealth(size=self.size, busy=busy, abandoned=self._abandoned)
+
+    def leftover(self) -> int:
+        """Jobs whose thread has not returned: a thread cannot be killed, and Python waits for
+        it at exit."""
+        with self._threads_lock:
+            return len(self._in_threads)
 
     def _task(self, job: Job) -> Any:
         return self.registry.get(job.request.task)
@@ -116,6 +126,8 @@ class ThreadPool(Pool):
 
         def body() -> Outcome:
             running.thread_id = threading.get_ident()
+            with self._threads_lock:
+                self._in_threads.add(running)
             try:
                 return context.run(
                     run_sync, task, job.request, job.args, job.kwargs, job.serializer, job.progress
@@ -123,6 +135,8 @@ class ThreadPool(Pool):
             except TimeLimitExceeded as exc:
                 return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
             finally:
+                with self._threads_lock:
+                    self._in_threads.discard(running)
                 running.thread_id = None
 
         self._running[job.request.id] = running
@@ -173,8 +187,10 @@ class ThreadPool(Pool):
         if graceful and pending:
             await asyncio.wait(pending, timeout=timeout_s)
         if not graceful:
-            for job_id in list(self._running):
-                self.terminate(job_id)
+            with self._threads_lock:
+                stuck = [r.thread_id for r in self._in_threads if r.thread_id is not None]
+            for thread_id in stuck:
+                _raise_in_thread(thread_id, TimeLimitExceeded)
         if self._executor is not None:
             # Abandoned threads cannot be joined; do not wait for them.
             self._executor.shutdown(wait=False, cancel_futures=True)

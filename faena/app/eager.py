@@ -13,7 +13,7 @@ from faena.app.producer import to_outgoing
 from faena.app.result import AsyncResult
 from faena.features.execution import run_async, run_sync
 from faena.features.intake import Admitted, admit
-from faena.features.lifecycle import Decision, RunInfo, decide, failed
+from faena.features.lifecycle import Decision, RunInfo, decide, expired, failed
 from faena.model.message import Message, encode_message, unpack_headers
 from faena.model.outcome import ErrorInfo, Outcome
 from faena.model.task import Request, Task
@@ -81,9 +81,21 @@ def _next(
     return decision
 
 
+def _expired(app: Faena, message: Message) -> bool:
+    """Record ``REVOKED`` (reason ``expired``) for a message already past ``expires``."""
+    if message.expires is None or app.settings.clock.time() < message.expires:
+        return False
+    decision = expired(message, _info(app, 1))
+    if decision.record is not None:
+        app.results.store(decision.record)
+    return True
+
+
 def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
     """Run ``message`` now, retries included, and store its record."""
     job = _admit(app, task, message)
+    if _expired(app, message):
+        return AsyncResult(message.id, app)
     attempt = 1
     while True:
         outcome = run_sync(
@@ -106,6 +118,8 @@ def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResu
 async def run_eagerly_async(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
     """``run_eagerly`` on the running event loop (async tasks are awaited, not nested)."""
     job = _admit(app, task, message)
+    if _expired(app, message):
+        return AsyncResult(message.id, app)
     attempt = 1
     while True:
         if job.task.is_async:

@@ -180,6 +180,9 @@ class AsyncResult(Generic[R]):
         ``docs/workers.md``). Returns ``True`` if the message was still waiting and is now gone.
         """
         removed = self.app.broker.remove(self.id)
+        current = self.app.results.fetch(self.id)
+        if current is not None and current.state in states.READY_STATES:
+            return removed  # finished already: its outcome stands
         now = self.app.settings.clock.time()
         self.app.results.store(
             JobRecord(

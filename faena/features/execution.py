@@ -9,10 +9,12 @@ is a failure, not a crash), ``Retry`` and ``Reject`` become their outcomes, an e
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import time
 from typing import Any
 
-from faena.foundation.exceptions import Reject, Retry, SerializationError
+from faena.foundation.exceptions import Reject, Retry
 from faena.model.outcome import ErrorInfo, Outcome
 from faena.model.serialization import dumps_json, dumps_pickle
 from faena.model.task import (
@@ -35,7 +37,7 @@ def encode_value(value: Any, serializer: str) -> bytes:
 def success(value: Any, serializer: str, runtime_s: float) -> Outcome:
     try:
         return Outcome(status="success", value=encode_value(value, serializer), runtime_s=runtime_s)
-    except SerializationError as exc:
+    except Exception as exc:  # SerializationError, or an encoder's own (a lone surrogate...)
         return Outcome(status="failure", error=ErrorInfo.from_exception(exc), runtime_s=runtime_s)
 
 
@@ -64,6 +66,17 @@ def from_exception(task: Task[..., Any], exc: BaseException, runtime_s: float) -
     return Outcome(status="failure", error=error, runtime_s=runtime_s)
 
 
+def _run_coroutine(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even under a running event loop (then on
+    a short-lived thread of its own, as ``asyncio.run`` cannot nest)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="faena-eager") as pool:
+        return pool.submit(contextvars.copy_context().run, asyncio.run, coro).result()
+
+
 def run_sync(
     task: Task[..., Any],
     request: Request,
@@ -79,7 +92,7 @@ def run_sync(
     try:
         value = task.run(context, args, kwargs)
         if task.is_async:
-            value = asyncio.run(value)
+            value = _run_coroutine(value)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise

@@ -92,8 +92,31 @@ def unpack_arguments(message: Message) -> tuple[tuple[Any, ...], dict[str, Any]]
 
 
 def encode_message(message: Message) -> bytes:
-    """The wire form of ``message``."""
-    return _encoder.encode(message)
+    """The wire form of ``message``.
+
+    Raises:
+        SerializationError: a value the encoder refuses (a str with a lone surrogate, ...),
+            naming the argument that holds it.
+    """
+    try:
+        return _encoder.encode(message)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot encode the message for {message.task}: {_culprit(message)}{exc}"
+        ) from exc
+
+
+def _culprit(message: Message) -> str:
+    """Which argument or header the encoder refused, found by encoding each alone."""
+    parts = [(f"args[{i}]", a) for i, a in enumerate(message.args)]
+    parts += [(f"kwargs[{k!r}]", v) for k, v in message.kwargs.items()]
+    parts += [(f"headers[{k!r}]", v) for k, v in message.headers.items()]
+    for name, value in parts:
+        try:
+            _encoder.encode(value)
+        except Exception:
+            return f"{name}: "
+    return ""
 
 
 def decode_message(data: bytes) -> Message:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import math
 import pickle
 import sys
 import uuid
@@ -49,6 +50,8 @@ def pack(value: Any, where: str = "value") -> Any:
     """
     kind = type(value)
     if kind in _SCALARS:
+        if kind is float and not math.isfinite(value):
+            return {"~f": repr(value)}  # JSON has no NaN or infinity
         return value
     if kind is list:
         return [pack(item, f"{where}[{i}]") for i, item in enumerate(value)]
@@ -139,6 +142,7 @@ _SIMPLE_TAGS: Final[dict[str, Callable[[Any], Any]]] = {
     "~map": lambda b: {k: unpack(v) for k, v in b.items()},
     "~dict": lambda b: {unpack(k): unpack(v) for k, v in b},
     "~dc": lambda b: _rebuild_dataclass(b[0], b[1]),
+    "~f": float,
 }
 
 
@@ -175,7 +179,12 @@ def _rebuild_dataclass(type_path: str, fields: dict[str, Any]) -> Any:
 
 def dumps_json(value: Any, where: str = "value") -> bytes:
     """Pack and encode ``value`` as JSON bytes."""
-    return _json_encode(pack(value, where))
+    try:
+        return _json_encode(pack(value, where))
+    except SerializationError:
+        raise
+    except Exception as exc:  # e.g. a str with a lone surrogate: not valid UTF-8
+        raise SerializationError(f"cannot serialize {where}: {exc}") from exc
 
 
 def loads_json(data: bytes) -> Any:

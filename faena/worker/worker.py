@@ -276,7 +276,7 @@ class Worker:
             try:
                 await self._handle(delivery, revoked)
             except asyncio.CancelledError:
-                self._release(delivery)
+                self._release(delivery, self._started_records.get(delivery.id))
                 raise
             finally:
                 self._running.pop(delivery.id, None)
@@ -475,6 +475,7 @@ class Worker:
             error,
             reason=refused.reason,
         )
+        self._emit(states.FAILURE, refused.message)
         self._apply(delivery, decision, None)
 
     def _settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
@@ -486,9 +487,20 @@ class Worker:
         self._settling.add(mid)
         self._outbox.settle(settlement, record)
 
-    def _release(self, delivery: Delivery) -> None:
-        """Hand an unfinished message back, due now, without counting the delivery."""
-        self._settle(Settlement(delivery=delivery, action="release"))
+    def _release(self, delivery: Delivery, started: JobRecord | None = None) -> None:
+        """Hand an unfinished message back, due now, without counting the delivery. A job
+        that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go."""
+        record = None
+        if started is not None:
+            now = self.app.settings.clock.time()
+            record = msgspec.structs.replace(
+                started,
+                state=states.QUEUED,
+                worker=None,
+                updated_at=now,
+                reason="handed back at shutdown",
+            )
+        self._settle(Settlement(delivery=delivery, action="release"), record)
 
     def _on_settled(self, settlement: Settlement, ok: bool) -> None:
         mid = settlement.delivery.id
@@ -547,10 +559,10 @@ class Worker:
 
         return sink
 
-    def _emit(self, kind: str, job: Admitted) -> None:
+    def _emit(self, kind: str, job: Admitted | Message) -> None:
         if not self.app.events:
             return
-        m = job.message
+        m = job.message if isinstance(job, Admitted) else job
         self.app.events.emit(
             JobEvent(
                 kind=kind,

@@ -1,0 +1,448 @@
+"""``AsyncResult``: states, values, failures, waiting (sync and async), progress, forget,
+revoke and result expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+from typing import Any
+
+import pytest
+
+from faena import (
+    FAILURE,
+    PENDING,
+    QUEUED,
+    REVOKED,
+    STARTED,
+    SUCCESS,
+    Faena,
+    FakeClock,
+    JobContext,
+    Progress,
+    TaskFailed,
+    TaskRevoked,
+    TimeoutError,
+)
+
+from .support import WAIT_S, AppFactory, Events, WorkerThread, drain
+
+
+def test_states_from_unknown_to_queued_to_started_to_success(app: Faena) -> None:
+    # Given a task that looks at its own state while it runs
+    seen: list[str] = []
+
+    @app.task(bind=True)
+    def add(self: JobContext, x: int, y: int) -> int:
+        seen.append(app.AsyncResult(self.request.id).state)
+        return x + y
+
+    # Then an id nobody sent is PENDING
+    assert app.AsyncResult("never-sent").state == PENDING
+    # When it is sent, it is QUEUED and not ready
+    r = add.delay(2, 3)
+    assert r.state == QUEUED
+    assert not r.ready()
+    assert r.result is None
+    # When a worker runs it, it is STARTED while running and SUCCESS after
+    drain(app)
+    assert seen == [STARTED]
+    assert r.state == r.status == SUCCESS
+    assert r.ready()
+    assert r.successful()
+    assert not r.failed()
+    assert r.result == 5
+    assert r.get(timeout=5) == 5
+
+
+def test_failure_carries_the_remote_type_message_and_traceback(app: Faena) -> None:
+    # Given a task that raises
+    @app.task
+    def explode(x: int) -> None:
+        raise ValueError(f"bad value {x}")
+
+    r = explode.delay(7)
+    drain(app)
+    # Then the result is FAILURE
+    assert r.state == FAILURE
+    assert r.ready()
+    assert r.failed()
+    assert not r.successful()
+    # And get raises TaskFailed with what happened on the worker
+    with pytest.raises(TaskFailed) as caught:
+        r.get(timeout=5)
+    error = caught.value
+    assert error.job_id == r.id
+    assert error.type_name == "ValueError"
+    assert error.error_message == "bad value 7"
+    assert "in explode" in error.remote_traceback
+    assert "ValueError: bad value 7" in error.remote_traceback
+    assert r.traceback == error.remote_traceback
+    # And .result gives the same error without raising
+    assert isinstance(r.result, TaskFailed)
+    assert r.result.type_name == "ValueError"
+
+
+def test_get_without_propagate_returns_the_error(app: Faena) -> None:
+    # Given a job that failed
+    @app.task
+    def explode() -> None:
+        raise KeyError("k")
+
+    r = explode.delay()
+    drain(app)
+    # When get is told not to propagate
+    error = r.get(timeout=5, propagate=False)
+    # Then it returns the error instead of raising it
+    assert isinstance(error, TaskFailed)
+    assert error.type_name == "KeyError"
+
+
+def test_user_exception_type_is_named_with_its_module(app: Faena) -> None:
+    # Given a task raising an exception class of the application
+    class PaymentDeclined(Exception):
+        pass
+
+    @app.task
+    def charge() -> None:
+        raise PaymentDeclined("card expired")
+
+    # When it runs
+    r = charge.delay()
+    drain(app)
+    # Then the failure names the type with its module
+    failed = r.get(timeout=5, propagate=False)
+    assert isinstance(failed, TaskFailed)
+    assert failed.type_name == f"{__name__}.{PaymentDeclined.__qualname__}"
+
+
+def test_get_times_out_when_no_worker_runs_the_job(app: Faena) -> None:
+    @app.task
+    def noop() -> None: ...
+
+    r = noop.delay()
+    # When nobody consumes the queue, Then get gives up with a helpful TimeoutError
+    with pytest.raises(TimeoutError, match=r"QUEUED.*is a worker consuming") as caught:
+        r.get(timeout=0.05)
+    assert isinstance(caught.value, builtins.TimeoutError)  # `except TimeoutError` works too
+
+
+def test_aget_and_await_return_the_value(app: Faena) -> None:
+    # Given a finished job
+    @app.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    r = double.delay(21)
+    drain(app)
+
+    # When an async caller waits for it with aget and with await
+    async def read() -> tuple[int, int]:
+        return await r.aget(timeout=5), await r
+
+    # Then both give the value
+    assert asyncio.run(read()) == (42, 42)
+
+
+def test_aget_times_out_and_propagates_failures(app: Faena) -> None:
+    # Given a job that will fail
+    @app.task
+    def explode() -> None:
+        raise RuntimeError("nope")
+
+    pending = explode.delay()
+
+    # When an async caller waits before any worker ran it, Then it times out
+    async def wait_pending() -> None:
+        await pending.aget(timeout=0.05)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(wait_pending())
+    # When it has failed, Then aget raises the failure
+    drain(app)
+    with pytest.raises(TaskFailed, match="RuntimeError: nope"):
+        asyncio.run(pending.aget(timeout=5))
+
+
+def test_progress_is_visible_while_running_and_complete_after(app: Faena) -> None:
+    # Given a task that reports progress, then reads it back through its own result
+    seen: list[Any] = []
+
+    @app.task(bind=True)
+    async def work(self: JobContext) -> None:
+        self.update_progress(0.5, message="parsed")
+        progress = None
+        for _ in range(100):  # yield to the worker's loop until the record is written
+            progress = app.AsyncResult(self.request.id).progress
+            if progress is not None:
+                break
+            await asyncio.sleep(0)
+        seen.append(progress)
+
+    r = work.delay()
+    assert r.progress is None
+    drain(app)
+    # Then the running job's progress was stored, and a finished job is complete
+    assert seen == [Progress(0.5, "parsed")]
+    assert r.progress == Progress(1.0, None)
+
+
+def test_progress_from_a_thread_task_reaches_the_record(
+    app: Faena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a sync task (run in a thread) that reports progress, then waits to be released
+    release = threading.Event()
+
+    @app.task(bind=True)
+    def work(self: JobContext) -> None:
+        self.update_progress(0.25, message="a quarter")
+        release.wait(WAIT_S)
+
+    # (the worker writes progress from its loop: note when that write happens)
+    progress_written = threading.Event()
+    store_many = app.results.store_many
+
+    async def spy(records: Any) -> list[bool]:
+        written = await store_many(records)
+        if any(record.progress == 0.25 for record in records):
+            progress_written.set()
+        return written
+
+    monkeypatch.setattr(app.results, "store_many", spy)
+    runner = WorkerThread(app).start()
+    try:
+        r = work.delay()
+        assert progress_written.wait(WAIT_S)
+        # When the record is read while the job is still running
+        # Then it shows the reported progress
+        assert r.progress == Progress(0.25, "a quarter")
+        assert r.state == STARTED
+    finally:
+        release.set()
+        assert runner.stop() == 0
+    assert r.state == SUCCESS
+
+
+def test_progress_must_be_a_fraction(app: Faena) -> None:
+    # Given a bound task reporting a given fraction
+    @app.task(bind=True)
+    def work(self: JobContext, fraction: float) -> None:
+        self.update_progress(fraction)
+
+    # When it reports 0.0 or 1.0, Then that is fine
+    work(0.0)
+    work(1.0)
+    # When it reports more than 1.0, Then it is refused
+    with pytest.raises(ValueError, match=r"fraction from 0\.0 to 1\.0"):
+        work(1.5)
+
+
+def test_forget_deletes_the_result(app: Faena) -> None:
+    # Given a finished job
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    r = add.delay(1, 2)
+    drain(app)
+    assert r.result == 3
+    # When its result is forgotten
+    r.forget()
+    # Then nothing is known about it any more
+    assert r.state == PENDING
+    assert r.result is None
+
+
+def test_revoke_before_start_means_it_never_runs(app: Faena) -> None:
+    # Given a queued job
+    ran: list[int] = []
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    r = work.delay(1)
+    # When it is revoked before any worker takes it
+    assert r.revoke() is True
+    worker = drain(app)
+    # Then it never runs, and is REVOKED for good
+    assert ran == []
+    assert worker.processed == 0
+    assert r.state == REVOKED
+    assert r.ready()
+    assert not r.failed()
+    with pytest.raises(TaskRevoked) as caught:
+        r.get(timeout=5)
+    assert caught.value.reason == "revoked"
+
+
+def test_revoke_of_a_scheduled_job(app: Faena, clock: FakeClock) -> None:
+    # Given a job scheduled a minute ahead
+    ran: list[int] = []
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    r = work.apply_async((1,), countdown=60)
+    # When it is revoked before it is due
+    assert r.revoke(reason="not needed") is True
+    clock.advance(61)
+    drain(app)
+    # Then it never runs, and reading it says why
+    assert ran == []
+    with pytest.raises(TaskRevoked, match="not needed"):
+        r.get(timeout=5)
+
+
+def test_a_revoked_id_is_skipped_if_it_arrives_later(app: Faena) -> None:
+    # Given an id revoked before any message carries it
+    ran: list[int] = []
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    assert app.AsyncResult("late-id").revoke() is False
+    # When a message with that id arrives afterwards
+    work.apply_async((1,), task_id="late-id")
+    drain(app)
+    # Then the worker skips it: a revoke is for good
+    assert ran == []
+    assert app.AsyncResult("late-id").state == REVOKED
+
+
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_revoke_with_terminate_stops_a_running_job(make_app: AppFactory, kind: str) -> None:
+    # Given a job that runs until stopped (short leases: the worker checks revokes each beat)
+    app = make_app(lease_s=0.3)
+    stopped = threading.Event()
+    release = threading.Event()
+
+    if kind == "async":
+
+        @app.task
+        async def endless() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                stopped.set()
+
+    else:
+
+        @app.task
+        def endless() -> None:
+            try:
+                while not release.wait(0.005):  # runs Python code often: stoppable
+                    pass
+            finally:
+                stopped.set()
+
+    events = Events(app)
+    runner = WorkerThread(app).start()
+    try:
+        r = endless.delay()
+        events.wait_for(STARTED, r.id)
+        # When it is revoked with terminate
+        r.revoke(terminate=True)
+        # Then the worker stops it and reports it REVOKED
+        events.wait_for(REVOKED, r.id)
+        assert stopped.is_set()
+    finally:
+        release.set()
+        code = runner.stop()
+    assert code == 0
+    assert r.state == REVOKED
+
+
+def test_result_expires_after_result_ttl(make_app: AppFactory, clock: FakeClock) -> None:
+    # Given an app that keeps results for a minute
+    app = make_app(result_ttl=60)
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    r = add.delay(1, 2)
+    drain(app)
+    clock.advance(59)
+    assert r.get(timeout=5) == 3
+    # When the minute has passed
+    clock.advance(1)
+    # Then the result is gone
+    assert r.state == PENDING
+    assert r.result is None
+    with pytest.raises(TimeoutError):
+        r.get(timeout=0.01)
+
+
+def test_task_result_ttl_overrides_the_app_setting(make_app: AppFactory, clock: FakeClock) -> None:
+    # Given an app keeping results a minute, and a task keeping its own an hour
+    app = make_app(result_ttl=60)
+
+    @app.task(result_ttl=3600)
+    def keep() -> int:
+        return 1
+
+    r = keep.delay()
+    drain(app)
+    # When two minutes pass, Then its result is still there
+    clock.advance(120)
+    assert r.get(timeout=5) == 1
+    # When the hour has passed, Then it is gone
+    clock.advance(3600)
+    assert r.state == PENDING
+
+
+def test_result_handles_compare_by_id(app: Faena) -> None:
+    # Given two handles on one id, When they are compared, Then they are equal
+    a, b = app.AsyncResult("x"), app.AsyncResult("x")
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != app.AsyncResult("y")
+    assert "x" in repr(a)
+
+
+def test_started_job_is_reported_started_through_the_broker_lease(app: Faena) -> None:
+    # Given a job a worker has leased (no record written yet)
+    @app.task
+    def noop() -> None: ...
+
+    r = noop.delay()
+
+    async def lease() -> None:
+        consumer = await app.broker.open_consumer(["default"], "w1")
+        assert [d.id for d in await consumer.receive(1, 1.0)] == [r.id]
+        await consumer.close()
+
+    asyncio.run(lease())
+    # Then its state is STARTED, and it is not ready
+    assert r.state == STARTED
+    assert not r.ready()
+
+
+def test_get_without_propagate_returns_the_revocation(app: Faena) -> None:
+    # Given a revoked job
+    r = app.AsyncResult("gone")
+    r.revoke(reason="duplicate order")
+    # When get is told not to propagate
+    revoked = r.get(timeout=1, propagate=False)
+    # Then it returns the revocation, with its reason
+    assert isinstance(revoked, TaskRevoked)
+    assert revoked.reason == "duplicate order"
+
+
+def test_revoking_a_finished_job_keeps_its_result(app: Faena) -> None:
+    # Given a job that has finished
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    r = add.delay(1, 2)
+    drain(app)
+    # When it is revoked afterwards
+    assert r.revoke() is False
+    # Then nothing changes: it succeeded, and its value stays readable
+    assert r.state == SUCCESS
+    assert r.get(timeout=1) == 3

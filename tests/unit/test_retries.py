@@ -1,0 +1,307 @@
+"""Retries: explicit (``self.retry``), automatic (``retry_for``), the limit, and the back-off
+policy as a pure function."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from faena import (
+    FAILURE,
+    RETRY,
+    SUCCESS,
+    Faena,
+    FakeClock,
+    JobContext,
+    MaxRetriesExceeded,
+    Retry,
+    TaskFailed,
+)
+from faena.model.options import build_options
+from faena.model.retry import may_retry, retry_delay
+
+from .support import dead_letters, drain
+
+# -- the policy -----------------------------------------------------------------------------
+
+
+def _top(low: float, high: float) -> float:
+    """A "random" draw that always picks the top of the range."""
+    return high
+
+
+def test_explicit_countdown_wins() -> None:
+    # Given back-off on
+    options = build_options(retry_backoff=True, default_retry_delay=99)
+    # When a countdown is given, Then it is the delay (never negative)
+    assert retry_delay(options, 5, countdown=7, uniform=_top) == 7.0
+    assert retry_delay(options, 5, countdown=-3, uniform=_top) == 0.0
+
+
+def test_without_backoff_the_default_delay_is_used() -> None:
+    # Given no back-off
+    options = build_options(default_retry_delay=42)
+    # When delays are computed, Then each is the default delay
+    assert [retry_delay(options, n, uniform=_top) for n in range(3)] == [42.0, 42.0, 42.0]
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    # Given back-off without jitter, capped at 100 s
+    options = build_options(retry_backoff=True, retry_backoff_max=100, retry_jitter=False)
+    # When delays are computed for successive retries
+    delays = [retry_delay(options, n) for n in range(9)]
+    # Then they double up to the cap
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0, 100.0]
+
+
+def test_backoff_factor_scales_the_delays() -> None:
+    # Given back-off with a factor of 3
+    options = build_options(retry_backoff=3, retry_jitter=False)
+    # When delays are computed, Then they are 3 * 2**n
+    assert [retry_delay(options, n) for n in range(4)] == [3.0, 6.0, 12.0, 24.0]
+
+
+def test_full_jitter_draws_between_zero_and_the_capped_delay() -> None:
+    # Given back-off with jitter (the default)
+    options = build_options(retry_backoff=2, retry_backoff_max=50)
+    draws: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        draws.append((low, high))
+        return (low + high) / 2
+
+    # When delays are computed for successive retries
+    delays = [retry_delay(options, n, uniform=uniform) for n in range(6)]
+    # Then each is a draw from [0, min(factor * 2**n, max)]
+    assert draws == [(0.0, 2.0), (0.0, 4.0), (0.0, 8.0), (0.0, 16.0), (0.0, 32.0), (0.0, 50.0)]
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 25.0]
+
+
+def test_huge_retry_counts_do_not_overflow() -> None:
+    # Given capped back-off
+    options = build_options(retry_backoff=True, retry_backoff_max=600, retry_jitter=False)
+    # When the retry count is huge, Then the delay is the cap (no overflow)
+    assert retry_delay(options, 10_000) == 600.0
+
+
+def test_may_retry_counts_against_the_limit() -> None:
+    # Given a limit of two retries
+    options = build_options(max_retries=2)
+    # When asked after n retries, Then only 0 and 1 may retry again
+    assert [may_retry(options, n) for n in range(4)] == [True, True, False, False]
+    assert may_retry(options, 5, max_retries=10)  # a per-call override
+    assert may_retry(build_options(max_retries=None), 10_000)  # no limit
+
+
+# -- on a worker ----------------------------------------------------------------------------
+
+
+def test_self_retry_with_countdown_runs_again_when_due(app: Faena, clock: FakeClock) -> None:
+    # Given a task that asks to be retried in 30 s on its first attempt
+    attempts: list[int] = []
+
+    @app.task(bind=True)
+    def flaky(self: JobContext, x: int) -> int:
+        attempts.append(self.request.retries)
+        if self.request.retries == 0:
+            raise self.retry(countdown=30)
+        return x
+
+    r = flaky.delay(5)
+    # When a worker runs it
+    drain(app)
+    # Then it is waiting to retry, due in 30 s, and not run early
+    assert r.state == RETRY
+    record = r.record
+    assert record is not None
+    assert record.next_run_at == clock.time() + 30
+    clock.advance(29)
+    assert drain(app).processed == 0
+    # When the countdown passes, Then the second attempt runs and succeeds
+    clock.advance(1)
+    drain(app)
+    assert attempts == [0, 1]
+    assert r.get(timeout=5) == 5
+
+
+def test_self_retry_with_eta(app: Faena, clock: FakeClock) -> None:
+    # Given a task that asks to run again at a given time
+    attempts: list[int] = []
+
+    @app.task(bind=True)
+    def later(self: JobContext) -> None:
+        attempts.append(self.request.attempt)
+        if self.request.attempt == 1:
+            raise self.retry(eta=dt.datetime.fromtimestamp(clock.time() + 100, dt.UTC))
+
+    # When it runs
+    r = later.delay()
+    drain(app)
+    # Then the retry does not run before that time
+    clock.advance(99)
+    drain(app)
+    assert attempts == [1]
+    # When the time comes, Then it runs
+    clock.advance(1)
+    drain(app)
+    assert attempts == [1, 2]
+    assert r.state == SUCCESS
+
+
+def test_retry_for_retries_listed_exceptions_until_the_limit(app: Faena, clock: FakeClock) -> None:
+    # Given a task that retries ConnectionError twice, 10 s apart
+    attempts: list[int] = []
+
+    @app.task(retry_for=(ConnectionError,), max_retries=2, default_retry_delay=10)
+    def fetch() -> None:
+        attempts.append(len(attempts))
+        raise ConnectionError("refused")
+
+    r = fetch.delay()
+    # When it keeps failing
+    for _ in range(3):
+        drain(app)
+        clock.advance(10)
+    # Then it ran three times (the first run and two retries), then failed for good
+    assert attempts == [0, 1, 2]
+    assert r.state == FAILURE
+    with pytest.raises(TaskFailed) as caught:
+        r.get(timeout=5)
+    assert caught.value.type_name == "ConnectionError"
+    # And its message is in the dead-letter queue with reason "failed"
+    assert dead_letters(app)[r.id].reason == "failed"
+
+
+def test_exceptions_not_in_retry_for_fail_at_once(app: Faena) -> None:
+    # Given a task retrying ConnectionError only
+    attempts: list[int] = []
+
+    @app.task(retry_for=(ConnectionError,), max_retries=5)
+    def parse() -> None:
+        attempts.append(1)
+        raise ValueError("bad data")
+
+    # When it raises something else
+    r = parse.delay()
+    drain(app)
+    # Then it fails at once, without retrying
+    assert attempts == [1]
+    assert r.state == FAILURE
+
+
+def test_self_retry_with_no_retries_left_raises_max_retries_exceeded(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given a task allowed one retry that always asks for another
+    @app.task(bind=True, max_retries=1)
+    def stubborn(self: JobContext) -> None:
+        raise self.retry(countdown=1)
+
+    r = stubborn.delay()
+    drain(app)
+    clock.advance(1)
+    drain(app)
+    # Then the second request fails it with MaxRetriesExceeded, dead-lettered as "failed"
+    assert r.state == FAILURE
+    failed = r.get(timeout=5, propagate=False)
+    assert isinstance(failed, TaskFailed)
+    assert failed.type_name.endswith("MaxRetriesExceeded")
+    assert dead_letters(app)[r.id].reason == "failed"
+
+
+def test_self_retry_with_exc_and_no_retries_left_raises_that_exception(app: Faena) -> None:
+    # Given a task with no retries that asks to retry with a cause
+    @app.task(bind=True, max_retries=0)
+    def once(self: JobContext) -> None:
+        raise self.retry(exc=LookupError("no such row"))
+
+    # When it runs
+    r = once.delay()
+    drain(app)
+    # Then the job fails with the cause, not MaxRetriesExceeded
+    failed = r.get(timeout=5, propagate=False)
+    assert isinstance(failed, TaskFailed)
+    assert (failed.type_name, failed.error_message) == ("LookupError", "no such row")
+
+
+def test_retry_record_keeps_the_cause(app: Faena) -> None:
+    # Given a task that retries with a cause
+    @app.task(bind=True, max_retries=3)
+    def flaky(self: JobContext) -> None:
+        raise self.retry(exc=TimeoutError("slow upstream"), countdown=5)
+
+    # When it runs
+    r = flaky.delay()
+    drain(app)
+    # Then its RETRY record holds the cause
+    record = r.record
+    assert record is not None
+    assert record.state == RETRY
+    assert record.error is not None
+    assert record.error.message == "slow upstream"
+
+
+def test_retry_raised_directly_uses_the_task_policy(app: Faena, clock: FakeClock) -> None:
+    # Given a task that raises Retry itself, with back-off off and a 60 s default delay
+    @app.task(default_retry_delay=60)
+    def poll() -> None:
+        raise Retry()
+
+    # When it runs
+    r = poll.delay()
+    drain(app)
+    # Then the next attempt is due after the task's default delay
+    record = r.record
+    assert record is not None
+    assert record.next_run_at == clock.time() + 60
+
+
+def test_retry_backoff_on_a_worker_stays_within_the_cap(app: Faena, clock: FakeClock) -> None:
+    # Given a task retried with jittered back-off capped at 4 s
+    @app.task(retry_for=(OSError,), retry_backoff=True, retry_backoff_max=4, max_retries=None)
+    def flaky() -> None:
+        raise OSError("again")
+
+    # When it fails again and again
+    r = flaky.delay()
+    nows: list[tuple[float, Any]] = []
+    for _ in range(3):
+        drain(app)
+        record = r.record
+        assert record is not None
+        nows.append((clock.time(), record.next_run_at))
+        clock.advance(4)
+    # Each retry is due within [now, now + min(2**n, 4)]
+    # Then each retry is due within [now, now + min(2**n, 4)]
+    for n, (now, due) in enumerate(nows):
+        assert now <= due <= now + min(2**n, 4)
+
+
+def test_max_retries_override_per_call(app: Faena, clock: FakeClock) -> None:
+    # Given a task with no retries that raises its limit when asking to retry
+    attempts: list[int] = []
+
+    @app.task(bind=True, max_retries=0)
+    def f(self: JobContext) -> None:
+        attempts.append(self.request.retries)
+        if self.request.retries < 2:
+            raise self.retry(countdown=1, max_retries=5)
+
+    # When it runs until it stops asking
+    r = f.delay()
+    for _ in range(3):
+        drain(app)
+        clock.advance(1)
+    # Then the per-call limit applied
+    assert attempts == [0, 1, 2]
+    assert r.state == SUCCESS
+
+
+def test_max_retries_exceeded_is_a_task_control_error() -> None:
+    from faena import TaskControlError
+
+    # Then running out of retries is a task-control error, and Retry is a signal
+    assert issubclass(MaxRetriesExceeded, TaskControlError)
+    assert not issubclass(Retry, Exception)  # `except Exception` in a task cannot swallow it

@@ -1,0 +1,182 @@
+"""App settings: validated at creation, unknown names listed, URLs from arguments, then the
+environment, then the default."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from faena import ConfigurationError, Faena, Settings
+from faena.app.settings import SETTING_NAMES
+
+from .support import AppFactory
+
+
+@pytest.fixture(autouse=True)
+def _no_url_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAENA_BROKER_URL", raising=False)
+    monkeypatch.delenv("FAENA_RESULTS_URL", raising=False)
+
+
+def test_unknown_setting_is_an_error_listing_the_valid_names() -> None:
+    # When an app is created with a misspelt setting
+    with pytest.raises(ConfigurationError) as caught:
+        Faena("shop", broker="memory://", result_tll=60)
+    # Then the error names it and lists every valid setting
+    text = str(caught.value)
+    assert "result_tll" in text
+    for name in SETTING_NAMES:
+        assert name in text
+
+
+def test_setting_names_are_the_settings_fields() -> None:
+    # Then the valid names listed in errors are exactly the settings, sorted
+    assert set(SETTING_NAMES) == set(Settings.__dataclass_fields__)
+    assert list(SETTING_NAMES) == sorted(SETTING_NAMES)
+
+
+def test_settings_are_applied(make_app: AppFactory) -> None:
+    # When an app is created with settings
+    app = make_app(default_queue="jobs", result_ttl=5.0, accept=["json", "pickle"])
+    # Then they are applied
+    assert app.settings.default_queue == "jobs"
+    assert app.settings.result_ttl == 5.0
+    assert app.settings.accept == ("json", "pickle")  # a list is accepted and frozen
+
+
+def test_default_urls_are_the_sqlite_file_for_both() -> None:
+    # Given no URL arguments and no environment
+    with Faena("shop") as app:
+        # Then both default to the embedded SQLite file (nothing is opened yet)
+        assert app.broker_url == "sqlite:///faena.sqlite3"
+        assert app.results_url == "sqlite:///faena.sqlite3"
+
+
+def test_results_default_to_the_broker_url() -> None:
+    # Given only a broker URL, Then results use the same store
+    with Faena("shop", broker="memory://") as app:
+        assert app.results_url == "memory://"
+
+
+def test_environment_urls_are_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the environment names a broker and a result store
+    monkeypatch.setenv("FAENA_BROKER_URL", "memory://env-broker")
+    monkeypatch.setenv("FAENA_RESULTS_URL", "memory://env-results")
+    # When an app is created without URLs
+    with Faena("shop") as app:
+        # Then it uses them
+        assert app.broker_url == "memory://env-broker"
+        assert app.results_url == "memory://env-results"
+
+
+def test_environment_broker_url_also_sets_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given only FAENA_BROKER_URL
+    monkeypatch.setenv("FAENA_BROKER_URL", "memory://env-broker")
+    # When an app is created, Then results use the same store
+    with Faena("shop") as app:
+        assert app.results_url == "memory://env-broker"
+
+
+def test_explicit_urls_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given both URLs in the environment
+    monkeypatch.setenv("FAENA_BROKER_URL", "sqlite:///env.sqlite3")
+    monkeypatch.setenv("FAENA_RESULTS_URL", "sqlite:///env-results.sqlite3")
+    # When an app names its own, Then those win
+    with Faena("shop", broker="memory://a", results="memory://b") as app:
+        assert (app.broker_url, app.results_url) == ("memory://a", "memory://b")
+
+
+def test_environment_is_read_when_the_app_is_created_not_at_import(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given faena is already imported (it is), When the variable is set afterwards
+    monkeypatch.setenv("FAENA_BROKER_URL", "memory://late")
+    # Then a new app still sees it
+    with Faena("shop") as app:
+        assert app.broker_url == "memory://late"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://localhost:6379/0", "not part of this faena release"),
+        ("amqp://guest@localhost", "not part of this faena release"),
+        ("ftp://example.org", "unknown URL scheme"),
+        ("just-a-name", "not a broker URL"),
+    ],
+)
+def test_unsupported_broker_url_is_refused_at_creation(url: str, message: str) -> None:
+    # When an app names a broker this release cannot use, Then creating it fails, saying why
+    with pytest.raises(ConfigurationError, match=message):
+        Faena("shop", broker=url)
+
+
+def test_unsupported_results_url_is_refused_at_creation() -> None:
+    # When the results URL is unusable, Then creating the app fails
+    with pytest.raises(ConfigurationError, match="unknown URL scheme"):
+        Faena("shop", broker="memory://", results="nope://x")
+
+
+def test_unsupported_env_url_is_refused_at_creation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an unusable URL in the environment
+    monkeypatch.setenv("FAENA_BROKER_URL", "nope://x")
+    # When an app is created, Then it fails
+    with pytest.raises(ConfigurationError, match="unknown URL scheme"):
+        Faena("shop")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"serializer": "yaml"}, "serializer must be one of"),
+        ({"accept": ["json", "xml"]}, "accept must list"),
+        ({"accept": []}, "accept must list"),
+        ({"serializer": "pickle"}, "not in accept"),
+        ({"default_queue": "has space"}, "invalid queue name"),
+        ({"lease_s": 0}, "lease_s must be a positive number"),
+        ({"result_ttl": -1}, "result_ttl must be a positive number"),
+        ({"max_message_size": True}, "max_message_size must be a positive number"),
+        ({"heartbeat_s": 30.0, "lease_s": 30.0}, "must be shorter than lease_s"),
+        ({"max_deliveries": 0}, "max_deliveries must be an int >= 1"),
+        ({"max_deliveries": 2.0}, "max_deliveries must be an int >= 1"),
+    ],
+)
+def test_bad_setting_values_are_refused(settings: dict[str, Any], message: str) -> None:
+    # When a setting has a bad value, Then creating the app fails, saying what is expected
+    with pytest.raises(ConfigurationError, match=message):
+        Faena("shop", broker="memory://", **settings)
+
+
+def test_heartbeat_defaults_to_a_third_of_the_lease(make_app: AppFactory) -> None:
+    # Given a 9 s lease, Then leases are renewed every 3 s unless set
+    assert make_app(lease_s=9.0).settings.heartbeat_interval_s == 3.0
+    assert make_app(lease_s=9.0, heartbeat_s=1.0).settings.heartbeat_interval_s == 1.0
+
+
+def test_app_needs_a_name() -> None:
+    # When an app has no name, Then it is refused
+    with pytest.raises(ConfigurationError, match="non-empty name"):
+        Faena("", broker="memory://")
+
+
+def test_function_modules_default_to_the_package_that_creates_the_app() -> None:
+    # Given an app created in this module (package "tests")
+    with Faena("shop", broker="memory://") as app:
+        # Then RQ-style jobs may name functions of that package only
+        assert app.function_modules == ("tests",)
+    with Faena("shop", broker="memory://", function_modules=["billing"]) as app:
+        assert app.function_modules == ("billing",)
+
+
+def test_memory_app_keeps_its_data_across_close(app: Faena) -> None:
+    # Given a memory app with a job waiting
+    @app.task
+    def noop() -> None: ...
+
+    r = noop.delay()
+    # When the app is closed (twice is fine) and used again
+    app.close()
+    app.close()
+    # Then the job is still there: memory backends hold the data itself
+    assert r.state == "QUEUED"

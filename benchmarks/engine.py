@@ -67,9 +67,23 @@ def start_workers(url: str, count: int, concurrency: int) -> list[subprocess.Pop
     env = {**os.environ, "FAENA_BROKER_URL": url, "PYTHONPATH": str(ROOT)}
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "faena", "worker", "-A", TASKS, "-c", str(concurrency),
-             "--log-level", "WARNING"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "faena",
+                "worker",
+                "-A",
+                TASKS,
+                "-c",
+                str(concurrency),
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(count)
     ]
 
@@ -140,9 +154,11 @@ def main() -> None:
     n_single = 1_000 if args.quick else 5_000
     n_rt = 100 if args.quick else 1_000
     runs = 1 if args.quick else args.runs
-    print(f"faena {faena.__version__}, Python {platform.python_version()}, msgspec "
-          f"{msgspec.__version__}, SQLite {__import__('sqlite3').sqlite_version}, "
-          f"{platform.machine()} x{os.cpu_count()}, {platform.platform()}")
+    print(
+        f"faena {faena.__version__}, Python {platform.python_version()}, msgspec "
+        f"{msgspec.__version__}, SQLite {__import__('sqlite3').sqlite_version}, "
+        f"{platform.machine()} x{os.cpu_count()}, {platform.platform()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         rows: list[tuple[str, float, list[float], str]] = []
@@ -150,21 +166,44 @@ def main() -> None:
         def record(name: str, measure: Callable[[], float], unit: str) -> None:
             med, values = median_of(runs, measure)
             rows.append((name, med, values, unit))
-            print(f"{name:<48} {med:>12,.0f} {unit}   runs: "
-                  + ", ".join(f"{v:,.0f}" for v in values), flush=True)
+            print(
+                f"{name:<48} {med:>12,.0f} {unit}   runs: "
+                + ", ".join(f"{v:,.0f}" for v in values),
+                flush=True,
+            )
 
-        record("sqlite enqueue, single (delay)", lambda: enqueue_single(fresh_sqlite(d, "s"), n_single), "msg/s")
-        record("sqlite enqueue, bulk (enqueue_many)", lambda: enqueue_bulk(fresh_sqlite(d, "b"), n_drain), "msg/s")
+        record(
+            "sqlite enqueue, single (delay)",
+            lambda: enqueue_single(fresh_sqlite(d, "s"), n_single),
+            "msg/s",
+        )
+        record(
+            "sqlite enqueue, bulk (enqueue_many)",
+            lambda: enqueue_bulk(fresh_sqlite(d, "b"), n_drain),
+            "msg/s",
+        )
         record("memory enqueue, single", lambda: enqueue_single("memory://", n_single), "msg/s")
         record("memory enqueue, bulk", lambda: enqueue_bulk("memory://", n_drain), "msg/s")
-        record(f"sqlite drain {n_drain:,} no-ops, 1 worker process",
-               lambda: drain_sqlite(fresh_sqlite(d, "d1"), n_drain, 1, 16), "tasks/s")
-        record(f"sqlite drain {n_drain:,} no-ops, 2 worker processes",
-               lambda: drain_sqlite(fresh_sqlite(d, "d2"), n_drain, 2, 16), "tasks/s")
-        record(f"memory drain {n_drain:,} no-ops, 1 process (results)",
-               lambda: drain_memory(n_drain, 16, False), "tasks/s")
-        record(f"memory drain {n_drain:,} no-ops, 1 process (ignore_result)",
-               lambda: drain_memory(n_drain, 16, True), "tasks/s")
+        record(
+            f"sqlite drain {n_drain:,} no-ops, 1 worker process",
+            lambda: drain_sqlite(fresh_sqlite(d, "d1"), n_drain, 1, 16),
+            "tasks/s",
+        )
+        record(
+            f"sqlite drain {n_drain:,} no-ops, 2 worker processes",
+            lambda: drain_sqlite(fresh_sqlite(d, "d2"), n_drain, 2, 16),
+            "tasks/s",
+        )
+        record(
+            f"memory drain {n_drain:,} no-ops, 1 process (results)",
+            lambda: drain_memory(n_drain, 16, False),
+            "tasks/s",
+        )
+        record(
+            f"memory drain {n_drain:,} no-ops, 1 process (ignore_result)",
+            lambda: drain_memory(n_drain, 16, True),
+            "tasks/s",
+        )
         p50, p99 = round_trip(fresh_sqlite(d, "rt"), n_rt)
         print(f"{'sqlite round trip, one idle worker':<48} p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 

@@ -225,7 +225,7 @@ class Faena:
         kwargs: dict[str, Any],
         options: Mapping[str, Any],
     ) -> AsyncResult[Any]:
-        call = _call_options(Task(_unnamed, TaskOptions(name=name)), options)
+        call = _call_options(name, options)
         message = build_message(self.settings, name, defaults, args, kwargs, call)
         if self.settings.eager:
             raise ConfigurationError(
@@ -244,7 +244,7 @@ class Faena:
         """
         named = self.registry.find(task) if isinstance(task, str) else task
         name = task if isinstance(task, str) else task.name
-        call = _call_options(named or Task(_unnamed, TaskOptions(name=name)), options)
+        call = _call_options(named or name, options)
         if call.task_id is not None:
             raise ConfigurationError("enqueue_many gives each job its own id; drop task_id")
         messages: list[Message] = []
@@ -309,10 +309,6 @@ class QueueHandle:
         return self.app._send_by_name(
             function_task_name(fn), None, args, dict(kwargs or {}), options
         )
-
-
-def _unnamed() -> None:
-    """Placeholder callable for option checking of by-name sends."""
 
 
 def _caller_module() -> str:

@@ -76,7 +76,7 @@ def _next(
             task.defaults,
             job.message,
             _info(app, attempt),
-            outcome.error or ErrorInfo(type="WorkerLost", message="lost"),
+            outcome.error or ErrorInfo(type="faena.WorkerLost", message="lost"),
         )
     return decision
 

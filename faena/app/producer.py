@@ -13,6 +13,8 @@ from faena.model.message import Message, encode_message, pack_arguments, pack_he
 from faena.model.options import TaskOptions
 from faena.model.task import CallOptions, current_context
 
+_NO_OPTIONS = TaskOptions()
+
 
 def _timestamp(value: datetime | float) -> float:
     return value.timestamp() if isinstance(value, datetime) else float(value)
@@ -43,7 +45,7 @@ def build_message(
     Raises:
         SerializationError: an argument cannot be encoded (it is named).
     """
-    defaults = defaults or TaskOptions()
+    defaults = defaults or _NO_OPTIONS
     now = settings.clock.time()
     eta: float | None = None
     if call.eta is not None:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 
-from faena.foundation.exceptions import SerializationError, TaskFailed, TaskRevoked, TimeoutError
+from faena.foundation.exceptions import (
+    ResultError,
+    SerializationError,
+    TaskFailed,
+    TaskRevoked,
+    TimeoutError,
+)
 from faena.model import states
 from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.model.serialization import loads_json, loads_pickle
@@ -110,7 +116,16 @@ class AsyncResult(Generic[R]):
         return Progress(record.progress, record.progress_message)
 
     # -- waiting ------------------------------------------------------------------------------
-    def get(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    def get(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+    @overload
+    def get(
+        self, timeout: float | None = None, *, propagate: Literal[False]
+    ) -> R | ResultError: ...
+    @overload
+    def get(self, timeout: float | None, propagate: Literal[False]) -> R | ResultError: ...
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> R | ResultError:
         """Wait for the job and return its value.
 
         Raises:
@@ -121,7 +136,16 @@ class AsyncResult(Generic[R]):
         record = self.app.results.wait(self.id, timeout)
         return self._outcome(record, timeout, propagate)
 
-    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R:
+    @overload
+    async def aget(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
+    @overload
+    async def aget(
+        self, timeout: float | None = None, *, propagate: Literal[False]
+    ) -> R | ResultError: ...
+    @overload
+    async def aget(self, timeout: float | None, propagate: Literal[False]) -> R | ResultError: ...
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> R | ResultError:
         """``get`` for async callers."""
         record = await self.app.results.await_ready(self.id, timeout)
         return self._outcome(record, timeout, propagate)
@@ -129,7 +153,9 @@ class AsyncResult(Generic[R]):
     def __await__(self) -> Generator[Any, None, R]:
         return self.aget().__await__()
 
-    def _outcome(self, record: JobRecord | None, timeout: float | None, propagate: bool) -> R:
+    def _outcome(
+        self, record: JobRecord | None, timeout: float | None, propagate: bool
+    ) -> R | ResultError:
         if record is None or record.state not in states.READY_STATES:
             state = record.state if record else self.state
             raise TimeoutError(
@@ -138,14 +164,14 @@ class AsyncResult(Generic[R]):
             )
         if record.state == states.SUCCESS:
             return cast(R, self._value(record))
-        error: BaseException = (
+        error: ResultError = (
             self._failure(record)
             if record.state == states.FAILURE
             else TaskRevoked(self.id, record.reason)
         )
         if propagate:
             raise error
-        return cast(R, error)
+        return error
 
     def _value(self, record: JobRecord) -> Any:
         if record.value is None:
@@ -180,9 +206,10 @@ class AsyncResult(Generic[R]):
         ``docs/workers.md``). Returns ``True`` if the message was still waiting and is now gone.
         """
         removed = self.app.broker.remove(self.id)
-        current = self.app.results.fetch(self.id)
-        if current is not None and current.state in states.READY_STATES:
-            return removed  # finished already: its outcome stands
+        if not removed:
+            current = self.app.results.fetch(self.id)
+            if current is not None and current.state in states.READY_STATES:
+                return False  # finished already, and not sent again: its outcome stands
         now = self.app.settings.clock.time()
         self.app.results.store(
             JobRecord(

@@ -34,7 +34,7 @@ class Settings:
     lease_s: float = 30.0
     heartbeat_s: float | None = None
     max_deliveries: int = 5
-    poll_interval_s: float = 0.005
+    poll_interval_s: float = 0.002
     result_cleanup_interval_s: float = 60.0
     shutdown_grace_s: float = 30.0
     eager: bool = False

@@ -408,7 +408,7 @@ class MemoryResultStore(ResultStore):
     """Job records in this process's memory. ``memory://``."""
 
     def __init__(
-        self, url: str = "memory://", clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.005
+        self, url: str = "memory://", clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.002
     ) -> None:
         super().__init__(url, clock, poll_interval_s)
         self._records: dict[str, JobRecord] = {}

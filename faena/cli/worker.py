@@ -11,7 +11,7 @@ import sys
 import click
 
 from faena.cli.common import BadUsage, app_option, load, queues_option
-from faena.worker.logs import configure
+from faena.worker.logs import adopt_root, configure
 from faena.worker.pools import POOL_NAMES
 from faena.worker.worker import Worker, WorkerOptions
 
@@ -145,6 +145,7 @@ def worker(
                 )
     configure(log_level, log_format)  # before the import, so the app's own logs show too
     app = load(app_spec)
+    adopt_root(log_level)  # after the import: an app that configured logging keeps its setup
     options = WorkerOptions(
         queues=queues,
         concurrency=concurrency,

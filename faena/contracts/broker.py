@@ -29,7 +29,7 @@ class BrokerConfig:
 
     lease_s: float = 30.0
     max_deliveries: int = 5
-    poll_interval_s: float = 0.005
+    poll_interval_s: float = 0.002
     clock: Clock = SYSTEM_CLOCK
 
 

@@ -19,7 +19,7 @@ class ResultStore(ABC):
     """Keeps job records. See the module docstring."""
 
     def __init__(
-        self, url: str, clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.005
+        self, url: str, clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.002
     ) -> None:
         self.url = url
         self.clock = clock

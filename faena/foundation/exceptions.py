@@ -136,8 +136,16 @@ class Reject(TaskSignal):
         super().__init__(reason)
 
 
+def _default_message(exc: BaseException, message: str | None) -> str:
+    """The message given, else the first line of the class docstring."""
+    return message or (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0]
+
+
 class SoftTimeLimitExceeded(Exception):
     """The task's soft time limit passed; clean up and return or raise."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(_default_message(self, message))
 
 
 class TimeLimitExceeded(BaseException):
@@ -146,6 +154,12 @@ class TimeLimitExceeded(BaseException):
     A ``BaseException`` so that a task's ``except Exception`` cannot swallow it.
     """
 
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(_default_message(self, message))
+
 
 class WorkerLost(Exception):
     """The process running the job died before the job finished."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(_default_message(self, message))

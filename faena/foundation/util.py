@@ -5,13 +5,17 @@ from __future__ import annotations
 import importlib
 import os
 import socket
-import uuid
 from typing import Any
 
 
 def new_id() -> str:
-    """A new random job id (UUID4 text, like Celery's)."""
-    return str(uuid.uuid4())
+    """A new random job id: UUID4 text, like Celery's (built directly: ``uuid.uuid4()`` costs
+    several times more, and bulk sends make one per message)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def import_string(path: str) -> Any:

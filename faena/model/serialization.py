@@ -108,7 +108,7 @@ def _pack_other(value: Any, where: str) -> Any:
             f"{base.__name__}(value), or enable pickle"
         )
     raise SerializationError(
-        f"cannot serialize {where}: a {type(value).__qualname__} has no JSON form. "
+        f"cannot serialize {where}: {type(value).__qualname__} values have no JSON form. "
         "Pass plain data (str, int, float, bool, None, list, dict, tuple, set, datetime, date, "
         "time, timedelta, UUID, Decimal, bytes, dataclasses) or enable pickle on both sides"
     )

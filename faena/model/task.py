@@ -297,13 +297,17 @@ def _positional_range(signature: inspect.Signature) -> tuple[int, float] | None:
 
 
 _CALL_OPTION_NAMES = tuple(sorted(CallOptions.__dataclass_fields__))
+_NO_CALL_OPTIONS = CallOptions()
 
 
-def _call_options(task: Task[..., Any], options: Mapping[str, Any]) -> CallOptions:
+def _call_options(task: Task[..., Any] | str, options: Mapping[str, Any]) -> CallOptions:
+    if not options:
+        return _NO_CALL_OPTIONS
     unknown = sorted(set(options) - set(_CALL_OPTION_NAMES))
     if unknown:
+        name = task if isinstance(task, str) else task.name
         raise ConfigurationError(
-            f"unknown call option(s) for {task.name}: {', '.join(unknown)}; valid call options "
+            f"unknown call option(s) for {name}: {', '.join(unknown)}; valid call options "
             f"are: {', '.join(_CALL_OPTION_NAMES)}. Task arguments go in args=/kwargs="
         )
     return CallOptions(**options)

@@ -46,8 +46,7 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "INFO", fmt: str = "text") -> None:
     """Send faena's logs to stderr, with job ids, as text or JSON.
 
-    The tasks' own loggers get the same handler through the root logger, unless the
-    application has configured the root logger itself (then its handlers stay as they are).
+    See :func:`adopt_root` for the tasks' own loggers.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(JobIdFilter())
@@ -56,7 +55,15 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     ours.handlers[:] = [handler]
     ours.setLevel(level.upper())
     ours.propagate = False
+
+
+def adopt_root(level: str = "INFO") -> None:
+    """Give the root logger faena's handler (job ids, format) if nothing configured it.
+
+    Call after importing the app: an app that sets up logging itself keeps its own setup.
+    """
     root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(handler)
+    ours = logging.getLogger("faena")
+    if not root.handlers and ours.handlers:
+        root.addHandler(ours.handlers[0])
         root.setLevel(level.upper())

@@ -119,6 +119,7 @@ class Worker:
         )
         self._held: dict[str, Delivery] = {}
         self._settling: set[str] = set()
+        self._early_acked: set[str] = set()  # acks_late=False jobs: their message is gone
         self._running: dict[str, asyncio.Task[None]] = {}
         self._runners: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None
@@ -233,7 +234,7 @@ class Worker:
         assert self._room
         assert self._queue
         while not self.stopping():
-            room = self.concurrency + self.prefetch - len(self._held)
+            room = self.concurrency + self.prefetch - len(self._held) - len(self._early_acked)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()
@@ -278,7 +279,11 @@ class Worker:
             except asyncio.CancelledError:
                 self._release(delivery, self._started_records.get(delivery.id))
                 raise
+            except Exception:  # a broker or store fault: the runner must live on
+                log.exception("job %s could not be carried through; handing it back", delivery.id)
+                self._release(delivery, self._started_records.get(delivery.id))
             finally:
+                self._early_acked.discard(delivery.id)
                 self._running.pop(delivery.id, None)
                 self._started_records.pop(delivery.id, None)
                 if not self._running:
@@ -327,6 +332,7 @@ class Worker:
             # At most once: the message is gone before the job starts, whatever happens next.
             self._settle(Settlement(delivery=delivery, action="ack"))
             await self._outbox.flush()
+            self._early_acked.add(delivery.id)
         request = Request(
             id=message.id,
             task=message.task,
@@ -396,8 +402,15 @@ class Worker:
         the record is written; a retry is sent as a new message; a failure or a loss is final
         and leaves nothing in the dead-letter queue."""
         assert self._outbox
-        if decision.record is not None:
-            self._outbox.record(decision.record)
+        record = decision.record
+        if decision.action == "release":  # lost: nothing will run it again
+            error = ErrorInfo(type="faena.WorkerLost", message=decision.detail or "process died")
+            info = self._run_info(delivery, None, job.message)
+            record = failed(
+                job.task.defaults, job.message, info, error, reason="worker_lost"
+            ).record
+        if record is not None:
+            self._outbox.record(record)
         if decision.action == "retry" and decision.next_message is not None:
             await self.app.broker.aenqueue(
                 [
@@ -416,8 +429,7 @@ class Worker:
                 delivery.id,
                 decision.reason,
             )
-        state = decision.record.state if decision.record else states.SUCCESS
-        self._emit(state, job)
+        self._emit(record.state if record else states.SUCCESS, job)
 
     def _apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
         body = encode_message(decision.next_message) if decision.next_message else None
@@ -482,7 +494,7 @@ class Worker:
         """Queue the end of a lease; a message is settled once, whatever happens after."""
         assert self._outbox
         mid = settlement.delivery.id
-        if mid in self._settling:
+        if mid in self._settling or mid in self._early_acked:
             return
         self._settling.add(mid)
         self._outbox.settle(settlement, record)
@@ -491,8 +503,27 @@ class Worker:
         """Hand an unfinished message back, due now, without counting the delivery. A job
         that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go."""
         record = None
+        now = self.app.settings.clock.time()
+        if delivery.id in self._early_acked:
+            # acks_late=False: the message is gone, so the job ends here, for good.
+            if started is not None and self._outbox is not None:
+                error = ErrorInfo(
+                    type="faena.WorkerLost",
+                    message="the worker stopped while it ran; acks_late=False jobs run at "
+                    "most once",
+                )
+                self._outbox.record(
+                    msgspec.structs.replace(
+                        started,
+                        state=states.FAILURE,
+                        finished_at=now,
+                        updated_at=now,
+                        reason="interrupted",
+                        error=error,
+                    )
+                )
+            return
         if started is not None:
-            now = self.app.settings.clock.time()
             record = msgspec.structs.replace(
                 started,
                 state=states.QUEUED,
@@ -677,7 +708,9 @@ class Worker:
         self.leftover = self._pool.leftover()
         if self.leftover:
             log.warning(
-                "%d job thread(s) did not return; their messages were handed back", self.leftover
+                "%d job thread(s) never returned (abandoned at a hard time limit, or stopped at "
+                "shutdown); their messages are settled or handed back",
+                self.leftover,
             )
         return code
 

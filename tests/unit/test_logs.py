@@ -99,7 +99,7 @@ def test_configure_sends_faena_logs_with_job_ids(
     assert faena_logger.propagate is False
 
 
-def test_configure_gives_task_loggers_job_ids_when_the_root_is_unconfigured(
+def test_adopt_root_gives_task_loggers_job_ids_when_the_root_is_unconfigured(
     faena_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an application that has not configured logging (no root handlers)
@@ -107,6 +107,7 @@ def test_configure_gives_task_loggers_job_ids_when_the_root_is_unconfigured(
     monkeypatch.setattr("sys.stderr", stream)
     logging.getLogger().handlers[:] = []
     logs.configure("info", "text")
+    logs.adopt_root("info")  # as `faena worker` does once the app is imported
     # When a task's own logger writes inside a job
     token = logs.current_job.set("job-3")
     try:
@@ -127,7 +128,8 @@ def test_configure_leaves_an_application_root_logger_alone(
     mine = logging.NullHandler()
     logging.getLogger().handlers[:] = [mine]
     monkeypatch.setattr("sys.stderr", io.StringIO())
-    # When faena logging is configured
+    # When faena logging is configured, and the root offered faena's handler
     logs.configure("info", "json")
+    logs.adopt_root("info")
     # Then the application's handlers stay as they are
     assert logging.getLogger().handlers == [mine]

@@ -83,16 +83,19 @@ def notifier_for(path: str) -> Notifier:
 
 
 class Backoff:
-    """Poll pauses that start short and double up to a ceiling; reset when something moved."""
+    """Poll pauses that start short and grow by a quarter up to a ceiling; reset when something
+    moved. A look is one ``PRAGMA data_version`` (shared memory, no disk), so the early looks
+    stay close together: a short job's result is seen within a few milliseconds."""
 
-    def __init__(self, first_s: float, ceiling_s: float = 0.05) -> None:
+    def __init__(self, first_s: float, ceiling_s: float = 0.05, growth: float = 1.25) -> None:
         self._first = max(first_s, 0.0005)
         self._ceiling = max(ceiling_s, self._first)
+        self._growth = growth
         self._next = self._first
 
     def pause(self) -> float:
         current = self._next
-        self._next = min(self._next * 2, self._ceiling)
+        self._next = min(self._next * self._growth, self._ceiling)
         return current
 
     def reset(self) -> None:

@@ -69,7 +69,7 @@ class SQLiteResultStore(ResultStore):
     """
 
     def __init__(
-        self, url: str, clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.005
+        self, url: str, clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.002
     ) -> None:
         super().__init__(url, clock, poll_interval_s)
         self._db = SharedDatabase(url)

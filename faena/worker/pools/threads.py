@@ -22,19 +22,23 @@ Time limits, honestly:
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import contextvars
 import ctypes
 import logging
+import queue
 import threading
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from faena.contracts.pool import Job, Pool, PoolHealth
 from faena.features.execution import run_async, run_sync
 from faena.foundation.exceptions import SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
 from faena.model.outcome import ErrorInfo, Outcome
 from faena.model.registry import Registry
+
+T = TypeVar("T")
 
 log = logging.getLogger("faena.pool")
 
@@ -79,6 +83,84 @@ class _Running:
         self.terminated = False
 
 
+class _JobThreads:
+    """The threads jobs run on, handing finished work back to the event loop in batches.
+
+    Each thread takes work from one queue. A thread that finishes a job wakes the loop only if
+    no wake-up is pending, and the loop then settles every job that ended since: under load,
+    one wake-up (a write to the loop's self-pipe) serves many jobs. Threads are daemons, so a
+    thread stuck in a job never holds the process at exit.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, name: str) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._name = name
+        self._work: queue.SimpleQueue[tuple[Callable[[], Any], asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._done: collections.deque[tuple[asyncio.Future[Any], bool, Any]] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = self._loop.create_future()
+        with self._lock:
+            # _idle counts waiting threads minus queued work: below zero, work waits for a
+            # thread to come free (every thread is busy or abandoned, and no more may start).
+            spawn = self._idle <= 0 and self._threads < self._limit
+            if spawn:
+                self._threads += 1
+            else:
+                self._idle -= 1
+        self._work.put((fn, future))
+        if spawn:
+            threading.Thread(target=self._serve, name=f"faena-{self._name}", daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        first = True
+        while True:
+            if not first:
+                with self._lock:
+                    self._idle += 1
+            first = False
+            item = self._work.get()
+            if item is None:
+                return
+            fn, future = item
+            try:
+                result, ok = fn(), True
+            except BaseException as exc:
+                result, ok = exc, False
+            self._done.append((future, ok, result))
+            with self._lock:
+                wake = not self._wake_pending
+                self._wake_pending = True
+            if wake:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        while self._done:
+            future, ok, result = self._done.popleft()
+            if future.cancelled():
+                continue
+            if ok:
+                future.set_result(result)
+            else:
+                future.set_exception(result)
+
+    def stop(self) -> None:
+        """Let idle threads end; busy ones end when their job returns."""
+        for _ in range(self._threads):
+            self._work.put(None)
+
+
 class ThreadPool(Pool):
     """Runs every job in a thread. See the module docstring for time limits."""
 
@@ -86,7 +168,7 @@ class ThreadPool(Pool):
         super().__init__(size)
         self.name = name
         self.registry = registry
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: _JobThreads | None = None
         self._running: dict[str, _Running] = {}
         self._abandoned = 0
         # Jobs whose thread is still running, kept by the threads themselves: a job whose
@@ -95,8 +177,8 @@ class ThreadPool(Pool):
         self._threads_lock = threading.Lock()
 
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(
-            self.size + SPARE_THREADS, thread_name_prefix=f"faena-{self.name}"
+        self._executor = _JobThreads(
+            asyncio.get_running_loop(), self.size + SPARE_THREADS, self.name
         )
 
     def health(self) -> PoolHealth:
@@ -121,7 +203,6 @@ class ThreadPool(Pool):
         assert self._executor is not None
         task = self._task(job)
         running = _Running(job)
-        loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
 
         def body() -> Outcome:
@@ -140,7 +221,7 @@ class ThreadPool(Pool):
                 running.thread_id = None
 
         self._running[job.request.id] = running
-        future = loop.run_in_executor(self._executor, body)
+        future = self._executor.submit(body)
         running.future = future
         try:
             return await self._watch(future, running, job)
@@ -193,7 +274,7 @@ class ThreadPool(Pool):
                 _raise_in_thread(thread_id, TimeLimitExceeded)
         if self._executor is not None:
             # Abandoned threads cannot be joined; do not wait for them.
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.stop()
             self._executor = None
 
 

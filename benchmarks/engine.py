@@ -112,14 +112,18 @@ def drain_sqlite(url: str, n: int, processes: int, concurrency: int) -> float:
         return n / (last - first)
 
 
-def drain_memory(n: int, concurrency: int, ignore_result: bool) -> float:
+def drain_memory(n: int, concurrency: int, ignore_result: bool, is_async: bool = False) -> float:
     app = memory_app("bench-memory")
 
     @app.task(ignore_result=ignore_result, name="noop")
     def noop(i: int) -> int:
         return i
 
-    app.enqueue_many(noop, [(i,) for i in range(n)])
+    @app.task(ignore_result=ignore_result, name="anoop")
+    async def anoop(i: int) -> int:
+        return i
+
+    app.enqueue_many(anoop if is_async else noop, [(i,) for i in range(n)])
     worker = Worker(app, WorkerOptions(concurrency=concurrency, burst=True))
     start = time.perf_counter()
     asyncio.run(worker.run())
@@ -202,6 +206,11 @@ def main() -> None:
         record(
             f"memory drain {n_drain:,} no-ops, 1 process (ignore_result)",
             lambda: drain_memory(n_drain, 16, True),
+            "tasks/s",
+        )
+        record(
+            f"memory drain {n_drain:,} async no-ops, 1 process (results)",
+            lambda: drain_memory(n_drain, 64, False, is_async=True),
             "tasks/s",
         )
         p50, p99 = round_trip(fresh_sqlite(d, "rt"), n_rt)

@@ -378,7 +378,10 @@ class Worker:
             )
             return
         decision = decide(task.defaults, message, outcome, info)
-        if outcome.status == "failure" and outcome.error is not None:
+        if outcome.status == "success":
+            if log.isEnabledFor(logging.INFO):
+                log.info("job %s (%s) succeeded in %.3fs", message.id, task.name, outcome.runtime_s)
+        elif outcome.status == "failure" and outcome.error is not None:
             log.error(
                 "job %s (%s) failed: %s: %s",
                 message.id,
@@ -387,7 +390,14 @@ class Worker:
                 outcome.error.message,
             )
         elif decision.action == "retry":
-            log.info("job %s (%s) will retry at %.3f", message.id, task.name, decision.due or 0.0)
+            delay = max(0.0, (decision.due or info.now) - info.now)
+            log.info(
+                "job %s (%s) will retry in %.1fs (attempt %d)",
+                message.id,
+                task.name,
+                delay,
+                message.retries + 2,
+            )
         elif decision.action == "release":
             log.error(
                 "job %s (%s): the process running it died: %s",

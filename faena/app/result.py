@@ -64,9 +64,13 @@ class AsyncResult(Generic[R]):
         """``PENDING`` (unknown id), ``QUEUED``, ``SCHEDULED``, ``STARTED``, ``RETRY``,
         ``SUCCESS``, ``FAILURE`` or ``REVOKED``."""
         record = self.record
-        if record is not None:
+        if record is not None and record.state in states.READY_STATES:
             return record.state
         where = self.app.broker.locate(self.id)
+        if record is not None:
+            # A message whose worker died on its last allowed delivery is dead-lettered by
+            # the broker itself; its record still says how far it got.
+            return states.FAILURE if where == "dead" else record.state
         if where == "queued":
             return states.QUEUED
         if where == "scheduled":

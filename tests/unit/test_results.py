@@ -25,6 +25,7 @@ from faena import (
     TaskRevoked,
     TimeoutError,
 )
+from faena.model.outcome import JobRecord
 
 from .support import WAIT_S, AppFactory, Events, WorkerThread, drain
 
@@ -446,3 +447,31 @@ def test_revoking_a_finished_job_keeps_its_result(app: Faena) -> None:
     # Then nothing changes: it succeeded, and its value stays readable
     assert r.state == SUCCESS
     assert r.get(timeout=1) == 3
+
+
+def test_job_dead_lettered_by_the_broker_reads_failure(make_app, clock) -> None:
+    # Given a job that started on a worker which then died on its last allowed delivery
+    app = make_app(max_deliveries=1, lease_s=5)
+    r = app.enqueue("shop.tasks.charge", 1)
+
+    async def claim_and_lose() -> None:
+        consumer = await app.broker.open_consumer(["default"], "doomed")
+        assert [d.id for d in await consumer.receive(1, 0)] == [r.id]
+        await consumer.close()
+
+    asyncio.run(claim_and_lose())
+    app.results.store(JobRecord(id=r.id, state="STARTED", fence=1, updated_at=clock.time()))
+    assert r.state == "STARTED"
+    # When its lease runs out and the broker dead-letters it at the next claim
+    clock.advance(6)
+
+    async def claim_again() -> list[str]:
+        consumer = await app.broker.open_consumer(["default"], "next")
+        got = [d.id for d in await consumer.receive(1, 0)]
+        await consumer.close()
+        return got
+
+    assert asyncio.run(claim_again()) == []
+    # Then the job reads FAILURE, not the STARTED its dead worker left behind
+    assert app.broker.locate(r.id) == "dead"
+    assert r.state == "FAILURE"

@@ -7,6 +7,8 @@ app's result store, so ``AsyncResult`` reads it as usual.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from faena.app.producer import to_outgoing
@@ -91,59 +93,60 @@ def _expired(app: Faena, message: Message) -> bool:
     return True
 
 
-def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
-    """Run ``message`` now, retries included, and store its record."""
+def _runs(app: Faena, task: Task[..., Any], message: Message) -> Generator[Admitted, Outcome, None]:
+    """The eager lifecycle, without the running: yields each job to run and takes its outcome.
+
+    Both flavours below drive it, so they share every decision and differ only in how a job
+    is run (called, or awaited).
+    """
     job = _admit(app, task, message)
     if _expired(app, message):
-        return AsyncResult(message.id, app)
+        return
     attempt = 1
     while True:
-        outcome = run_sync(
-            job.task,
-            _request(job.message),
-            job.args,
-            job.kwargs,
-            job.message.serializer,
-            lambda f, m: None,
-        )
+        outcome = yield job
         decision = _next(app, task, job, outcome, attempt)
         if decision.record is not None:
             app.results.store(decision.record)
         if decision.action != "retry" or decision.next_message is None:
-            return AsyncResult(message.id, app)
+            return
         job = Admitted(decision.next_message, job.task, job.args, job.kwargs)
         attempt += 1
+
+
+def _no_progress(fraction: float, message: str | None) -> None:
+    """Eager jobs report progress to nobody: the caller is waiting for the job itself."""
+
+
+def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
+    """Run ``message`` now, retries included, and store its record."""
+    runs = _runs(app, task, message)
+    with contextlib.suppress(StopIteration):
+        job = next(runs)
+        while True:
+            m = job.message
+            job = runs.send(
+                run_sync(job.task, _request(m), job.args, job.kwargs, m.serializer, _no_progress)
+            )
+    return AsyncResult(message.id, app)
 
 
 async def run_eagerly_async(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
     """``run_eagerly`` on the running event loop (async tasks are awaited, not nested)."""
-    job = _admit(app, task, message)
-    if _expired(app, message):
-        return AsyncResult(message.id, app)
-    attempt = 1
-    while True:
-        if job.task.is_async:
-            outcome = await run_async(
-                job.task,
-                _request(job.message),
-                job.args,
-                job.kwargs,
-                job.message.serializer,
-                lambda f, m: None,
+    runs = _runs(app, task, message)
+    with contextlib.suppress(StopIteration):
+        job = next(runs)
+        while True:
+            m = job.message
+            run = run_async if job.task.is_async else _as_coroutine(run_sync)
+            job = runs.send(
+                await run(job.task, _request(m), job.args, job.kwargs, m.serializer, _no_progress)
             )
-        else:
-            outcome = run_sync(
-                job.task,
-                _request(job.message),
-                job.args,
-                job.kwargs,
-                job.message.serializer,
-                lambda f, m: None,
-            )
-        decision = _next(app, task, job, outcome, attempt)
-        if decision.record is not None:
-            await app.results.store_many([decision.record])
-        if decision.action != "retry" or decision.next_message is None:
-            return AsyncResult(message.id, app)
-        job = Admitted(decision.next_message, job.task, job.args, job.kwargs)
-        attempt += 1
+    return AsyncResult(message.id, app)
+
+
+def _as_coroutine(fn: Callable[..., Outcome]) -> Callable[..., Awaitable[Outcome]]:
+    async def call(*args: Any) -> Outcome:
+        return fn(*args)
+
+    return call

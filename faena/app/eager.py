@@ -110,7 +110,7 @@ def _runs(app: Faena, task: Task[..., Any], message: Message) -> Generator[Admit
             app.results.store(decision.record)
         if decision.action != "retry" or decision.next_message is None:
             return
-        job = Admitted(decision.next_message, job.task, job.args, job.kwargs)
+        job = Admitted(decision.next_message, job.task, job.args, job.kwargs, job.headers)
         attempt += 1
 
 

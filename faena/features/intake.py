@@ -18,16 +18,19 @@ when the module is within the app's ``function_modules``.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from faena.foundation.exceptions import SerializationError
 from faena.foundation.util import import_string
-from faena.model.message import Message, decode_message, unpack_arguments
+from faena.model.message import Message, decode_message, unpack_arguments, unpack_headers
 from faena.model.options import TaskOptions
 from faena.model.registry import Registry
 from faena.model.task import Task
+
+log = logging.getLogger("faena.worker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class Admitted:
     task: Task[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    headers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,8 @@ def resolve_task(
         return None
     try:
         fn = import_string(name)
-    except ImportError:
+    except Exception:  # ImportError, or the module failing as it imports: not runnable
+        log.exception("cannot import %s for a job that names it", name)
         return None
     if not callable(fn):
         return None
@@ -113,6 +118,7 @@ def admit(
         return Refused("unknown_task", f"no task named {message.task!r}{hint}", message)
     try:
         args, kwargs = unpack_arguments(message)
+        headers = unpack_headers(message)
     except SerializationError as exc:
         return Refused("undecodable_arguments", str(exc), message)
     except Exception as exc:  # a corrupt tag payload: bad isoformat, bad base64, ...
@@ -121,4 +127,4 @@ def admit(
         task.check_arguments(args, kwargs)
     except TypeError as exc:
         return Refused("wrong_arguments", f"{task.name}{task.call_signature}: {exc}", message)
-    return Admitted(message, task, args, kwargs)
+    return Admitted(message, task, args, kwargs, headers)

@@ -40,7 +40,7 @@ from faena.features.lifecycle import (
 from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import worker_identity
 from faena.model import states
-from faena.model.message import Message, encode_message, unpack_headers
+from faena.model.message import Message, encode_message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.model.task import Request
 from faena.worker.logs import current_job
@@ -85,6 +85,10 @@ def default_queues(app: Faena) -> tuple[str, ...]:
     return (app.settings.default_queue, *named)
 
 
+_Key = tuple[str, int]
+"""A delivery: message id and fence."""
+
+
 class Worker:
     """Consumes the given queues of ``app`` until stopped.
 
@@ -118,13 +122,14 @@ class Worker:
             options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
         )
         self._held: dict[str, Delivery] = {}
-        self._settling: set[str] = set()
-        self._early_acked: set[str] = set()  # acks_late=False jobs: their message is gone
-        self._running: dict[str, asyncio.Task[None]] = {}
+        # Keyed by delivery (id, fence): after a lost lease the same id may be held twice.
+        self._settling: set[_Key] = set()
+        self._early_acked: set[_Key] = set()  # acks_late=False jobs: their message is gone
+        self._running: dict[_Key, asyncio.Task[None]] = {}
         self._runners: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None
         self._idle: asyncio.Event | None = None
-        self._started_records: dict[str, JobRecord] = {}
+        self._started_records: dict[_Key, JobRecord] = {}
         self._terminated: set[str] = set()
         self._stopping = False
         self._cold = False
@@ -234,31 +239,47 @@ class Worker:
         assert self._room
         assert self._queue
         while not self.stopping():
-            room = self.concurrency + self.prefetch - len(self._held) - len(self._early_acked)
-            if room <= 0:
-                self._room.clear()
-                await self._room.wait()
-                continue
-            # Never cancelled mid-claim (a cancelled claim could lease messages nobody holds):
-            # shutdown waits for this call, which returns within its timeout.
-            batch = await self._consumer.receive(room, 0.2 if self.options.burst else 0.5)
+            try:
+                await self._fetch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fetching messages failed; trying again in 1 s")
+                await asyncio.sleep(1.0)  # a back-off before the next try
+
+    async def _fetch_once(self) -> None:
+        assert self._consumer
+        assert self._room
+        assert self._queue
+        room = self.concurrency + self.prefetch - len(self._held) - len(self._early_acked)
+        if room <= 0:
+            self._room.clear()
+            await self._room.wait()
+            return
+        # Never cancelled mid-claim (a cancelled claim could lease messages nobody holds):
+        # shutdown waits for this call, which returns within its timeout.
+        batch = await self._consumer.receive(room, 0.2 if self.options.burst else 0.5)
+        for delivery in batch:
+            self._held[delivery.id] = delivery  # held (renewed, settled) from now on
+        if not batch:
+            if self.options.burst and not self._held and not self._running:
+                log.info("queues are empty: burst worker stopping")
+                self._begin_stop(False)
+            return
+        revoked = await self._revoked([d.id for d in batch]) if not self.stopping() else set()
+        for delivery in batch:
             if self.stopping():
-                for delivery in batch:
-                    self._held[delivery.id] = delivery
-                    self._release(delivery)
-                return
-            if not batch:
-                if self.options.burst and not self._held:
-                    log.info("queues are empty: burst worker stopping")
-                    self._begin_stop(False)
-                continue
-            revoked = await self._revoked([d.id for d in batch])
-            for delivery in batch:
-                self._held[delivery.id] = delivery
+                self._release(delivery)
+            else:
                 self._queue.put_nowait((delivery, delivery.id in revoked))
 
     async def _revoked(self, ids: Sequence[str]) -> set[str]:
-        records = await self.app.results.fetch_many(ids)
+        try:
+            records = await self.app.results.fetch_many(ids)
+        except Exception:
+            # Cannot tell now: run them; a revoke still wins over their records (its fence).
+            log.exception("could not check %d message(s) for revokes", len(ids))
+            return set()
         return {i for i, r in records.items() if r.state == states.REVOKED}
 
     # -- one job ------------------------------------------------------------------------------
@@ -269,25 +290,31 @@ class Worker:
         assert me is not None
         while True:
             delivery, revoked = await self._queue.get()
+            if self._held.get(delivery.id) is not delivery:
+                continue  # its lease was lost while it waited: someone else has it now
             if self._stopping:  # shutdown hands queued messages back; this one slipped through
                 self._release(delivery)
                 continue
-            self._running[delivery.id] = me
+            key = (delivery.id, delivery.fence)
+            self._running[key] = me
             self._idle.clear()
             try:
                 await self._handle(delivery, revoked)
             except asyncio.CancelledError:
-                self._release(delivery, self._started_records.get(delivery.id))
+                self._release(delivery, self._started_records.get(key))
                 raise
-            except Exception:  # a broker or store fault: the runner must live on
+            except Exception:  # a fault of ours or of a backend: the runner must live on
                 log.exception("job %s could not be carried through; handing it back", delivery.id)
-                self._release(delivery, self._started_records.get(delivery.id))
+                # Counted, so a message that always breaks the worker ends in the DLQ.
+                self._release(delivery, self._started_records.get(key), reason="worker_error")
             finally:
-                self._early_acked.discard(delivery.id)
-                self._running.pop(delivery.id, None)
-                self._started_records.pop(delivery.id, None)
+                self._early_acked.discard(key)
+                self._running.pop(key, None)
+                self._started_records.pop(key, None)
                 if not self._running:
                     self._idle.set()
+                assert self._room is not None
+                self._room.set()
 
     async def _handle(self, delivery: Delivery, revoked: bool) -> None:
         current_job.set(delivery.id)
@@ -325,14 +352,11 @@ class Worker:
         info = self._run_info(delivery, started, message)
         if not task.defaults.ignore_result:
             record = base_record(message, info, states.STARTED, task.defaults)
-            self._started_records[message.id] = record
+            self._started_records[(delivery.id, delivery.fence)] = record
             self._outbox.record(record)
         self._emit(states.STARTED, job)
-        if not task.defaults.acks_late:
-            # At most once: the message is gone before the job starts, whatever happens next.
-            self._settle(Settlement(delivery=delivery, action="ack"))
-            await self._outbox.flush()
-            self._early_acked.add(delivery.id)
+        if not task.defaults.acks_late and not await self._ack_first(delivery):
+            return
         request = Request(
             id=message.id,
             task=message.task,
@@ -341,7 +365,7 @@ class Worker:
             deliveries=delivery.deliveries,
             eta=message.eta,
             expires=message.expires,
-            headers=unpack_headers(message),
+            headers=job.headers,
             parent_id=message.parent_id,
             root_id=message.root_id,
             worker=self.id,
@@ -356,7 +380,7 @@ class Worker:
                     serializer=message.serializer,
                     time_limit=task.defaults.time_limit,
                     soft_time_limit=task.defaults.soft_time_limit,
-                    progress=self._progress_sink(message.id),
+                    progress=self._progress_sink((delivery.id, delivery.fence)),
                 )
             )
         except asyncio.CancelledError:
@@ -407,6 +431,19 @@ class Worker:
             )
         self._apply(delivery, decision, job)
 
+    async def _ack_first(self, delivery: Delivery) -> bool:
+        """acks_late=False: delete the message before the job runs (at most once). ``False``
+        if the lease was already lost: someone else may run it, so this worker must not."""
+        assert self._consumer
+        settlement = Settlement(delivery=delivery, action="ack")
+        ok = (await self._consumer.settle([settlement]))[0]
+        self._on_settled(settlement, ok)
+        if ok:
+            self._early_acked.add((delivery.id, delivery.fence))
+        else:
+            log.warning("job %s: lease lost before it started; not running it here", delivery.id)
+        return ok
+
     async def _after_early_ack(self, delivery: Delivery, decision: Decision, job: Admitted) -> None:
         """Carry out a decision for a message acknowledged before its job ran (acks_late=False):
         the record is written; a retry is sent as a new message; a failure or a loss is final
@@ -422,13 +459,19 @@ class Worker:
         if record is not None:
             self._outbox.record(record)
         if decision.action == "retry" and decision.next_message is not None:
+            # A new send: a fresh send time ranks its records above this one's, and the RETRY
+            # record is written before the next attempt can start.
+            await self._outbox.flush()
+            nxt = msgspec.structs.replace(
+                decision.next_message, sent_at=self.app.settings.clock.time()
+            )
             await self.app.broker.aenqueue(
                 [
                     Outgoing(
-                        id=decision.next_message.id,
-                        queue=decision.next_message.queue,
-                        body=encode_message(decision.next_message),
-                        priority=decision.next_message.priority,
+                        id=nxt.id,
+                        queue=nxt.queue,
+                        body=encode_message(nxt),
+                        priority=nxt.priority,
                         due=decision.due,
                     )
                 ]
@@ -503,18 +546,20 @@ class Worker:
     def _settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
         """Queue the end of a lease; a message is settled once, whatever happens after."""
         assert self._outbox
-        mid = settlement.delivery.id
-        if mid in self._settling or mid in self._early_acked:
+        key = (settlement.delivery.id, settlement.delivery.fence)
+        if key in self._settling or key in self._early_acked:
             return
-        self._settling.add(mid)
+        self._settling.add(key)
         self._outbox.settle(settlement, record)
 
-    def _release(self, delivery: Delivery, started: JobRecord | None = None) -> None:
+    def _release(
+        self, delivery: Delivery, started: JobRecord | None = None, reason: str | None = None
+    ) -> None:
         """Hand an unfinished message back, due now, without counting the delivery. A job
         that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go."""
         record = None
         now = self.app.settings.clock.time()
-        if delivery.id in self._early_acked:
+        if (delivery.id, delivery.fence) in self._early_acked:
             # acks_late=False: the message is gone, so the job ends here, for good.
             if started is not None and self._outbox is not None:
                 error = ErrorInfo(
@@ -541,11 +586,11 @@ class Worker:
                 updated_at=now,
                 reason="handed back at shutdown",
             )
-        self._settle(Settlement(delivery=delivery, action="release"), record)
+        self._settle(Settlement(delivery=delivery, action="release", reason=reason), record)
 
     def _on_settled(self, settlement: Settlement, ok: bool) -> None:
         mid = settlement.delivery.id
-        self._settling.discard(mid)
+        self._settling.discard((mid, settlement.delivery.fence))
         if self._held.get(mid) is settlement.delivery:
             del self._held[mid]
         if not ok:
@@ -571,7 +616,7 @@ class Worker:
             max_deliveries=self.app.settings.max_deliveries,
         )
 
-    def _progress_sink(self, job_id: str) -> Any:
+    def _progress_sink(self, job_id: _Key) -> Any:
         loop = self._loop
         assert loop is not None
 
@@ -664,12 +709,18 @@ class Worker:
         if not self._running:
             return
         assert self._pool
-        records = await self.app.results.fetch_many(list(self._running))
+        records = await self.app.results.fetch_many([mid for mid, _ in self._running])
         for mid, record in records.items():
-            if record.state == states.REVOKED and record.terminate and mid not in self._terminated:
+            # Only once the pool stopped it: a job still waiting for a child is tried again
+            # at the next beat.
+            if (
+                record.state == states.REVOKED
+                and record.terminate
+                and mid not in self._terminated
+                and self._pool.terminate(mid)
+            ):
                 self._terminated.add(mid)
-                if self._pool.terminate(mid):
-                    log.warning("job %s revoked with terminate: stopping it", mid)
+                log.warning("job %s revoked with terminate: stopping it", mid)
 
     async def _maintenance(self) -> None:
         interval = self.app.settings.result_cleanup_interval_s
@@ -690,12 +741,11 @@ class Worker:
         assert self._queue
         assert self._idle
         # Unstarted messages go back at once, before waiting for the running ones.
-        while not self._queue.empty():
-            delivery, _ = self._queue.get_nowait()
-            self._release(delivery)
-        await self._outbox.flush()
+        self._hand_back_queued()
+        await self._flush_logged()
         await asyncio.gather(fetcher, return_exceptions=True)
-        await self._outbox.flush()
+        self._hand_back_queued()
+        await self._flush_logged()
         if self._running and not self._cold:
             idle = asyncio.ensure_future(self._idle.wait())
             cold = asyncio.ensure_future(self._wait_cold())
@@ -714,7 +764,7 @@ class Worker:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
         await self._pool.stop(graceful=not self._cold, timeout_s=1.0)
-        await self._outbox.flush()
+        await self._flush_logged()
         self.leftover = self._pool.leftover()
         if self.leftover:
             log.warning(
@@ -723,6 +773,21 @@ class Worker:
                 self.leftover,
             )
         return code
+
+    def _hand_back_queued(self) -> None:
+        assert self._queue
+        while not self._queue.empty():
+            delivery, _ = self._queue.get_nowait()
+            if self._held.get(delivery.id) is delivery:
+                self._release(delivery)
+
+    async def _flush_logged(self) -> None:
+        """Flush at shutdown; a failure is logged (leases then expire and redeliver)."""
+        assert self._outbox
+        try:
+            await self._outbox.flush()
+        except Exception:
+            log.exception("could not write the last results and settlements")
 
     async def _wait_cold(self) -> None:
         while not self._cold:

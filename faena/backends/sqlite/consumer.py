@@ -17,11 +17,16 @@ from typing import TypeVar
 from faena.backends.sqlite import _claims
 from faena.backends.sqlite._connection import data_version, write
 from faena.backends.sqlite._database import SharedDatabase
+from faena.backends.sqlite._notify import Backoff
 from faena.contracts.broker import BrokerConfig, Consumer, Delivery, Settlement
 from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import BrokerError, ConfigurationError
 
 T = TypeVar("T")
+
+IDLE_CEILING_S = 0.05
+"""The longest pause between two looks of an idle consumer: the most a message sent by
+another process waits before an idle worker sees it."""
 
 
 class SQLiteConsumer(Consumer):
@@ -38,6 +43,8 @@ class SQLiteConsumer(Consumer):
         self._worker_id = worker_id
         self._turn = 0
         self._closed = False
+        # Idle looks: poll_interval_s apart at first, growing to IDLE_CEILING_S.
+        self._idle = Backoff(config.poll_interval_s, IDLE_CEILING_S)
 
     def _stopped(self) -> bool:
         return self._closed or self._db.closed
@@ -58,6 +65,7 @@ class SQLiteConsumer(Consumer):
                     if found is None:
                         return []
                     if found.deliveries:
+                        self._idle.reset()
                         return found.deliveries
                     if not await self._wait(found, woken, deadline):
                         return []
@@ -118,7 +126,9 @@ class SQLiteConsumer(Consumer):
             remaining = deadline - SYSTEM_CLOCK.monotonic()
             if remaining <= 0:
                 return False
-            pause = min(remaining, self._config.poll_interval_s)
+            # Looks grow apart while nothing changes (an idle worker costs little CPU) and
+            # start close again once something did.
+            pause = min(remaining, self._idle.pause())
             if found.next_due is not None:
                 until_due = found.next_due - clock.time()
                 if until_due <= 0:
@@ -129,10 +139,12 @@ class SQLiteConsumer(Consumer):
             except TimeoutError:
                 pass
             else:
+                self._idle.reset()
                 return True
             if self._stopped():
                 return False
             if await self._db.run(data_version) != found.data_version:
+                self._idle.reset()
                 return True
         return False
 

@@ -185,6 +185,13 @@ class ThreadPool(Pool):
         busy = sum(1 for r in self._running.values() if not r.abandoned)
         return PoolHealth(size=self.size, busy=busy, abandoned=self._abandoned)
 
+    def _raise_in(self, running: _Running, exc_type: type[BaseException]) -> bool:
+        """Raise ``exc_type`` in the job's thread if it is still running that job."""
+        with self._threads_lock:
+            if running.thread_id is None:
+                return False
+            return _raise_in_thread(running.thread_id, exc_type)
+
     def leftover(self) -> int:
         """Jobs whose thread has not returned: a thread cannot be killed, and Python waits for
         it at exit."""
@@ -206,8 +213,8 @@ class ThreadPool(Pool):
         context = contextvars.copy_context()
 
         def body() -> Outcome:
-            running.thread_id = threading.get_ident()
             with self._threads_lock:
+                running.thread_id = threading.get_ident()
                 self._in_threads.add(running)
             try:
                 return context.run(
@@ -216,15 +223,20 @@ class ThreadPool(Pool):
             except TimeLimitExceeded as exc:
                 return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
             finally:
+                # Under the lock that every raise takes: once cleared, no limit exception can
+                # be aimed at this thread (and so at its next job).
                 with self._threads_lock:
                     self._in_threads.discard(running)
-                running.thread_id = None
+                    running.thread_id = None
 
         self._running[job.request.id] = running
         future = self._executor.submit(body)
         running.future = future
         try:
             return await self._watch(future, running, job)
+        except (TimeLimitExceeded, SoftTimeLimitExceeded) as exc:
+            # A limit that landed after the task returned, in the thread's own code.
+            return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
         finally:
             self._running.pop(job.request.id, None)
 
@@ -236,13 +248,13 @@ class ThreadPool(Pool):
         if soft is not None:
             done, _ = await asyncio.wait({future}, timeout=soft)
             if not done and running.thread_id is not None:
-                _raise_in_thread(running.thread_id, SoftTimeLimitExceeded)
+                self._raise_in(running, SoftTimeLimitExceeded)
         if hard is not None:
             remaining = hard - (soft or 0.0)
             done, _ = await asyncio.wait({future}, timeout=max(0.0, remaining))
             if not done:
                 if running.thread_id is not None:
-                    _raise_in_thread(running.thread_id, TimeLimitExceeded)
+                    self._raise_in(running, TimeLimitExceeded)
                 running.abandoned = True
                 self._abandoned += 1
                 log.warning(
@@ -259,7 +271,7 @@ class ThreadPool(Pool):
         if running is None or running.thread_id is None:
             return False
         running.terminated = True
-        return _raise_in_thread(running.thread_id, TimeLimitExceeded)
+        return self._raise_in(running, TimeLimitExceeded)
 
     async def stop(self, graceful: bool, timeout_s: float) -> None:
         pending = [
@@ -269,9 +281,9 @@ class ThreadPool(Pool):
             await asyncio.wait(pending, timeout=timeout_s)
         if not graceful:
             with self._threads_lock:
-                stuck = [r.thread_id for r in self._in_threads if r.thread_id is not None]
-            for thread_id in stuck:
-                _raise_in_thread(thread_id, TimeLimitExceeded)
+                stuck = list(self._in_threads)
+            for running in stuck:
+                self._raise_in(running, TimeLimitExceeded)
         if self._executor is not None:
             # Abandoned threads cannot be joined; do not wait for them.
             self._executor.stop()

@@ -1,0 +1,126 @@
+"""The worker under faults of its own and of its backends, on the memory backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from faena import FAILURE, SUCCESS, Faena, JobContext
+from faena.contracts.broker import Outgoing
+from faena.model.message import Message, encode_message
+from faena.worker import worker as worker_module
+from faena.worker.worker import Worker, WorkerOptions
+
+from .support import AppFactory, dead_letters, drain
+
+
+def test_at_most_once_jobs_never_stall_a_worker_without_prefetch(app: Faena) -> None:
+    # Given three at-most-once jobs and a worker with one slot and no prefetch
+    @app.task(acks_late=False)
+    def once(i: int) -> int:
+        return i
+
+    results = [once.delay(i) for i in range(3)]
+    # When it drains the queue (it would hang if an early-acked job never freed its room)
+    run = Worker(app, WorkerOptions(concurrency=1, prefetch=0, burst=True))
+    assert asyncio.run(asyncio.wait_for(run.run(), 10)) == 0
+    # Then every job ran once
+    assert [r.get(timeout=1) for r in results] == [0, 1, 2]
+
+
+def test_a_message_that_breaks_the_worker_itself_ends_in_the_dead_letter_queue(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker allowing 3 deliveries, and one job whose handling fails inside the worker
+    # itself every time (a fault of faena's, simulated where the STARTED record is built)
+    app = make_app(max_deliveries=3)
+
+    @app.task
+    def fine() -> str:
+        return "fine"
+
+    broken = fine.delay()
+    good = fine.delay()
+    attempts = {"n": 0}
+    real = worker_module.base_record
+
+    def base_record(message, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if message.id == broken.id:
+            attempts["n"] += 1
+            raise RuntimeError("a bug in the worker")
+        return real(message, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "base_record", base_record)
+    # When a burst worker runs until the queue is empty
+    drain(app)
+    # Then the good job ran, and the broken one was counted out into the DLQ after 3 tries
+    assert good.get(timeout=1) == "fine"
+    assert attempts["n"] == 3
+    assert dead_letters(app)[broken.id].reason == "worker_error"
+
+
+def test_fetch_failures_are_retried_and_the_worker_goes_on(app: Faena) -> None:
+    # Given a result store that fails the worker's revoke check once
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    r = add.delay(2, 3)
+    real = app.results.fetch_many
+    failures = {"left": 1}
+
+    async def flaky_fetch_many(ids):  # type: ignore[no-untyped-def]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("the result store is unreachable")
+        return await real(ids)
+
+    app.results.fetch_many = flaky_fetch_many  # type: ignore[method-assign]
+    # When a worker drains the queue
+    drain(app)
+    # Then the job still ran (the revoke check failing open), once
+    assert r.get(timeout=1) == 5
+    assert failures["left"] == 0
+
+
+def test_undecodable_header_is_dead_lettered_not_retried_forever(app: Faena) -> None:
+    # Given a message whose header has a corrupt tag
+    @app.task
+    def ok() -> str:
+        return "ok"
+
+    bad = Message(id="bad-header", task=ok.name, queue="default", headers={"when": {"~dt": "x"}})
+    app.broker.enqueue([Outgoing(id=bad.id, queue="default", body=encode_message(bad))])
+    after = ok.delay()
+    # When a worker drains the queue
+    drain(app)
+    # Then it is refused once, with a reason, and the next job runs
+    assert dead_letters(app)["bad-header"].reason == "undecodable_arguments"
+    assert app.AsyncResult("bad-header").state == FAILURE
+    assert after.get(timeout=1) == "ok"
+
+
+@pytest.mark.parametrize("pool", ["async", "threads"])
+def test_a_soft_limit_reaching_a_finished_thread_job_fails_only_that_job(
+    app: Faena, pool: str
+) -> None:
+    # Given jobs that finish right at their soft limit, then ordinary jobs on the same threads
+    @app.task(bind=True, soft_time_limit=0.01)
+    def edge(self: JobContext) -> str:
+        total = 0
+        for i in range(200_000):
+            total += i
+        return self.request.id
+
+    @app.task
+    def plain(i: int) -> int:
+        return i
+
+    edges = [edge.delay() for _ in range(5)]
+    plains = [plain.delay(i) for i in range(20)]
+    # When a worker drains them
+    drain(app, pool=pool, concurrency=2)
+    # Then every ordinary job succeeded: no limit exception leaked into another job
+    assert [r.get(timeout=1) for r in plains] == list(range(20))
+    assert {r.state for r in edges} <= {SUCCESS, FAILURE}

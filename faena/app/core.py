@@ -18,11 +18,12 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from faena.app.eager import run_eagerly, run_eagerly_async
-from faena.app.lookup import make_broker, make_result_store
+from faena.app.lookup import make_broker, make_coordination_store, make_result_store
 from faena.app.producer import build_message, function_task_name, to_outgoing
 from faena.app.result import AsyncResult
 from faena.app.settings import Settings, build_settings, resolve_urls
 from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
 from faena.contracts.results import ResultStore
 from faena.foundation.exceptions import ConfigurationError
@@ -83,6 +84,7 @@ class Faena:
         self.main_module: str = _caller_module()
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
+        self._coordination: CoordinationStore | None = None
         for task in _shared_tasks:
             self.registry.register(task)
             task.bind_dispatcher(self)
@@ -118,6 +120,13 @@ class Faena:
             )
         return self._results
 
+    @property
+    def coordination(self) -> CoordinationStore:
+        """The coordination store (atomic keys, counters, tokens), on the broker's URL."""
+        if self._coordination is None:
+            self._coordination = make_coordination_store(self.broker_url, self.settings.clock)
+        return self._coordination
+
     def close(self) -> None:
         """Close the backends' connections. The app can be used again afterwards.
 
@@ -132,6 +141,10 @@ class Faena:
             self._results.close()
             if not self.results_url.startswith("memory:"):
                 self._results = None
+        if self._coordination is not None:
+            self._coordination.close()
+            if not self.broker_url.startswith("memory:"):
+                self._coordination = None
 
     def __enter__(self) -> Faena:
         return self

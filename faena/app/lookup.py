@@ -6,6 +6,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock
 from faena.foundation.exceptions import ConfigurationError
@@ -55,3 +56,15 @@ def make_result_store(url: str, clock: Clock, poll_interval_s: float) -> ResultS
     from faena.backends.sqlite import SQLiteResultStore
 
     return SQLiteResultStore(url, clock, poll_interval_s)
+
+
+def make_coordination_store(url: str, clock: Clock) -> CoordinationStore:
+    """A coordination store for ``url``."""
+    scheme = scheme_of(url)
+    if scheme == "memory":
+        from faena.backends.memory import MemoryCoordinationStore
+
+        return MemoryCoordinationStore(url, clock)
+    from faena.backends.sqlite import SQLiteCoordinationStore
+
+    return SQLiteCoordinationStore(url, clock)

@@ -1,8 +1,13 @@
-"""The conformance suites every broker and result store must pass, shipped for any backend.
+"""The conformance suites every broker, result store and coordination store must pass,
+shipped for any backend.
 
 Subclass a suite in a test module and supply the backend; pytest collects the subclass::
 
-    from faena.testing.conformance import BrokerConformance, ResultStoreConformance
+    from faena.testing.conformance import (
+        BrokerConformance,
+        CoordinationConformance,
+        ResultStoreConformance,
+    )
 
     class TestMyBroker(BrokerConformance):
         def make_broker(self, config: BrokerConfig) -> Broker:
@@ -12,8 +17,13 @@ Subclass a suite in a test module and supply the backend; pytest collects the su
         def make_result_store(self, clock: Clock) -> ResultStore:
             return MyResultStore("my://localhost/0", clock)
 
+    class TestMyCoordination(CoordinationConformance):
+        def make_coordination_store(self, clock: Clock) -> CoordinationStore:
+            return MyCoordinationStore("my://localhost/0", clock)
+
 Each test makes its own backend through the hook, starting empty (a fresh file, a flushed
-database), and closes it in ``teardown_method``; a subclass that overrides ``setup_method`` or
+database; a second coordination store in the same test is a second client of the same data),
+and closes it in ``teardown_method``; a subclass that overrides ``setup_method`` or
 ``teardown_method`` calls ``super()``. Time is a :class:`FakeClock` the tests move by hand, so
 the backend must read ``config.clock`` (or the ``clock`` it was given) for every due time,
 lease and expiry. A blocking ``receive``/``wait`` measures its timeout on that clock too (as
@@ -28,11 +38,16 @@ kept together so a backend author reads the whole contract in one place.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import itertools
+import math
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar
+
+import pytest
 
 from faena.contracts.broker import (
     Broker,
@@ -45,6 +60,7 @@ from faena.contracts.broker import (
     Settlement,
     WorkerInfo,
 )
+from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock, FakeClock
 from faena.model.outcome import FINAL_FENCE, JobRecord
@@ -53,6 +69,7 @@ from faena.model.states import REVOKED, STARTED, SUCCESS
 __all__ = [
     "PROMPT_S",
     "BrokerConformance",
+    "CoordinationConformance",
     "ResultStoreConformance",
     "async_test",
     "out",
@@ -812,3 +829,364 @@ class ResultStoreConformance:
         store = self.store()
         store.close()
         store.close()
+
+
+class CoordinationConformance:
+    """The coordination store contract (``faena.contracts.coordination``). Implement the hook."""
+
+    shared_between_stores: ClassVar[bool] = True
+    """Whether two stores made in one test reach the same keys (one file, one server). The
+    in-memory backend, where each store is its own keyspace, sets it False: the sharing test is
+    skipped, and the racing threads share one store instead of each having its own."""
+    races: ClassVar[int] = 200
+    """Rounds of the set_if_absent race; each round is a fresh key every racer contends for."""
+    racers: ClassVar[int] = 4
+    """Threads in each race."""
+    clock: FakeClock
+    _stores: list[CoordinationStore]
+
+    def make_coordination_store(self, clock: Clock) -> CoordinationStore:
+        """A new coordination store of the backend under test, reading time from ``clock``.
+
+        The first call in a test starts empty; later calls in the same test are further clients
+        of the same data, if the backend can share it (see ``shared_between_stores``).
+        """
+        raise NotImplementedError("subclasses of CoordinationConformance implement the hook")
+
+    def setup_method(self) -> None:
+        self.clock = FakeClock()
+        self._stores = []
+
+    def teardown_method(self) -> None:
+        for store in self._stores:
+            store.close()
+
+    def store(self) -> CoordinationStore:
+        store = self.make_coordination_store(self.clock)
+        self._stores.append(store)
+        return store
+
+    # -- set_if_absent, get, expiry ---------------------------------------------------------
+    def test_set_if_absent_creates_once_and_get_reads_it(self) -> None:
+        store = self.store()
+        assert store.get("k") is None
+        # When two callers try to create the same key
+        assert store.set_if_absent("k", "first", 10) is True
+        assert store.set_if_absent("k", "second", 10) is False
+        # Then the first value stays
+        assert store.get("k") == "first"
+        assert store.get("other") is None
+
+    def test_a_key_expires_when_its_ttl_has_passed(self) -> None:
+        store = self.store()
+        store.set_if_absent("k", "first", 10)
+        self.clock.advance(9.5)
+        assert store.get("k") == "first"
+        assert store.set_if_absent("k", "second", 10) is False
+        # When the TTL has fully passed, the key is absent: it reads as None and can be taken
+        self.clock.advance(0.5)
+        assert store.get("k") is None
+        assert store.set_if_absent("k", "second", 10) is True
+        assert store.get("k") == "second"
+        # And the new holder has a TTL of its own, counted from its creation
+        self.clock.advance(9.5)
+        assert store.get("k") == "second"
+        self.clock.advance(0.5)
+        assert store.get("k") is None
+
+    @pytest.mark.parametrize("ttl_s", [0, -1.0, math.nan, math.inf])
+    def test_an_invalid_ttl_is_a_value_error_and_changes_nothing(self, ttl_s: float) -> None:
+        store = self.store()
+        store.set_if_absent("held", "me", 10)
+        with pytest.raises(ValueError, match="TTL"):
+            store.set_if_absent("k", "v", ttl_s)
+        with pytest.raises(ValueError, match="TTL"):
+            store.incr("n", 1, ttl_s)
+        with pytest.raises(ValueError, match="TTL"):
+            store.expire("held", ttl_s)
+        with pytest.raises(ValueError, match="TTL"):
+            store.compare_and_expire("held", "me", ttl_s)
+        assert (store.get("k"), store.get("n"), store.get("held")) == (None, None, "me")
+        self.clock.advance(10)
+        assert store.get("held") is None
+
+    # -- ownership --------------------------------------------------------------------------
+    def test_compare_and_delete_deletes_only_the_expected_value(self) -> None:
+        store = self.store()
+        store.set_if_absent("lock", "owner", 10)
+        # When someone else tries to release the lock, it stays
+        assert store.compare_and_delete("lock", "intruder") is False
+        assert store.get("lock") == "owner"
+        # When the owner releases it, it is gone, once
+        assert store.compare_and_delete("lock", "owner") is True
+        assert store.get("lock") is None
+        assert store.compare_and_delete("lock", "owner") is False
+        assert store.compare_and_delete("missing", "owner") is False
+        assert store.set_if_absent("lock", "next", 10) is True
+
+    def test_compare_and_expire_renews_only_for_the_owner(self) -> None:
+        store = self.store()
+        store.set_if_absent("lock", "owner", 10)
+        self.clock.advance(8)
+        # When another caller tries to renew, nothing changes
+        assert store.compare_and_expire("lock", "intruder", 100) is False
+        # When the owner renews for 10 s, the lock outlives its first TTL by that much
+        assert store.compare_and_expire("lock", "owner", 10) is True
+        self.clock.advance(9.5)
+        assert store.get("lock") == "owner"
+        self.clock.advance(0.5)
+        assert store.get("lock") is None
+        assert store.compare_and_expire("lock", "owner", 10) is False
+
+    def test_a_refused_renewal_keeps_the_old_expiry(self) -> None:
+        store = self.store()
+        store.set_if_absent("lock", "owner", 10)
+        assert store.compare_and_expire("lock", "intruder", 100) is False
+        self.clock.advance(10)
+        assert store.get("lock") is None
+
+    def test_compare_and_expire_may_shorten_the_ttl(self) -> None:
+        store = self.store()
+        store.set_if_absent("lock", "owner", 100)
+        assert store.compare_and_expire("lock", "owner", 1) is True
+        self.clock.advance(1)
+        assert store.get("lock") is None
+
+    def test_an_expired_key_cannot_be_compared_extended_or_deleted(self) -> None:
+        store = self.store()
+        store.set_if_absent("lock", "owner", 10)
+        store.incr("count", 1, 10)
+        # Given both keys expired
+        self.clock.advance(10)
+        # Then no operation finds them, and none revives them
+        assert store.compare_and_expire("lock", "owner", 100) is False
+        assert store.expire("lock", 100) is False
+        assert store.expire("count", 100) is False
+        assert store.compare_and_delete("lock", "owner") is False
+        assert store.delete("lock") is False
+        assert store.delete("count") is False
+        assert (store.get("lock"), store.get("count")) == (None, None)
+        assert store.set_if_absent("lock", "next", 10) is True
+
+    # -- counters ---------------------------------------------------------------------------
+    def test_incr_creates_at_zero_and_adds_any_amount(self) -> None:
+        store = self.store()
+        assert store.incr("n") == 1
+        assert store.incr("n", 5) == 6
+        # Negative amounts decrement, with no floor; zero reads
+        assert store.incr("n", -10) == -4
+        assert store.incr("n", 0) == -4
+        assert store.get("n") == "-4"
+        assert store.incr("down", -1) == -1
+
+    def test_incr_sets_the_ttl_when_it_creates_the_counter_and_keeps_it_after(self) -> None:
+        store = self.store()
+        # Given a counter created with a 10 s window
+        assert store.incr("hits", 1, 10) == 1
+        self.clock.advance(6)
+        # When later increments pass a TTL too, the window is not stretched
+        assert store.incr("hits", 1, 10) == 2
+        assert store.incr("hits", 1) == 3
+        self.clock.advance(4)
+        assert store.get("hits") is None
+        # And once expired, the next increment starts a new window from zero
+        assert store.incr("hits", 1, 10) == 1
+        self.clock.advance(9.5)
+        assert store.get("hits") == "1"
+        self.clock.advance(0.5)
+        assert store.get("hits") is None
+
+    def test_a_counter_created_without_ttl_never_expires_unless_told(self) -> None:
+        store = self.store()
+        store.incr("total", 2)
+        # A TTL passed to a later increment does not apply to an existing counter
+        store.incr("total", 1, 5)
+        self.clock.advance(10**9)
+        assert store.get("total") == "3"
+        # expire gives any key a TTL, counters included
+        assert store.expire("total", 5) is True
+        self.clock.advance(5)
+        assert store.get("total") is None
+
+    def test_incr_of_a_text_value_is_a_value_error(self) -> None:
+        store = self.store()
+        store.set_if_absent("lock", "owner", 10)
+        store.set_if_absent("digits", "5", 10)
+        # Text is never counted on, even text that looks like a number
+        with pytest.raises(ValueError, match="not a counter"):
+            store.incr("lock")
+        with pytest.raises(ValueError, match="not a counter"):
+            store.incr("digits", 1, 10)
+        assert (store.get("lock"), store.get("digits")) == ("owner", "5")
+        # Once the text has expired, the key is free for a counter
+        self.clock.advance(10)
+        assert store.incr("lock") == 1
+
+    def test_a_counter_compares_as_its_decimal_text(self) -> None:
+        store = self.store()
+        store.incr("n", 3)
+        assert store.set_if_absent("n", "other", 10) is False
+        assert store.compare_and_expire("n", "2", 10) is False
+        assert store.compare_and_expire("n", "3", 10) is True
+        assert store.compare_and_delete("n", "2") is False
+        assert store.compare_and_delete("n", "3") is True
+        assert store.get("n") is None
+
+    # -- expire, delete ---------------------------------------------------------------------
+    def test_expire_replaces_the_ttl_of_a_live_key(self) -> None:
+        store = self.store()
+        store.set_if_absent("k", "v", 10)
+        assert store.expire("k", 100) is True
+        self.clock.advance(50)
+        assert store.get("k") == "v"
+        assert store.expire("k", 1) is True
+        self.clock.advance(1)
+        assert store.get("k") is None
+        assert store.expire("missing", 10) is False
+
+    def test_delete_removes_text_and_counters_alike(self) -> None:
+        store = self.store()
+        store.set_if_absent("k", "v", 10)
+        store.incr("n", 7)
+        assert store.delete("k") is True
+        assert store.delete("n") is True
+        assert store.delete("k") is False
+        assert store.delete("missing") is False
+        # Then the keys are free again: a new value, a counter from zero
+        assert store.set_if_absent("k", "again", 10) is True
+        assert store.incr("n") == 1
+
+    # -- fencing tokens ---------------------------------------------------------------------
+    def test_next_token_starts_at_one_and_increases_per_name(self) -> None:
+        store = self.store()
+        firsts = [store.next_token("a"), store.next_token("b")]
+        drawn = [store.next_token("a") for _ in range(20)]
+        assert firsts == [1, 1]
+        assert all(x < y for x, y in itertools.pairwise([1, *drawn]))
+        assert store.next_token("b") == 2
+
+    @async_test
+    async def test_tokens_never_expire_and_keys_do_not_touch_them(self) -> None:
+        store = self.store()
+        assert store.next_token("lock") == 1
+        # Given a key of the same name, deleted, cleaned up, and a very long time
+        store.set_if_absent("lock", "owner", 1)
+        assert store.delete("lock") is True
+        store.incr("lock", 5, 1)
+        self.clock.advance(10**9)
+        await store.cleanup()
+        # Then the token sequence goes on where it was, and drawing a token made no key
+        assert store.next_token("lock") == 2
+        assert store.next_token("fresh") == 1
+        assert (store.get("lock"), store.get("fresh")) == (None, None)
+
+    # -- async twins, cleanup, close --------------------------------------------------------
+    @async_test
+    async def test_async_twins_do_what_the_sync_operations_do(self) -> None:
+        store = self.store()
+        assert await store.aset_if_absent("lock", "owner", 10) is True
+        assert await store.aset_if_absent("lock", "other", 10) is False
+        assert await store.acompare_and_expire("lock", "other", 100) is False
+        assert await store.acompare_and_expire("lock", "owner", 20) is True
+        assert await store.aincr("n", 2, 5) == 2
+        assert await store.aincr("n", -3, 100) == -1
+        assert await store.aexpire("n", 30) is True
+        assert await store.aexpire("missing", 30) is False
+        self.clock.advance(15)
+        assert (store.get("lock"), store.get("n")) == ("owner", "-1")
+        assert await store.acompare_and_delete("lock", "other") is False
+        assert await store.acompare_and_delete("lock", "owner") is True
+        assert store.get("lock") is None
+        with pytest.raises(ValueError, match="TTL"):
+            await store.aset_if_absent("k", "v", 0)
+        store.set_if_absent("text", "x", 5)
+        with pytest.raises(ValueError, match="not a counter"):
+            await store.aincr("text")
+        self.clock.advance(15)
+        assert store.get("n") is None
+
+    @async_test
+    async def test_cleanup_deletes_expired_keys_only(self) -> None:
+        store = self.store()
+        store.set_if_absent("short", "v", 5)
+        store.incr("short-count", 1, 5)
+        store.set_if_absent("long", "v", 100)
+        store.incr("forever")
+        store.next_token("t")
+        self.clock.advance(5)
+        # Then only the two expired keys go (none was read since it expired)
+        assert await store.cleanup() == 2
+        assert await store.cleanup() == 0
+        assert (store.get("long"), store.get("forever")) == ("v", "1")
+        assert store.next_token("t") == 2
+
+    def test_close_is_idempotent(self) -> None:
+        store = self.store()
+        store.close()
+        store.close()
+
+    # -- concurrency ------------------------------------------------------------------------
+    def _racing_stores(self) -> list[CoordinationStore]:
+        """One store per racer where stores share their data (separate clients), else one."""
+        if self.shared_between_stores:
+            return [self.store() for _ in range(self.racers)]
+        return [self.store()] * self.racers
+
+    def _race(
+        self, stores: list[CoordinationStore], body: Callable[[CoordinationStore, int], T]
+    ) -> list[T]:
+        """``body(stores[n], n)`` in one thread per store, all at once; the answers in order."""
+        with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
+            futures = [pool.submit(body, store, n) for n, store in enumerate(stores)]
+            return [f.result(timeout=TEST_TIMEOUT_S) for f in futures]
+
+    def test_racing_set_if_absent_has_exactly_one_winner_per_key(self) -> None:
+        stores = self._racing_stores()
+        barrier = threading.Barrier(len(stores))
+
+        def race(store: CoordinationStore, n: int) -> list[int]:
+            won = []
+            try:
+                for r in range(self.races):
+                    barrier.wait(TEST_TIMEOUT_S)  # each round starts together: a real contest
+                    if store.set_if_absent(f"round-{r}", f"racer-{n}", 60):
+                        won.append(r)
+            except BaseException:
+                barrier.abort()  # the other racers fail at once instead of timing out
+                raise
+            return won
+
+        # Given racers contending for a fresh key each round, Then each round has one winner
+        wins = self._race(stores, race)
+        assert sorted(r for won in wins for r in won) == list(range(self.races))
+        assert stores[0].get("round-0") in {f"racer-{n}" for n in range(len(stores))}
+
+    def test_concurrent_incr_adds_up_exactly(self) -> None:
+        stores = self._racing_stores()
+
+        def count(store: CoordinationStore, n: int) -> None:
+            for _ in range(250):
+                store.incr("total", n + 1, 60)
+
+        self._race(stores, count)
+        assert stores[0].get("total") == str(250 * sum(range(1, len(stores) + 1)))
+
+    @async_test
+    async def test_concurrent_aincr_adds_up_exactly(self) -> None:
+        store = self.store()
+        got = await asyncio.gather(*(store.aincr("total") for _ in range(200)))
+        assert sorted(got) == list(range(1, 201))
+
+    def test_two_stores_share_keys_counters_and_tokens(self) -> None:
+        if not self.shared_between_stores:
+            pytest.skip("each store of this backend is its own keyspace")
+        first, second = self.store(), self.store()
+        assert first.set_if_absent("lock", "first", 10) is True
+        assert second.set_if_absent("lock", "second", 10) is False
+        assert second.get("lock") == "first"
+        assert (first.incr("n"), second.incr("n"), first.incr("n")) == (1, 2, 3)
+        tokens = [s.next_token("t") for s in (first, second, first, second)]
+        assert tokens == [1, 2, 3, 4]
+        # Closing one client leaves the other working
+        first.close()
+        assert second.compare_and_delete("lock", "first") is True

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from faena.backends.memory import MemoryBroker, MemoryResultStore
+from faena.backends.memory import MemoryBroker, MemoryCoordinationStore, MemoryResultStore
 from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock
-from faena.testing.conformance import BrokerConformance, ResultStoreConformance
+from faena.testing.conformance import (
+    BrokerConformance,
+    CoordinationConformance,
+    ResultStoreConformance,
+)
 
 
 class TestMemoryBroker(BrokerConformance):
@@ -17,3 +22,10 @@ class TestMemoryBroker(BrokerConformance):
 class TestMemoryResultStore(ResultStoreConformance):
     def make_result_store(self, clock: Clock) -> ResultStore:
         return MemoryResultStore("memory://", clock)
+
+
+class TestMemoryCoordinationStore(CoordinationConformance):
+    shared_between_stores = False
+
+    def make_coordination_store(self, clock: Clock) -> CoordinationStore:
+        return MemoryCoordinationStore("memory://", clock)

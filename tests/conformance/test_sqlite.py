@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from faena.backends.sqlite import SQLiteBroker, SQLiteResultStore
+from faena.backends.sqlite import SQLiteBroker, SQLiteCoordinationStore, SQLiteResultStore
 from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock, FakeClock
 from faena.foundation.exceptions import BrokerError, ConfigurationError
@@ -19,6 +20,7 @@ from faena.model.states import SUCCESS
 from faena.testing.conformance import (
     PROMPT_S,
     BrokerConformance,
+    CoordinationConformance,
     ResultStoreConformance,
     async_test,
     out,
@@ -46,6 +48,11 @@ class TestSQLiteBroker(_OnAFile, BrokerConformance):
 class TestSQLiteResultStore(_OnAFile, ResultStoreConformance):
     def make_result_store(self, clock: Clock) -> ResultStore:
         return SQLiteResultStore(self.url, clock)
+
+
+class TestSQLiteCoordinationStore(_OnAFile, CoordinationConformance):
+    def make_coordination_store(self, clock: Clock) -> CoordinationStore:
+        return SQLiteCoordinationStore(self.url, clock)
 
 
 class TestSQLiteOnly(_OnAFile):
@@ -219,3 +226,57 @@ class TestSQLiteOnly(_OnAFile):
         missing_folder = tmp_path / "no" / "such" / "folder" / "faena.sqlite3"
         with pytest.raises(BrokerError, match="is its folder writable"):
             SQLiteBroker(f"sqlite:///{missing_folder}", BrokerConfig())
+
+
+class TestSQLiteCoordinationOnly(_OnAFile):
+    def test_a_file_from_before_the_coordination_store_gains_its_tables(self) -> None:
+        # Given a file whose schema has no coordination tables (an earlier release's)
+        SQLiteBroker(self.url, BrokerConfig()).close()
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.executescript("DROP TABLE faena_keys; DROP TABLE faena_tokens;")
+        finally:
+            conn.close()
+        # When a coordination store opens it, Then the tables are created and work
+        store = SQLiteCoordinationStore(self.url)
+        try:
+            assert store.set_if_absent("k", "v", 10) is True
+            assert store.next_token("t") == 1
+        finally:
+            store.close()
+
+    def test_keys_and_tokens_survive_a_reopen(self) -> None:
+        first = SQLiteCoordinationStore(self.url)
+        first.set_if_absent("lock", "owner", 60)
+        first.incr("n", 3)
+        first.next_token("t")
+        first.close()
+        again = SQLiteCoordinationStore(self.url)
+        try:
+            assert (again.get("lock"), again.get("n"), again.next_token("t")) == ("owner", "3", 2)
+        finally:
+            again.close()
+
+    @async_test
+    async def test_the_stores_on_one_file_share_one_executor_thread(self) -> None:
+        broker = SQLiteBroker(self.url, BrokerConfig())
+        results = SQLiteResultStore(self.url)
+        store = SQLiteCoordinationStore(self.url)
+        try:
+            # When all three do async work on the file
+            await broker.aenqueue([out("m1")])
+            await results.store_many([record("j1")])
+            assert await store.aincr("n") == 1
+            # Then their writes queued on one thread, not three competing writers
+            name = f"faena-sqlite-{self.path.name}"
+            assert sum(t.name.startswith(name) for t in threading.enumerate()) == 1
+        finally:
+            store.close()
+            results.close()
+            broker.close()
+
+    def test_using_a_closed_store_is_a_broker_error(self) -> None:
+        store = SQLiteCoordinationStore(self.url)
+        store.close()
+        with pytest.raises(BrokerError, match="closed"):
+            store.set_if_absent("k", "v", 10)

@@ -180,3 +180,20 @@ def test_memory_app_keeps_its_data_across_close(app: Faena) -> None:
     app.close()
     # Then the job is still there: memory backends hold the data itself
     assert r.state == "QUEUED"
+
+
+def test_app_coordination_store_lives_on_the_broker_url(tmp_path) -> None:
+    # Given two apps on the same SQLite file (two processes' view of one deployment)
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    first, second = Faena("a", broker=url), Faena("b", broker=url)
+    try:
+        # When one takes a key and a token
+        assert first.coordination.set_if_absent("reports:daily", "first", 30)
+        token = first.coordination.next_token("reports:daily")
+        # Then the other sees the key taken and gets a later token
+        assert not second.coordination.set_if_absent("reports:daily", "second", 30)
+        assert second.coordination.get("reports:daily") == "first"
+        assert second.coordination.next_token("reports:daily") > token
+    finally:
+        first.close()
+        second.close()

@@ -121,12 +121,24 @@ def _schema_sql() -> str:
     return importlib.resources.files(__package__).joinpath("schema.sql").read_text("utf-8")
 
 
+_TABLES = (
+    "faena_meta",
+    "faena_messages",
+    "faena_dead",
+    "faena_workers",
+    "faena_results",
+    "faena_keys",
+    "faena_tokens",
+)
+"""Every table schema.sql creates: a file missing any (an older release's) runs it again."""
+
+
 def _ensure_schema(conn: sqlite3.Connection) -> None:
+    marks = ", ".join("?" * len(_TABLES))
     found = conn.execute(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN "
-        "('faena_meta', 'faena_messages', 'faena_dead', 'faena_workers', 'faena_results')"
+        f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})", _TABLES
     ).fetchone()[0]
-    if found == 5:
+    if found == len(_TABLES):
         return
     try:
         conn.executescript(f"BEGIN IMMEDIATE;\n{_schema_sql()}\nCOMMIT;")

@@ -1,7 +1,7 @@
--- faena SQLite schema: broker tables (faena_messages, faena_dead, faena_workers, faena_meta)
--- and the result store table (faena_results). Every statement is idempotent, so any process
--- may run this file against a new or existing database; the loader wraps it in one
--- BEGIN IMMEDIATE transaction.
+-- faena SQLite schema: broker tables (faena_messages, faena_dead, faena_workers, faena_meta),
+-- the result store table (faena_results) and the coordination store's (faena_keys,
+-- faena_tokens). Every statement is idempotent, so any process may run this file against a new
+-- or existing database; the loader wraps it in one BEGIN IMMEDIATE transaction.
 --
 -- faena_messages.state: 0 ready, 1 leased, 2 scheduled. A message row is never deleted when it
 -- is handed out, only when it is acknowledged, removed, purged or moved to faena_dead.
@@ -77,3 +77,24 @@ CREATE TABLE IF NOT EXISTS faena_results (
 
 CREATE INDEX IF NOT EXISTS faena_results_expiry
     ON faena_results (expires_at) WHERE expires_at IS NOT NULL;
+
+-- The coordination store. value has no declared type, so SQLite keeps each value as given:
+-- TEXT for a set_if_absent value, INTEGER for a counter; incr tells them apart with typeof().
+-- expires_at NULL never expires (a counter created without a TTL). An expired row is absent
+-- for every statement (each checks expires_at against the caller's clock) until cleanup.
+-- Not WITHOUT ROWID: SQLite 3.40 evaluates `expires_at IS NULL` wrongly in the RETURNING clause
+-- of a WITHOUT ROWID table, which delete() relies on.
+CREATE TABLE IF NOT EXISTS faena_keys (
+    key        TEXT PRIMARY KEY,
+    value      NOT NULL,
+    expires_at REAL
+);
+
+CREATE INDEX IF NOT EXISTS faena_keys_expiry
+    ON faena_keys (expires_at) WHERE expires_at IS NOT NULL;
+
+-- Fencing tokens: one counter per name that only grows; nothing ever deletes a row.
+CREATE TABLE IF NOT EXISTS faena_tokens (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);

@@ -1,0 +1,193 @@
+"""The SQLite coordination store: keys with TTLs in ``faena_keys``, tokens in ``faena_tokens``.
+
+Each operation is one SQL statement in its own ``BEGIN IMMEDIATE`` transaction, so it is atomic
+for every connection to the file, in this process or another. Expiry is a ``WHERE`` on
+``expires_at`` against the store's clock, read afresh on every attempt of the transaction (a
+busy file retries it). Sync callers use a pooled connection; the async twins run the same
+statement on the executor thread the broker and result store on this file share.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import TypeVar
+
+from faena.backends.sqlite._connection import read, write
+from faena.backends.sqlite._database import SharedDatabase
+from faena.contracts.coordination import CoordinationStore, check_ttl, not_a_counter
+from faena.foundation.clock import SYSTEM_CLOCK, Clock
+
+T = TypeVar("T")
+_Op = Callable[[sqlite3.Connection], T]
+
+_LIVE = "(expires_at IS NULL OR expires_at > :now)"
+# ``expires_at <= :now`` is NULL, so false, for a key without expiry: it is never replaced.
+_SET_IF_ABSENT = """
+INSERT INTO faena_keys (key, value, expires_at) VALUES (:key, :value, :expires_at)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+WHERE faena_keys.expires_at <= :now
+"""
+_GET = f"SELECT value FROM faena_keys WHERE key = :key AND {_LIVE}"
+# An expired key restarts at the amount with the new expiry; a live counter adds and keeps its
+# expiry; a live text value is left alone and returns no row, which the caller reports.
+_INCR = """
+INSERT INTO faena_keys (key, value, expires_at) VALUES (:key, :amount, :expires_at)
+ON CONFLICT (key) DO UPDATE SET
+    value = CASE WHEN faena_keys.expires_at <= :now THEN excluded.value
+                 ELSE faena_keys.value + excluded.value END,
+    expires_at = CASE WHEN faena_keys.expires_at <= :now THEN excluded.expires_at
+                      ELSE faena_keys.expires_at END
+WHERE faena_keys.expires_at <= :now OR typeof(faena_keys.value) = 'integer'
+RETURNING value
+"""
+# Compared as text, so a counter matches its decimal digits, as get() returns them.
+_OWNED = f"key = :key AND CAST(value AS TEXT) = :expected AND {_LIVE}"
+_COMPARE_AND_DELETE = f"DELETE FROM faena_keys WHERE {_OWNED}"
+_COMPARE_AND_EXPIRE = f"UPDATE faena_keys SET expires_at = :expires_at WHERE {_OWNED}"
+_EXPIRE = f"UPDATE faena_keys SET expires_at = :expires_at WHERE key = :key AND {_LIVE}"
+# An expired row is deleted too (it is garbage), but reported as not there.
+_DELETE = f"DELETE FROM faena_keys WHERE key = :key RETURNING {_LIVE}"
+_NEXT_TOKEN = """
+INSERT INTO faena_tokens (name, value) VALUES (:name, 1)
+ON CONFLICT (name) DO UPDATE SET value = faena_tokens.value + 1
+RETURNING value
+"""
+_CLEANUP = "DELETE FROM faena_keys WHERE expires_at <= :now"
+
+
+class SQLiteCoordinationStore(CoordinationStore):
+    """Coordination keys in a SQLite file; may share the broker's file.
+
+    Example:
+        >>> store = SQLiteCoordinationStore("sqlite:///faena.sqlite3")  # doctest: +SKIP
+        >>> store.set_if_absent("leader", "host-1", ttl_s=10)  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, url: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__(url, clock)
+        self._db = SharedDatabase(url)
+
+    # -- running a statement -----------------------------------------------------------------
+    def _write(self, what: str, body: Callable[[sqlite3.Connection, float], T]) -> _Op[T]:
+        """A transaction running ``body(conn, now)``; ``now`` is read again on each attempt."""
+        return lambda conn: write(conn, lambda c: body(c, self.clock.time()), what)
+
+    def _here(self, op: _Op[T]) -> T:
+        """``op`` on a pooled connection, for sync callers."""
+        with self._db.connection() as conn:
+            return op(conn)
+
+    # -- the operations, each built once for both flavours ------------------------------------
+    def _set_if_absent(self, key: str, value: str, ttl_s: float) -> _Op[bool]:
+        check_ttl(ttl_s)
+
+        def body(c: sqlite3.Connection, now: float) -> bool:
+            params = {"key": key, "value": value, "expires_at": now + ttl_s, "now": now}
+            return c.execute(_SET_IF_ABSENT, params).rowcount == 1
+
+        return self._write("set a coordination key", body)
+
+    def _compare_and_delete(self, key: str, expected: str) -> _Op[bool]:
+        def body(c: sqlite3.Connection, now: float) -> bool:
+            params = {"key": key, "expected": expected, "now": now}
+            return c.execute(_COMPARE_AND_DELETE, params).rowcount == 1
+
+        return self._write("delete a coordination key", body)
+
+    def _compare_and_expire(self, key: str, expected: str, ttl_s: float) -> _Op[bool]:
+        check_ttl(ttl_s)
+
+        def body(c: sqlite3.Connection, now: float) -> bool:
+            params = {"key": key, "expected": expected, "expires_at": now + ttl_s, "now": now}
+            return c.execute(_COMPARE_AND_EXPIRE, params).rowcount == 1
+
+        return self._write("extend a coordination key", body)
+
+    def _incr(self, key: str, amount: int, ttl_s: float | None) -> _Op[int]:
+        if ttl_s is not None:
+            check_ttl(ttl_s)
+
+        def body(c: sqlite3.Connection, now: float) -> int:
+            expires_at = None if ttl_s is None else now + ttl_s
+            params = {"key": key, "amount": amount, "expires_at": expires_at, "now": now}
+            row = c.execute(_INCR, params).fetchone()
+            if row is None:
+                raise not_a_counter(key)
+            return int(row[0])
+
+        return self._write("count on a coordination key", body)
+
+    def _expire(self, key: str, ttl_s: float) -> _Op[bool]:
+        check_ttl(ttl_s)
+
+        def body(c: sqlite3.Connection, now: float) -> bool:
+            params = {"key": key, "expires_at": now + ttl_s, "now": now}
+            return c.execute(_EXPIRE, params).rowcount == 1
+
+        return self._write("set the expiry of a coordination key", body)
+
+    # -- text values --------------------------------------------------------------------------
+    def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return self._here(self._set_if_absent(key, value, ttl_s))
+
+    async def aset_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return await self._db.run(self._set_if_absent(key, value, ttl_s))
+
+    def get(self, key: str) -> str | None:
+        def body(c: sqlite3.Connection) -> str | None:
+            row = c.execute(_GET, {"key": key, "now": self.clock.time()}).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._here(lambda conn: read(conn, body, "read a coordination key"))
+
+    def compare_and_delete(self, key: str, expected: str) -> bool:
+        return self._here(self._compare_and_delete(key, expected))
+
+    async def acompare_and_delete(self, key: str, expected: str) -> bool:
+        return await self._db.run(self._compare_and_delete(key, expected))
+
+    def compare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
+        return self._here(self._compare_and_expire(key, expected, ttl_s))
+
+    async def acompare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
+        return await self._db.run(self._compare_and_expire(key, expected, ttl_s))
+
+    # -- counters -----------------------------------------------------------------------------
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        return self._here(self._incr(key, amount, ttl_s))
+
+    async def aincr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        return await self._db.run(self._incr(key, amount, ttl_s))
+
+    # -- any key ------------------------------------------------------------------------------
+    def expire(self, key: str, ttl_s: float) -> bool:
+        return self._here(self._expire(key, ttl_s))
+
+    async def aexpire(self, key: str, ttl_s: float) -> bool:
+        return await self._db.run(self._expire(key, ttl_s))
+
+    def delete(self, key: str) -> bool:
+        def body(c: sqlite3.Connection, now: float) -> bool:
+            row = c.execute(_DELETE, {"key": key, "now": now}).fetchone()
+            return row is not None and bool(row[0])
+
+        return self._here(self._write("delete a coordination key", body))
+
+    # -- fencing tokens -----------------------------------------------------------------------
+    def next_token(self, name: str) -> int:
+        def body(c: sqlite3.Connection, _now: float) -> int:
+            return int(c.execute(_NEXT_TOKEN, {"name": name}).fetchone()[0])
+
+        return self._here(self._write("take a fencing token", body))
+
+    # -- lifetime -----------------------------------------------------------------------------
+    async def cleanup(self) -> int:
+        def body(c: sqlite3.Connection, now: float) -> int:
+            return c.execute(_CLEANUP, {"now": now}).rowcount
+
+        return await self._db.run(self._write("clean up coordination keys", body))
+
+    def close(self) -> None:
+        self._db.close()

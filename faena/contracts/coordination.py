@@ -1,0 +1,165 @@
+"""The coordination store seam: a few atomic operations on short keys, with TTLs.
+
+Locks, global rate limits, concurrency limits, unique jobs, chord counters and scheduler
+leadership are built on these operations (huey builds its locks and rate limits the same way on
+``put_if_empty``/``incr``); the store knows nothing of those features.
+
+The rules every backend keeps:
+
+- **One keyspace.** A key (``str``) holds either a text value, written by
+  :meth:`~CoordinationStore.set_if_absent`, or an integer counter, created by
+  :meth:`~CoordinationStore.incr`. :meth:`~CoordinationStore.get` returns either as text (a
+  counter as its decimal digits); ``compare_and_*`` compare ``expected`` with that text.
+- **Expiry.** Every TTL is in seconds, a finite number above zero (anything else is a
+  ``ValueError``), and sets the key to expire at ``clock.time() + ttl_s`` on the store's
+  :class:`~faena.foundation.clock.Clock`. A key whose expiry time has come (``expires_at <=
+  now``) is absent for every operation: it reads as ``None``, a ``set_if_absent`` or ``incr``
+  creates it afresh, and nothing can compare, extend or delete it. :meth:`cleanup` only frees
+  the space.
+- **Atomicity.** Each call is one atomic step, for every client of the same store: threads,
+  processes, machines (as far as the backend reaches). Between two calls anything may happen.
+- **Fencing tokens** live apart from keys: :meth:`~CoordinationStore.next_token` counts per
+  name, never expires, and is never touched by ``delete`` or ``cleanup``.
+
+Async twins exist only for what the worker's event loop will call while it runs jobs —
+acquiring and renewing a lock or leadership, counting toward a rate or concurrency limit, and
+releasing (``aset_if_absent``, ``acompare_and_expire``, ``aincr``, ``acompare_and_delete``,
+``aexpire``) — plus :meth:`~CoordinationStore.cleanup`, which is async only, like the result
+store's, because only the worker's housekeeping calls it. ``get``, ``delete`` and
+``next_token`` serve producers, administration and task code, which are sync. An async twin
+must never block the loop: a backend with blocking I/O runs the operation on its own I/O thread
+(SQLite's executor), one in memory just calls the sync operation.
+
+Example (a lock, as the lock feature will build it):
+    >>> from faena.backends.memory import MemoryCoordinationStore
+    >>> store = MemoryCoordinationStore()
+    >>> token = str(store.next_token("lock:report"))
+    >>> store.set_if_absent("lock:report", token, ttl_s=30)
+    True
+    >>> store.compare_and_expire("lock:report", token, ttl_s=30)  # renew while working
+    True
+    >>> store.compare_and_delete("lock:report", token)  # release only our own lock
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+from faena.foundation.clock import SYSTEM_CLOCK, Clock
+
+
+def check_ttl(ttl_s: float) -> float:
+    """``ttl_s`` if it is a valid TTL (finite, above zero); otherwise ``ValueError``."""
+    if not (math.isfinite(ttl_s) and ttl_s > 0):
+        raise ValueError(
+            f"a TTL is a finite number of seconds above zero; got {ttl_s!r} (to remove a key "
+            "now, delete it)"
+        )
+    return ttl_s
+
+
+def not_a_counter(key: str) -> ValueError:
+    """The error ``incr`` raises for a key that holds text."""
+    return ValueError(
+        f"coordination key {key!r} holds a text value set by set_if_absent, not a counter; "
+        "use a separate key for counting"
+    )
+
+
+class CoordinationStore(ABC):
+    """Atomic primitives on keys with TTLs. See the module docstring for the shared rules."""
+
+    def __init__(self, url: str, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.url = url
+        self.clock = clock
+
+    # -- text values --------------------------------------------------------------------------
+    @abstractmethod
+    def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        """Create ``key`` holding ``value``, expiring in ``ttl_s``, unless it exists.
+
+        Returns ``True`` if this call created it; ``False`` (and nothing changes) if ``key``
+        exists and has not expired, whatever it holds.
+        """
+
+    @abstractmethod
+    async def aset_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        """``set_if_absent`` for async callers."""
+
+    @abstractmethod
+    def get(self, key: str) -> str | None:
+        """The text ``key`` holds (a counter as decimal digits), or ``None`` if absent."""
+
+    @abstractmethod
+    def compare_and_delete(self, key: str, expected: str) -> bool:
+        """Delete ``key`` if it holds ``expected``; ``True`` if deleted."""
+
+    @abstractmethod
+    async def acompare_and_delete(self, key: str, expected: str) -> bool:
+        """``compare_and_delete`` for async callers."""
+
+    @abstractmethod
+    def compare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
+        """Make ``key`` expire ``ttl_s`` from now if it holds ``expected``; ``True`` if so.
+
+        The new expiry replaces the old one, later or earlier. An expired key is not revived.
+        """
+
+    @abstractmethod
+    async def acompare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
+        """``compare_and_expire`` for async callers."""
+
+    # -- counters -----------------------------------------------------------------------------
+    @abstractmethod
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        """Add ``amount`` (may be zero or negative) to the counter ``key``; its new value.
+
+        An absent key is created at 0 before adding, expiring in ``ttl_s`` (never if ``None``).
+        An existing counter keeps its expiry, whatever ``ttl_s`` says: a window opened by the
+        first ``incr`` is not stretched by later ones; use :meth:`expire` to change it.
+        Counters have no floor: they go below zero if asked to.
+
+        Raises:
+            ValueError: ``key`` holds text (from ``set_if_absent``), or ``ttl_s`` is invalid.
+        """
+
+    @abstractmethod
+    async def aincr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        """``incr`` for async callers."""
+
+    # -- any key ------------------------------------------------------------------------------
+    @abstractmethod
+    def expire(self, key: str, ttl_s: float) -> bool:
+        """Make ``key`` (text or counter) expire ``ttl_s`` from now; ``False`` if absent."""
+
+    @abstractmethod
+    async def aexpire(self, key: str, ttl_s: float) -> bool:
+        """``expire`` for async callers."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Delete ``key``, text or counter; ``True`` if it existed (and had not expired)."""
+
+    # -- fencing tokens -----------------------------------------------------------------------
+    @abstractmethod
+    def next_token(self, name: str) -> int:
+        """The next fencing token for ``name``: 1 first, then always higher than any before.
+
+        Every client of the store draws from the same sequence. Tokens never expire and are
+        independent of keys (a key with the same name neither resets nor reads them).
+        """
+
+    # -- lifetime -----------------------------------------------------------------------------
+    @abstractmethod
+    async def cleanup(self) -> int:
+        """Delete expired keys; returns how many it deleted.
+
+        Never needed for correctness, only for space. A backend may also drop expired keys on
+        its own (on access, or a server's expiry), so the count is for logs, not for logic.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""

@@ -1,10 +1,4 @@
-"""In-memory broker, result store and coordination store: complete backends for one process.
-
-Everything lives in dicts under one lock; waiters are woken through their event loop, so a
-producer thread and a worker loop in the same process meet without polling. Used by tests,
-eager mode, benchmarks of the engine itself, and anyone who wants a queue inside one process.
-Nothing survives the process.
-"""
+"""The in-memory broker: queues as heaps under one lock, for one process. ``memory://``."""
 
 from __future__ import annotations
 
@@ -16,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from faena.backends.memory._waiters import Waiters
 from faena.contracts.broker import (
     Broker,
     BrokerConfig,
@@ -29,11 +24,7 @@ from faena.contracts.broker import (
     Settlement,
     WorkerInfo,
 )
-from faena.contracts.coordination import CoordinationStore, check_ttl, not_a_counter
-from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
-from faena.model.outcome import JobRecord
-from faena.model.states import READY_STATES
 
 
 @dataclass(slots=True)
@@ -53,32 +44,6 @@ class _Entry:
     location: Location = "queued"
 
 
-class _Waiters:
-    """Event-loop futures to wake when something changes; safe to poke from any thread."""
-
-    def __init__(self) -> None:
-        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
-
-    def add(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Event]:
-        pair = (asyncio.get_running_loop(), asyncio.Event())
-        self._waiters.add(pair)
-        return pair
-
-    def discard(self, pair: tuple[asyncio.AbstractEventLoop, asyncio.Event]) -> None:
-        self._waiters.discard(pair)
-
-    def wake(self) -> None:
-        for loop, event in tuple(self._waiters):
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                event.set()
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(event.set)
-
-
 class MemoryBroker(Broker):
     """A broker in this process's memory. ``memory://``."""
 
@@ -95,7 +60,7 @@ class MemoryBroker(Broker):
         self._dead: dict[str, tuple[_Entry, str, str, float]] = {}
         self._workers: dict[str, WorkerInfo] = {}
         self._seq = itertools.count()
-        self._waiters = _Waiters()
+        self._waiters = Waiters()
 
     @property
     def clock(self) -> Clock:
@@ -403,217 +368,3 @@ class _MemoryConsumer(Consumer):
     async def close(self) -> None:
         self._closed = True
         self._broker._waiters.wake()
-
-
-class MemoryResultStore(ResultStore):
-    """Job records in this process's memory. ``memory://``."""
-
-    def __init__(
-        self, url: str = "memory://", clock: Clock = SYSTEM_CLOCK, poll_interval_s: float = 0.002
-    ) -> None:
-        super().__init__(url, clock, poll_interval_s)
-        self._records: dict[str, JobRecord] = {}
-        self._cond = threading.Condition()
-        self._waiters = _Waiters()
-
-    def _put(self, record: JobRecord) -> bool:
-        old = self._records.get(record.id)
-        if old is not None and old.fence > record.fence and not self._expired(old):
-            return False
-        self._records[record.id] = record
-        return True
-
-    def _expired(self, record: JobRecord) -> bool:
-        return record.expires_at is not None and record.expires_at <= self.clock.time()
-
-    def store(self, record: JobRecord) -> bool:
-        with self._cond:
-            written = self._put(record)
-            self._cond.notify_all()
-        self._waiters.wake()
-        return written
-
-    async def store_many(self, records: Sequence[JobRecord]) -> list[bool]:
-        with self._cond:
-            written = [self._put(r) for r in records]
-            self._cond.notify_all()
-        self._waiters.wake()
-        return written
-
-    def fetch(self, job_id: str) -> JobRecord | None:
-        with self._cond:
-            record = self._records.get(job_id)
-            return None if record is None or self._expired(record) else record
-
-    async def afetch(self, job_id: str) -> JobRecord | None:
-        return self.fetch(job_id)
-
-    async def fetch_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
-        found = {i: self.fetch(i) for i in job_ids}
-        return {i: r for i, r in found.items() if r is not None}
-
-    def wait(self, job_id: str, timeout_s: float | None) -> JobRecord | None:
-        deadline = None if timeout_s is None else SYSTEM_CLOCK.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                record = self.fetch(job_id)
-                if record is not None and record.state in READY_STATES:
-                    return record
-                remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return record
-                # A fake clock never moves by itself: wake up now and then to look at it.
-                self._cond.wait(min(remaining, 0.05) if remaining is not None else 0.05)
-
-    async def await_ready(self, job_id: str, timeout_s: float | None) -> JobRecord | None:
-        deadline = None if timeout_s is None else SYSTEM_CLOCK.monotonic() + timeout_s
-        waiter = self._waiters.add()
-        try:
-            while True:
-                waiter[1].clear()
-                record = self.fetch(job_id)
-                if record is not None and record.state in READY_STATES:
-                    return record
-                remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return record
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter[1].wait(), min(remaining or 0.05, 0.05))
-        finally:
-            self._waiters.discard(waiter)
-
-    def forget(self, job_id: str) -> None:
-        with self._cond:
-            self._records.pop(job_id, None)
-
-    async def cleanup(self) -> int:
-        with self._cond:
-            doomed = [i for i, r in self._records.items() if self._expired(r)]
-            for i in doomed:
-                del self._records[i]
-            return len(doomed)
-
-    def close(self) -> None:
-        self._waiters.wake()
-
-
-@dataclass(slots=True)
-class _Key:
-    value: str | int  # text from set_if_absent, int for a counter
-    expires_at: float | None
-
-
-class MemoryCoordinationStore(CoordinationStore):
-    """Keys, counters and fencing tokens in this process's memory. ``memory://``.
-
-    Each store is its own keyspace: two instances share nothing, and nothing outlives the
-    store, fencing tokens included.
-    """
-
-    def __init__(self, url: str = "memory://", clock: Clock = SYSTEM_CLOCK) -> None:
-        super().__init__(url, clock)
-        self._lock = threading.Lock()
-        self._keys: dict[str, _Key] = {}
-        self._tokens: dict[str, int] = {}
-
-    def _live(self, key: str, now: float) -> _Key | None:
-        """The live entry of ``key``; an expired one is dropped. Call with the lock held."""
-        entry = self._keys.get(key)
-        if entry is not None and entry.expires_at is not None and entry.expires_at <= now:
-            del self._keys[key]
-            return None
-        return entry
-
-    def _owned(self, key: str, expected: str, now: float) -> _Key | None:
-        entry = self._live(key, now)
-        return entry if entry is not None and str(entry.value) == expected else None
-
-    def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
-        check_ttl(ttl_s)
-        with self._lock:
-            now = self.clock.time()
-            if self._live(key, now) is not None:
-                return False
-            self._keys[key] = _Key(value, now + ttl_s)
-            return True
-
-    async def aset_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
-        return self.set_if_absent(key, value, ttl_s)
-
-    def get(self, key: str) -> str | None:
-        with self._lock:
-            entry = self._live(key, self.clock.time())
-            return None if entry is None else str(entry.value)
-
-    def compare_and_delete(self, key: str, expected: str) -> bool:
-        with self._lock:
-            if self._owned(key, expected, self.clock.time()) is None:
-                return False
-            del self._keys[key]
-            return True
-
-    async def acompare_and_delete(self, key: str, expected: str) -> bool:
-        return self.compare_and_delete(key, expected)
-
-    def compare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
-        check_ttl(ttl_s)
-        with self._lock:
-            now = self.clock.time()
-            entry = self._owned(key, expected, now)
-            if entry is None:
-                return False
-            entry.expires_at = now + ttl_s
-            return True
-
-    async def acompare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
-        return self.compare_and_expire(key, expected, ttl_s)
-
-    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        if ttl_s is not None:
-            check_ttl(ttl_s)
-        with self._lock:
-            now = self.clock.time()
-            entry = self._live(key, now)
-            if entry is None:
-                entry = self._keys[key] = _Key(0, None if ttl_s is None else now + ttl_s)
-            if not isinstance(entry.value, int):
-                raise not_a_counter(key)
-            entry.value += amount
-            return entry.value
-
-    async def aincr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
-        return self.incr(key, amount, ttl_s)
-
-    def expire(self, key: str, ttl_s: float) -> bool:
-        check_ttl(ttl_s)
-        with self._lock:
-            now = self.clock.time()
-            entry = self._live(key, now)
-            if entry is None:
-                return False
-            entry.expires_at = now + ttl_s
-            return True
-
-    async def aexpire(self, key: str, ttl_s: float) -> bool:
-        return self.expire(key, ttl_s)
-
-    def delete(self, key: str) -> bool:
-        with self._lock:
-            if self._live(key, self.clock.time()) is None:
-                return False
-            del self._keys[key]
-            return True
-
-    def next_token(self, name: str) -> int:
-        with self._lock:
-            token = self._tokens[name] = self._tokens.get(name, 0) + 1
-            return token
-
-    async def cleanup(self) -> int:
-        with self._lock:
-            now = self.clock.time()
-            doomed = [k for k, e in self._keys.items() if e.expires_at is not None]
-            return sum(self._live(k, now) is None for k in doomed)
-
-    def close(self) -> None:
-        pass

@@ -1,0 +1,131 @@
+"""The in-memory coordination store: keys, counters and tokens in dicts. ``memory://``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from faena.contracts.coordination import CoordinationStore, check_ttl, not_a_counter
+from faena.foundation.clock import SYSTEM_CLOCK, Clock
+
+
+@dataclass(slots=True)
+class _Key:
+    value: str | int  # text from set_if_absent, int for a counter
+    expires_at: float | None
+
+
+class MemoryCoordinationStore(CoordinationStore):
+    """Keys, counters and fencing tokens in this process's memory. ``memory://``.
+
+    Each store is its own keyspace: two instances share nothing, and nothing outlives the
+    store, fencing tokens included.
+    """
+
+    def __init__(self, url: str = "memory://", clock: Clock = SYSTEM_CLOCK) -> None:
+        super().__init__(url, clock)
+        self._lock = threading.Lock()
+        self._keys: dict[str, _Key] = {}
+        self._tokens: dict[str, int] = {}
+
+    def _live(self, key: str, now: float) -> _Key | None:
+        """The live entry of ``key``; an expired one is dropped. Call with the lock held."""
+        entry = self._keys.get(key)
+        if entry is not None and entry.expires_at is not None and entry.expires_at <= now:
+            del self._keys[key]
+            return None
+        return entry
+
+    def _owned(self, key: str, expected: str, now: float) -> _Key | None:
+        entry = self._live(key, now)
+        return entry if entry is not None and str(entry.value) == expected else None
+
+    def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        with self._lock:
+            now = self.clock.time()
+            if self._live(key, now) is not None:
+                return False
+            self._keys[key] = _Key(value, now + ttl_s)
+            return True
+
+    async def aset_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+        return self.set_if_absent(key, value, ttl_s)
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            entry = self._live(key, self.clock.time())
+            return None if entry is None else str(entry.value)
+
+    def compare_and_delete(self, key: str, expected: str) -> bool:
+        with self._lock:
+            if self._owned(key, expected, self.clock.time()) is None:
+                return False
+            del self._keys[key]
+            return True
+
+    async def acompare_and_delete(self, key: str, expected: str) -> bool:
+        return self.compare_and_delete(key, expected)
+
+    def compare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        with self._lock:
+            now = self.clock.time()
+            entry = self._owned(key, expected, now)
+            if entry is None:
+                return False
+            entry.expires_at = now + ttl_s
+            return True
+
+    async def acompare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
+        return self.compare_and_expire(key, expected, ttl_s)
+
+    def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        if ttl_s is not None:
+            check_ttl(ttl_s)
+        with self._lock:
+            now = self.clock.time()
+            entry = self._live(key, now)
+            if entry is None:
+                entry = self._keys[key] = _Key(0, None if ttl_s is None else now + ttl_s)
+            if not isinstance(entry.value, int):
+                raise not_a_counter(key)
+            entry.value += amount
+            return entry.value
+
+    async def aincr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        return self.incr(key, amount, ttl_s)
+
+    def expire(self, key: str, ttl_s: float) -> bool:
+        check_ttl(ttl_s)
+        with self._lock:
+            now = self.clock.time()
+            entry = self._live(key, now)
+            if entry is None:
+                return False
+            entry.expires_at = now + ttl_s
+            return True
+
+    async def aexpire(self, key: str, ttl_s: float) -> bool:
+        return self.expire(key, ttl_s)
+
+    def delete(self, key: str) -> bool:
+        with self._lock:
+            if self._live(key, self.clock.time()) is None:
+                return False
+            del self._keys[key]
+            return True
+
+    def next_token(self, name: str) -> int:
+        with self._lock:
+            token = self._tokens[name] = self._tokens.get(name, 0) + 1
+            return token
+
+    async def cleanup(self) -> int:
+        with self._lock:
+            now = self.clock.time()
+            doomed = [k for k, e in self._keys.items() if e.expires_at is not None]
+            return sum(self._live(k, now) is None for k in doomed)
+
+    def close(self) -> None:
+        pass

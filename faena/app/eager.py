@@ -16,9 +16,9 @@ from faena.app.result import AsyncResult
 from faena.features.execution import run_async, run_sync
 from faena.features.intake import Admitted, admit
 from faena.features.lifecycle import Decision, RunInfo, decide, expired, failed
-from faena.model.message import Message, encode_message, unpack_headers
+from faena.model.message import Message, encode_message
 from faena.model.outcome import ErrorInfo, Outcome
-from faena.model.task import Request, Task
+from faena.model.task import Task
 
 if TYPE_CHECKING:
     from faena.app.core import Faena
@@ -51,21 +51,6 @@ def _info(app: Faena, attempt: int) -> RunInfo:
         started_at=now,
         now=now,
         result_ttl=app.settings.result_ttl,
-    )
-
-
-def _request(message: Message) -> Request:
-    return Request(
-        id=message.id,
-        task=message.task,
-        queue=message.queue,
-        retries=message.retries,
-        eta=message.eta,
-        expires=message.expires,
-        headers=unpack_headers(message),
-        parent_id=message.parent_id,
-        root_id=message.root_id,
-        worker="eager",
     )
 
 
@@ -126,7 +111,14 @@ def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResu
         while True:
             m = job.message
             job = runs.send(
-                run_sync(job.task, _request(m), job.args, job.kwargs, m.serializer, _no_progress)
+                run_sync(
+                    job.task,
+                    job.request(1, "eager"),
+                    job.args,
+                    job.kwargs,
+                    m.serializer,
+                    _no_progress,
+                )
             )
     return AsyncResult(message.id, app)
 
@@ -140,7 +132,14 @@ async def run_eagerly_async(app: Faena, task: Task[..., Any], message: Message) 
             m = job.message
             run = run_async if job.task.is_async else _as_coroutine(run_sync)
             job = runs.send(
-                await run(job.task, _request(m), job.args, job.kwargs, m.serializer, _no_progress)
+                await run(
+                    job.task,
+                    job.request(1, "eager"),
+                    job.args,
+                    job.kwargs,
+                    m.serializer,
+                    _no_progress,
+                )
             )
     return AsyncResult(message.id, app)
 

@@ -28,7 +28,7 @@ from faena.foundation.util import import_string
 from faena.model.message import Message, decode_message, unpack_arguments, unpack_headers
 from faena.model.options import TaskOptions
 from faena.model.registry import Registry
-from faena.model.task import Task
+from faena.model.task import Request, Task
 
 log = logging.getLogger("faena.worker")
 
@@ -40,6 +40,23 @@ class Admitted:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     headers: dict[str, Any] = field(default_factory=dict)
+
+    def request(self, deliveries: int, worker: str) -> Request:
+        """What the job's ``self.request`` says, for this delivery on this worker."""
+        m = self.message
+        return Request(
+            id=m.id,
+            task=m.task,
+            queue=m.queue,
+            retries=m.retries,
+            deliveries=deliveries,
+            eta=m.eta,
+            expires=m.expires,
+            headers=self.headers,
+            parent_id=m.parent_id,
+            root_id=m.root_id,
+            worker=worker,
+        )
 
 
 @dataclass(frozen=True, slots=True)

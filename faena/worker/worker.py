@@ -42,7 +42,6 @@ from faena.foundation.util import worker_identity
 from faena.model import states
 from faena.model.message import Message, encode_message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
-from faena.model.task import Request
 from faena.worker.logs import current_job
 from faena.worker.outbox import Outbox
 from faena.worker.pools import POOL_NAMES, make_pool
@@ -357,19 +356,7 @@ class Worker:
         self._emit(states.STARTED, job)
         if not task.defaults.acks_late and not await self._ack_first(delivery):
             return
-        request = Request(
-            id=message.id,
-            task=message.task,
-            queue=message.queue,
-            retries=message.retries,
-            deliveries=delivery.deliveries,
-            eta=message.eta,
-            expires=message.expires,
-            headers=job.headers,
-            parent_id=message.parent_id,
-            root_id=message.root_id,
-            worker=self.id,
-        )
+        request = job.request(delivery.deliveries, self.id)
         try:
             outcome = await self._pool.run(
                 Job(

@@ -6,8 +6,7 @@ Unknown option names are an error where the task is declared, listing the valid 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Final
 
 from faena.foundation.exceptions import ConfigurationError
@@ -38,14 +37,13 @@ class TaskOptions:
     expires: float | None = None
     result_ttl: float | None = None
     serializer: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def merged(self, **changes: Any) -> TaskOptions:
         """A copy with ``changes`` validated and applied."""
         return build_options(base=self, **changes)
 
 
-OPTION_NAMES: Final = tuple(sorted(f.name for f in fields(TaskOptions) if f.name != "extra"))
+OPTION_NAMES: Final = tuple(sorted(f.name for f in fields(TaskOptions)))
 
 
 def validate_queue(queue: str) -> str:

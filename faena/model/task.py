@@ -220,7 +220,7 @@ class Task(Generic[P, R]):
     def check_arguments_or_raise(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Like :meth:`check_arguments`, as a TypeError that names the task's signature."""
         try:
-            self.call_signature.bind(*args, **kwargs)
+            self.check_arguments(args, kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}{self.call_signature}: {exc}") from None
 
@@ -308,7 +308,9 @@ def _call_options(task: Task[..., Any] | str, options: Mapping[str, Any]) -> Cal
         name = task if isinstance(task, str) else task.name
         raise ConfigurationError(
             f"unknown call option(s) for {name}: {', '.join(unknown)}; valid call options "
-            f"are: {', '.join(_CALL_OPTION_NAMES)}. Task arguments go in args=/kwargs="
+            f"are: {', '.join(_CALL_OPTION_NAMES)}. Task arguments are not options: pass them "
+            "to delay(), positionally to app.enqueue (keywords in kwargs=), or in "
+            "args=/kwargs= of apply_async"
         )
     return CallOptions(**options)
 

@@ -584,6 +584,21 @@ class BrokerConformance:
         ]
 
     @async_test
+    async def test_requeue_dead_leaves_a_letter_whose_id_is_in_use_again(self) -> None:
+        broker = self.broker()
+        await self._bury(broker, "d1")
+        # Given the same id sent anew and now leased to a worker
+        broker.enqueue([out("d1", body=b"newer")])
+        async with self.consumer(broker) as consumer:
+            (newer,) = await consumer.receive(1, 0)
+            # When the dead letter is requeued
+            assert await broker.requeue_dead(["d1"]) == 0
+            # Then the newer message is untouched (still ours to ack) and the letter waits
+            assert newer.body == b"newer"
+            assert [d.id for d in await broker.dead_letters()] == ["d1"]
+            assert await consumer.settle([settle(newer, "ack")]) == [True]
+
+    @async_test
     async def test_purge_dead_by_id_and_all(self) -> None:
         broker = self.broker()
         await self._bury(broker, "d1", "d2", "d3")

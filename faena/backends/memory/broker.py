@@ -289,6 +289,8 @@ class MemoryBroker(Broker):
         now = self.clock.time()
         with self._lock:
             chosen = list(self._dead) if ids is None else [i for i in ids if i in self._dead]
+            # A dead letter whose id is in use again stays: it would overwrite the newer message.
+            chosen = [mid for mid in chosen if mid not in self._entries]
             for mid in chosen:
                 entry, *_ = self._dead.pop(mid)
                 entry.deliveries = 0

@@ -208,17 +208,24 @@ class SQLiteBroker(Broker):
         ]
 
     async def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
-        chosen, params = _chosen(ids)
+        asked, asked_params = _chosen(ids)
 
         def requeue(c: sqlite3.Connection) -> int:
-            count = c.execute(f"SELECT count(*) FROM faena_dead WHERE {chosen}", params)
-            total = int(count.fetchone()[0])
-            if total:
-                base = _claims.take_seq(c, total)
-                now = self.config.clock.time()
-                c.execute(_REQUEUE_DEAD.format(chosen=chosen), {**params, "base": base, "now": now})
-                c.execute(f"DELETE FROM faena_dead WHERE {chosen}", params)
-            return total
+            # A dead letter whose id is in use again (sent anew, maybe running) stays where it
+            # is: putting it back would overwrite the newer message.
+            free = c.execute(
+                f"SELECT id FROM faena_dead WHERE ({asked}) "
+                "AND id NOT IN (SELECT id FROM faena_messages)",
+                asked_params,
+            ).fetchall()
+            if not free:
+                return 0
+            chosen, params = _chosen([row[0] for row in free])
+            base = _claims.take_seq(c, len(free))
+            now = self.config.clock.time()
+            c.execute(_REQUEUE_DEAD.format(chosen=chosen), {**params, "base": base, "now": now})
+            c.execute(f"DELETE FROM faena_dead WHERE {chosen}", params)
+            return len(free)
 
         total = await self._db.run(lambda conn: write(conn, requeue, "requeue dead letters"))
         self._db.notifier.notify()

@@ -339,7 +339,7 @@ class AsyncPool(ThreadPool):
         assert me is not None
         self._tasks[job.request.id] = me
         try:
-            return await coro
+            outcome = await coro
         except asyncio.CancelledError:
             if job.request.id not in self._terminating:
                 raise
@@ -348,6 +348,13 @@ class AsyncPool(ThreadPool):
             return _terminated(job)
         finally:
             self._tasks.pop(job.request.id, None)
+        if job.request.id in self._terminating:
+            # The task swallowed the cancellation: take the request back, so this runner's
+            # later awaits are not cancelled by it, and report the terminate.
+            self._terminating.discard(job.request.id)
+            me.uncancel()
+            return _terminated(job)
+        return outcome
 
     def _settled(
         self, inner: asyncio.Task[Outcome], job: Job, kind: type[BaseException], seconds: float

@@ -43,6 +43,7 @@ import dataclasses
 import itertools
 import math
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, TypeVar
@@ -128,7 +129,7 @@ def settle(delivery: Delivery, action: SettleAction, **kw: Any) -> Settlement:
     return Settlement(delivery=delivery, action=action, **kw)
 
 
-class BrokerConformance:
+class BrokerConformance(ABC):
     """The broker contract (``faena.contracts.broker``). Implement :meth:`make_broker`."""
 
     lease_s: ClassVar[float] = 30.0
@@ -136,9 +137,9 @@ class BrokerConformance:
     clock: FakeClock
     _brokers: list[Broker]
 
+    @abstractmethod
     def make_broker(self, config: BrokerConfig) -> Broker:
         """A new, empty broker of the backend under test, honouring ``config``."""
-        raise NotImplementedError("subclasses of BrokerConformance implement make_broker")
 
     def setup_method(self) -> None:
         self.clock = FakeClock()
@@ -689,15 +690,15 @@ def record(job_id: str, state: str = STARTED, fence: int = 1, **fields: Any) -> 
     return JobRecord(id=job_id, state=state, fence=fence, **fields)
 
 
-class ResultStoreConformance:
+class ResultStoreConformance(ABC):
     """The result store contract (``faena.contracts.results``). Implement the hook."""
 
     clock: FakeClock
     _stores: list[ResultStore]
 
+    @abstractmethod
     def make_result_store(self, clock: Clock) -> ResultStore:
         """A new, empty result store of the backend under test, reading time from ``clock``."""
-        raise NotImplementedError("subclasses of ResultStoreConformance implement the hook")
 
     def setup_method(self) -> None:
         self.clock = FakeClock()
@@ -846,7 +847,7 @@ class ResultStoreConformance:
         store.close()
 
 
-class CoordinationConformance:
+class CoordinationConformance(ABC):
     """The coordination store contract (``faena.contracts.coordination``). Implement the hook."""
 
     shared_between_stores: ClassVar[bool] = True
@@ -860,13 +861,13 @@ class CoordinationConformance:
     clock: FakeClock
     _stores: list[CoordinationStore]
 
+    @abstractmethod
     def make_coordination_store(self, clock: Clock) -> CoordinationStore:
         """A new coordination store of the backend under test, reading time from ``clock``.
 
         The first call in a test starts empty; later calls in the same test are further clients
         of the same data, if the backend can share it (see ``shared_between_stores``).
         """
-        raise NotImplementedError("subclasses of CoordinationConformance implement the hook")
 
     def setup_method(self) -> None:
         self.clock = FakeClock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 
+from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import (
     ResultError,
     SerializationError,
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from faena.app.core import Faena
 
 R = TypeVar("R")
+
+
+_LOOK_S = 1.0
+"""How often a waiting ``get()`` also asks the broker whether the message died unrecorded."""
+
+
+def _slice(deadline: float | None) -> float:
+    if deadline is None:
+        return _LOOK_S
+    return max(0.0, min(_LOOK_S, deadline - SYSTEM_CLOCK.monotonic()))
 
 
 class Progress(NamedTuple):
@@ -137,8 +148,11 @@ class AsyncResult(Generic[R]):
             faena.TaskFailed: it failed (with ``propagate``; else the error is returned).
             faena.TaskRevoked: it was revoked or expired (with ``propagate``).
         """
-        record = self.app.results.wait(self.id, timeout)
-        return self._outcome(record, timeout, propagate)
+        deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
+        while True:
+            record = self.app.results.wait(self.id, _slice(deadline))
+            if self._settled(record, deadline):
+                return self._outcome(record, timeout, propagate)
 
     @overload
     async def aget(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
@@ -151,15 +165,38 @@ class AsyncResult(Generic[R]):
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> R | ResultError:
         """``get`` for async callers."""
-        record = await self.app.results.await_ready(self.id, timeout)
-        return self._outcome(record, timeout, propagate)
+        deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
+        while True:
+            record = await self.app.results.await_ready(self.id, _slice(deadline))
+            if self._settled(record, deadline):
+                return self._outcome(record, timeout, propagate)
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.aget().__await__()
 
+    def _settled(self, record: JobRecord | None, deadline: float | None) -> bool:
+        """Whether waiting is over: the job is ready, its message died, or time is up."""
+        if record is not None and record.state in states.READY_STATES:
+            return True
+        if self.app.broker.locate(self.id) == "dead":
+            return True
+        return deadline is not None and SYSTEM_CLOCK.monotonic() >= deadline
+
     def _outcome(
         self, record: JobRecord | None, timeout: float | None, propagate: bool
     ) -> R | ResultError:
+        if (record is None or record.state not in states.READY_STATES) and (
+            self.app.broker.locate(self.id) == "dead"
+        ):
+            # Its worker died on the last delivery allowed: the broker dead-lettered it.
+            dead = TaskFailed(
+                self.id,
+                "faena.DeadLettered",
+                "the message is in the dead-letter queue; `faena dlq list` says why",
+            )
+            if propagate:
+                raise dead
+            return dead
         if record is None or record.state not in states.READY_STATES:
             state = record.state if record else self.state
             raise TimeoutError(

@@ -475,3 +475,7 @@ def test_job_dead_lettered_by_the_broker_reads_failure(make_app, clock) -> None:
     # Then the job reads FAILURE, not the STARTED its dead worker left behind
     assert app.broker.locate(r.id) == "dead"
     assert r.state == "FAILURE"
+    # and waiting on it ends (within a second's look at the broker), as a failure
+    with pytest.raises(TaskFailed) as failure:
+        r.get(timeout=5)
+    assert failure.value.type_name == "faena.DeadLettered"

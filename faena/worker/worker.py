@@ -18,74 +18,36 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from faena.app.core import Faena
-from faena.contracts.broker import Consumer, Delivery, Outgoing, Settlement, WorkerInfo
-from faena.contracts.events import JobEvent
+from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
 from faena.contracts.pool import Job, Pool
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import (
-    Decision,
-    RunInfo,
     base_record,
     decide,
     expired,
-    failed,
-    record_fence,
 )
 from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import worker_identity
 from faena.model import states
-from faena.model.message import Message, encode_message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
+from faena.worker.endings import Endings, Key
 from faena.worker.logs import current_job
+from faena.worker.options import WorkerOptions, default_queues
 from faena.worker.outbox import Outbox
 from faena.worker.pools import POOL_NAMES, make_pool
 
 log = logging.getLogger("faena.worker")
 
+__all__ = ["EXIT_COLD", "EXIT_CONFIG", "EXIT_OK", "Worker", "WorkerOptions", "default_queues"]
+
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_COLD = 3
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerOptions:
-    """How a worker runs; every field has a CLI flag and a ``FAENA_*`` variable."""
-
-    queues: tuple[str, ...] = ()
-    concurrency: int | None = None
-    pool: str = "async"
-    prefetch: int | None = None
-    max_tasks_per_child: int | None = None
-    max_memory_per_child: int | None = None
-    app_spec: str | None = None
-    worker_id: str | None = None
-    burst: bool = False
-    grace_s: float | None = None
-
-    def resolved_concurrency(self) -> int:
-        if self.concurrency is not None:
-            return self.concurrency
-        if self.pool == "processes":
-            return os.cpu_count() or 2
-        return 1 if self.pool == "solo" else 10
-
-
-def default_queues(app: Faena) -> tuple[str, ...]:
-    """The queues a worker consumes when none are named: the app's default queue, then every
-    queue a task of the app is declared with."""
-    declared = {t.defaults.queue for t in map(app.registry.get, app.registry)}
-    named = sorted(q for q in declared if q and q != app.settings.default_queue)
-    return (app.settings.default_queue, *named)
-
-
-_Key = tuple[str, int]
-"""A delivery: message id and fence."""
 
 
 class Worker:
@@ -120,23 +82,19 @@ class Worker:
         self.grace_s = (
             options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
         )
-        self._held: dict[str, Delivery] = {}
-        # Keyed by delivery (id, fence): after a lost lease the same id may be held twice.
-        self._settling: set[_Key] = set()
-        self._early_acked: set[_Key] = set()  # acks_late=False jobs: their message is gone
-        self._running: dict[_Key, asyncio.Task[None]] = {}
+        self._running: dict[Key, asyncio.Task[None]] = {}
         self._runners: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None
         self._idle: asyncio.Event | None = None
-        self._started_records: dict[_Key, JobRecord] = {}
+        self._started_records: dict[Key, JobRecord] = {}
         self._terminated: set[str] = set()
         self._stopping = False
         self._cold = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
-        self._room: asyncio.Event | None = None
         self._consumer: Consumer | None = None
         self._outbox: Outbox | None = None
+        self._ends = Endings(self.id, app)
         self._pool: Pool | None = None
         self._started_at = app.settings.clock.time()
         self._function_modules = app.function_modules
@@ -167,9 +125,8 @@ class Worker:
             )
         self._stopping = True
         assert self._stop_event is not None
-        assert self._room is not None
         self._stop_event.set()
-        self._room.set()
+        self._ends.room.set()
 
     def _install_signals(self) -> None:
         assert self._loop is not None
@@ -184,7 +141,6 @@ class Worker:
         """Run until stopped; returns the exit code (0 for a clean stop)."""
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        self._room = asyncio.Event()
         self._queue = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -200,7 +156,7 @@ class Worker:
         self._pool = make_pool(self.options.pool, self.concurrency, app.registry, **options)
         await self._pool.start()
         self._consumer = await app.broker.open_consumer(self.queues, self.id)
-        self._outbox = Outbox(app.results, self._consumer, self._on_settled)
+        self._outbox = self._ends.attach(self._consumer)
         await app.broker.register_worker(self._info())
         log.info(
             "worker %s ready: app %s, queues %s, pool %s x%d, prefetch %d, broker %s",
@@ -235,7 +191,6 @@ class Worker:
 
     async def _fetch(self) -> None:
         assert self._consumer
-        assert self._room
         assert self._queue
         while not self.stopping():
             try:
@@ -248,27 +203,26 @@ class Worker:
 
     async def _fetch_once(self) -> None:
         assert self._consumer
-        assert self._room
         assert self._queue
-        room = self.concurrency + self.prefetch - len(self._held) - len(self._early_acked)
+        room = self.concurrency + self.prefetch - len(self._ends.held) - len(self._ends.early_acked)
         if room <= 0:
-            self._room.clear()
-            await self._room.wait()
+            self._ends.room.clear()
+            await self._ends.room.wait()
             return
         # Never cancelled mid-claim (a cancelled claim could lease messages nobody holds):
         # shutdown waits for this call, which returns within its timeout.
         batch = await self._consumer.receive(room, 0.2 if self.options.burst else 0.5)
         for delivery in batch:
-            self._held[delivery.id] = delivery  # held (renewed, settled) from now on
+            self._ends.held[delivery.id] = delivery  # held (renewed, settled) from now on
         if not batch:
-            if self.options.burst and not self._held and not self._running:
+            if self.options.burst and not self._ends.held and not self._running:
                 log.info("queues are empty: burst worker stopping")
                 self._begin_stop(False)
             return
         revoked = await self._revoked([d.id for d in batch]) if not self.stopping() else set()
         for delivery in batch:
             if self.stopping():
-                self._release(delivery)
+                self._ends.release(delivery)
             else:
                 self._queue.put_nowait((delivery, delivery.id in revoked))
 
@@ -289,10 +243,10 @@ class Worker:
         assert me is not None
         while True:
             delivery, revoked = await self._queue.get()
-            if self._held.get(delivery.id) is not delivery:
+            if self._ends.held.get(delivery.id) is not delivery:
                 continue  # its lease was lost while it waited: someone else has it now
             if self._stopping:  # shutdown hands queued messages back; this one slipped through
-                self._release(delivery)
+                self._ends.release(delivery)
                 continue
             key = (delivery.id, delivery.fence)
             self._running[key] = me
@@ -300,20 +254,19 @@ class Worker:
             try:
                 await self._handle(delivery, revoked)
             except asyncio.CancelledError:
-                self._release(delivery, self._started_records.get(key))
+                self._ends.release(delivery, self._started_records.get(key))
                 raise
             except Exception:  # a fault of ours or of a backend: the runner must live on
                 log.exception("job %s could not be carried through; handing it back", delivery.id)
                 # Counted, so a message that always breaks the worker ends in the DLQ.
-                self._release(delivery, self._started_records.get(key), reason="worker_error")
+                self._ends.release(delivery, self._started_records.get(key), reason="worker_error")
             finally:
-                self._early_acked.discard(key)
+                self._ends.early_acked.discard(key)
                 self._running.pop(key, None)
                 self._started_records.pop(key, None)
                 if not self._running:
                     self._idle.set()
-                assert self._room is not None
-                self._room.set()
+                self._ends.room.set()
 
     async def _handle(self, delivery: Delivery, revoked: bool) -> None:
         current_job.set(delivery.id)
@@ -327,18 +280,18 @@ class Worker:
             function_modules=self._function_modules,
         )
         if isinstance(admitted, Refused):
-            self._refuse(delivery, admitted)
+            self._ends.refuse(delivery, admitted)
             return
         message = admitted.message
         if revoked:
             log.info("job %s was revoked before it started; skipped", delivery.id)
-            self._settle(Settlement(delivery=delivery, action="ack"))
-            self._emit(states.REVOKED, admitted)
+            self._ends.settle(Settlement(delivery=delivery, action="ack"))
+            self._ends.emit(states.REVOKED, admitted)
             return
         if message.expires is not None and settings.clock.time() >= message.expires:
             log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
-            self._apply(
-                delivery, expired(message, self._run_info(delivery, None, message)), admitted
+            self._ends.apply(
+                delivery, expired(message, self._ends.run_info(delivery, None, message)), admitted
             )
             return
         await self._execute(delivery, admitted)
@@ -348,13 +301,13 @@ class Worker:
         assert self._outbox
         task, message = job.task, job.message
         started = self.app.settings.clock.time()
-        info = self._run_info(delivery, started, message)
+        info = self._ends.run_info(delivery, started, message)
         if not task.defaults.ignore_result:
             record = base_record(message, info, states.STARTED, task.defaults)
             self._started_records[(delivery.id, delivery.fence)] = record
             self._outbox.record(record)
-        self._emit(states.STARTED, job)
-        if not task.defaults.acks_late and not await self._ack_first(delivery):
+        self._ends.emit(states.STARTED, job)
+        if not task.defaults.acks_late and not await self._ends.ack_first(delivery):
             return
         request = job.request(delivery.deliveries, self.id)
         try:
@@ -376,15 +329,15 @@ class Worker:
             log.exception("the pool could not run job %s", message.id)
             outcome = Outcome(status="failure", error=ErrorInfo.from_exception(exc))
         self.processed += 1
-        info = self._run_info(delivery, started, message)
+        info = self._ends.run_info(delivery, started, message)
         if message.id in self._terminated:
             self._terminated.discard(message.id)
             log.info("job %s was terminated by a revoke", message.id)
-            self._settle(Settlement(delivery=delivery, action="ack"))
-            self._emit(states.REVOKED, job)
+            self._ends.settle(Settlement(delivery=delivery, action="ack"))
+            self._ends.emit(states.REVOKED, job)
             return
         if not task.defaults.acks_late:
-            await self._after_early_ack(
+            await self._ends.after_early_ack(
                 delivery, decide(task.defaults, message, outcome, info), job
             )
             return
@@ -416,194 +369,9 @@ class Worker:
                 task.name,
                 decision.detail,
             )
-        self._apply(delivery, decision, job)
+        self._ends.apply(delivery, decision, job)
 
-    async def _ack_first(self, delivery: Delivery) -> bool:
-        """acks_late=False: delete the message before the job runs (at most once). ``False``
-        if the lease was already lost: someone else may run it, so this worker must not."""
-        assert self._consumer
-        settlement = Settlement(delivery=delivery, action="ack")
-        ok = (await self._consumer.settle([settlement]))[0]
-        self._on_settled(settlement, ok)
-        if ok:
-            self._early_acked.add((delivery.id, delivery.fence))
-        else:
-            log.warning("job %s: lease lost before it started; not running it here", delivery.id)
-        return ok
-
-    async def _after_early_ack(self, delivery: Delivery, decision: Decision, job: Admitted) -> None:
-        """Carry out a decision for a message acknowledged before its job ran (acks_late=False):
-        the record is written; a retry is sent as a new message; a failure or a loss is final
-        and leaves nothing in the dead-letter queue."""
-        assert self._outbox
-        record = decision.record
-        if decision.action == "release":  # lost: nothing will run it again
-            error = ErrorInfo(type="faena.WorkerLost", message=decision.detail or "process died")
-            info = self._run_info(delivery, None, job.message)
-            record = failed(
-                job.task.defaults, job.message, info, error, reason="worker_lost"
-            ).record
-        if record is not None:
-            self._outbox.record(record)
-        if decision.action == "retry" and decision.next_message is not None:
-            # A new send: a fresh send time ranks its records above this one's, and the RETRY
-            # record is written before the next attempt can start.
-            await self._outbox.flush()
-            nxt = msgspec.structs.replace(
-                decision.next_message, sent_at=self.app.settings.clock.time()
-            )
-            await self.app.broker.aenqueue(
-                [
-                    Outgoing(
-                        id=nxt.id,
-                        queue=nxt.queue,
-                        body=encode_message(nxt),
-                        priority=nxt.priority,
-                        due=decision.due,
-                    )
-                ]
-            )
-        elif decision.action in ("dead", "release"):
-            log.warning(
-                "job %s (acks_late=False) ended %s; its message is not kept",
-                delivery.id,
-                decision.reason,
-            )
-        self._emit(record.state if record else states.SUCCESS, job)
-
-    def _apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
-        body = encode_message(decision.next_message) if decision.next_message else None
-        self._settle(
-            Settlement(
-                delivery=delivery,
-                action=decision.action,
-                body=body,
-                due=decision.due,
-                reason=decision.reason,
-                detail=decision.detail,
-            ),
-            decision.record,
-        )
-        if job is not None:
-            state = (
-                decision.record.state
-                if decision.record
-                else {"ack": states.SUCCESS, "release": "LOST"}.get(
-                    decision.action, decision.action
-                )
-            )
-            self._emit(state, job)
-
-    def _refuse(self, delivery: Delivery, refused: Refused) -> None:
-        log.error("message %s dead-lettered: %s: %s", delivery.id, refused.reason, refused.detail)
-        error = ErrorInfo(type=f"faena.{refused.reason}", message=refused.detail)
-        if refused.message is None:
-            # Unreadable: no task, no lineage; still a FAILURE record, so get() ends.
-            now = self.app.settings.clock.time()
-            record = JobRecord(
-                id=delivery.id,
-                state=states.FAILURE,
-                queue=delivery.queue,
-                worker=self.id,
-                error=error,
-                reason=refused.reason,
-                deliveries=delivery.deliveries,
-                finished_at=now,
-                updated_at=now,
-                fence=delivery.fence,
-                expires_at=now + self.app.settings.result_ttl,
-            )
-            self._settle(
-                Settlement(
-                    delivery=delivery, action="dead", reason=refused.reason, detail=refused.detail
-                ),
-                record,
-            )
-            return
-        decision = failed(
-            None,
-            refused.message,
-            self._run_info(delivery, None, refused.message),
-            error,
-            reason=refused.reason,
-        )
-        self._emit(states.FAILURE, refused.message)
-        self._apply(delivery, decision, None)
-
-    def _settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
-        """Queue the end of a lease; a message is settled once, whatever happens after."""
-        assert self._outbox
-        key = (settlement.delivery.id, settlement.delivery.fence)
-        if key in self._settling or key in self._early_acked:
-            return
-        self._settling.add(key)
-        self._outbox.settle(settlement, record)
-
-    def _release(
-        self, delivery: Delivery, started: JobRecord | None = None, reason: str | None = None
-    ) -> None:
-        """Hand an unfinished message back, due now, without counting the delivery. A job
-        that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go."""
-        record = None
-        now = self.app.settings.clock.time()
-        if (delivery.id, delivery.fence) in self._early_acked:
-            # acks_late=False: the message is gone, so the job ends here, for good.
-            if started is not None and self._outbox is not None:
-                error = ErrorInfo(
-                    type="faena.WorkerLost",
-                    message="the worker stopped while it ran; acks_late=False jobs run at "
-                    "most once",
-                )
-                self._outbox.record(
-                    msgspec.structs.replace(
-                        started,
-                        state=states.FAILURE,
-                        finished_at=now,
-                        updated_at=now,
-                        reason="interrupted",
-                        error=error,
-                    )
-                )
-            return
-        if started is not None:
-            record = msgspec.structs.replace(
-                started,
-                state=states.QUEUED,
-                worker=None,
-                updated_at=now,
-                reason="handed back at shutdown",
-            )
-        self._settle(Settlement(delivery=delivery, action="release", reason=reason), record)
-
-    def _on_settled(self, settlement: Settlement, ok: bool) -> None:
-        mid = settlement.delivery.id
-        self._settling.discard((mid, settlement.delivery.fence))
-        if self._held.get(mid) is settlement.delivery:
-            del self._held[mid]
-        if not ok:
-            log.warning(
-                "message %s: lease lost before %s; another worker holds it now",
-                mid,
-                settlement.action,
-            )
-        assert self._room is not None
-        self._room.set()
-
-    def _run_info(
-        self, delivery: Delivery, started: float | None, message: Message | None
-    ) -> RunInfo:
-        now = self.app.settings.clock.time()
-        return RunInfo(
-            worker=self.id,
-            fence=record_fence(message.sent_at if message else None, delivery.fence),
-            deliveries=delivery.deliveries,
-            started_at=started if started is not None else now,
-            now=now,
-            result_ttl=self.app.settings.result_ttl,
-            max_deliveries=self.app.settings.max_deliveries,
-        )
-
-    def _progress_sink(self, job_id: _Key) -> Any:
+    def _progress_sink(self, job_id: Key) -> Any:
         loop = self._loop
         assert loop is not None
 
@@ -631,22 +399,6 @@ class Worker:
                 loop.call_soon_threadsafe(on_loop, fraction, message)
 
         return sink
-
-    def _emit(self, kind: str, job: Admitted | Message) -> None:
-        if not self.app.events:
-            return
-        m = job.message if isinstance(job, Admitted) else job
-        self.app.events.emit(
-            JobEvent(
-                kind=kind,
-                job_id=m.id,
-                task=m.task,
-                at=self.app.settings.clock.time(),
-                worker=self.id,
-                parent_id=m.parent_id,
-                root_id=m.root_id,
-            )
-        )
 
     # -- background ---------------------------------------------------------------------------
     def _info(self) -> WorkerInfo:
@@ -679,12 +431,12 @@ class Worker:
         while True:
             await asyncio.sleep(interval)  # a period, not a synchronisation
             try:
-                held = list(self._held.values())
+                held = list(self._ends.held.values())
                 if held:
                     lost = await self._consumer.extend(held, self.app.settings.lease_s)
                     for mid in lost:
                         log.warning("lease on %s was lost; its outcome will not be recorded", mid)
-                        self._held.pop(mid, None)
+                        self._ends.held.pop(mid, None)
                 await self.app.broker.register_worker(self._info())
                 await self._terminate_revoked()
             except asyncio.CancelledError:
@@ -765,8 +517,8 @@ class Worker:
         assert self._queue
         while not self._queue.empty():
             delivery, _ = self._queue.get_nowait()
-            if self._held.get(delivery.id) is delivery:
-                self._release(delivery)
+            if self._ends.held.get(delivery.id) is delivery:
+                self._ends.release(delivery)
 
     async def _flush_logged(self) -> None:
         """Flush at shutdown; a failure is logged (leases then expire and redeliver)."""

@@ -1,0 +1,252 @@
+"""How a worker ends its leases: each job's record and its message's settlement.
+
+The worker hands every ending here — done, retried, dead-lettered, handed back, acknowledged
+before running (``acks_late=False``) — and this writes it through the outbox exactly once per
+delivery, keeps the set of held deliveries, and wakes the fetcher when room frees up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import msgspec
+
+from faena.app.core import Faena
+from faena.contracts.broker import Consumer, Delivery, Outgoing, Settlement
+from faena.contracts.events import JobEvent
+from faena.features.intake import Admitted, Refused
+from faena.features.lifecycle import Decision, RunInfo, failed, record_fence
+from faena.model import states
+from faena.model.message import Message, encode_message
+from faena.model.outcome import ErrorInfo, JobRecord
+from faena.worker.outbox import Outbox
+
+log = logging.getLogger("faena.worker")
+
+Key = tuple[str, int]
+"""A delivery: message id and fence."""
+
+
+class Endings:
+    """The endings of one worker's deliveries. ``attach`` it to a consumer before use."""
+
+    def __init__(self, worker_id: str, app: Faena) -> None:
+        self.worker_id = worker_id
+        self.app = app
+        self.held: dict[str, Delivery] = {}
+        """Deliveries leased and not yet settled: renewed by the heartbeat."""
+        # Keyed by delivery (id, fence): after a lost lease the same id may be held twice.
+        self.settling: set[Key] = set()
+        self.early_acked: set[Key] = set()  # acks_late=False jobs: their message is gone
+        self.room = asyncio.Event()
+        """Set whenever a held delivery is settled: the fetcher may lease more."""
+        self.consumer: Consumer | None = None
+        self.outbox: Outbox | None = None
+
+    def attach(self, consumer: Consumer) -> Outbox:
+        """Settle through ``consumer``; returns the outbox the worker runs."""
+        self.consumer = consumer
+        self.outbox = Outbox(self.app.results, consumer, self.on_settled)
+        return self.outbox
+
+    async def ack_first(self, delivery: Delivery) -> bool:
+        """acks_late=False: delete the message before the job runs (at most once). ``False``
+        if the lease was already lost: someone else may run it, so this worker must not."""
+        assert self.consumer
+        settlement = Settlement(delivery=delivery, action="ack")
+        ok = (await self.consumer.settle([settlement]))[0]
+        self.on_settled(settlement, ok)
+        if ok:
+            self.early_acked.add((delivery.id, delivery.fence))
+        else:
+            log.warning("job %s: lease lost before it started; not running it here", delivery.id)
+        return ok
+
+    async def after_early_ack(self, delivery: Delivery, decision: Decision, job: Admitted) -> None:
+        """Carry out a decision for a message acknowledged before its job ran (acks_late=False):
+        the record is written; a retry is sent as a new message; a failure or a loss is final
+        and leaves nothing in the dead-letter queue."""
+        assert self.outbox
+        record = decision.record
+        if decision.action == "release":  # lost: nothing will run it again
+            error = ErrorInfo(type="faena.WorkerLost", message=decision.detail or "process died")
+            info = self.run_info(delivery, None, job.message)
+            record = failed(
+                job.task.defaults, job.message, info, error, reason="worker_lost"
+            ).record
+        if record is not None:
+            self.outbox.record(record)
+        if decision.action == "retry" and decision.next_message is not None:
+            # A new send: a fresh send time ranks its records above this one's, and the RETRY
+            # record is written before the next attempt can start.
+            await self.outbox.flush()
+            nxt = msgspec.structs.replace(
+                decision.next_message, sent_at=self.app.settings.clock.time()
+            )
+            await self.app.broker.aenqueue(
+                [
+                    Outgoing(
+                        id=nxt.id,
+                        queue=nxt.queue,
+                        body=encode_message(nxt),
+                        priority=nxt.priority,
+                        due=decision.due,
+                    )
+                ]
+            )
+        elif decision.action in ("dead", "release"):
+            log.warning(
+                "job %s (acks_late=False) ended %s; its message is not kept",
+                delivery.id,
+                decision.reason,
+            )
+        self.emit(record.state if record else states.SUCCESS, job)
+
+    def apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
+        body = encode_message(decision.next_message) if decision.next_message else None
+        self.settle(
+            Settlement(
+                delivery=delivery,
+                action=decision.action,
+                body=body,
+                due=decision.due,
+                reason=decision.reason,
+                detail=decision.detail,
+            ),
+            decision.record,
+        )
+        if job is not None:
+            state = (
+                decision.record.state
+                if decision.record
+                else {"ack": states.SUCCESS, "release": "LOST"}.get(
+                    decision.action, decision.action
+                )
+            )
+            self.emit(state, job)
+
+    def refuse(self, delivery: Delivery, refused: Refused) -> None:
+        log.error("message %s dead-lettered: %s: %s", delivery.id, refused.reason, refused.detail)
+        error = ErrorInfo(type=f"faena.{refused.reason}", message=refused.detail)
+        if refused.message is None:
+            # Unreadable: no task, no lineage; still a FAILURE record, so get() ends.
+            now = self.app.settings.clock.time()
+            record = JobRecord(
+                id=delivery.id,
+                state=states.FAILURE,
+                queue=delivery.queue,
+                worker=self.worker_id,
+                error=error,
+                reason=refused.reason,
+                deliveries=delivery.deliveries,
+                finished_at=now,
+                updated_at=now,
+                fence=delivery.fence,
+                expires_at=now + self.app.settings.result_ttl,
+            )
+            self.settle(
+                Settlement(
+                    delivery=delivery, action="dead", reason=refused.reason, detail=refused.detail
+                ),
+                record,
+            )
+            return
+        decision = failed(
+            None,
+            refused.message,
+            self.run_info(delivery, None, refused.message),
+            error,
+            reason=refused.reason,
+        )
+        self.emit(states.FAILURE, refused.message)
+        self.apply(delivery, decision, None)
+
+    def settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
+        """Queue the end of a lease; a message is settled once, whatever happens after."""
+        assert self.outbox
+        key = (settlement.delivery.id, settlement.delivery.fence)
+        if key in self.settling or key in self.early_acked:
+            return
+        self.settling.add(key)
+        self.outbox.settle(settlement, record)
+
+    def release(
+        self, delivery: Delivery, started: JobRecord | None = None, reason: str | None = None
+    ) -> None:
+        """Hand an unfinished message back, due now, without counting the delivery. A job
+        that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go."""
+        record = None
+        now = self.app.settings.clock.time()
+        if (delivery.id, delivery.fence) in self.early_acked:
+            # acks_late=False: the message is gone, so the job ends here, for good.
+            if started is not None and self.outbox is not None:
+                error = ErrorInfo(
+                    type="faena.WorkerLost",
+                    message="the worker stopped while it ran; acks_late=False jobs run at "
+                    "most once",
+                )
+                self.outbox.record(
+                    msgspec.structs.replace(
+                        started,
+                        state=states.FAILURE,
+                        finished_at=now,
+                        updated_at=now,
+                        reason="interrupted",
+                        error=error,
+                    )
+                )
+            return
+        if started is not None:
+            record = msgspec.structs.replace(
+                started,
+                state=states.QUEUED,
+                worker=None,
+                updated_at=now,
+                reason="handed back at shutdown",
+            )
+        self.settle(Settlement(delivery=delivery, action="release", reason=reason), record)
+
+    def on_settled(self, settlement: Settlement, ok: bool) -> None:
+        mid = settlement.delivery.id
+        self.settling.discard((mid, settlement.delivery.fence))
+        if self.held.get(mid) is settlement.delivery:
+            del self.held[mid]
+        if not ok:
+            log.warning(
+                "message %s: lease lost before %s; another worker holds it now",
+                mid,
+                settlement.action,
+            )
+        assert self.room is not None
+        self.room.set()
+
+    def run_info(
+        self, delivery: Delivery, started: float | None, message: Message | None
+    ) -> RunInfo:
+        now = self.app.settings.clock.time()
+        return RunInfo(
+            worker=self.worker_id,
+            fence=record_fence(message.sent_at if message else None, delivery.fence),
+            deliveries=delivery.deliveries,
+            started_at=started if started is not None else now,
+            now=now,
+            result_ttl=self.app.settings.result_ttl,
+            max_deliveries=self.app.settings.max_deliveries,
+        )
+
+    def emit(self, kind: str, job: Admitted | Message) -> None:
+        if not self.app.events:
+            return
+        m = job.message if isinstance(job, Admitted) else job
+        self.app.events.emit(
+            JobEvent(
+                kind=kind,
+                job_id=m.id,
+                task=m.task,
+                at=self.app.settings.clock.time(),
+                worker=self.worker_id,
+                parent_id=m.parent_id,
+                root_id=m.root_id,
+            )
+        )

@@ -146,3 +146,20 @@ def test_four_workers_drain_20000_messages_from_one_file(client, env, start_work
     for worker in workers:
         assert worker.wait(30) == 0
         assert "locked" not in worker.output().lower()
+
+
+def test_a_job_longer_than_its_lease_is_never_handed_out_twice(client, env, start_worker):
+    # Given two workers with 1-second leases, and one job that runs for 3 seconds
+    result = client.enqueue(f"{TASKS}.work", 7)
+    for _ in range(2):
+        start_worker("-c", "1", "--prefetch", "0", FAULT_SLEEP_S="3", FAULT_LEASE_S="1")
+
+    # When one runs it while the other sits idle, polling (it would take the message the
+    # moment a lease ran out)
+    assert result.get(timeout=60) == 7
+
+    # Then the running worker's heartbeats kept the lease: one start, one delivery
+    assert [int(line[1]) for line in started(env)] == [7]
+    record = result.record
+    assert record is not None
+    assert record.deliveries == 1

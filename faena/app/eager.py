@@ -103,23 +103,25 @@ def _no_progress(fraction: float, message: str | None) -> None:
     """Eager jobs report progress to nobody: the caller is waiting for the job itself."""
 
 
+def _call(job: Admitted) -> tuple[Any, ...]:
+    """The arguments both runners take, for one eager run of ``job``."""
+    return (
+        job.task,
+        job.request(1, "eager"),
+        job.args,
+        job.kwargs,
+        job.message.serializer,
+        _no_progress,
+    )
+
+
 def run_eagerly(app: Faena, task: Task[..., Any], message: Message) -> AsyncResult[Any]:
     """Run ``message`` now, retries included, and store its record."""
     runs = _runs(app, task, message)
     with contextlib.suppress(StopIteration):
         job = next(runs)
         while True:
-            m = job.message
-            job = runs.send(
-                run_sync(
-                    job.task,
-                    job.request(1, "eager"),
-                    job.args,
-                    job.kwargs,
-                    m.serializer,
-                    _no_progress,
-                )
-            )
+            job = runs.send(run_sync(*_call(job)))
     return AsyncResult(message.id, app)
 
 
@@ -129,18 +131,8 @@ async def run_eagerly_async(app: Faena, task: Task[..., Any], message: Message) 
     with contextlib.suppress(StopIteration):
         job = next(runs)
         while True:
-            m = job.message
             run = run_async if job.task.is_async else _as_coroutine(run_sync)
-            job = runs.send(
-                await run(
-                    job.task,
-                    job.request(1, "eager"),
-                    job.args,
-                    job.kwargs,
-                    m.serializer,
-                    _no_progress,
-                )
-            )
+            job = runs.send(await run(*_call(job)))
     return AsyncResult(message.id, app)
 
 

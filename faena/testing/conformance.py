@@ -46,7 +46,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 import pytest
 
@@ -129,25 +129,39 @@ def settle(delivery: Delivery, action: SettleAction, **kw: Any) -> Settlement:
     return Settlement(delivery=delivery, action=action, **kw)
 
 
-class BrokerConformance(ABC):
+class _Closing(Protocol):
+    def close(self) -> None: ...
+
+
+class _Suite(ABC):
+    """What every conformance suite shares: a fake clock, and closing what a test opened."""
+
+    clock: FakeClock
+    _opened: list[_Closing]
+
+    def setup_method(self) -> None:
+        self.clock = FakeClock()
+        self._opened = []
+
+    def teardown_method(self) -> None:
+        for backend in self._opened:
+            backend.close()
+
+    def _keep(self, backend: T) -> T:
+        """Close ``backend`` after the test."""
+        self._opened.append(cast(_Closing, backend))
+        return backend
+
+
+class BrokerConformance(_Suite):
     """The broker contract (``faena.contracts.broker``). Implement :meth:`make_broker`."""
 
     lease_s: ClassVar[float] = 30.0
     max_deliveries: ClassVar[int] = 3
-    clock: FakeClock
-    _brokers: list[Broker]
 
     @abstractmethod
     def make_broker(self, config: BrokerConfig) -> Broker:
         """A new, empty broker of the backend under test, honouring ``config``."""
-
-    def setup_method(self) -> None:
-        self.clock = FakeClock()
-        self._brokers = []
-
-    def teardown_method(self) -> None:
-        for broker in self._brokers:
-            broker.close()
 
     def broker(self, *, real_time: bool = False, **overrides: Any) -> Broker:
         """A broker on the fake clock (or the real one), closed after the test."""
@@ -156,9 +170,7 @@ class BrokerConformance(ABC):
             max_deliveries=self.max_deliveries,
             clock=SYSTEM_CLOCK if real_time else self.clock,
         )
-        broker = self.make_broker(dataclasses.replace(config, **overrides))
-        self._brokers.append(broker)
-        return broker
+        return self._keep(self.make_broker(dataclasses.replace(config, **overrides)))
 
     @asynccontextmanager
     async def consumer(
@@ -690,28 +702,15 @@ def record(job_id: str, state: str = STARTED, fence: int = 1, **fields: Any) -> 
     return JobRecord(id=job_id, state=state, fence=fence, **fields)
 
 
-class ResultStoreConformance(ABC):
+class ResultStoreConformance(_Suite):
     """The result store contract (``faena.contracts.results``). Implement the hook."""
-
-    clock: FakeClock
-    _stores: list[ResultStore]
 
     @abstractmethod
     def make_result_store(self, clock: Clock) -> ResultStore:
         """A new, empty result store of the backend under test, reading time from ``clock``."""
 
-    def setup_method(self) -> None:
-        self.clock = FakeClock()
-        self._stores = []
-
-    def teardown_method(self) -> None:
-        for store in self._stores:
-            store.close()
-
     def store(self, *, real_time: bool = False) -> ResultStore:
-        store = self.make_result_store(SYSTEM_CLOCK if real_time else self.clock)
-        self._stores.append(store)
-        return store
+        return self._keep(self.make_result_store(SYSTEM_CLOCK if real_time else self.clock))
 
     @async_test
     async def test_store_then_fetch_round_trip(self) -> None:
@@ -847,7 +846,7 @@ class ResultStoreConformance(ABC):
         store.close()
 
 
-class CoordinationConformance(ABC):
+class CoordinationConformance(_Suite):
     """The coordination store contract (``faena.contracts.coordination``). Implement the hook."""
 
     shared_between_stores: ClassVar[bool] = True
@@ -858,8 +857,6 @@ class CoordinationConformance(ABC):
     """Rounds of the set_if_absent race; each round is a fresh key every racer contends for."""
     racers: ClassVar[int] = 4
     """Threads in each race."""
-    clock: FakeClock
-    _stores: list[CoordinationStore]
 
     @abstractmethod
     def make_coordination_store(self, clock: Clock) -> CoordinationStore:
@@ -869,18 +866,8 @@ class CoordinationConformance(ABC):
         of the same data, if the backend can share it (see ``shared_between_stores``).
         """
 
-    def setup_method(self) -> None:
-        self.clock = FakeClock()
-        self._stores = []
-
-    def teardown_method(self) -> None:
-        for store in self._stores:
-            store.close()
-
     def store(self) -> CoordinationStore:
-        store = self.make_coordination_store(self.clock)
-        self._stores.append(store)
-        return store
+        return self._keep(self.make_coordination_store(self.clock))
 
     # -- set_if_absent, get, expiry ---------------------------------------------------------
     def test_set_if_absent_creates_once_and_get_reads_it(self) -> None:

@@ -61,18 +61,25 @@ class MemoryResultStore(ResultStore):
         found = {i: self.fetch(i) for i in job_ids}
         return {i: r for i, r in found.items() if r is not None}
 
+    def _look(self, job_id: str, deadline: float | None) -> tuple[bool, JobRecord | None, float]:
+        """(done, record, pause): done once ready or out of time, else how long to wait."""
+        record = self.fetch(job_id)
+        if record is not None and record.state in READY_STATES:
+            return True, record, 0.0
+        remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
+        if remaining is not None and remaining <= 0:
+            return True, record, 0.0
+        # A fake clock never moves by itself: wake up now and then to look at it.
+        return False, record, 0.05 if remaining is None else min(remaining, 0.05)
+
     def wait(self, job_id: str, timeout_s: float | None) -> JobRecord | None:
         deadline = None if timeout_s is None else SYSTEM_CLOCK.monotonic() + timeout_s
         with self._cond:
             while True:
-                record = self.fetch(job_id)
-                if record is not None and record.state in READY_STATES:
+                done, record, pause = self._look(job_id, deadline)
+                if done:
                     return record
-                remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return record
-                # A fake clock never moves by itself: wake up now and then to look at it.
-                self._cond.wait(min(remaining, 0.05) if remaining is not None else 0.05)
+                self._cond.wait(pause)
 
     async def await_ready(self, job_id: str, timeout_s: float | None) -> JobRecord | None:
         deadline = None if timeout_s is None else SYSTEM_CLOCK.monotonic() + timeout_s
@@ -80,14 +87,11 @@ class MemoryResultStore(ResultStore):
         try:
             while True:
                 waiter[1].clear()
-                record = self.fetch(job_id)
-                if record is not None and record.state in READY_STATES:
-                    return record
-                remaining = None if deadline is None else deadline - SYSTEM_CLOCK.monotonic()
-                if remaining is not None and remaining <= 0:
+                done, record, pause = self._look(job_id, deadline)
+                if done:
                     return record
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter[1].wait(), min(remaining or 0.05, 0.05))
+                    await asyncio.wait_for(waiter[1].wait(), pause)
         finally:
             self._waiters.discard(waiter)
 

@@ -23,6 +23,7 @@ from faena.contracts.events import JobEvent
 from faena.foundation.clock import FakeClock
 from faena.foundation.exceptions import (
     BrokerError,
+    BrokerUnavailable,
     ConfigurationError,
     FaenaError,
     MaxRetriesExceeded,
@@ -67,6 +68,7 @@ __all__ = [
     "SUCCESS",
     "AsyncResult",
     "BrokerError",
+    "BrokerUnavailable",
     "ConfigurationError",
     "Faena",
     "FaenaError",

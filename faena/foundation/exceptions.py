@@ -6,6 +6,7 @@ The tree::
     ├── ConfigurationError          bad settings, options, URLs, app specs
     │   └── UnknownTaskError        a task name that is not registered
     ├── BrokerError                 the broker could not do what was asked
+    │   ├── BrokerUnavailable       the server did not answer within the configured timeout
     │   └── MessageTooLarge         an encoded message over ``max_message_size``
     ├── SerializationError          arguments or results that cannot be encoded or decoded
     ├── ResultError                 problems reading a job's outcome
@@ -48,6 +49,14 @@ class UnknownTaskError(ConfigurationError):
 
 class BrokerError(FaenaError):
     """The broker could not complete the operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker's server did not answer within the configured timeout.
+
+    A write that failed this way may or may not have reached the server: enqueue again with the
+    same ``task_id`` to be safe (a broker holds at most one message per id).
+    """
 
 
 class MessageTooLarge(BrokerError):

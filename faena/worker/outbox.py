@@ -14,6 +14,7 @@ from collections.abc import Callable
 from faena.contracts.broker import Consumer, Settlement
 from faena.contracts.results import ResultStore
 from faena.model.outcome import JobRecord
+from faena.worker.outage import Outage
 
 log = logging.getLogger("faena.worker")
 
@@ -91,7 +92,8 @@ class Outbox:
         self._idle.set()
 
     async def run(self) -> None:
-        """Flush whenever woken; a failed write is logged and retried after a pause."""
+        """Flush whenever woken; a failed write is logged and retried with back-off."""
+        outage = Outage("writing results and acknowledgements")
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -99,10 +101,11 @@ class Outbox:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("writing results and acknowledgements failed; retrying in 1 s")
+            except Exception as exc:
                 self._wake.set()
-                await asyncio.sleep(1.0)
+                await outage.pause(exc)
+            else:
+                outage.recovered()
 
     async def drained(self) -> None:
         """Wait until nothing is pending."""

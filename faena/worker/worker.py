@@ -38,6 +38,7 @@ from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.endings import Endings, Key
 from faena.worker.logs import current_job
 from faena.worker.options import WorkerOptions, default_queues
+from faena.worker.outage import Outage
 from faena.worker.outbox import Outbox
 from faena.worker.pools import POOL_NAMES, make_pool
 
@@ -192,14 +193,16 @@ class Worker:
     async def _fetch(self) -> None:
         assert self._consumer
         assert self._queue
+        outage = Outage("fetching messages")
         while not self.stopping():
             try:
                 await self._fetch_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("fetching messages failed; trying again in 1 s")
-                await asyncio.sleep(1.0)  # a back-off before the next try
+            except Exception as exc:
+                await outage.pause(exc, self._stop_event)
+            else:
+                outage.recovered()
 
     async def _fetch_once(self) -> None:
         assert self._consumer
@@ -428,6 +431,7 @@ class Worker:
         assert self._consumer
         assert self._pool
         interval = self.app.settings.heartbeat_interval_s
+        outage = Outage("the heartbeat")
         while True:
             await asyncio.sleep(interval)  # a period, not a synchronisation
             try:
@@ -441,8 +445,10 @@ class Worker:
                 await self._terminate_revoked()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("heartbeat failed; retrying at the next beat")
+            except Exception as exc:
+                outage.failed(exc)  # the next beat is the retry
+            else:
+                outage.recovered()
 
     async def _terminate_revoked(self) -> None:
         if not self._running:

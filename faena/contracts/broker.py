@@ -187,6 +187,12 @@ class Broker(ABC):
     async def unregister_worker(self, worker_id: str) -> None:
         """Forget a worker that stopped cleanly."""
 
+    async def warnings(self) -> list[str]:
+        """What the operator should know about the server's set-up, in plain words: settings
+        under which messages can be lost (e.g. an evicting memory policy, no persistence). The
+        worker logs them at start. Backends without such settings have none."""
+        return []
+
     # -- administration ---------------------------------------------------------------------
     @abstractmethod
     async def stats(self) -> list[QueueStats]:

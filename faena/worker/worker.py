@@ -159,6 +159,8 @@ class Worker:
         self._consumer = await app.broker.open_consumer(self.queues, self.id)
         self._outbox = self._ends.attach(self._consumer)
         await app.broker.register_worker(self._info())
+        for warning in await app.broker.warnings():
+            log.warning("%s", warning)
         log.info(
             "worker %s ready: app %s, queues %s, pool %s x%d, prefetch %d, broker %s",
             self.id,

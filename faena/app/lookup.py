@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -11,8 +12,9 @@ from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock
 from faena.foundation.exceptions import ConfigurationError
 
-SUPPORTED: Final = ("memory", "sqlite")
-PLANNED: Final = ("redis", "rediss", "amqp", "amqps", "postgresql", "postgres")
+SUPPORTED: Final = ("memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster")
+PLANNED: Final = ("amqp", "amqps", "postgresql", "postgres")
+REDIS: Final = frozenset({"redis", "rediss", "redis+cluster", "rediss+cluster"})
 
 
 def scheme_of(url: str) -> str:
@@ -26,7 +28,7 @@ def scheme_of(url: str) -> str:
     if scheme in PLANNED:
         raise ConfigurationError(
             f"the {scheme}:// backend is not part of this faena release; use sqlite:// (one "
-            "machine, no server) or memory:// (one process) for now"
+            "machine, no server), redis:// (many machines) or memory:// (one process) for now"
         )
     raise ConfigurationError(
         f"unknown URL scheme {scheme!r} in {url!r}; supported: "
@@ -34,9 +36,23 @@ def scheme_of(url: str) -> str:
     )
 
 
+def _redis_backend() -> ModuleType:
+    try:
+        import faena.backends.redis as backend
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("redis", "hiredis"):
+            raise
+        raise ConfigurationError(
+            "the redis:// backend needs the Redis driver: pip install 'faena[redis]'"
+        ) from exc
+    return backend
+
+
 def make_broker(url: str, config: BrokerConfig) -> Broker:
     """A broker for ``url``."""
     scheme = scheme_of(url)
+    if scheme in REDIS:
+        return _redis_backend().RedisBroker(url, config)  # type: ignore[no-any-return]
     if scheme == "memory":
         from faena.backends.memory import MemoryBroker
 
@@ -49,6 +65,10 @@ def make_broker(url: str, config: BrokerConfig) -> Broker:
 def make_result_store(url: str, clock: Clock, poll_interval_s: float) -> ResultStore:
     """A result store for ``url``."""
     scheme = scheme_of(url)
+    if scheme in REDIS:
+        return _redis_backend().RedisResultStore(  # type: ignore[no-any-return]
+            url, clock, poll_interval_s
+        )
     if scheme == "memory":
         from faena.backends.memory import MemoryResultStore
 
@@ -61,6 +81,8 @@ def make_result_store(url: str, clock: Clock, poll_interval_s: float) -> ResultS
 def make_coordination_store(url: str, clock: Clock) -> CoordinationStore:
     """A coordination store for ``url``."""
     scheme = scheme_of(url)
+    if scheme in REDIS:
+        return _redis_backend().RedisCoordinationStore(url, clock)  # type: ignore[no-any-return]
     if scheme == "memory":
         from faena.backends.memory import MemoryCoordinationStore
 

@@ -100,7 +100,7 @@ def test_environment_is_read_when_the_app_is_created_not_at_import(
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("redis://localhost:6379/0", "not part of this faena release"),
+        ("postgresql://localhost/test", "not part of this faena release"),
         ("amqp://guest@localhost", "not part of this faena release"),
         ("ftp://example.org", "unknown URL scheme"),
         ("just-a-name", "not a broker URL"),

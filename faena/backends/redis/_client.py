@@ -1,0 +1,256 @@
+"""Connections to Redis for the broker, the result store and the coordination store.
+
+URLs:
+
+- ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS; redis-py's
+  ``ssl_*`` query parameters pass through, e.g. ``?ssl_cert_reqs=required``);
+- ``redis+cluster://host:port[,host:port...]`` and ``rediss+cluster://`` for Redis Cluster (the
+  first reachable node tells the client the rest; the database number must be 0).
+
+faena's own query parameters, removed before the URL reaches redis-py:
+
+- ``prefix`` (default ``faena``): the first part of every key, so several apps can share one
+  server. Letters, digits and ``_.:-`` only.
+- ``timeout`` (seconds, default 10): how long a call may wait for the server (connecting,
+  reading a reply) before it fails with :class:`~faena.foundation.exceptions.BrokerUnavailable`.
+
+Key names put the queue (or job id) in a hash tag, ``{prefix}:{<queue>}:<what>``, so that every
+key one script touches lives in one cluster slot.
+
+Time: a script that needs "now" takes it as an argument when the store runs on a test clock
+(:class:`~faena.foundation.clock.FakeClock`) and reads the server's ``TIME`` otherwise, so
+machines with skewed clocks still agree on due times and lease expiry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.retry
+import redis.cluster
+import redis.exceptions
+import redis.retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from faena.foundation.clock import SYSTEM_CLOCK, Clock
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
+
+DEFAULT_PREFIX: Final = "faena"
+DEFAULT_TIMEOUT_S: Final = 10.0
+DEFAULT_MAX_CONNECTIONS: Final = 100
+"""Connections per pool (per process, and per event loop for async clients)."""
+SCHEMES: Final = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where and how to connect, parsed from a URL."""
+
+    url: str
+    """The URL as redis-py reads it (faena's parameters removed, ``+cluster`` dropped)."""
+    cluster: bool
+    prefix: str
+    timeout_s: float
+    display: str
+    """``host:port`` for messages, without credentials."""
+
+    def key(self, tag: str, name: str) -> str:
+        """``prefix:{tag}:name``: keys sharing ``tag`` share a cluster slot."""
+        return f"{self.prefix}:{{{tag}}}:{name}"
+
+    def global_key(self, name: str) -> str:
+        """A key of its own slot, for data not tied to one queue or job."""
+        return f"{self.prefix}:{name}"
+
+
+def parse_url(url: str) -> Target:
+    """Parse and check a Redis URL; a bad one is a ConfigurationError naming the problem."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConfigurationError(
+            f"{url!r} is not a Redis URL; expected one of " + ", ".join(f"{s}://" for s in SCHEMES)
+        )
+    cluster = scheme.endswith("+cluster")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    prefix = query.pop("prefix", DEFAULT_PREFIX)
+    if not _PREFIX.match(prefix):
+        raise ConfigurationError(
+            f"invalid key prefix {prefix!r} in {url!r}: use 1-64 characters from letters, "
+            "digits and '_.:-'"
+        )
+    raw_timeout = query.pop("timeout", str(DEFAULT_TIMEOUT_S))
+    try:
+        timeout_s = float(raw_timeout)
+    except ValueError:
+        timeout_s = -1.0
+    if not 0 < timeout_s < 3600:
+        raise ConfigurationError(
+            f"invalid timeout {raw_timeout!r} in {url!r}: seconds above 0 and below 3600"
+        )
+    base = scheme.removesuffix("+cluster")
+    if cluster and parts.path not in ("", "/", "/0"):
+        raise ConfigurationError(
+            f"{url!r}: Redis Cluster has only database 0; remove {parts.path!r} from the URL"
+        )
+    if not cluster and parts.path not in ("", "/") and not parts.path[1:].isdigit():
+        raise ConfigurationError(f"{url!r}: the path must be a database number, e.g. /0")
+    netloc = parts.netloc
+    if cluster:
+        # redis-py takes one seed node in the URL; all of them go in as startup nodes.
+        netloc = netloc.split(",", 1)[0]
+    try:
+        first = urlsplit(f"//{netloc}")
+        display = f"{first.hostname or 'localhost'}:{first.port or 6379}"
+        if cluster:
+            _seed_nodes(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"{url!r}: bad host or port ({exc})") from exc
+    plain = urlunsplit((base, netloc, parts.path if not cluster else "", urlencode(query), ""))
+    return Target(url=plain, cluster=cluster, prefix=prefix, timeout_s=timeout_s, display=display)
+
+
+def _seed_nodes(url: str) -> list[redis.cluster.ClusterNode]:
+    """Every ``host:port`` of a cluster URL's comma-separated host list."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for item in netloc.split(","):
+        host, _, port = item.partition(":")
+        nodes.append(
+            redis.cluster.ClusterNode(host or "localhost", int(port or 6379))  # type: ignore[no-untyped-call]
+        )
+    return nodes
+
+
+_ATTEMPTS: Final = 3
+
+
+def _options(target: Target, retry: Any) -> dict[str, Any]:
+    # Only a refused or broken connection is tried again, on a fresh connection (a pooled one
+    # may predate a server restart); a read timeout is not, since the command may have run.
+    # Three connection attempts fit in the timeout, so a caller hears back within it.
+    return {
+        "socket_connect_timeout": target.timeout_s / _ATTEMPTS,
+        "socket_timeout": target.timeout_s,
+        "health_check_interval": 15,
+        "retry": retry,
+    }
+
+
+def _pool_options(target: Target) -> dict[str, Any]:
+    # A burst of callers beyond the pool's size (threads waiting for results, coroutines
+    # counting toward a rate limit) waits up to the timeout for a free connection instead of
+    # failing at once. ``?max_connections=`` in the URL overrides the size.
+    return {"max_connections": DEFAULT_MAX_CONNECTIONS, "timeout": target.timeout_s}
+
+
+def _sync_retry() -> Any:
+    return redis.retry.Retry(
+        ExponentialWithJitterBackoff(cap=0.25, base=0.01),
+        _ATTEMPTS - 1,
+        supported_errors=(redis.exceptions.ConnectionError,),
+    )
+
+
+def _async_retry() -> Any:
+    return redis.asyncio.retry.Retry(
+        ExponentialWithJitterBackoff(cap=0.25, base=0.01),
+        _ATTEMPTS - 1,
+        supported_errors=(redis.exceptions.ConnectionError,),
+    )
+
+
+def sync_client(target: Target, source_url: str) -> SyncClient:
+    """A thread-safe, pooled client for producers and administration."""
+    if target.cluster:
+        nodes = _seed_nodes(source_url)
+        return redis.cluster.RedisCluster.from_url(
+            target.url, startup_nodes=nodes, **_options(target, _sync_retry())
+        )
+    pool = redis.BlockingConnectionPool.from_url(
+        target.url, **_pool_options(target), **_options(target, _sync_retry())
+    )
+    return redis.Redis.from_pool(pool)
+
+
+def async_client(target: Target, source_url: str, *, blocking_s: float = 0.0) -> AsyncClient:
+    """A client for one event loop. ``blocking_s``: the longest blocking command it sends,
+    added to the read timeout so a blocking wait is not mistaken for a dead server."""
+    options = _options(target, _async_retry())
+    options["socket_timeout"] = target.timeout_s + blocking_s
+    if target.cluster:
+        nodes = [redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in _seed_nodes(source_url)]
+        return redis.asyncio.cluster.RedisCluster.from_url(
+            target.url, startup_nodes=nodes, **options
+        )
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        target.url, **_pool_options(target), **options
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
+_UNREACHABLE: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# A cluster without a master for some slot, or moving one, is unavailable for a while: the
+# call may work again later, as after a connection failure.
+_CLUSTER_UNAVAILABLE: Final = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNREACHABLE + _CLUSTER_UNAVAILABLE):
+        return True
+    # A cluster client that reaches none of its nodes says so with its own exception type,
+    # raised from the connection error.
+    return isinstance(exc, redis.exceptions.RedisClusterException) and isinstance(
+        exc.__cause__, _UNREACHABLE
+    )
+
+
+@contextmanager
+def translated(target: Target, doing: str) -> Iterator[None]:
+    """Turn redis-py's errors into faena's: unreachable -> BrokerUnavailable, else BrokerError."""
+    try:
+        yield
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        if _unreachable(exc):
+            raise BrokerUnavailable(
+                f"Redis at {target.display} did not answer while {doing} (timeout "
+                f"{target.timeout_s:g} s): {str(exc).rstrip('.')}. Check that the server runs "
+                "and the URL is right; the call may or may not have taken effect"
+            ) from exc
+        raise BrokerError(f"Redis at {target.display} refused {doing}: {exc}") from exc
+
+
+def now_arg(clock: Clock) -> str:
+    """The ``now`` argument of a script in milliseconds: empty (server ``TIME``) on the
+    system clock, the clock's time otherwise."""
+    if clock is SYSTEM_CLOCK:
+        return ""
+    return str(int(clock.time() * 1000))
+
+
+_COMMON = "_common.lua"
+
+
+def load_script(name: str, *helpers: str) -> str:
+    """The source of ``lua/<name>.lua``, preceded by the helpers in ``lua/_common.lua`` and then
+    by those of each ``lua/<helper>.lua`` named in ``helpers`` (e.g. ``"_queue"``)."""
+    folder = resources.files("faena.backends.redis").joinpath("lua")
+    parts = [_COMMON, *(f"{h}.lua" for h in helpers), f"{name}.lua"]
+    return "\n".join(folder.joinpath(part).read_text(encoding="utf-8") for part in parts)

@@ -1,0 +1,277 @@
+"""The Redis broker: producers, administration and worker registration.
+
+Every step that moves a message is one Lua script on the keys of one queue (``lua/*.lua``,
+key layout in ``lua/_queue.lua``), so a crash at any point leaves each message queued,
+scheduled, leased or dead. Many messages or queues at once are one pipeline: one round trip.
+The lease lifecycle (claim, settle, extend, waiting) lives in ``consumer``.
+
+Connections: one pooled, thread-safe sync client. The async methods (``aenqueue``, worker
+registration, administration) hand the same calls to a thread of the running loop's default
+executor: an asyncio client would belong to one event loop, and a broker outlives the loops
+that use it (each test, each ``asyncio.run``). Consumers, which live on one loop, have asyncio
+clients of their own.
+
+Time: every due time, lease and heartbeat is compared with the server's clock (``TIME`` in the
+script), or with ``config.clock`` when it is a test clock, so skewed machines agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import redis.cluster
+
+from faena.backends.redis import _keys
+from faena.backends.redis._health import server_warnings
+from faena.backends.redis._client import SyncClient, now_arg, parse_url, sync_client, translated
+from faena.backends.redis._keys import Batch, Keys, ms
+from faena.backends.redis.consumer import RedisConsumer
+from faena.contracts.broker import (
+    Broker,
+    BrokerConfig,
+    Capabilities,
+    Consumer,
+    DeadLetter,
+    Location,
+    Outgoing,
+    QueueStats,
+    WorkerInfo,
+)
+from faena.foundation.exceptions import BrokerError, ConfigurationError
+from faena.model.options import MAX_PRIORITY, MIN_PRIORITY
+
+T = TypeVar("T")
+
+_LOCATIONS: dict[bytes, Location] = {
+    b"queued": "queued",
+    b"scheduled": "scheduled",
+    b"leased": "leased",
+    b"dead": "dead",
+}
+
+
+class RedisBroker(Broker):
+    """A broker on a Redis server or cluster, shared by any number of machines.
+
+    Example:
+        >>> broker = RedisBroker("redis://localhost:6379/0", BrokerConfig())  # doctest: +SKIP
+    """
+
+    capabilities = Capabilities()
+
+    def __init__(self, url: str, config: BrokerConfig) -> None:
+        super().__init__(url, config)
+        self._target = parse_url(url)
+        self._keys = Keys(self._target)
+        self._lock = threading.Lock()
+        self._sync: SyncClient | None = None
+        self._registered: set[str] = set()
+        self._closed = False
+
+    def _client(self) -> SyncClient:
+        # Made on first use: a cluster client connects as it is made, and a broker is often
+        # built where no call is sent (a web process's settings, a test of a URL).
+        with self._lock:
+            if self._closed:
+                raise BrokerError(f"the Redis broker for {self._target.display} is closed")
+            if self._sync is None:
+                self._sync = sync_client(self._target, self.url)
+            return self._sync
+
+    def _run(self, batch: Batch, doing: str) -> list[Any]:
+        with translated(self._target, doing):
+            return batch.run(self._client())
+
+    async def _arun(self, call: Callable[[], T]) -> T:
+        return await asyncio.to_thread(call)
+
+    # -- producers --------------------------------------------------------------------------
+    def enqueue(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        now = now_arg(self.config.clock)
+        per_queue: dict[str, list[Any]] = {}
+        for m in messages:
+            if not MIN_PRIORITY <= m.priority <= MAX_PRIORITY:
+                raise ValueError(
+                    f"message {m.id!r} has priority {m.priority!r}; expected an integer from "
+                    f"{MIN_PRIORITY} to {MAX_PRIORITY}"
+                )
+            args = per_queue.get(m.queue)
+            if args is None:
+                args = per_queue[m.queue] = [now]
+            args += (m.id, m.body, m.priority, "" if m.due is None else ms(m.due))
+        batch = Batch()
+        # The set of known queues lives in a slot of its own, so it is written apart from the
+        # queue's script, once per queue and broker (names are never taken out of it).
+        new = [q for q in per_queue if q not in self._registered]
+        if new:
+            batch.command("SADD", self._keys.queues, *new)
+        for queue, args in per_queue.items():
+            batch.script(_keys.ENQUEUE, self._keys.queue(queue), args)
+        self._run(batch, f"enqueueing {len(messages)} message(s)")
+        self._registered.update(new)
+
+    async def aenqueue(self, messages: Sequence[Outgoing]) -> None:
+        if messages:
+            await self._arun(lambda: self.enqueue(messages))
+
+    def _known_queues(self, doing: str) -> list[str]:
+        batch = Batch()
+        batch.command("SMEMBERS", self._keys.queues)
+        (names,) = self._run(batch, doing)
+        return sorted(n.decode() for n in names)
+
+    def _on_queues(
+        self, script: _keys.Script, queues: Sequence[str], args: Sequence[Any], doing: str
+    ) -> list[Any]:
+        """``script`` once per queue, in one pipeline; the replies in the queues' order."""
+        if not queues:
+            return []
+        batch = Batch()
+        for queue in queues:
+            batch.script(script, self._keys.queue(queue), args)
+        return self._run(batch, doing)
+
+    def locate(self, message_id: str) -> Location | None:
+        doing = "locating a message"
+        answers = self._on_queues(_keys.LOCATE, self._known_queues(doing), [message_id], doing)
+        # A dead letter answers first, as a newer message with its id may also be live.
+        found = [_LOCATIONS[a] for a in answers if a]
+        if "dead" in found:
+            return "dead"
+        return found[0] if found else None
+
+    def remove(self, message_id: str) -> bool:
+        doing = "removing a message"
+        answers = self._on_queues(_keys.REMOVE, self._known_queues(doing), [message_id], doing)
+        return any(answers)
+
+    # -- workers ----------------------------------------------------------------------------
+    async def open_consumer(self, queues: Sequence[str], worker_id: str) -> Consumer:
+        if self._closed:
+            raise BrokerError(f"the Redis broker for {self._target.display} is closed")
+        if not queues:
+            raise ConfigurationError("a consumer needs at least one queue to read from")
+        return RedisConsumer(
+            self.url, self._target, self._keys, self.config, list(queues), lambda: self._closed
+        )
+
+    def _workers_call(self, args: Sequence[Any], doing: str) -> Any:
+        batch = Batch()
+        batch.script(_keys.WORKERS, [self._keys.workers], [now_arg(self.config.clock), *args])
+        return self._run(batch, doing)[0]
+
+    async def register_worker(self, info: WorkerInfo) -> None:
+        args = ["beat", info.id, msgspec.json.encode(info)]
+        await self._arun(lambda: self._workers_call(args, "registering a worker"))
+
+    async def unregister_worker(self, worker_id: str) -> None:
+        batch = Batch()
+        batch.command("HDEL", self._keys.workers, worker_id)
+        await self._arun(lambda: self._run(batch, "unregistering a worker"))
+
+    async def workers(self) -> list[WorkerInfo]:
+        args = ["list", ms(self.config.lease_s)]
+        rows = await self._arun(lambda: self._workers_call(args, "listing workers"))
+        found = [
+            dataclasses.replace(
+                msgspec.json.decode(rows[i + 2], type=WorkerInfo), heartbeat_at=rows[i + 1] / 1000
+            )
+            for i in range(0, len(rows), 3)
+        ]
+        return sorted(found, key=lambda w: w.id)
+
+    # -- administration ---------------------------------------------------------------------
+    def _stats(self) -> list[QueueStats]:
+        doing = "counting messages"
+        queues = self._known_queues(doing)
+        rows = self._on_queues(_keys.STATS, queues, [now_arg(self.config.clock)], doing)
+        return [
+            QueueStats(queue=q, ready=r[0], scheduled=r[1], leased=r[2], dead=r[3])
+            for q, r in zip(queues, rows, strict=True)
+            if any(r)
+        ]
+
+    async def stats(self) -> list[QueueStats]:
+        return await self._arun(self._stats)
+
+    async def warnings(self) -> list[str]:
+        def read() -> list[str]:
+            with translated(self._target, "reading the server's settings"):
+                return server_warnings(self._client(), self._target)
+
+        return await self._arun(read)
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        chosen = list(queues)
+        counts = await self._arun(lambda: self._on_queues(_keys.PURGE, chosen, [], "purging"))
+        return sum(counts)
+
+    def _dead_letters(self, limit: int, queue: str | None) -> list[DeadLetter]:
+        doing = "listing dead letters"
+        queues = [queue] if queue is not None else self._known_queues(doing)
+        rows = self._on_queues(_keys.DEAD_LETTERS, queues, [limit], doing)
+        letters = [
+            DeadLetter(
+                id=r[i].decode(),
+                queue=q,
+                reason=r[i + 3].decode(errors="replace"),
+                detail=r[i + 4].decode(errors="replace"),
+                dead_at=r[i + 1] / 1000,
+                deliveries=r[i + 2],
+                body=r[i + 5],
+            )
+            for q, r in zip(queues, rows, strict=True)
+            for i in range(0, len(r), 6)
+        ]
+        letters.sort(key=lambda x: x.dead_at, reverse=True)
+        return letters[:limit]
+
+    async def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:
+        if limit <= 0:
+            return []
+        return await self._arun(lambda: self._dead_letters(limit, queue))
+
+    def _on_dead(self, script: _keys.Script, head: list[Any], ids: Sequence[str] | None) -> int:
+        doing = "requeuing dead letters" if script is _keys.REQUEUE_DEAD else "purging dead letters"
+        args = [*head, "all"] if ids is None else [*head, "ids", *ids]
+        return sum(self._on_queues(script, self._known_queues(doing), args, doing))
+
+    async def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        now = now_arg(self.config.clock)
+        return await self._arun(lambda: self._on_dead(_keys.REQUEUE_DEAD, [now], ids))
+
+    async def purge_dead(self, ids: Sequence[str] | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        return await self._arun(lambda: self._on_dead(_keys.PURGE_DEAD, [], ids))
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._sync = self._sync, None
+            self._closed = True
+        if client is not None:
+            _close(client)
+
+
+def _close(client: SyncClient) -> None:
+    """Close ``client`` and every connection it opened."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        # A cluster client's close() leaves some node connections open (those made while it
+        # learned the cluster's layout): disconnect every node's pool as well.
+        manager = client.nodes_manager
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        client.close()
+        for node in nodes:
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+        return
+    client.close()

@@ -1,0 +1,360 @@
+"""A worker's consumer of the Redis broker: claim, wait for news, settle, extend.
+
+A claim is one script call for all the consumer's queues (one per queue on a cluster, whose
+queues live in different slots), starting at the next queue each time: queues are served
+round-robin, a batch taking from each queue in that order until it is full.
+
+Waiting: a script that gives an idle consumer something to do (an enqueue, a retry, a
+release, a requeue) pushes a token onto the queue's ``wake`` list, trimmed to one. A consumer
+whose claim found nothing blocks on its queues' wake lists with ``BLPOP`` on a connection of
+its own, for at most :data:`MAX_BLOCK_S` and never past its receive's timeout; it wakes on a
+local timer when the next scheduled message falls due or the next lease expires (Redis checks
+blocking timeouts only ten times a second). One token wakes one consumer; a claim that leaves
+messages behind pushes a token again, so idle consumers wake one after another while there is
+work. On a cluster, a consumer of several queues blocks on each queue's list at once, one
+connection per queue. A lost token (a consumer closed with one in hand) costs at most one
+block period: every idle consumer claims again at least every :data:`MAX_BLOCK_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Final
+
+from faena.backends.redis import _keys
+from faena.backends.redis._client import Target, async_client, now_arg, translated
+from faena.backends.redis._keys import WAKE, Batch, Keys, ms
+from faena.contracts.broker import BrokerConfig, Consumer, Delivery, Settlement
+from faena.foundation.clock import SYSTEM_CLOCK
+from faena.foundation.exceptions import BrokerError
+
+MAX_BLOCK_S: Final = 1.0
+"""The longest single ``BLPOP``: an idle consumer claims again (and notices a closed broker)
+at least this often."""
+_MIN_BLOCK_S: Final = 0.01
+"""``BLPOP`` with a timeout of 0 would block for ever."""
+
+
+class RedisConsumer(Consumer):
+    """Leases messages of ``queues``; see the module docstring.
+
+    Its asyncio clients belong to the event loop that first uses them: open, use and close a
+    consumer on one loop.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        target: Target,
+        keys: Keys,
+        config: BrokerConfig,
+        queues: list[str],
+        broker_closed: Callable[[], bool],
+    ) -> None:
+        self._target = target
+        self._keys = keys
+        self._config = config
+        self._queues = queues
+        self._queue_keys = [keys.queue(q) for q in queues]
+        self._wake_keys = [k[WAKE] for k in self._queue_keys]
+        self._broker_closed = broker_closed
+        self._client = async_client(target, url)
+        self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S)
+        self._turn = 0
+        self._woken_by: int | None = None
+        self._closed = False
+        self._shut = False
+        self._calls = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._waits: set[asyncio.Future[Any]] = set()
+        self._background: set[asyncio.Future[Any]] = set()
+        self._discovery: asyncio.Future[None] | None = None
+
+    def _stopped(self) -> bool:
+        return self._closed or self._broker_closed()
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Count a call in flight, so ``close`` can wait for it to end."""
+        self._calls += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._calls -= 1
+            if not self._calls:
+                self._quiet.set()
+
+    async def _connected(self) -> None:
+        """On a cluster, learn its layout first, to the end even if the caller is cancelled:
+        a discovery cut short leaves connections that closing the client does not know of."""
+        if not self._target.cluster:
+            return
+        discovery = self._discovery
+        if discovery is None or (discovery.done() and not _succeeded(discovery)):
+            discovery = self._discovery = asyncio.ensure_future(self._discover())
+        await asyncio.shield(discovery)
+
+    async def _discover(self) -> None:
+        with translated(self._target, "connecting to the cluster"):
+            for client in (self._client, self._blocking):
+                await client.initialize()
+
+    async def _run(self, batch: Batch, doing: str) -> list[Any]:
+        """Send ``batch`` on the command connection; counted so ``close`` can wait for it."""
+        if self._shut:
+            raise BrokerError(f"the Redis consumer is closed; cannot go on {doing}")
+        with self._busy():
+            await self._connected()
+            with translated(self._target, doing):
+                return await batch.arun(self._client)
+
+    # -- receive ----------------------------------------------------------------------------
+    async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        # A timeout is a real wait; the store's clock (maybe a FakeClock) decides what is due.
+        deadline = SYSTEM_CLOCK.monotonic() + timeout_s
+        with self._busy():
+            try:
+                while not self._stopped() and max_messages > 0:
+                    found, due_in = await self._claim_safely(max_messages)
+                    if found:
+                        return found
+                    remaining = deadline - SYSTEM_CLOCK.monotonic()
+                    if remaining <= 0:
+                        return []
+                    if due_in is None or due_in > 0:
+                        await self._wait(remaining, due_in)
+            except BrokerError:
+                if self._stopped():  # closed under a waiting receive: nothing came
+                    return []
+                raise
+        return []
+
+    async def _claim_safely(self, limit: int) -> tuple[list[Delivery], float | None]:
+        claim = asyncio.ensure_future(self._claim(limit))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # The claim may have leased messages already that nobody will receive: hand them
+            # back, uncounted, rather than let their leases run out.
+            claim.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, claim: asyncio.Future[tuple[list[Delivery], float | None]]) -> None:
+        if claim.cancelled() or claim.exception() is not None or self._shut:
+            return
+        deliveries = claim.result()[0]
+        if deliveries:
+            task = asyncio.ensure_future(
+                self.settle([Settlement(delivery=d, action="release") for d in deliveries])
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _claim(self, limit: int) -> tuple[list[Delivery], float | None]:
+        """One claim round from the next queue on; the deliveries, or how long until something
+        falls due (``None``: nothing scheduled or leased)."""
+        count = len(self._queues)
+        start, self._turn = self._turn, (self._turn + 1) % count
+        order = [(start + i) % count for i in range(count)]
+        fixed = [now_arg(self._config.clock), "", ms(self._config.lease_s)]
+        fixed.append(self._config.max_deliveries)
+        # One call for every queue where Redis allows it; a cluster keeps each queue's keys in
+        # a slot of their own, so it gets one call per queue, until the batch is full.
+        rounds = [order] if not self._target.cluster else [[i] for i in order]
+        found: list[Delivery] = []
+        due_in: float | None = None
+        visited: set[int] = set()
+        for queues in rounds:
+            fixed[1] = limit - len(found)
+            batch = Batch()
+            batch.script(_keys.CLAIM, [k for i in queues for k in self._queue_keys[i]], fixed)
+            (reply,) = await self._run(batch, "claiming messages")
+            visited.update(queues)
+            due_in = _earliest(due_in, self._decode(reply, queues, found))
+            if len(found) >= limit:
+                break
+        woken_by, self._woken_by = self._woken_by, None
+        if woken_by is not None and woken_by not in visited:
+            await self._pass_token(woken_by)
+        return found, None if found else due_in
+
+    def _decode(self, reply: list[Any], queues: list[int], into: list[Delivery]) -> float | None:
+        """Append the claimed deliveries to ``into``; seconds until the next due time."""
+        names = self._queues
+        for j in range(2, len(reply), 4):
+            # The state after the lease: L<fence>|<deliveries>|<priority>|<seq>|<ms>|<reason>
+            fence, deliveries, priority, _, enqueued, reason = reply[j + 2][1:].split(b"|", 5)
+            into.append(
+                Delivery(
+                    id=reply[j].decode(),
+                    queue=names[queues[reply[j + 1]]],
+                    body=reply[j + 3] or b"",
+                    priority=int(priority),
+                    deliveries=int(deliveries),
+                    fence=int(fence),
+                    enqueued_at=int(enqueued) / 1000,
+                    last_reason=reason.decode() if reason else None,
+                )
+            )
+        now, next_due = reply[0], reply[1]
+        return None if next_due < 0 else max(0.0, (next_due - now) / 1000)
+
+    async def _pass_token(self, queue: int) -> None:
+        """Give back a wake token of a queue this round did not visit (batch full first)."""
+        batch = Batch()
+        batch.command("LPUSH", self._wake_keys[queue], "1")
+        batch.command("LTRIM", self._wake_keys[queue], 0, 0)  # at most one token, as ever
+        await self._run(batch, "passing a wake-up on")
+
+    # -- waiting ----------------------------------------------------------------------------
+    async def _wait(self, remaining: float, due_in: float | None) -> None:
+        """Block until a wake token, the next due time, or the end of the block period."""
+        block = max(min(remaining, MAX_BLOCK_S), _MIN_BLOCK_S)
+        # Redis ends a blocking command up to 100 ms late (it checks ten times a second): a
+        # due time within the block is kept on a local timer instead.
+        timer = due_in if due_in is not None and due_in < block else None
+        if timer is not None and timer < _MIN_BLOCK_S:
+            await asyncio.sleep(timer)  # too close to be worth a blocking call
+            return
+        await self._connected()
+        if self._closed:
+            return  # close() cancels the waits it knows of: start none after it
+        if self._target.cluster and len(self._wake_keys) > 1:
+            groups = [[k] for k in self._wake_keys]
+        else:
+            groups = [self._wake_keys]
+        waits = [asyncio.ensure_future(self._blocking.blpop(keys, block)) for keys in groups]
+        self._waits.update(waits)
+        until = None if timer is None else SYSTEM_CLOCK.monotonic() + timer
+        try:
+            pending: set[asyncio.Future[Any]] = set(waits)
+            while pending:
+                left = None if until is None else max(0.0, until - SYSTEM_CLOCK.monotonic())
+                done, pending = await asyncio.wait(
+                    pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done or any(self._token(w) for w in done):
+                    break
+        finally:
+            for w in waits:
+                w.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+            self._waits.difference_update(waits)
+
+    def _token(self, wait: asyncio.Future[Any]) -> bool:
+        """Whether a finished ``BLPOP`` brought a token; raises what it failed with."""
+        if wait.cancelled():
+            return False
+        exc = wait.exception()
+        if exc is not None:
+            if self._stopped():
+                return False
+            with translated(self._target, "waiting for messages"):
+                raise exc
+        popped = wait.result()
+        if popped is None:
+            return False
+        self._woken_by = self._wake_keys.index(popped[0].decode())
+        return True
+
+    # -- settle and extend ------------------------------------------------------------------
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        if not settlements:
+            return []
+        per_queue: dict[str, tuple[list[bytes], list[int]]] = {}
+        for position, s in enumerate(settlements):
+            group = per_queue.get(s.delivery.queue)
+            if group is None:
+                group = per_queue[s.delivery.queue] = ([], [])
+            group[0].append(_record(s))
+            group[1].append(position)
+        now = now_arg(self._config.clock)
+        batch = Batch()
+        for queue, (records, _) in per_queue.items():
+            batch.script(_keys.SETTLE, self._keys.queue(queue), [now, b"".join(records)])
+        replies = await self._run(batch, f"settling {len(settlements)} message(s)")
+        done = [False] * len(settlements)
+        for (_, positions), reply in zip(per_queue.values(), replies, strict=True):
+            for position, applied in zip(positions, reply, strict=True):
+                done[position] = applied == 1
+        return done
+
+    async def extend(self, deliveries: Sequence[Delivery], lease_s: float) -> set[str]:
+        if not deliveries:
+            return set()
+        head = [now_arg(self._config.clock), ms(lease_s)]
+        per_queue: dict[str, list[Any]] = {}
+        for d in deliveries:
+            args = per_queue.get(d.queue)
+            if args is None:
+                args = per_queue[d.queue] = list(head)
+            args += (d.id, d.fence)
+        batch = Batch()
+        for queue, args in per_queue.items():
+            batch.script(_keys.EXTEND, self._keys.queue(queue), args)
+        replies = await self._run(batch, f"extending {len(deliveries)} lease(s)")
+        return {mid.decode() for reply in replies for mid in reply}
+
+    # -- close ------------------------------------------------------------------------------
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        waits = list(self._waits)
+        for w in waits:
+            w.cancel()
+        # Calls in flight finish first (each within the URL's timeout; a waiting receive ends
+        # at once): a claim cut short could lease messages nobody receives, and a command sent
+        # after the clients closed would open a connection nobody closes.
+        await self._quiet.wait()
+        await asyncio.gather(*waits, *self._background, return_exceptions=True)
+        if self._discovery is not None:
+            await asyncio.gather(self._discovery, return_exceptions=True)
+        self._shut = True
+        with contextlib.suppress(Exception):
+            await self._blocking.aclose()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+def _succeeded(future: asyncio.Future[Any]) -> bool:
+    return not future.cancelled() and future.exception() is None
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _field(value: str | bytes) -> bytes:
+    data = value.encode() if isinstance(value, str) else value
+    return b"%d,%s" % (len(data), data)
+
+
+def _record(s: Settlement) -> bytes:
+    """One settlement in the encoding of ``lua/settle.lua``."""
+    d = s.delivery
+    action = _ACTIONS.get(s.action)
+    if action is None:
+        raise ValueError(
+            f"unknown settlement action {s.action!r}; expected ack, retry, dead or release"
+        )
+    head = b"%s%d,%s" % (action, d.fence, _field(d.id))
+    if s.action == "ack":
+        return head
+    if s.action == "release":
+        return head if s.reason is None else b"R" + head[1:] + _field(s.reason)
+    if s.action == "retry":
+        due = _field(b"" if s.due is None else b"%d" % ms(s.due))
+        if s.body is None:
+            return head + due
+        return b"T" + head[1:] + due + _field(s.body)
+    return head + _field(s.reason or "rejected") + _field(s.detail)
+
+
+_ACTIONS: Final = {"ack": b"a", "release": b"r", "retry": b"t", "dead": b"d"}

@@ -1,0 +1,151 @@
+-- claim: lease up to `limit` messages from one or more queues, in the order given.
+--
+-- KEYS: ten keys per queue (see _queue.lua), queue after queue. All queues in one call only
+--       where Redis allows it (not a cluster); a cluster client calls once per queue.
+-- ARGV: now ('' for the server's TIME), limit, lease in ms, max_deliveries.
+--
+-- For each queue, in order: promote scheduled messages that are due (keeping their place in
+-- line), recover expired leases (to the back of the line, counted, last reason
+-- `lease_expired`), then pop ready messages, best first, until the batch is full. A popped
+-- message that was already handed out max_deliveries times is dead-lettered instead, with the
+-- reason of its last loss. A lease increments deliveries and the fence.
+--
+-- Returns {now, next_due, then four per message: id, queue index (0-based), state (as in
+-- _queue.lua, after the lease), body}. next_due is -1 unless nothing was claimed; then it is
+-- the earliest due time or lease expiry of these queues (-1 if none), so the caller knows how
+-- long it may sleep.
+local now = now_ms(ARGV[1])
+local limit = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+local max_deliveries = tonumber(ARGV[4])
+local out = {now, -1}
+local got = 0
+
+local function promote(b)
+  local due = redis.call('ZRANGEBYSCORE', KEYS[b + SCHEDULED], '-inf', now, 'LIMIT', 0, MOVE_BATCH)
+  if #due == 0 then
+    return
+  end
+  bulk('ZREM', KEYS[b + SCHEDULED], due)
+  local raws = bulk_get('HMGET', KEYS[b + STATE], due)
+  local ready = {}
+  for k, id in ipairs(due) do
+    local where, _, _, priority, seq = parse_state(raws[k] or nil)
+    if where then
+      ready[#ready + 1] = ready_score(priority, seq)
+      ready[#ready + 1] = id
+    else
+      bury_unreadable(b, id, raws[k] or nil, now)
+    end
+  end
+  bulk('ZADD', KEYS[b + READY], ready)
+end
+
+local function recover(b)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[b + LEASED], '-inf', now, 'LIMIT', 0, MOVE_BATCH)
+  if #expired == 0 then
+    return
+  end
+  bulk('ZREM', KEYS[b + LEASED], expired)
+  local raws = bulk_get('HMGET', KEYS[b + STATE], expired)
+  local seq = redis.call('INCRBY', KEYS[b + SEQ], #expired) - #expired
+  local states, ready = {}, {}
+  for k, id in ipairs(expired) do
+    local where, fence, deliveries, priority, _, enqueued = parse_state(raws[k] or nil)
+    if where then
+      seq = seq + 1
+      states[#states + 1] = id
+      states[#states + 1] =
+        format_state('W', fence, deliveries, priority, seq, enqueued, 'lease_expired')
+      ready[#ready + 1] = ready_score(priority, seq)
+      ready[#ready + 1] = id
+    else
+      bury_unreadable(b, id, raws[k] or nil, now)
+    end
+  end
+  bulk('HSET', KEYS[b + STATE], states)
+  bulk('ZADD', KEYS[b + READY], ready)
+end
+
+-- Lease the popped ids: a handful of calls for the whole batch.
+local function lease_all(b, q, ids)
+  local raws = bulk_get('HMGET', KEYS[b + STATE], ids)
+  local states, leases, kept, slots = {}, {}, {}, {}
+  local expiry = now + lease
+  for k, id in ipairs(ids) do
+    local raw = raws[k] or nil
+    local fence, deliveries, tail
+    if raw then
+      fence, deliveries, tail = string.match(raw, '^W(%d+)|(%d+)|(.*)$')
+    end
+    if not fence then
+      bury_unreadable(b, id, raw, now)
+    elseif tonumber(deliveries) >= max_deliveries then
+      local _, f, d, priority, _, enqueued, reason = parse_state(raw)
+      bury(b, id, f, d, priority, enqueued, reason ~= '' and reason or 'max_deliveries',
+        'handed out ' .. d .. ' times without being settled', now)
+    else
+      -- Only the counters change: the rest of the state is copied as it is.
+      local state = 'L' .. (fence + 1) .. '|' .. (deliveries + 1) .. '|' .. tail
+      local n = #states
+      states[n + 1] = id
+      states[n + 2] = state
+      leases[n + 1] = expiry
+      leases[n + 2] = id
+      kept[#kept + 1] = id
+      local m = #out
+      out[m + 1] = id
+      out[m + 2] = q
+      out[m + 3] = state
+      out[m + 4] = false
+      slots[#slots + 1] = m + 4
+      got = got + 1
+    end
+  end
+  if #kept == 0 then
+    return
+  end
+  bulk('HSET', KEYS[b + STATE], states)
+  bulk('ZADD', KEYS[b + LEASED], leases)
+  local bodies = bulk_get('HMGET', KEYS[b + BODY], kept)
+  for k = 1, #kept do
+    out[slots[k]] = bodies[k]
+  end
+end
+
+local queues = #KEYS / QUEUE_KEYS
+for q = 0, queues - 1 do
+  local b = q * QUEUE_KEYS
+  promote(b)
+  recover(b)
+  while got < limit do
+    local popped = redis.call('ZPOPMIN', KEYS[b + READY], limit - got)
+    if #popped == 0 then
+      break
+    end
+    local ids = {}
+    for i = 1, #popped, 2 do
+      ids[#ids + 1] = popped[i]
+    end
+    lease_all(b, q, ids)
+  end
+  -- Messages left behind: pass the token on to another idle consumer.
+  if redis.call('ZCARD', KEYS[b + READY]) > 0 then
+    wake(b)
+  end
+end
+
+if got == 0 then
+  local next_due = nil
+  for q = 0, queues - 1 do
+    for _, which in ipairs({SCHEDULED, LEASED}) do
+      local head = redis.call('ZRANGE', KEYS[q * QUEUE_KEYS + which], 0, 0, 'WITHSCORES')
+      local at = tonumber(head[2])
+      if at and (not next_due or at < next_due) then
+        next_due = at
+      end
+    end
+  end
+  out[2] = next_due or -1
+end
+return out

@@ -1,0 +1,13 @@
+-- remove: delete a message of one queue that is waiting (ready or scheduled), not leased.
+--
+-- KEYS: the queue's ten keys (see _queue.lua).
+-- ARGV: id.
+--
+-- Returns 1 if removed, else 0.
+local id = ARGV[1]
+if redis.call('ZREM', KEYS[READY], id) + redis.call('ZREM', KEYS[SCHEDULED], id) == 0 then
+  return 0
+end
+redis.call('HDEL', KEYS[STATE], id)
+redis.call('HDEL', KEYS[BODY], id)
+return 1

@@ -1,0 +1,523 @@
+"""The broker conformance suite against Redis (one server, and a three-node Redis Cluster), plus
+what only the Redis broker promises: URL forms, keys in one cluster slot per queue, typed
+errors (a script error, a server that is gone or never answers), claims that stay atomic under
+concurrent consumers, prompt wake-ups, and a server restart that loses nothing with AOF."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from faena.backends.redis import consumer as redis_consumer
+from faena.backends.redis.broker import RedisBroker
+from faena.contracts.broker import Broker, BrokerConfig, Settlement, WorkerInfo
+from faena.foundation.clock import SYSTEM_CLOCK, FakeClock
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
+from faena.testing.conformance import PROMPT_S, BrokerConformance, async_test, out, run
+from tests.integration.redis_servers import RedisServer, free_port
+from tests.services import REDIS_HOST, REDIS_PORT, drop_prefix, redis_url
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class _OnRedis:
+    """A fresh key prefix on the shared Redis for each test, deleted afterwards."""
+
+    url: str
+
+    def setup_method(self) -> None:
+        self.url = redis_url()
+        super().setup_method()  # type: ignore[misc]
+
+    def teardown_method(self) -> None:
+        try:
+            super().teardown_method()  # type: ignore[misc]
+        finally:
+            drop_prefix(self.url)
+
+
+class TestRedisBroker(_OnRedis, BrokerConformance):
+    def make_broker(self, config: BrokerConfig) -> Broker:
+        return RedisBroker(self.url, config)
+
+
+# -- a private three-node cluster -----------------------------------------------------------
+def cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher) is free and exists too."""
+    while True:
+        port = random.randrange(20000, 55000)
+        with socket.socket() as a, socket.socket() as b, contextlib.suppress(OSError):
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 10000))
+            return port
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three masters on private ports joined into one cluster; yields their host list."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("redis-server and redis-cli are needed for a cluster")
+    base = tmp_path_factory.mktemp("cluster")
+    options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    nodes = [RedisServer(base / f"n{i}", *options, port=cluster_port()) for i in range(3)]
+    try:
+        for node in nodes:
+            node.start()
+        hosts = [f"127.0.0.1:{n.port}" for n in nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *hosts, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        deadline = time.monotonic() + 20
+        for node in nodes:
+            with contextlib.closing(redis.Redis(port=node.port)) as probe:
+                while probe.cluster("info")["cluster_state"] != "ok":  # type: ignore[index]
+                    assert time.monotonic() < deadline, "the cluster did not become ready"
+                    time.sleep(0.05)  # polls a state change, bounded by the deadline
+        yield ",".join(hosts)
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def cluster_url(hosts: str) -> str:
+    return f"redis+cluster://{hosts}/0?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+class TestRedisClusterBroker(BrokerConformance):
+    url: str
+
+    @pytest.fixture(autouse=True)
+    def _on_the_cluster(self, cluster: str) -> None:
+        self.url = cluster_url(cluster)
+
+    def make_broker(self, config: BrokerConfig) -> Broker:
+        return RedisBroker(self.url, config)
+
+
+# -- what only the Redis broker promises ----------------------------------------------------
+class TestRedisOnly:
+    url: str
+
+    def setup_method(self) -> None:
+        self.url = redis_url()
+        self.clock = FakeClock()
+        self.brokers: list[RedisBroker] = []
+
+    def teardown_method(self) -> None:
+        try:
+            for broker in self.brokers:
+                broker.close()
+        finally:
+            drop_prefix(self.url)
+
+    def broker(self, url: str | None = None, **config: object) -> RedisBroker:
+        settings = {"clock": self.clock, "lease_s": 30.0, "max_deliveries": 3, **config}
+        broker = RedisBroker(url or self.url, BrokerConfig(**settings))  # type: ignore[arg-type]
+        self.brokers.append(broker)
+        return broker
+
+    def raw(self) -> redis.Redis:
+        return redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+
+    @property
+    def prefix(self) -> str:
+        return self.url.rsplit("prefix=", 1)[1]
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "redis://127.0.0.1:6379",
+            "redis://:secret@127.0.0.1:6379/3?prefix=shop.v2&timeout=2.5",
+            "rediss://user:secret@192.0.2.1:6380/0?ssl_cert_reqs=required",
+            "redis+cluster://192.0.2.1:7000,192.0.2.2:7001/0?prefix=shop",
+            "rediss+cluster://192.0.2.1:7000",
+        ],
+    )
+    def test_url_forms_are_accepted_without_connecting(self, url: str) -> None:
+        # A broker connects on first use, so a URL to a machine that is not there is fine
+        RedisBroker(url, BrokerConfig()).close()
+
+    @pytest.mark.parametrize(
+        ("url", "problem"),
+        [
+            ("redis://127.0.0.1/zero", "database number"),
+            ("redis+cluster://192.0.2.1:7000/2", "only database 0"),
+            ("redis://127.0.0.1?prefix=a%7Bb%7D", "invalid key prefix"),
+            ("redis://127.0.0.1?timeout=0", "invalid timeout"),
+            ("redis://127.0.0.1?timeout=soon", "invalid timeout"),
+            ("http://127.0.0.1:6379", "not a Redis URL"),
+        ],
+    )
+    def test_bad_urls_are_configuration_errors(self, url: str, problem: str) -> None:
+        with pytest.raises(ConfigurationError, match=problem):
+            RedisBroker(url, BrokerConfig())
+
+    def test_bad_queue_names_and_priorities_are_refused_before_anything_is_sent(self) -> None:
+        broker = self.broker()
+        with pytest.raises(ConfigurationError, match="invalid queue name"):
+            broker.enqueue([out("m1", "no{braces}")])
+        with pytest.raises(ValueError, match="priority 10"):
+            broker.enqueue([out("m2"), out("m3", priority=10)])
+        assert [broker.locate(m) for m in ("m1", "m2", "m3")] == [None, None, None]
+
+    @async_test
+    async def test_every_key_of_a_queue_shares_the_queue_hash_tag(self) -> None:
+        broker = self.broker()
+        # Given messages in every state in two queues, and a registered worker
+        queues = ("emails", "billing.high")
+        broker.enqueue([out(f"{q}-{i}", q) for q in queues for i in range(3)])
+        broker.enqueue([out("later", "emails", due=self.clock.time() + 60)])
+        consumer = await broker.open_consumer(list(queues), "w1")
+        first, second, *_ = await consumer.receive(4, 0)
+        await consumer.settle([Settlement(delivery=second, action="dead", reason="r")])
+        await consumer.close()
+        info = WorkerInfo(
+            id="w1", hostname="h", pid=1, queues=queues, concurrency=1, pool="solo", started_at=0
+        )
+        await broker.register_worker(info)
+        # Then every key starts with the prefix, and a queue's keys hash to one slot
+        with contextlib.closing(self.raw()) as raw:
+            keys = sorted(k.decode() for k in raw.scan_iter(match=f"{self.prefix}:*"))
+        shared = {f"{self.prefix}:queues", f"{self.prefix}:workers"}
+        assert shared <= set(keys)
+        per_queue = [k for k in keys if k not in shared]
+        for queue in queues:
+            mine = [k for k in per_queue if k.startswith(f"{self.prefix}:{{{queue}}}:")]
+            assert {key_slot(k.encode()) for k in mine} == {key_slot(queue.encode())}
+            assert len(mine) >= 6  # ready, scheduled, leased, state, body, seq (and more)
+        assert all(any(f":{{{q}}}:" in k for q in queues) for k in per_queue)
+        assert first.queue == "emails"
+
+    @async_test
+    async def test_ids_reasons_and_bodies_of_any_content_round_trip(self) -> None:
+        broker = self.broker(max_deliveries=5)
+        # Given ids, reasons and bodies full of the characters the scripts' encodings use
+        awkward = ["a|b,c", "7,x", "ünï|cödé\n", "L1|2|3|4|5|", ""]
+        bodies = [b"\x00\xff|,\n" * 3, b"", b"12,", b"|", bytes(range(256))]
+        broker.enqueue([out(m or "empty", body=b) for m, b in zip(awkward, bodies, strict=True)])
+        consumer = await broker.open_consumer(["default"], "w1")
+        try:
+            got = await consumer.receive(10, 0)
+            assert sorted(d.id for d in got) == sorted(m or "empty" for m in awkward)
+            by_id = {d.id: d for d in got}
+            # When each is settled in a different way, with awkward reasons and new bodies
+            reason = "why|not,1\nü"
+            results = await consumer.settle(
+                [
+                    Settlement(delivery=by_id["a|b,c"], action="release", reason=reason),
+                    Settlement(delivery=by_id["7,x"], action="retry", body=b"|2,\x00"),
+                    Settlement(
+                        delivery=by_id["ünï|cödé\n"],
+                        action="dead",
+                        reason=reason,
+                        detail="d|e,t\nail",
+                    ),
+                    Settlement(delivery=by_id["L1|2|3|4|5|"], action="ack"),
+                    Settlement(delivery=by_id["empty"], action="release"),
+                ]
+            )
+            assert results == [True, True, True, True, True]
+            again = {d.id: d for d in await consumer.receive(10, 0)}
+        finally:
+            await consumer.close()
+        # Then every field comes back exactly
+        assert (again["a|b,c"].last_reason, again["a|b,c"].deliveries) == (reason, 2)
+        assert again["a|b,c"].body == bodies[0]
+        assert (again["7,x"].body, again["7,x"].deliveries) == (b"|2,\x00", 1)
+        assert set(again) == {"a|b,c", "7,x", "empty"}
+        assert again["empty"].body == bytes(range(256))
+        (letter,) = await broker.dead_letters()
+        assert (letter.id, letter.reason, letter.detail) == ("ünï|cödé\n", reason, "d|e,t\nail")
+        assert letter.body == b"12,"
+
+    @async_test
+    async def test_a_script_error_is_a_broker_error_not_an_outage(self) -> None:
+        broker = self.broker()
+        # Given something else wrote a plain string where the queue keeps its ready messages
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(f"{self.prefix}:{{jobs}}:ready", "not a sorted set")
+        consumer = await broker.open_consumer(["jobs"], "w1")
+        try:
+            # Then the scripts fail with the server's reason, as a BrokerError
+            with pytest.raises(BrokerError, match="WRONGTYPE") as raised:
+                broker.enqueue([out("m1", "jobs")])
+            assert not isinstance(raised.value, BrokerUnavailable)
+            with pytest.raises(BrokerError, match="WRONGTYPE"):
+                await consumer.receive(1, 0)
+        finally:
+            await consumer.close()
+
+    @async_test
+    async def test_an_unreadable_message_is_dead_lettered_and_the_queue_moves_on(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("good", "jobs")])
+        # Given a ready message whose state entry is garbage, ahead of a good one
+        with contextlib.closing(self.raw()) as raw:
+            raw.zadd(f"{self.prefix}:{{jobs}}:ready", {"broken": 0})
+            raw.hset(f"{self.prefix}:{{jobs}}:state", "broken", "garbage")
+        consumer = await broker.open_consumer(["jobs"], "w1")
+        # When a consumer claims, Then the good message comes and the broken one is dead
+        assert [d.id for d in await consumer.receive(10, 0)] == ["good"]
+        await consumer.close()
+        (letter,) = await broker.dead_letters()
+        assert (letter.id, letter.reason) == ("broken", "corrupt_state")
+        assert "garbage" in letter.detail
+
+    @async_test
+    async def test_each_message_is_leased_exactly_once_under_concurrent_consumers(self) -> None:
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        total = 1500
+        broker.enqueue([out(f"m{i}", priority=i % 10) for i in range(total)])
+        got: list[list[str]] = []
+
+        async def consume(worker: str) -> list[str]:
+            consumer = await broker.open_consumer(["default"], worker)
+            seen: list[str] = []
+            try:
+                while batch := await consumer.receive(random.randint(1, 40), 0):
+                    seen += [d.id for d in batch]
+                    settled = [Settlement(delivery=d, action="ack") for d in batch]
+                    assert all(await consumer.settle(settled))
+            finally:
+                await consumer.close()
+            return seen
+
+        def in_thread(worker: str) -> None:
+            got.append(run(consume(worker)))
+
+        # When eight consumers, each on its own thread, loop and connections, drain the queue
+        threads = [threading.Thread(target=in_thread, args=(f"w{n}",)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        # Then every message was handed out exactly once, and nothing is left
+        counts = Counter(mid for seen in got for mid in seen)
+        assert len(got) == 8
+        assert set(counts) == {f"m{i}" for i in range(total)}
+        assert set(counts.values()) == {1}
+        assert sum(len(seen) > 0 for seen in got) > 1
+        assert await broker.stats() == []
+
+    @async_test
+    async def test_a_receive_wakes_when_a_delayed_message_falls_due(self) -> None:
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        due = SYSTEM_CLOCK.time() + 0.3
+        broker.enqueue([out("soon", due=due)])
+        consumer = await broker.open_consumer(["default"], "w1")
+        try:
+            # When a receive waits up to 5 s, Then it gets the message once due, not before
+            (d,) = await consumer.receive(1, 5.0)
+            assert d.id == "soon"
+            assert due <= SYSTEM_CLOCK.time() < due + PROMPT_S
+        finally:
+            await consumer.close()
+
+    def test_idle_consumers_wake_one_another_while_work_is_left(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given two consumers waiting on blocks long enough that only a wake-up ends them
+        monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
+        broker = self.broker(clock=SYSTEM_CLOCK)
+
+        async def scenario() -> None:
+            consumers = [await broker.open_consumer(["default"], f"w{n}") for n in range(2)]
+            waiting = [asyncio.create_task(c.receive(1, 20.0)) for c in consumers]
+            try:
+                # When a producer on another thread sends two messages in one call (one token)
+                producer = threading.Timer(0.1, broker.enqueue, ([out("m1"), out("m2")],))
+                started = SYSTEM_CLOCK.monotonic()
+                producer.start()
+                got = await asyncio.gather(*waiting)
+                producer.join()
+                # Then the first to wake passes the token on and each gets one, promptly
+                assert sorted(d.id for batch in got for d in batch) == ["m1", "m2"]
+                assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+            finally:
+                for c in consumers:
+                    await c.close()
+
+        run(scenario())
+
+    @async_test
+    async def test_a_cancelled_receive_loses_no_message(self) -> None:
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        broker.enqueue([out("m1")])
+        first = await broker.open_consumer(["default"], "w1")
+        second = await broker.open_consumer(["default"], "w2")
+        try:
+            # Given a receive cancelled while its claim may be on its way to the server
+            doomed = asyncio.create_task(first.receive(1, 5.0))
+            await asyncio.sleep(0)  # a yield, not a delay: lets the claim start
+            doomed.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            # Then the message is handed back uncounted, not left leased until expiry
+            (d,) = await second.receive(1, 2.0)
+            assert (d.id, d.deliveries) == ("m1", 1)
+        finally:
+            await first.close()
+            await second.close()
+
+    @async_test
+    async def test_a_closed_consumer_refuses_to_settle(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        consumer = await broker.open_consumer(["default"], "w1")
+        (d,) = await consumer.receive(1, 0)
+        await consumer.close()
+        assert await consumer.receive(1, 0) == []
+        with pytest.raises(BrokerError, match="closed"):
+            await consumer.settle([Settlement(delivery=d, action="ack")])
+
+
+# -- a consumer of several queues on a cluster ----------------------------------------------
+@pytest.mark.parametrize("target", ["a", "d"])
+def test_a_cluster_consumer_of_several_queues_wakes_for_any_of_them(
+    cluster: str, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given queues spread over the cluster's nodes and blocks only a wake-up ends
+    monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
+    queues = ["a", "b", "c", "d"]
+    broker = RedisBroker(cluster_url(cluster), BrokerConfig())
+
+    async def scenario() -> None:
+        consumer = await broker.open_consumer(queues, "w1")
+        try:
+            waiting = asyncio.create_task(consumer.receive(1, 20.0))
+            # When one of them gets a message from another thread
+            producer = threading.Timer(0.1, broker.enqueue, ([out("m1", target)],))
+            started = SYSTEM_CLOCK.monotonic()
+            producer.start()
+            got = await waiting
+            producer.join()
+            # Then the waiting receive has it promptly
+            assert [(d.id, d.queue) for d in got] == [("m1", target)]
+            assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+        finally:
+            await consumer.close()
+
+    try:
+        seed = cluster.split(",", 1)[0]
+        with contextlib.closing(redis.cluster.RedisCluster.from_url(f"redis://{seed}")) as probe:
+            assert len({probe.get_node_from_key(f"{{{q}}}").name for q in queues}) > 1
+        run(scenario())
+    finally:
+        broker.close()
+
+
+# -- faults: a private server, stopped and started by the test ------------------------------
+@pytest.fixture
+def private(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server with AOF and ``appendfsync always``."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_no_server_is_broker_unavailable_within_the_timeout() -> None:
+    # Given a URL to a port where nothing listens, with a 1 s timeout
+    broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0?timeout=1", BrokerConfig())
+
+    async def receive() -> None:
+        consumer = await broker.open_consumer(["default"], "w1")
+        try:
+            await consumer.receive(1, 0)
+        finally:
+            await consumer.close()
+
+    try:
+        started = SYSTEM_CLOCK.monotonic()
+        # Then every kind of call fails with BrokerUnavailable, within the timeout
+        with pytest.raises(BrokerUnavailable, match="did not answer while enqueueing"):
+            broker.enqueue([out("m1")])
+        with pytest.raises(BrokerUnavailable, match="claiming"):
+            run(receive())
+        with pytest.raises(BrokerUnavailable):
+            run(broker.stats())
+        assert SYSTEM_CLOCK.monotonic() - started < 3 * 1.0
+    finally:
+        broker.close()
+
+
+def test_a_server_that_never_answers_is_broker_unavailable_within_the_timeout() -> None:
+    # Given a socket that accepts connections and never says a word
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        broker = RedisBroker(f"redis://127.0.0.1:{port}/0?timeout=0.5", BrokerConfig())
+        try:
+            started = SYSTEM_CLOCK.monotonic()
+            # Then the call gives up after the URL's timeout, not redis-py's default retries
+            with pytest.raises(BrokerUnavailable, match=r"timeout 0\.5 s"):
+                broker.enqueue([out("m1")])
+            assert SYSTEM_CLOCK.monotonic() - started < 0.5 + PROMPT_S
+        finally:
+            broker.close()
+
+
+def test_a_restart_of_redis_with_aof_loses_nothing_and_calls_work_again(
+    private: RedisServer,
+) -> None:
+    broker = RedisBroker(private.url + "?timeout=2", BrokerConfig(clock=SYSTEM_CLOCK))
+
+    async def scenario() -> None:
+        consumer = await broker.open_consumer(["default"], "w1")
+        try:
+            # Given one message leased and one waiting, after a wait on the blocking connection
+            broker.enqueue([out("m1")])
+            (m1,) = await consumer.receive(1, 0)
+            assert await consumer.receive(1, 0.05) == []
+            broker.enqueue([out("m2")])
+            # When Redis crashes, Then each call is BrokerUnavailable, none hangs
+            private.kill()
+            with pytest.raises(BrokerUnavailable):
+                await consumer.receive(1, 0)
+            with pytest.raises(BrokerUnavailable):
+                await consumer.extend([m1], 30)
+            with pytest.raises(BrokerUnavailable):
+                await consumer.settle([Settlement(delivery=m1, action="ack")])
+            # And once it is back (AOF, fsync always), the same consumer goes on
+            private.start()
+            assert await consumer.extend([m1], 30) == set()
+            assert await consumer.settle([Settlement(delivery=m1, action="ack")]) == [True]
+            (m2,) = await consumer.receive(1, 1.0)
+            assert (m2.id, m2.deliveries) == ("m2", 1)
+            # And its waits, on a connection of their own, are woken again too
+            producer = threading.Timer(0.1, broker.enqueue, ([out("m3")],))
+            producer.start()
+            try:
+                (m3,) = await consumer.receive(1, 5.0)
+            finally:
+                producer.join()
+            assert m3.id == "m3"
+        finally:
+            await consumer.close()
+
+    try:
+        run(scenario())
+        assert broker.locate("m1") is None
+        assert broker.locate("m2") == "leased"
+    finally:
+        broker.close()

@@ -1,0 +1,482 @@
+"""The conformance suites against the Redis result store and coordination store, plus what
+only Redis promises: waits woken by the server, memory freed by Redis's own expiry, exact
+fences, sets of members, and typed errors from a server that does not answer (the suites on a
+Redis Cluster are in ``test_redis_stores_cluster.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from faena.backends.redis.coordination import RedisCoordinationStore
+from faena.backends.redis.results import RedisResultStore
+from faena.contracts.coordination import CoordinationStore
+from faena.contracts.results import ResultStore
+from faena.foundation.clock import Clock, FakeClock
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable
+from faena.model.outcome import FINAL_FENCE
+from faena.model.states import STARTED, SUCCESS
+from faena.testing.conformance import (
+    PROMPT_S,
+    CoordinationConformance,
+    ResultStoreConformance,
+    record,
+    run,
+)
+from tests.integration.redis_servers import RedisServer, free_port
+from tests.services import drop_prefix, redis_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class _OnRedis:
+    """A fresh key prefix on the shared Redis for each test, deleted afterwards."""
+
+    url: str
+
+    def setup_method(self) -> None:
+        self.url = redis_url()
+        super().setup_method()  # type: ignore[misc]
+
+    def teardown_method(self) -> None:
+        try:
+            super().teardown_method()  # type: ignore[misc]
+        finally:
+            drop_prefix(self.url)
+
+
+class TestRedisResultStore(_OnRedis, ResultStoreConformance):
+    def make_result_store(self, clock: Clock) -> ResultStore:
+        return RedisResultStore(self.url, clock)
+
+
+class TestRedisCoordinationStore(_OnRedis, CoordinationConformance):
+    def make_coordination_store(self, clock: Clock) -> CoordinationStore:
+        return RedisCoordinationStore(self.url, clock)
+
+
+# -- helpers --------------------------------------------------------------------------------
+def eventually(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server: its command counts and key counts are this module's alone."""
+    private = RedisServer(tmp_path_factory.mktemp("redis"), "--appendonly", "no")
+    private.start()
+    yield private
+    private.stop()
+
+
+@pytest.fixture
+def admin(server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis(port=server.port)
+    client.flushall()  # the private server only
+    client.config_resetstat()
+    yield client
+    client.close()
+
+
+def calls(admin: redis.Redis) -> dict[str, int]:
+    """Commands the server ran since the last ``CONFIG RESETSTAT``, by lower-case name."""
+    stats: dict[str, Any] = admin.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+
+
+def blocked(admin: redis.Redis) -> int:
+    return int(admin.info("clients")["blocked_clients"])
+
+
+class Waiting:
+    """``wait`` (or ``await_ready``) on a thread of its own, with its answer kept."""
+
+    def __init__(self, store: RedisResultStore, job_id: str, *, use_async: bool = False) -> None:
+        self.answer: Any = None
+        if use_async:
+            target = lambda: run(store.await_ready(job_id, 10.0))  # noqa: E731
+        else:
+            target = lambda: store.wait(job_id, 10.0)  # noqa: E731
+        self._thread = threading.Thread(target=lambda: setattr(self, "answer", target()))
+        self._thread.start()
+
+    def join(self) -> Any:
+        self._thread.join(10)
+        assert not self._thread.is_alive(), "the waiter did not return"
+        return self.answer
+
+
+# -- waiting without polling ----------------------------------------------------------------
+@pytest.mark.parametrize("use_async", [False, True], ids=["wait", "await_ready"])
+def test_a_waiter_blocks_on_the_server_and_is_woken_by_the_write(
+    server: RedisServer, admin: redis.Redis, use_async: bool
+) -> None:
+    url = server.url + "?prefix=w"
+    store, writer = RedisResultStore(url), RedisResultStore(url)
+    try:
+        store.store(record("j1", STARTED))
+        admin.config_resetstat()
+        # Given a caller waiting for a running job
+        waiting = Waiting(store, "j1", use_async=use_async)
+        # Then it waits inside the server (a blocking command), not by asking again and again
+        eventually(lambda: blocked(admin) == 1, "the waiter to block on the server")
+        # When another client stores the final record
+        writer.store(record("j1", SUCCESS, fence=2))
+        # Then the waiter returns it, having read the record once and blocked once (the wake
+        # element carries the record)
+        assert waiting.join() == record("j1", SUCCESS, fence=2)
+        counts = calls(admin)
+        assert (counts.get("get"), counts.get("blmove")) == (1, 1)
+    finally:
+        store.close()
+        writer.close()
+
+
+def test_a_write_from_another_process_wakes_every_waiter(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    url = server.url + "?prefix=w"
+    store = RedisResultStore(url)
+    try:
+        # Given three sync waiters and one async waiter on the same job
+        waiters = [Waiting(store, "j1") for _ in range(3)]
+        waiters.append(Waiting(store, "j1", use_async=True))
+        eventually(lambda: blocked(admin) == 4, "four waiters to block on the server")
+        # When a process of its own stores the job's result
+        code = (
+            "from faena.backends.redis.results import RedisResultStore\n"
+            "from faena.testing.conformance import record\n"
+            f"s = RedisResultStore({url!r})\n"
+            "s.store(record('j1', 'SUCCESS', value=b'42'))\n"
+            "s.close()\n"
+        )
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+        # Then every waiter wakes with it (the wake element rotates, it is not taken)
+        assert [w.join() for w in waiters] == [record("j1", SUCCESS, value=b"42")] * 4
+        assert store.wait("j1", 0) == record("j1", SUCCESS, value=b"42")
+    finally:
+        store.close()
+
+
+def test_a_record_that_is_no_longer_ready_does_not_wake_waiters(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    store = RedisResultStore(server.url + "?prefix=w")
+    try:
+        # Given a job that finished, then was delivered again and is running anew
+        store.store(record("j1", SUCCESS, fence=1))
+        store.store(record("j1", STARTED, fence=2))
+        admin.config_resetstat()
+        # When a caller waits for it a little while
+        got = store.wait("j1", 0.3)
+        # Then it blocked quietly until the timeout instead of being woken by the old result
+        assert got == record("j1", STARTED, fence=2)
+        assert calls(admin).get("blmove", 0) == 1
+    finally:
+        store.close()
+
+
+# -- expiry on the server ------------------------------------------------------------------
+def test_expired_keys_are_freed_by_the_server_itself_on_the_system_clock(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    url = server.url + "?prefix=x"
+    results, keys = RedisResultStore(url), RedisCoordinationStore(url)
+    try:
+        # Given a result, a text key, a counter and a set, each living 1 s, and a token
+        soon = time.time() + 1
+        assert results.store(record("j1", SUCCESS, expires_at=soon)) is True
+        assert keys.set_if_absent("lock", "me", 1) is True
+        assert keys.incr("hits", 1, 1) == 1
+        assert keys.add_member("members", "a", 1) == (True, 1)
+        assert keys.next_token("lock") == 1
+        # Then each Redis key carries a native expiry of at most that, the wake list included
+        names = admin.keys("*")
+        reading = admin.pipeline(transaction=True)  # all at one instant
+        for name in names:
+            reading.pttl(name)
+        ttls = {n.decode(): ttl for n, ttl in zip(names, reading.execute(), strict=True)}
+        assert ttls.pop("x:{lock}:c:token") == -1
+        assert len(ttls) == 6
+        assert all(0 < ttl <= 1000 for ttl in ttls.values()), ttls
+        assert ttls["x:{j1}:r:wake"] <= ttls["x:{j1}:r"]
+        # When the time has passed, the server has deleted them by itself (nothing read them)
+        eventually(lambda: admin.dbsize() == 1, "the server to free the expired keys")
+        assert run(results.cleanup()) == 0
+        assert run(keys.cleanup()) == 0
+        assert (results.fetch("j1"), keys.get("lock"), keys.next_token("lock")) == (None, None, 2)
+    finally:
+        results.close()
+        keys.close()
+
+
+@pytest.fixture
+def shared() -> Iterator[str]:
+    """A URL with a fresh key prefix on the shared Redis, deleted afterwards."""
+    url = redis_url()
+    yield url
+    drop_prefix(url)
+
+
+def pttl(url: str, name: str) -> int:
+    """The native expiry left on ``prefix:name`` in ms (-1: none, -2: no such key)."""
+    raw = redis.Redis.from_url(url.split("?", maxsplit=1)[0])
+    try:
+        return int(raw.pttl(f"{url.rsplit('prefix=', 1)[1]}:{name}"))
+    finally:
+        raw.close()
+
+
+def test_on_a_test_clock_native_expiry_is_generous_and_absent_without_a_ttl(
+    shared: str,
+) -> None:
+    clock = FakeClock()
+    results, keys = RedisResultStore(shared, clock), RedisCoordinationStore(shared, clock)
+    try:
+        # Given keys expiring in 10 s of fake time, and keys without a TTL
+        results.store(record("short", SUCCESS, expires_at=clock.time() + 10))
+        results.store(record("forever", SUCCESS))
+        keys.set_if_absent("lock", "me", 10)
+        keys.incr("total")
+        # Then Redis keeps the first kind about an hour (fake time is not the server's), the
+        # wake list 10 s at most, and the second kind for ever
+        hour_ms = 3_600_000
+        assert hour_ms - 60_000 < pttl(shared, "{short}:r") <= hour_ms
+        assert 0 < pttl(shared, "{short}:r:wake") <= 10_000
+        assert hour_ms - 60_000 < pttl(shared, "{lock}:c") <= hour_ms
+        assert (pttl(shared, "{forever}:r"), pttl(shared, "{total}:c")) == (-1, -1)
+        # And fake time alone expires them for every reader
+        clock.advance(10)
+        assert (results.fetch("short"), keys.get("lock")) == (None, None)
+    finally:
+        results.close()
+        keys.close()
+
+
+def test_fences_compare_exactly_up_to_the_final_fence(shared: str) -> None:
+    store = RedisResultStore(shared, FakeClock())
+    try:
+        # 2**62 - 1 and 2**62 are one number to Lua's doubles, two to the store
+        assert store.store(record("j1", SUCCESS, fence=FINAL_FENCE)) is True
+        assert store.store(record("j1", STARTED, fence=FINAL_FENCE - 1)) is False
+        assert store.store(record("j1", SUCCESS, fence=FINAL_FENCE, worker="w")) is True
+        assert store.fetch("j1") == record("j1", SUCCESS, fence=FINAL_FENCE, worker="w")
+    finally:
+        store.close()
+
+
+def test_a_foreign_value_under_the_prefix_is_a_clear_error(shared: str) -> None:
+    store = RedisResultStore(shared)
+    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
+    try:
+        # Given another program's value where faena keeps job j1's record
+        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{j1}}:r", b"not a record")
+        # Then reading or writing it fails with a BrokerError that says so, and nothing changes
+        with pytest.raises(BrokerError, match="not a faena job record"):
+            store.fetch("j1")
+        with pytest.raises(BrokerError, match="does not hold a job record"):
+            store.store(record("j1", SUCCESS))
+        assert raw.get(f"{shared.rsplit('prefix=', 1)[1]}:{{j1}}:r") == b"not a record"
+    finally:
+        store.close()
+        raw.close()
+
+
+# -- async clients and event loops ---------------------------------------------------------
+def test_each_event_loop_gets_its_own_connections_closed_with_it(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    store = RedisResultStore(server.url + "?prefix=l")
+    keys = RedisCoordinationStore(server.url + "?prefix=l")
+
+    def connected() -> int:
+        return int(admin.info("clients")["connected_clients"]) - 1  # less the admin itself
+
+    async def use() -> None:
+        await asyncio.gather(*(store.afetch(f"j{i}") for i in range(5)))
+        assert await keys.aincr("n") >= 1
+        assert connected() >= 2
+
+    async def use_then_close_inside() -> None:
+        await use()
+        keys.close()  # a sync close on the running loop closes its connections at once after
+
+    try:
+        # When two loops in a row use the stores, and the second closes one inside the loop
+        run(use())
+        eventually(lambda: connected() == 0, "the first loop's connections to close")
+        run(use_then_close_inside())
+        # Then each loop's connections are closed when it ends, with no unclosed warnings
+        eventually(lambda: connected() == 0, "the second loop's connections to close")
+        gc.collect()
+        assert run(store.afetch("j1")) is None
+    finally:
+        store.close()
+        keys.close()
+
+
+# -- a server that does not answer ----------------------------------------------------------
+def _every_operation(url: str) -> list[Callable[[], object]]:
+    results, keys = RedisResultStore(url), RedisCoordinationStore(url)
+    return [
+        lambda: results.store(record("j1")),
+        lambda: results.fetch("j1"),
+        lambda: results.wait("j1", 5.0),
+        lambda: run(results.store_many([record("j1")])),
+        lambda: run(results.await_ready("j1", 5.0)),
+        lambda: keys.set_if_absent("k", "v", 10),
+        lambda: keys.get("k"),
+        lambda: keys.next_token("t"),
+        lambda: run(keys.aincr("n")),
+        lambda: keys.add_member("s", "m", 10),
+        results.close,
+        keys.close,
+    ]
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_a_server_that_does_not_answer_is_broker_unavailable_within_the_timeout(
+    kind: str,
+) -> None:
+    # Given a port where nothing listens, or a socket that accepts and never answers
+    silent = socket.create_server(("127.0.0.1", 0)) if kind == "silent" else None
+    port = silent.getsockname()[1] if silent else free_port()
+    operations = _every_operation(f"redis://127.0.0.1:{port}/0?timeout=0.5")
+    try:
+        for operation in operations[:-2]:
+            started = time.monotonic()
+            # When an operation runs, Then it fails with BrokerUnavailable within the timeout
+            with pytest.raises(BrokerUnavailable, match=r"127\.0\.0\.1.*timeout 0\.5 s"):
+                operation()
+            assert time.monotonic() - started < 0.5 + PROMPT_S
+    finally:
+        for close in operations[-2:]:
+            close()
+        if silent is not None:
+            silent.close()
+
+
+# -- sets of members (add_member) -------------------------------------------------------------
+class TestMembers:
+    @pytest.fixture(autouse=True)
+    def _store(self, shared: str) -> Iterator[None]:
+        self.url = shared
+        self.clock = FakeClock()
+        self.store = RedisCoordinationStore(shared, self.clock)
+        yield
+        self.store.close()
+
+    def test_add_member_creates_the_set_and_answers_added_and_size(self) -> None:
+        store = self.store
+        assert store.add_member("done", "a", 10) == (True, 1)
+        assert store.add_member("done", "b", 10) == (True, 2)
+        # Adding a member again changes nothing and says so
+        assert store.add_member("done", "a", 10) == (False, 2)
+        assert store.set_if_absent("done", "text", 10) is False
+        assert store.compare_and_delete("done", "a") is False
+
+    def test_an_existing_set_keeps_its_expiry(self) -> None:
+        store = self.store
+        store.add_member("done", "a", 10)
+        self.clock.advance(6)
+        # When later members pass a longer TTL, the set still expires at its first deadline
+        assert store.add_member("done", "b", 100) == (True, 2)
+        self.clock.advance(4)
+        # Then it is gone, members and all, and starts afresh
+        assert store.add_member("done", "b", 10) == (True, 1)
+
+    def test_text_counters_and_sets_do_not_mix(self) -> None:
+        store = self.store
+        store.set_if_absent("text", "v", 10)
+        store.incr("count", 3)
+        store.add_member("set", "a", 10)
+        # A set operation on text or a counter, or a text or counter read of a set, is refused
+        with pytest.raises(ValueError, match=r"holds a text value .* not a set"):
+            store.add_member("text", "a", 10)
+        with pytest.raises(ValueError, match="holds a counter, not a set"):
+            store.add_member("count", "a", 10)
+        with pytest.raises(ValueError, match="holds a set, not a text value"):
+            store.get("set")
+        with pytest.raises(ValueError, match="holds a set, not a counter"):
+            store.incr("set")
+        with pytest.raises(ValueError, match="TTL"):
+            store.add_member("other", "a", 0)
+        # And nothing changed
+        assert (store.get("text"), store.get("count"), store.get("other")) == ("v", "3", None)
+        assert store.add_member("set", "a", 10) == (False, 1)
+
+    @pytest.mark.timeout(60)
+    def test_delete_expire_and_cleanup_treat_sets_like_any_key(self) -> None:
+        store = self.store
+        store.add_member("a", "x", 10)
+        store.add_member("b", "x", 10)
+        store.add_member("c", "x", 10)
+        assert store.delete("a") is True
+        assert store.delete("a") is False
+        assert store.expire("b", 100) is True
+        self.clock.advance(10)
+        # Then the deleted set starts afresh, the extended one lives on, the third is cleaned up
+        assert run(store.cleanup()) == 1
+        assert store.add_member("a", "y", 10) == (True, 1)
+        assert store.add_member("b", "y", 10) == (True, 2)
+        left = sorted(k.decode() for k in self.raw_keys())
+        assert left == [f"{self.prefix}:{{{k}}}:{s}" for k in "ab" for s in ("c", "c:set")]
+
+    def test_aadd_member_does_what_add_member_does(self) -> None:
+        async def body() -> None:
+            assert await self.store.aadd_member("s", "a", 10) == (True, 1)
+            assert await self.store.aadd_member("s", "a", 10) == (False, 1)
+            self.store.incr("n")
+            with pytest.raises(ValueError, match="not a set"):
+                await self.store.aadd_member("n", "a", 10)
+
+        run(body())
+
+    def test_racing_add_member_counts_every_member_once(self) -> None:
+        stores = [RedisCoordinationStore(self.url, self.clock) for _ in range(4)]
+        barrier = threading.Barrier(len(stores))
+
+        def add(n: int) -> list[tuple[bool, int]]:
+            barrier.wait(10)
+            # every racer adds the shared member, and 50 of its own
+            answers = [stores[n].add_member("group", "shared", 60)]
+            answers += [stores[n].add_member("group", f"{n}-{i}", 60) for i in range(50)]
+            return answers
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
+                answers = [a for f in [pool.submit(add, n) for n in range(4)] for a in f.result()]
+        finally:
+            for s in stores:
+                s.close()
+        # Then the shared member was added once, and every size from 1 to 201 was seen once
+        assert sum(added for added, _ in answers) == 201
+        assert sorted(size for added, size in answers if added) == list(range(1, 202))
+
+    @property
+    def prefix(self) -> str:
+        return self.url.rsplit("prefix=", 1)[1]
+
+    def raw_keys(self) -> list[bytes]:
+        raw = redis.Redis.from_url(self.url.split("?", maxsplit=1)[0])
+        try:
+            return list(raw.scan_iter(match=f"{self.prefix}:*"))
+        finally:
+            raw.close()

@@ -70,3 +70,17 @@ def rendezvous(name: str, directory: str, expected: int) -> int:
             raise TimeoutError("the other jobs never arrived")
         time.sleep(0.01)
     return os.getpid()
+
+
+@app.task
+def whose(i: int) -> int:
+    """Returns the pid of the process that ran it, after ``FAULT_SLEEP_S``."""
+    ledger(f"start {i} {os.getpid()}")
+    time.sleep(float(os.environ.get("FAULT_SLEEP_S", "0")))
+    ledger(f"done {i} {os.getpid()}")
+    return os.getpid()
+
+
+@app.task(ignore_result=True)
+def mark(i: int) -> None:
+    ledger(f"mark {i} {os.getpid()}")

@@ -1,0 +1,53 @@
+"""faena on a real three-node Redis Cluster, started by the test on private ports."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis.cluster
+
+from faena import Faena
+from faena.testing import drain
+from tests.integration.redis_servers import redis_cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+QUEUES = ("default", "emails", "reports", "billing.high", "images")
+
+
+def test_several_queues_enqueue_and_drain_on_a_three_node_cluster(tmp_path: Path) -> None:
+    with redis_cluster(tmp_path) as nodes:
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+        app = Faena("cluster", broker=url)
+        try:
+
+            @app.task
+            def double(x: int) -> int:
+                return 2 * x
+
+            # Given messages in five queues, spread over the cluster's slots (one bulk call,
+            # then single ones)
+            bulk = app.enqueue_many(double.name, [(i,) for i in range(100)])
+            single = [
+                double.apply_async((i,), queue=QUEUES[i % len(QUEUES)]) for i in range(100, 200)
+            ]
+            # Then the queues live on more than one node (each queue's keys share its hash tag)
+            probe = redis.cluster.RedisCluster(host="127.0.0.1", port=nodes[0].port)
+            try:
+                owners = {probe.get_node_from_key(f"{{{q}}}").name for q in QUEUES}
+            finally:
+                probe.close()
+            assert len(owners) > 1
+
+            # When a worker drains every queue
+            ran = drain(app, queues=QUEUES)
+
+            # Then every message ran once and every result is readable from the cluster
+            assert ran == 200
+            assert [r.get(timeout=5) for r in bulk + single] == [2 * i for i in range(200)]
+            stats = asyncio.run(app.broker.stats())
+            assert all(s.ready == s.scheduled == s.leased == s.dead == 0 for s in stats)
+        finally:
+            app.close()

@@ -1,0 +1,160 @@
+"""Real worker processes on a private Redis server, under the faults the guarantees speak of:
+a worker killed or paused while holding leases, and Redis itself crashing mid-run."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faena import BrokerUnavailable, Faena
+from tests.integration.conftest import WorkerProcess, ledger_lines, wait_until
+from tests.integration.redis_servers import RedisServer, private_redis
+
+TASKS = "tests.integration.fault_tasks"
+pytestmark = pytest.mark.timeout(120)
+__all__ = ["private_redis"]
+
+
+@pytest.fixture
+def env(env: dict[str, str], private_redis: RedisServer) -> dict[str, str]:
+    return {**env, "FAENA_BROKER_URL": private_redis.url + "?timeout=2"}
+
+
+@pytest.fixture
+def client(env: dict[str, str]) -> Iterator[Faena]:
+    app = Faena("faults-client", broker=env["FAENA_BROKER_URL"])
+    yield app
+    app.close()
+
+
+def lines(env: dict[str, str], kind: str) -> list[list[str]]:
+    return [line for line in ledger_lines(env) if line[0] == kind]
+
+
+def test_sigkill_of_a_worker_holding_leases_loses_nothing(client, env, start_worker):
+    # Given a worker holding 50 leased messages, all running long jobs
+    results = [client.enqueue(f"{TASKS}.work", i) for i in range(50)]
+    first = start_worker(
+        "--pool", "threads", "-c", "50", "--prefetch", "0", FAULT_SLEEP_S="600", FAULT_LEASE_S="2"
+    )
+    wait_until(lambda: len(lines(env, "start")) == 50, 30, "50 jobs running on the first worker")
+
+    # When it is killed outright
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+
+    # Then a second worker completes all 50 once the leases expire, each exactly once
+    start_worker("-c", "10", FAULT_SLEEP_S="0", FAULT_LEASE_S="2")
+    assert [r.get(timeout=60) for r in results] == list(range(50))
+    assert Counter(int(line[1]) for line in lines(env, "done")) == Counter(range(50))
+    # and the duplicate delivery of each is counted on its job
+    assert {r.record.deliveries for r in results} == {2}
+
+
+def test_a_worker_paused_past_its_lease_cannot_ack_or_overwrite_the_result(
+    client, env, start_worker
+):
+    # Given a worker running a job with a 1-second lease
+    result = client.enqueue(f"{TASKS}.whose", 7)
+    paused = start_worker("-c", "1", "--prefetch", "0", FAULT_SLEEP_S="2", FAULT_LEASE_S="1")
+    wait_until(lambda: len(lines(env, "start")) == 1, 30, "the job running")
+
+    # When it is paused (SIGSTOP) past its lease, and another worker takes the job over
+    paused.signal(signal.SIGSTOP)
+    try:
+        start_worker("-c", "1", FAULT_SLEEP_S="0", FAULT_LEASE_S="1")
+        winner = result.get(timeout=30)
+        assert winner != paused.pid
+    finally:
+        # And the paused worker wakes up and finishes its own run
+        paused.signal(signal.SIGCONT)
+    wait_until(
+        lambda: [int(line[2]) for line in lines(env, "done")].count(paused.pid) == 1,
+        30,
+        "the paused worker finishing its run",
+    )
+    wait_until(
+        lambda: "not written: a newer delivery" in paused.output(),
+        30,
+        "the paused worker's result being refused",
+    )
+
+    # Then its result was refused: the stored one is the winner's, from the second delivery
+    record = client.results.fetch(result.id)
+    assert record is not None
+    assert result.get(timeout=1) == winner
+    assert record.deliveries == 2
+    # and its ack too: the message is gone and was not run a third time
+    assert client.broker.locate(result.id) is None
+    assert len(lines(env, "start")) == 2
+
+
+def test_redis_crash_with_aof_always_loses_no_acknowledged_enqueue(
+    client, env, start_worker, private_redis: RedisServer
+):
+    # Given a worker consuming while a producer enqueues one message at a time
+    worker = start_worker("-c", "4", FAULT_LEASE_S="3")
+    acknowledged: list[int] = []
+    refused: list[int] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                client.enqueue(f"{TASKS}.mark", i)
+            except BrokerUnavailable:
+                refused.append(i)
+                stop.wait(0.05)  # pacing while Redis is down, not synchronisation
+            else:
+                acknowledged.append(i)
+            i += 1
+
+    producer = threading.Thread(target=produce, name="producer")
+    producer.start()
+    try:
+        wait_until(lambda: len(lines(env, "mark")) >= 200, 30, "the worker running jobs")
+
+        # When Redis crashes (SIGKILL) mid-run and comes back on the same files
+        private_redis.kill()
+        wait_until(lambda: len(refused) >= 1, 30, "the producer noticing")
+        enqueued_before = len(acknowledged)
+        private_redis.start()
+        wait_until(lambda: len(acknowledged) > enqueued_before + 200, 30, "enqueues resuming")
+    finally:
+        stop.set()
+        producer.join(30)
+
+    def ran() -> set[int]:
+        return {int(line[1]) for line in lines(env, "mark")}
+
+    # Then the same worker process resumes within 30 s, with no restart
+    first_after = acknowledged[enqueued_before]
+    wait_until(lambda: first_after in ran(), 30, "the worker resuming after the restart")
+    assert worker.proc.poll() is None
+    assert "works again" in worker.output()
+    # and every enqueue the producer saw acknowledged runs (refused ones may or may not)
+    wait_until(lambda: set(acknowledged) <= ran(), 60, "every acknowledged enqueue to run")
+
+
+def test_the_worker_warns_about_a_server_that_keeps_nothing_on_disk(
+    tmp_path: Path, env: dict[str, str], start_worker
+):
+    # Given a Redis server with no persistence and an evicting memory policy
+    bare = RedisServer(tmp_path / "bare", "--appendonly", "no", "--maxmemory-policy", "allkeys-lru")
+    bare.start()
+    try:
+        # When a worker starts on it
+        worker: WorkerProcess = start_worker(FAENA_BROKER_URL=bare.url)
+        wait_until(lambda: "ready" in worker.output(), 30, "the worker to start")
+        # Then it says, in plain words, what can be lost
+        output = worker.output()
+        assert "keeps nothing on disk" in output
+        assert "maxmemory-policy allkeys-lru" in output
+    finally:
+        bare.stop()

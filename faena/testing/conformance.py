@@ -264,6 +264,27 @@ class BrokerConformance(_Suite):
             self.clock.advance(0.5)
             assert ids(await consumer.receive(10, 0)) == ["later"]
 
+    @async_test
+    async def test_a_message_due_in_two_hours_is_delivered_once(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("report", due=self.clock.time() + 2 * 3600)])
+        async with self.consumer(broker, worker="w1") as a, self.consumer(broker, worker="w2") as b:
+            # While it waits, many lease lengths pass and nobody is handed it
+            for _ in range(20):
+                self.clock.advance(359)
+                assert await a.receive(10, 0) == []
+                assert await b.receive(10, 0) == []
+            # When it falls due, exactly one consumer gets it, and its ack is final
+            self.clock.advance(21)
+            first, second = await a.receive(10, 0), await b.receive(10, 0)
+            assert ids(first) == ["report"]
+            assert second == []
+            assert await a.settle([settle(first[0], "ack")]) == [True]
+            # Then hours later it is not handed out again
+            self.clock.advance(6 * 3600)
+            assert await a.receive(10, 0) + await b.receive(10, 0) == []
+        assert broker.locate("report") is None
+
     # -- leases -----------------------------------------------------------------------------
     @async_test
     async def test_an_expired_lease_is_redelivered_with_a_new_fence(self) -> None:

@@ -27,11 +27,11 @@ The rules every backend keeps:
 Async twins exist only for what the worker's event loop will call while it runs jobs —
 acquiring and renewing a lock or leadership, counting toward a rate or concurrency limit, and
 releasing (``aset_if_absent``, ``acompare_and_expire``, ``aincr``, ``acompare_and_delete``,
-``aexpire``, ``atake_in_window``) — plus :meth:`~CoordinationStore.cleanup`, which is async only, like the result
-store's, because only the worker's housekeeping calls it. ``get``, ``delete`` and
-``next_token`` serve producers, administration and task code, which are sync. An async twin
-must never block the loop: a backend with blocking I/O runs the operation on its own I/O thread
-(SQLite's executor), one in memory just calls the sync operation.
+``aexpire``, ``atake_in_window``) — plus :meth:`~CoordinationStore.cleanup`, which is async
+only, like the result store's, because only the worker's housekeeping calls it. ``get``,
+``delete`` and ``next_token`` serve producers, administration and task code, which are sync.
+An async twin must never block the loop: a backend with blocking I/O runs the operation on its
+own I/O thread (SQLite's executor), one in memory just calls the sync operation.
 
 Example (a lock, as the lock feature will build it):
     >>> from faena.backends.memory import MemoryCoordinationStore

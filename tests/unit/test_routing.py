@@ -13,7 +13,6 @@ from faena.model.routing import Route, Routes
 
 from .support import AppFactory
 
-
 _QUEUES = ("billing", "refunds", "default", "declared", "routed", "call", "region-eu", "fallback")
 
 

@@ -26,6 +26,7 @@ from faena.contracts.broker import Broker, BrokerConfig
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
 from faena.contracts.results import ResultStore
+from faena.features.lock import Lock
 from faena.foundation.exceptions import ConfigurationError
 from faena.model.message import Message
 from faena.model.options import TaskOptions, build_options, validate_queue
@@ -126,6 +127,30 @@ class Faena:
         if self._coordination is None:
             self._coordination = make_coordination_store(self.broker_url, self.settings.clock)
         return self._coordination
+
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl: float = 30.0,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+        auto_renew: bool = False,
+    ) -> Lock:
+        """A distributed lock on the coordination store; see :class:`faena.features.lock.Lock`.
+
+        Example:
+            >>> with app.lock("reports:daily", ttl=30, blocking_timeout=5) as lock:
+            ...     write_report(fencing_token=lock.token)
+        """
+        return Lock(
+            self.coordination,
+            name,
+            ttl=ttl,
+            blocking=blocking,
+            blocking_timeout=blocking_timeout,
+            auto_renew=auto_renew,
+        )
 
     def close(self) -> None:
         """Close the backends' connections. The app can be used again afterwards.

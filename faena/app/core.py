@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from faena.contracts.broker import Broker, BrokerConfig
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
 from faena.contracts.results import ResultStore
+from faena.features import unique
 from faena.features.lock import Lock
 from faena.foundation.exceptions import ConfigurationError
 from faena.model.message import Message
@@ -223,8 +225,25 @@ class Faena:
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
         if self.settings.eager:
             return run_eagerly(self, task, message)
+        existing = self._unique_holder(task.defaults, message, args, kwargs)
+        if existing is not None:
+            return AsyncResult(existing, self)
         self.broker.enqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
+
+    def _unique_holder(
+        self,
+        options: TaskOptions,
+        message: Message,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> str | None:
+        """For a unique task: the id of the unfinished job with the same key, if any (else
+        the key is now claimed for ``message``)."""
+        if not unique.is_unique(options):
+            return None
+        key = unique.unique_key(options, message, args, kwargs)
+        return unique.claim(self.coordination, self.results, key, message.id, options.unique_for)
 
     async def asend(
         self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions
@@ -234,6 +253,12 @@ class Faena:
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
         if self.settings.eager:
             return await run_eagerly_async(self, task, message)
+        if unique.is_unique(task.defaults):
+            existing = await asyncio.to_thread(
+                self._unique_holder, task.defaults, message, args, kwargs
+            )
+            if existing is not None:
+                return AsyncResult(existing, self)
         await self.broker.aenqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
 

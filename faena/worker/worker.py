@@ -25,6 +25,7 @@ import msgspec
 from faena.app.core import Faena
 from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
 from faena.contracts.pool import Job, Pool
+from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import (
     base_record,
@@ -99,6 +100,9 @@ class Worker:
         self._pool: Pool | None = None
         self._started_at = app.settings.clock.time()
         self._function_modules = app.function_modules
+        self._flow = FlowGate(
+            lambda: app.coordination, app.settings.lease_s, app.settings.concurrency_retry_s
+        )
 
     # -- control ------------------------------------------------------------------------------
     def stopping(self) -> bool:
@@ -299,7 +303,28 @@ class Worker:
                 delivery, expired(message, self._ends.run_info(delivery, None, message)), admitted
             )
             return
-        await self._execute(delivery, admitted)
+        if not await self._admitted_by_limits(delivery, admitted):
+            return
+        try:
+            await self._execute(delivery, admitted)
+        finally:
+            await self._flow.leave(message.id)
+
+    async def _admitted_by_limits(self, delivery: Delivery, job: Admitted) -> bool:
+        """Whether the task's rate and concurrency limits let the job start now; if not, its
+        message goes back to the broker, due when a place should free up (not an attempt)."""
+        options = job.task.defaults
+        if options.rate_limit is None and options.concurrency_limit is None:
+            return True
+        wait = await self._flow.enter(job.message.id, job.task.name, options, job.args, job.kwargs)
+        if wait <= 0:
+            return True
+        log.debug("job %s (%s) is over its limits: back in %.3fs", delivery.id, job.task.name, wait)
+        due = self.app.settings.clock.time() + wait
+        self._ends.settle(
+            Settlement(delivery=delivery, action="retry", body=delivery.body, due=due)
+        )
+        return False
 
     async def _execute(self, delivery: Delivery, job: Admitted) -> None:
         assert self._pool
@@ -443,6 +468,7 @@ class Worker:
                     for mid in lost:
                         log.warning("lease on %s was lost; its outcome will not be recorded", mid)
                         self._ends.held.pop(mid, None)
+                await self._flow.renew()
                 await self.app.broker.register_worker(self._info())
                 await self._terminate_revoked()
             except asyncio.CancelledError:

@@ -179,7 +179,12 @@ class Worker:
             self._begin_stop(False)
         background = [
             asyncio.create_task(c)
-            for c in (self._outbox.run(), self._heartbeat(), self._maintenance())
+            for c in (
+                self._outbox.run(),
+                self._heartbeat(),
+                self._maintenance(),
+                self._watch_revokes(),
+            )
         ]
         # One long-lived runner per slot: a job costs a queue hand-off, not a new task.
         self._runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
@@ -470,11 +475,24 @@ class Worker:
                         self._ends.held.pop(mid, None)
                 await self._flow.renew()
                 await self.app.broker.register_worker(self._info())
-                await self._terminate_revoked()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 outage.failed(exc)  # the next beat is the retry
+            else:
+                outage.recovered()
+
+    async def _watch_revokes(self) -> None:
+        """Every ``revoke_check_s``, stop running jobs revoked with ``terminate``."""
+        outage = Outage("checking for revokes")
+        while True:
+            await asyncio.sleep(self.app.settings.revoke_check_s)  # a period
+            try:
+                await self._terminate_revoked()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                outage.failed(exc)
             else:
                 outage.recovered()
 

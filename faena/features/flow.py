@@ -8,8 +8,9 @@ Before a job starts, :meth:`FlowGate.enter` asks the store whether it may:
   heartbeat (:meth:`FlowGate.renew`) and deletes them when the job ends. A worker that dies stops
   renewing, so its slots expire with its leases and others may take them.
 - **Rate** (``rate_limit="N/s"``): a sliding window of ``N`` uses per window
-  (``take_in_window``), with a second window of about ``N/10`` uses per tenth of it, so a burst
-  of queued jobs is spread over the window instead of all starting in its first instant. Checked
+  (``take_in_window``), with a second window of about ``N/20`` uses per twentieth of it, so a
+  backlog of queued jobs is spread over the window instead of all starting in its first
+  instant. Checked
   after the slot, which is given back when the rate refuses.
 
 A job that may not start yet is not failed: the worker hands its message back to the broker,
@@ -43,6 +44,8 @@ class FlowGate:
     concurrency_retry_s: float
     slots: dict[str, str] = field(default_factory=dict)
     """Slot key held by each running job id."""
+    used: bool = False
+    """Whether any job went through the gate (so the store has limit data to clean up)."""
 
     @property
     def store(self) -> CoordinationStore:
@@ -58,6 +61,7 @@ class FlowGate:
     ) -> float:
         """``0.0`` if the job may start now (its slot, if any, is held); else the seconds
         to wait before trying again."""
+        self.used = True
         if options.concurrency_limit is not None:
             base = limit_key(options.concurrency_key, task, args, kwargs)
             slot = await self._take_slot(base, options.concurrency_limit, job_id)
@@ -86,10 +90,10 @@ class FlowGate:
         rate = parse_rate_limit(options.rate_limit)
         key = "faena:rate:" + limit_key(options.rate_limit_key, task, args, kwargs)
         if rate.step < rate.limit:
-            wait = await self.store.atake_in_window(key + "|step", rate.step, rate.window_s / 10)
+            wait = await self.store.atake_in_window(key + "|step", rate.step, rate.step_s)
             if wait > 0:
                 return wait
-        return await self.store.atake_in_window(key, rate.limit, rate.window_s)
+        return await self.store.atake_in_window(key, rate.limit, rate.enforced_window_s)
 
     async def leave(self, job_id: str) -> None:
         """Give back the job's slot, if it holds one."""
@@ -99,6 +103,10 @@ class FlowGate:
                 await self.store.acompare_and_delete(slot, job_id)
             except Exception:  # it expires with the lease anyway
                 log.exception("could not free the concurrency slot of job %s", job_id)
+
+    async def cleanup(self) -> int:
+        """Drop expired slots and window uses from the store, once the gate has been used."""
+        return await self.store.cleanup() if self.used else 0
 
     async def renew(self) -> None:
         """Keep the slots of running jobs alive for another lease (with the heartbeat)."""

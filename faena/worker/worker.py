@@ -521,6 +521,7 @@ class Worker:
                 removed = await self.app.results.cleanup()
                 if removed:
                     log.info("removed %d expired results", removed)
+                await self._flow.cleanup()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -70,9 +70,10 @@ def test_four_workers_keep_a_global_rate_and_unrelated_jobs_keep_flowing(
     # Given 200 jobs of a task limited to 20/s and 200 unlimited jobs on the same queue
     client.enqueue_many(f"{TASKS}.limited", [(i,) for i in range(200)])
     client.enqueue_many(f"{TASKS}.free", [(i,) for i in range(200)])
-    # When four workers run them (about 10 s at the limit)
+    # When four workers run them (about 10 s at the limit); one job at a time each, so a
+    # loaded machine delays a job's first line after its use was taken as little as it can
     for _ in range(4):
-        start("-c", "4")
+        start("-c", "1")
     wait_until(lambda: len(ledger(flow_env, "free")) == 200, 60, "the unlimited jobs")
     # Then the unlimited jobs were not held up behind the limited ones: all 200 ran while
     # fewer than half of the limited ones had (those need 5 s at least)

@@ -49,5 +49,13 @@ def test_several_queues_enqueue_and_drain_on_a_three_node_cluster(tmp_path: Path
             assert [r.get(timeout=5) for r in bulk + single] == [2 * i for i in range(200)]
             stats = asyncio.run(app.broker.stats())
             assert all(s.ready == s.scheduled == s.leased == s.dead == 0 for s in stats)
+
+            # And a worker starting on this cluster (no AOF, no snapshots on any node) is told,
+            # node by node
+            warnings = asyncio.run(app.broker.warnings())
+            assert sorted(w.split(" of ")[0] for w in warnings) == sorted(
+                f"Redis node 127.0.0.1:{n.port}" for n in nodes
+            )
+            assert all("keeps nothing on disk" in w for w in warnings)
         finally:
             app.close()

@@ -6,6 +6,7 @@ before the reply comes back, as a network failure at the worst moment would.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -113,3 +114,40 @@ def test_coordination_calls_whose_reply_is_lost_fail_and_apply_once(urls) -> Non
     finally:
         store.close()
         direct.close()
+
+
+def test_a_fetch_cancelled_while_its_reply_is_slow_gives_its_messages_back(urls) -> None:
+    direct_url, cut_url, proxy = urls
+    direct = RedisBroker(direct_url, BrokerConfig(lease_s=60))
+    broker = RedisBroker(cut_url, BrokerConfig(lease_s=60))
+    direct.enqueue([out(f"m{i}", "q") for i in range(3)])
+
+    async def cancel_then_close() -> None:
+        consumer = await broker.open_consumer(["q"], "w1")
+        # Given a fetch whose reply is slow
+        proxy.arm(_keys.CLAIM.sha.encode(), late_s=0.5)
+        fetch = asyncio.ensure_future(consumer.receive(3, 1))
+        await asyncio.to_thread(proxy.cut.wait, 10)  # the claim ran on the server
+        # When the caller cancels it and closes the consumer
+        fetch.cancel()
+        await asyncio.gather(fetch, return_exceptions=True)
+        await consumer.close()
+
+    try:
+        run(cancel_then_close())
+        # Then the three messages are back in line, not leased to nobody, and uncounted
+        (stats,) = run(direct.stats())
+        assert (stats.ready, stats.leased) == (3, 0)
+        consumer_deliveries = run(_first_deliveries(direct))
+        assert consumer_deliveries == [1, 1, 1]
+    finally:
+        broker.close()
+        direct.close()
+
+
+async def _first_deliveries(broker: RedisBroker) -> list[int]:
+    consumer = await broker.open_consumer(["q"], "w2")
+    try:
+        return [d.deliveries for d in await consumer.receive(3, 0)]
+    finally:
+        await consumer.close()

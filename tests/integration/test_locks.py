@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from faena import Faena, FakeClock, Lock, LockError, LockLost, LockNotAcquired
+from faena import (
+    ConfigurationError,
+    Faena,
+    FakeClock,
+    Lock,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+)
 from faena.app.lookup import make_coordination_store
 from faena.contracts.coordination import CoordinationStore
 from faena.foundation.clock import SYSTEM_CLOCK
@@ -154,7 +162,7 @@ def test_async_with_and_decorators(store: CoordinationStore) -> None:
     [({"ttl": 0}, "ttl"), ({"ttl": -1}, "ttl"), ({"blocking_timeout": -1}, "blocking_timeout")],
 )
 def test_bad_lock_settings_are_clear_errors(kwargs: dict[str, float], match: str) -> None:
-    with Faena("x", broker="memory://") as app, pytest.raises(Exception, match=match):
+    with Faena("x", broker="memory://") as app, pytest.raises(ConfigurationError, match=match):
         app.lock("n", **kwargs)  # type: ignore[arg-type]
 
 

@@ -126,6 +126,13 @@ class Routes:
                 )
         return cls(rules)
 
+    def queues(self) -> tuple[str, ...]:
+        """The queues named in the mapping routes, in order (a router's answers cannot be
+        known ahead: a worker must name those with ``-Q``)."""
+        named = [r.queue for r in self._exact.values()]
+        named += [r.route.queue for r in self._rules if isinstance(r, _Pattern)]
+        return tuple(dict.fromkeys(q for q in named if q is not None))
+
     def __bool__(self) -> bool:
         return bool(self._exact or self._rules)
 

@@ -137,3 +137,14 @@ def test_routes_object_answers_no_route_when_nothing_matches() -> None:
     routes = Routes.build({"a.*": "q"})
     assert routes.route("b", (), {}) == Route()
     assert routes.route("a.x", (), {}) == Route("q", None)
+
+
+def test_a_worker_without_queues_consumes_the_routed_ones(make_app: AppFactory) -> None:
+    from faena.worker.options import default_queues
+
+    app = make_app(routes=[{"billing.*": "billing", "x": {"priority": 3}}, lambda n, a, k: None])
+
+    @app.task(queue="emails")
+    def send() -> None: ...
+
+    assert default_queues(app) == ("default", "billing", "emails")

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faena.contracts.coordination import CoordinationStore
+from faena.features import unique
 from faena.model.limits import limit_key, parse_rate_limit
+from faena.model.message import Message
 from faena.model.options import TaskOptions
 
 log = logging.getLogger("faena.worker")
@@ -103,6 +105,23 @@ class FlowGate:
                 await self.store.acompare_and_delete(slot, job_id)
             except Exception:  # it expires with the lease anyway
                 log.exception("could not free the concurrency slot of job %s", job_id)
+
+    async def finished(
+        self,
+        message: Message,
+        options: TaskOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        """A job ended for good (no retry follows): free its unique key, if it holds it, so
+        the next send makes a new job even when no outcome is recorded (``ignore_result``)."""
+        if not unique.is_unique(options):
+            return
+        key = unique.unique_key(options, message, args, kwargs)
+        try:
+            await self.store.acompare_and_delete(key, message.id)
+        except Exception:  # the sender also frees a key whose job has finished
+            log.exception("could not free the unique key of job %s", message.id)
 
     async def cleanup(self) -> int:
         """Drop expired slots and window uses from the store, once the gate has been used."""

@@ -3,10 +3,10 @@
 Sending a task declared ``unique=True`` (or with ``unique_key=fn``) first claims the key
 ``faena:unique:<task>|<key>`` with ``set_if_absent``, holding the new job's id for
 ``unique_for`` seconds. If the key is taken by a job that has not finished, the send returns
-that job's id instead of sending a duplicate. A key whose job has finished (its result says
-SUCCESS, FAILURE or REVOKED) is replaced by the new job. ``unique_for`` bounds the claim: a job
-whose outcome is not recorded (``ignore_result``) or whose result has expired keeps the key
-until then.
+that job's id instead of sending a duplicate. The worker frees the key when the job ends for
+good (success, or a failure with no retry left); a key whose job has finished anyway (its
+result says SUCCESS, FAILURE or REVOKED: a revoke, or a worker that could not free it) is
+replaced by the new job. ``unique_for`` bounds the claim in every other case.
 
 The default key is a hash of the call's encoded arguments: the same arguments, the same job.
 """

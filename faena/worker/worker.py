@@ -405,6 +405,8 @@ class Worker:
                 decision.detail,
             )
         self._ends.apply(delivery, decision, job)
+        if decision.action in ("ack", "dead"):
+            await self._flow.finished(message, task.defaults, job.args, job.kwargs)
 
     def _progress_sink(self, job_id: Key) -> Any:
         loop = self._loop

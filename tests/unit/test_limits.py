@@ -163,3 +163,16 @@ def test_a_unique_key_function_and_many_concurrent_senders(make_app: AppFactory)
     # Then there is one job and 100 handles to it
     assert len({h.id for h in handles}) == 1
     assert sum(s.ready for s in queue_stats(app)) == 1
+
+
+def test_the_worker_frees_a_unique_key_when_the_job_ends(app: Faena) -> None:
+    # Given a unique task whose outcome is not recorded
+    @app.task(unique=True, ignore_result=True)
+    def ping(host: str) -> None: ...
+
+    first = ping.delay("a")
+    assert ping.delay("a").id == first.id
+    # When a worker has run it
+    drain(app)
+    # Then the same call makes a new job (the key was freed, not left to unique_for)
+    assert ping.delay("a").id != first.id

@@ -71,7 +71,11 @@ class FlowGate:
                 return self.concurrency_retry_s
             self.slots[job_id] = slot
         if options.rate_limit is not None:
-            wait = await self._take_rate(options, task, args, kwargs)
+            try:
+                wait = await self._take_rate(options, task, args, kwargs)
+            except BaseException:  # the job will not start: its slot must not stay renewed
+                await self.leave(job_id)
+                raise
             if wait > 0:
                 await self.leave(job_id)
                 return wait

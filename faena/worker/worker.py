@@ -2,8 +2,11 @@
 
 One asyncio loop does all the I/O: a fetcher leases batches (as many as free slots plus
 prefetch), each message becomes a job that waits for a pool slot, an outbox writes results
-and settlements in batches, and a heartbeat renews every held lease, refreshes the worker's
-registration and stops jobs revoked with ``terminate``.
+and settlements in batches, a heartbeat renews every held lease (and the concurrency slots of
+running jobs) and refreshes the worker's registration, and a watcher stops jobs revoked with
+``terminate`` every ``revoke_check_s``. Before a job starts, its task's rate and concurrency
+limits are checked (``faena.features.flow``): a job over them goes back to the broker, due
+later, and the worker goes on with other messages.
 
 Shutdown: the first SIGTERM/SIGINT stops fetching, hands unstarted messages back at once and
 waits up to the grace period for running jobs; a second signal (or the grace period running
@@ -321,7 +324,13 @@ class Worker:
         options = job.task.defaults
         if options.rate_limit is None and options.concurrency_limit is None:
             return True
-        wait = await self._flow.enter(job.message.id, job.task.name, options, job.args, job.kwargs)
+        try:
+            wait = await self._flow.enter(
+                job.message.id, job.task.name, options, job.args, job.kwargs
+            )
+        except Exception:  # the store did not answer: try later, never run over the limit
+            wait = self.app.settings.concurrency_retry_s
+            log.exception("could not check the limits of job %s; back in %gs", delivery.id, wait)
         if wait <= 0:
             return True
         log.debug("job %s (%s) is over its limits: back in %.3fs", delivery.id, job.task.name, wait)

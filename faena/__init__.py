@@ -20,12 +20,16 @@ from faena.app.core import Faena, QueueHandle, shared_task
 from faena.app.result import AsyncResult, Progress
 from faena.app.settings import Settings
 from faena.contracts.events import JobEvent
+from faena.features.lock import Lock
 from faena.foundation.clock import FakeClock
 from faena.foundation.exceptions import (
     BrokerError,
     BrokerUnavailable,
     ConfigurationError,
     FaenaError,
+    LockError,
+    LockLost,
+    LockNotAcquired,
     MaxRetriesExceeded,
     MessageTooLarge,
     Reject,
@@ -75,6 +79,10 @@ __all__ = [
     "FakeClock",
     "JobContext",
     "JobEvent",
+    "Lock",
+    "LockError",
+    "LockLost",
+    "LockNotAcquired",
     "MaxRetriesExceeded",
     "MessageTooLarge",
     "Progress",

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -26,6 +27,8 @@ from faena.contracts.broker import Broker, BrokerConfig
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
 from faena.contracts.results import ResultStore
+from faena.features import unique
+from faena.features.lock import Lock
 from faena.foundation.exceptions import ConfigurationError
 from faena.model.message import Message
 from faena.model.options import TaskOptions, build_options, validate_queue
@@ -127,6 +130,30 @@ class Faena:
             self._coordination = make_coordination_store(self.broker_url, self.settings.clock)
         return self._coordination
 
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl: float = 30.0,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+        auto_renew: bool = False,
+    ) -> Lock:
+        """A distributed lock on the coordination store; see :class:`faena.features.lock.Lock`.
+
+        Example:
+            >>> with app.lock("reports:daily", ttl=30, blocking_timeout=5) as lock:
+            ...     write_report(fencing_token=lock.token)
+        """
+        return Lock(
+            self.coordination,
+            name,
+            ttl=ttl,
+            blocking=blocking,
+            blocking_timeout=blocking_timeout,
+            auto_renew=auto_renew,
+        )
+
     def close(self) -> None:
         """Close the backends' connections. The app can be used again afterwards.
 
@@ -198,8 +225,25 @@ class Faena:
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
         if self.settings.eager:
             return run_eagerly(self, task, message)
+        existing = self._unique_holder(task.defaults, message, args, kwargs)
+        if existing is not None:
+            return AsyncResult(existing, self)
         self.broker.enqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
+
+    def _unique_holder(
+        self,
+        options: TaskOptions,
+        message: Message,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> str | None:
+        """For a unique task: the id of the unfinished job with the same key, if any (else
+        the key is now claimed for ``message``)."""
+        if not unique.is_unique(options):
+            return None
+        key = unique.unique_key(options, message, args, kwargs)
+        return unique.claim(self.coordination, self.results, key, message.id, options.unique_for)
 
     async def asend(
         self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions
@@ -209,6 +253,12 @@ class Faena:
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
         if self.settings.eager:
             return await run_eagerly_async(self, task, message)
+        if unique.is_unique(task.defaults):
+            existing = await asyncio.to_thread(
+                self._unique_holder, task.defaults, message, args, kwargs
+            )
+            if existing is not None:
+                return AsyncResult(existing, self)
         await self.broker.aenqueue([to_outgoing(self.settings, message)])
         return AsyncResult(message.id, self)
 

@@ -11,6 +11,7 @@ from faena.foundation.exceptions import ConfigurationError, MessageTooLarge
 from faena.foundation.util import new_id
 from faena.model.message import Message, encode_message, pack_arguments, pack_headers
 from faena.model.options import TaskOptions
+from faena.model.routing import Route, resolve_destination
 from faena.model.task import CallOptions, current_context
 
 _NO_OPTIONS = TaskOptions()
@@ -57,7 +58,15 @@ def build_message(
         expires = _expiry(call.expires, now)
     elif defaults.expires is not None:
         expires = now + defaults.expires
-    priority = call.priority if call.priority is not None else defaults.priority
+    queue, priority = resolve_destination(
+        settings.routes,
+        task_name,
+        args,
+        kwargs,
+        call=Route(call.queue, call.priority),
+        task=Route(defaults.queue, defaults.priority),
+        default=Route(settings.default_queue, settings.default_priority),
+    )
     serializer = call.serializer or defaults.serializer or settings.serializer
     parent_id, root_id = call.parent_id, call.root_id
     running = current_context()
@@ -68,8 +77,8 @@ def build_message(
     return Message(
         id=job_id,
         task=task_name,
-        queue=call.queue or defaults.queue or settings.default_queue,
-        priority=priority if priority is not None else settings.default_priority,
+        queue=queue,
+        priority=priority,
         serializer=serializer,
         eta=eta,
         expires=expires,

@@ -13,6 +13,7 @@ from faena.foundation.exceptions import (
     TaskRevoked,
     TimeoutError,
 )
+from faena.foundation.util import revoker_identity
 from faena.model import states
 from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.model.serialization import loads_json, loads_pickle
@@ -237,8 +238,13 @@ class AsyncResult(Generic[R]):
         """Delete the stored result."""
         self.app.results.forget(self.id)
 
-    def revoke(self, terminate: bool = False, reason: str = "revoked") -> bool:
+    def revoke(
+        self, terminate: bool = False, reason: str = "revoked", by: str | None = None
+    ) -> bool:
         """Make sure the job never runs; with ``terminate``, also stop it if it is running.
+
+        The record keeps who (``by``, default ``user@host pid N``), when (``finished_at``) and
+        why (``reason``); it expires with the result TTL, and so does the revoke.
 
         A queued or scheduled message is removed from the broker; the job's record becomes
         ``REVOKED`` for good (no worker write can overwrite it), so a worker that receives it
@@ -258,6 +264,7 @@ class AsyncResult(Generic[R]):
                 state=states.REVOKED,
                 reason=reason,
                 terminate=terminate,
+                revoked_by=by if by is not None else revoker_identity(),
                 updated_at=now,
                 finished_at=now,
                 fence=FINAL_FENCE,

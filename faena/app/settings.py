@@ -14,6 +14,7 @@ from typing import Any, Final
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 from faena.foundation.exceptions import ConfigurationError
 from faena.model.options import validate_priority, validate_queue
+from faena.model.routing import Routes
 from faena.model.serialization import SERIALIZERS
 
 DEFAULT_BROKER_URL: Final = "sqlite:///faena.sqlite3"
@@ -39,6 +40,9 @@ class Settings:
     shutdown_grace_s: float = 30.0
     eager: bool = False
     function_modules: tuple[str, ...] | None = None
+    routes: Routes = field(default_factory=lambda: Routes([]), compare=False)
+    revoke_check_s: float = 1.0
+    concurrency_retry_s: float = 1.0
     clock: Clock = field(default=SYSTEM_CLOCK, compare=False)
 
     @property
@@ -67,6 +71,8 @@ def build_settings(given: Mapping[str, Any]) -> Settings:
         values["accept"] = tuple(values["accept"])
     if "function_modules" in values and values["function_modules"] is not None:
         values["function_modules"] = tuple(values["function_modules"])
+    if "routes" in values and not isinstance(values["routes"], Routes):
+        values["routes"] = Routes.build(values["routes"])
     settings = Settings(**values)
     _check(settings)
     return settings
@@ -99,6 +105,8 @@ def _check(s: Settings) -> None:
         "poll_interval_s",
         "result_cleanup_interval_s",
         "shutdown_grace_s",
+        "revoke_check_s",
+        "concurrency_retry_s",
     ):
         _positive(name, getattr(s, name), s)
     if s.heartbeat_s is not None:

@@ -189,12 +189,13 @@ def _require_database(app: Faena) -> None:
 
 
 def known_queues(app: Faena) -> list[str]:
-    """The app's default queue and the queues its tasks are declared on."""
+    """The app's default queue, the queues its tasks are declared on and its routes name."""
     names = [app.settings.default_queue]
     for name in app.registry:
         queue = app.registry.get(name).defaults.queue
         if queue and queue not in names:
             names.append(queue)
+    names += [q for q in app.settings.routes.queues() if q not in names]
     return names
 
 

@@ -13,6 +13,7 @@ import click
 from faena import __version__
 from faena.cli.admin import purge, status
 from faena.cli.common import translate_error
+from faena.cli.control import control
 from faena.cli.demo import demo
 from faena.cli.dlq import dlq
 from faena.cli.worker import worker
@@ -51,6 +52,7 @@ cli.add_command(worker)
 cli.add_command(status)
 cli.add_command(purge)
 cli.add_command(dlq)
+cli.add_command(control)
 cli.add_command(demo)
 
 

@@ -18,17 +18,20 @@ The rules every backend keeps:
   the space.
 - **Atomicity.** Each call is one atomic step, for every client of the same store: threads,
   processes, machines (as far as the backend reaches). Between two calls anything may happen.
+- **Sliding windows** live apart from keys too: :meth:`~CoordinationStore.take_in_window`
+  records uses under a window name that no key operation sees; ``cleanup`` drops uses that
+  have left their window.
 - **Fencing tokens** live apart from keys: :meth:`~CoordinationStore.next_token` counts per
   name, never expires, and is never touched by ``delete`` or ``cleanup``.
 
 Async twins exist only for what the worker's event loop will call while it runs jobs —
 acquiring and renewing a lock or leadership, counting toward a rate or concurrency limit, and
 releasing (``aset_if_absent``, ``acompare_and_expire``, ``aincr``, ``acompare_and_delete``,
-``aexpire``) — plus :meth:`~CoordinationStore.cleanup`, which is async only, like the result
-store's, because only the worker's housekeeping calls it. ``get``, ``delete`` and
-``next_token`` serve producers, administration and task code, which are sync. An async twin
-must never block the loop: a backend with blocking I/O runs the operation on its own I/O thread
-(SQLite's executor), one in memory just calls the sync operation.
+``aexpire``, ``atake_in_window``) — plus :meth:`~CoordinationStore.cleanup`, which is async
+only, like the result store's, because only the worker's housekeeping calls it. ``get``,
+``delete`` and ``next_token`` serve producers, administration and task code, which are sync.
+An async twin must never block the loop: a backend with blocking I/O runs the operation on its
+own I/O thread (SQLite's executor), one in memory just calls the sync operation.
 
 Example (a lock, as the lock feature will build it):
     >>> from faena.backends.memory import MemoryCoordinationStore
@@ -58,6 +61,13 @@ def check_ttl(ttl_s: float) -> float:
             "now, delete it)"
         )
     return ttl_s
+
+
+def check_limit(limit: int) -> int:
+    """``limit`` if it is a valid window limit (an ``int`` of at least 1); else ``ValueError``."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"a window limit is a whole number of uses of at least 1; got {limit!r}")
+    return limit
 
 
 def not_a_counter(key: str) -> ValueError:
@@ -150,6 +160,30 @@ class CoordinationStore(ABC):
         Every client of the store draws from the same sequence. Tokens never expire and are
         independent of keys (a key with the same name neither resets nor reads them).
         """
+
+    # -- sliding windows ----------------------------------------------------------------------
+    @abstractmethod
+    def take_in_window(self, key: str, limit: int, window_s: float) -> float:
+        """Take one use of the sliding window ``key`` if fewer than ``limit`` uses were taken in
+        the last ``window_s`` seconds (by the store's clock).
+
+        Returns ``0.0`` when the use was taken (recorded at the store's time now), otherwise
+        the seconds until the oldest use in the window leaves it (above zero), when a retry
+        may succeed. Window names are a keyspace of their own: ``get``, ``delete`` and the
+        other key operations never see them.
+
+        Raises:
+            ValueError: ``limit`` is not an ``int`` of at least 1, or ``window_s`` is not a
+                valid TTL.
+
+        Example:
+            >>> store.take_in_window("rate:send_email", limit=100, window_s=1.0)  # doctest: +SKIP
+            0.0
+        """
+
+    @abstractmethod
+    async def atake_in_window(self, key: str, limit: int, window_s: float) -> float:
+        """``take_in_window`` for async callers."""
 
     # -- lifetime -----------------------------------------------------------------------------
     @abstractmethod

@@ -13,8 +13,11 @@ The tree::
     │   ├── TimeoutError            ``AsyncResult.get(timeout=...)`` ran out of time
     │   ├── TaskFailed              the job failed; carries the remote type, message, traceback
     │   └── TaskRevoked             the job was revoked or expired before it could finish
-    └── TaskControlError            misuse of task control (``retry`` outside a worker, ...)
-        └── MaxRetriesExceeded      ``self.retry()`` called with no retries left
+    ├── TaskControlError            misuse of task control (``retry`` outside a worker, ...)
+    │   └── MaxRetriesExceeded      ``self.retry()`` called with no retries left
+    └── LockError                   a distributed lock could not do what was asked
+        ├── LockNotAcquired         another holder kept it past ``blocking_timeout``
+        └── LockLost                its TTL ran out (or it was never held) before release/extend
 
     Signals (not failures; a task raises them to steer its own job):
     TaskSignal (BaseException)
@@ -110,6 +113,22 @@ class TaskControlError(FaenaError):
 
 class MaxRetriesExceeded(TaskControlError):
     """The task has no retries left."""
+
+
+class LockError(FaenaError):
+    """A distributed lock could not do what was asked."""
+
+
+class LockNotAcquired(LockError):
+    """The lock is held by another owner and was not released in time."""
+
+
+class LockLost(LockError):
+    """The lock is no longer held by this owner: its TTL ran out and another may hold it.
+
+    Work done under the lock after its TTL ran out was not protected; write with the lock's
+    fencing token so the storage can refuse late writes.
+    """
 
 
 class TaskSignal(BaseException):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import importlib
 import os
 import socket
@@ -43,3 +44,12 @@ def import_string(path: str) -> Any:
 def worker_identity() -> str:
     """``hostname:pid``, the default worker id."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def revoker_identity() -> str:
+    """``user@hostname pid N``: who revoked a job, when the caller does not say."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in this environment (a container without passwd)
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"

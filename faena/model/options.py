@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Final
 
 from faena.foundation.exceptions import ConfigurationError
+from faena.model.limits import KeyFunction, check_limit_options, check_limit_pairs
 
 QUEUE_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 MIN_PRIORITY: Final = 0
@@ -37,6 +38,14 @@ class TaskOptions:
     expires: float | None = None
     result_ttl: float | None = None
     serializer: str | None = None
+    # flow control: see faena.model.limits
+    rate_limit: str | None = None
+    rate_limit_key: KeyFunction | None = None
+    concurrency_limit: int | None = None
+    concurrency_key: KeyFunction | None = None
+    unique: bool = False
+    unique_key: KeyFunction | None = None
+    unique_for: float | None = None
 
     def merged(self, **changes: Any) -> TaskOptions:
         """A copy with ``changes`` validated and applied."""
@@ -117,7 +126,9 @@ def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
         raise ConfigurationError(
             f"serializer must be 'json' or 'pickle', got {given['serializer']!r}"
         )
+    check_limit_options(given)
     options = replace(base or TaskOptions(), **given)
+    check_limit_pairs(options)
     if (
         options.time_limit is not None
         and options.soft_time_limit is not None

@@ -74,6 +74,7 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     next_run_at: float | None = None
     reason: str | None = None
     terminate: bool = False
+    revoked_by: str | None = None
     parent_id: str | None = None
     root_id: str | None = None
     fence: int = 0

@@ -1144,6 +1144,69 @@ class CoordinationConformance(_Suite):
         assert (store.get("long"), store.get("forever")) == ("v", "1")
         assert store.next_token("t") == 2
 
+    # -- sliding windows ----------------------------------------------------------------------
+    def test_take_in_window_admits_up_to_the_limit_then_says_how_long_to_wait(self) -> None:
+        store = self.store()
+        # Given a window of 3 uses per 10 s, taken at t=0, 2 and 4
+        assert store.take_in_window("w", 3, 10) == 0.0
+        self.clock.advance(2)
+        assert store.take_in_window("w", 3, 10) == 0.0
+        self.clock.advance(2)
+        assert store.take_in_window("w", 3, 10) == 0.0
+        # When a fourth use is asked for at t=4, Then it waits until the first (t=0) leaves
+        assert store.take_in_window("w", 3, 10) == pytest.approx(6, abs=0.01)
+        # And another window name is not affected
+        assert store.take_in_window("other", 3, 10) == 0.0
+        # When the oldest use has left the window, Then exactly one more use fits
+        self.clock.advance(6)
+        assert store.take_in_window("w", 3, 10) == 0.0
+        assert store.take_in_window("w", 3, 10) == pytest.approx(2, abs=0.01)
+
+    def test_a_refused_use_is_not_recorded(self) -> None:
+        store = self.store()
+        assert store.take_in_window("w", 1, 5) == 0.0
+        for _ in range(10):
+            assert store.take_in_window("w", 1, 5) > 0
+        # When the one recorded use has left the window, Then the window is free again
+        self.clock.advance(5)
+        assert store.take_in_window("w", 1, 5) == 0.0
+
+    def test_windows_and_keys_are_separate_keyspaces(self) -> None:
+        store = self.store()
+        store.take_in_window("same", 1, 10)
+        # Then a key of the same name is unaffected, and deleting it leaves the window
+        assert store.get("same") is None
+        assert store.set_if_absent("same", "v", 10) is True
+        assert store.delete("same") is True
+        assert store.take_in_window("same", 1, 10) > 0
+
+    @pytest.mark.parametrize("limit", [0, -1, 1.5, True])
+    def test_an_invalid_window_limit_is_a_value_error(self, limit: Any) -> None:
+        store = self.store()
+        with pytest.raises(ValueError, match="window limit"):
+            store.take_in_window("w", limit, 1)
+        with pytest.raises(ValueError, match="TTL"):
+            store.take_in_window("w", 1, 0)
+
+    @async_test
+    async def test_atake_in_window_and_cleanup_of_old_uses(self) -> None:
+        store = self.store()
+        got = await asyncio.gather(*(store.atake_in_window("w", 5, 10) for _ in range(8)))
+        # Then exactly five of eight concurrent takers got a use
+        assert sum(1 for wait in got if wait == 0.0) == 5
+        self.clock.advance(10)
+        await store.cleanup()
+        assert await store.atake_in_window("w", 5, 10) == 0.0
+
+    def test_racing_takers_never_exceed_the_limit(self) -> None:
+        stores = self._racing_stores()
+
+        def take(store: CoordinationStore, n: int) -> int:
+            return sum(store.take_in_window("race", 30, 60) == 0.0 for _ in range(25))
+
+        # Given 4 racers taking 25 uses each from a window of 30, Then exactly 30 are taken
+        assert sum(self._race(stores, take)) == 30
+
     def test_close_is_idempotent(self) -> None:
         store = self.store()
         store.close()

@@ -33,7 +33,8 @@ class WorkerOptions:
 
 def default_queues(app: Faena) -> tuple[str, ...]:
     """The queues a worker consumes when none are named: the app's default queue, then every
-    queue a task of the app is declared with."""
+    queue a task of the app is declared with or a route of the app names."""
     declared = {t.defaults.queue for t in map(app.registry.get, app.registry)}
+    declared.update(app.settings.routes.queues())
     named = sorted(q for q in declared if q and q != app.settings.default_queue)
     return (app.settings.default_queue, *named)

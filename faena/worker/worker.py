@@ -2,8 +2,11 @@
 
 One asyncio loop does all the I/O: a fetcher leases batches (as many as free slots plus
 prefetch), each message becomes a job that waits for a pool slot, an outbox writes results
-and settlements in batches, and a heartbeat renews every held lease, refreshes the worker's
-registration and stops jobs revoked with ``terminate``.
+and settlements in batches, a heartbeat renews every held lease (and the concurrency slots of
+running jobs) and refreshes the worker's registration, and a watcher stops jobs revoked with
+``terminate`` every ``revoke_check_s``. Before a job starts, its task's rate and concurrency
+limits are checked (``faena.features.flow``): a job over them goes back to the broker, due
+later, and the worker goes on with other messages.
 
 Shutdown: the first SIGTERM/SIGINT stops fetching, hands unstarted messages back at once and
 waits up to the grace period for running jobs; a second signal (or the grace period running
@@ -25,6 +28,7 @@ import msgspec
 from faena.app.core import Faena
 from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
 from faena.contracts.pool import Job, Pool
+from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import (
     base_record,
@@ -99,6 +103,9 @@ class Worker:
         self._pool: Pool | None = None
         self._started_at = app.settings.clock.time()
         self._function_modules = app.function_modules
+        self._flow = FlowGate(
+            lambda: app.coordination, app.settings.lease_s, app.settings.concurrency_retry_s
+        )
 
     # -- control ------------------------------------------------------------------------------
     def stopping(self) -> bool:
@@ -175,7 +182,12 @@ class Worker:
             self._begin_stop(False)
         background = [
             asyncio.create_task(c)
-            for c in (self._outbox.run(), self._heartbeat(), self._maintenance())
+            for c in (
+                self._outbox.run(),
+                self._heartbeat(),
+                self._maintenance(),
+                self._watch_revokes(),
+            )
         ]
         # One long-lived runner per slot: a job costs a queue hand-off, not a new task.
         self._runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
@@ -299,7 +311,34 @@ class Worker:
                 delivery, expired(message, self._ends.run_info(delivery, None, message)), admitted
             )
             return
-        await self._execute(delivery, admitted)
+        if not await self._admitted_by_limits(delivery, admitted):
+            return
+        try:
+            await self._execute(delivery, admitted)
+        finally:
+            await self._flow.leave(message.id)
+
+    async def _admitted_by_limits(self, delivery: Delivery, job: Admitted) -> bool:
+        """Whether the task's rate and concurrency limits let the job start now; if not, its
+        message goes back to the broker, due when a place should free up (not an attempt)."""
+        options = job.task.defaults
+        if options.rate_limit is None and options.concurrency_limit is None:
+            return True
+        try:
+            wait = await self._flow.enter(
+                job.message.id, job.task.name, options, job.args, job.kwargs
+            )
+        except Exception:  # the store did not answer: try later, never run over the limit
+            wait = self.app.settings.concurrency_retry_s
+            log.exception("could not check the limits of job %s; back in %gs", delivery.id, wait)
+        if wait <= 0:
+            return True
+        log.debug("job %s (%s) is over its limits: back in %.3fs", delivery.id, job.task.name, wait)
+        due = self.app.settings.clock.time() + wait
+        self._ends.settle(
+            Settlement(delivery=delivery, action="retry", body=delivery.body, due=due)
+        )
+        return False
 
     async def _execute(self, delivery: Delivery, job: Admitted) -> None:
         assert self._pool
@@ -375,6 +414,8 @@ class Worker:
                 decision.detail,
             )
         self._ends.apply(delivery, decision, job)
+        if decision.action in ("ack", "dead"):
+            await self._flow.finished(message, task.defaults, job.args, job.kwargs)
 
     def _progress_sink(self, job_id: Key) -> Any:
         loop = self._loop
@@ -443,12 +484,26 @@ class Worker:
                     for mid in lost:
                         log.warning("lease on %s was lost; its outcome will not be recorded", mid)
                         self._ends.held.pop(mid, None)
+                await self._flow.renew()
                 await self.app.broker.register_worker(self._info())
-                await self._terminate_revoked()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 outage.failed(exc)  # the next beat is the retry
+            else:
+                outage.recovered()
+
+    async def _watch_revokes(self) -> None:
+        """Every ``revoke_check_s``, stop running jobs revoked with ``terminate``."""
+        outage = Outage("checking for revokes")
+        while True:
+            await asyncio.sleep(self.app.settings.revoke_check_s)  # a period
+            try:
+                await self._terminate_revoked()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                outage.failed(exc)
             else:
                 outage.recovered()
 
@@ -477,6 +532,7 @@ class Worker:
                 removed = await self.app.results.cleanup()
                 if removed:
                     log.info("removed %d expired results", removed)
+                await self._flow.cleanup()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -327,6 +327,27 @@ def test_environment_fallbacks_name_the_app_and_queues(project: tuple[Cli, Modul
     assert normal.get(timeout=DEADLINE_S) == 7
 
 
+@pytest.mark.timeout(60)
+def test_control_revoke_records_who_and_why_and_the_job_never_runs(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    cli, tasks = project
+    # Given a queued job
+    job = tasks.add.delay(1, 2)
+    # When it is revoked from the command line
+    result = cli.run("control", "revoke", job.id, "--reason", "sent twice", "--by", "ops")
+    # Then the command says so, and the record keeps who and why
+    assert result.returncode == 0, result.stderr
+    assert f"{job.id}: revoked; its message was removed from the queue" in result.stdout
+    record = tasks.app.results.fetch(job.id)
+    assert (record.state, record.reason, record.revoked_by) == ("REVOKED", "sent twice", "ops")
+    # And revoking a job id that is not known records the revoke for when it arrives
+    later = cli.run("control", "revoke", "not-sent-yet")
+    assert "not-sent-yet: revoked; it will not start on any worker" in later.stdout
+    # And with no id, the command explains what it needs
+    assert cli.run("control", "revoke").returncode == 2
+
+
 @pytest.mark.timeout(30)
 def test_help_documents_every_environment_variable(project: tuple[Cli, ModuleType]) -> None:
     cli, _ = project

@@ -314,10 +314,40 @@ def test_a_revoked_id_is_skipped_if_it_arrives_later(app: Faena) -> None:
     assert app.AsyncResult("late-id").state == REVOKED
 
 
+def test_a_revoke_records_who_and_expires_with_the_result_ttl(
+    make_app: AppFactory, clock: FakeClock
+) -> None:
+    app = make_app(result_ttl=100)
+    ran: list[int] = []
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    # Given an id revoked by someone, with a reason
+    app.AsyncResult("id-1").revoke(reason="duplicate", by="ops")
+    record = app.results.fetch("id-1")
+    assert record is not None
+    assert (record.revoked_by, record.reason, record.finished_at) == (
+        "ops",
+        "duplicate",
+        clock.time(),
+    )
+    # And one revoked without saying who: the record names this user, host and process
+    app.AsyncResult("id-2").revoke()
+    assert " pid " in (app.results.fetch("id-2") or record).revoked_by  # type: ignore[operator]
+    # When the result TTL has passed
+    clock.advance(100)
+    # Then the revoke is gone with it: a message with that id runs
+    work.apply_async((1,), task_id="id-1")
+    drain(app)
+    assert ran == [1]
+
+
 @pytest.mark.parametrize("kind", ["async", "thread"])
 def test_revoke_with_terminate_stops_a_running_job(make_app: AppFactory, kind: str) -> None:
-    # Given a job that runs until stopped (short leases: the worker checks revokes each beat)
-    app = make_app(lease_s=0.3)
+    # Given a job that runs until stopped (the worker looks for revokes every 0.1 s)
+    app = make_app(lease_s=0.3, revoke_check_s=0.1)
     stopped = threading.Event()
     release = threading.Event()
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
-from faena.contracts.coordination import CoordinationStore, check_ttl, not_a_counter
+from faena.contracts.coordination import (
+    CoordinationStore,
+    check_limit,
+    check_ttl,
+    not_a_counter,
+)
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
 
@@ -13,6 +19,16 @@ from faena.foundation.clock import SYSTEM_CLOCK, Clock
 class _Key:
     value: str | int  # text from set_if_absent, int for a counter
     expires_at: float | None
+
+
+@dataclass(slots=True)
+class _Window:
+    window_s: float
+    uses: deque[float] = field(default_factory=deque)  # times of use, oldest first
+
+    def drop_old(self, now: float) -> None:
+        while self.uses and self.uses[0] <= now - self.window_s:
+            self.uses.popleft()
 
 
 class MemoryCoordinationStore(CoordinationStore):
@@ -27,6 +43,7 @@ class MemoryCoordinationStore(CoordinationStore):
         self._lock = threading.Lock()
         self._keys: dict[str, _Key] = {}
         self._tokens: dict[str, int] = {}
+        self._windows: dict[str, _Window] = {}
 
     def _live(self, key: str, now: float) -> _Key | None:
         """The live entry of ``key``; an expired one is dropped. Call with the lock held."""
@@ -121,11 +138,34 @@ class MemoryCoordinationStore(CoordinationStore):
             token = self._tokens[name] = self._tokens.get(name, 0) + 1
             return token
 
+    def take_in_window(self, key: str, limit: int, window_s: float) -> float:
+        check_limit(limit)
+        check_ttl(window_s)
+        with self._lock:
+            now = self.clock.time()
+            window = self._windows.setdefault(key, _Window(window_s))
+            window.window_s = window_s
+            window.drop_old(now)
+            if len(window.uses) < limit:
+                window.uses.append(now)
+                return 0.0
+            return max(window.uses[-limit] + window_s - now, 1e-3)
+
+    async def atake_in_window(self, key: str, limit: int, window_s: float) -> float:
+        return self.take_in_window(key, limit, window_s)
+
     async def cleanup(self) -> int:
         with self._lock:
             now = self.clock.time()
             doomed = [k for k, e in self._keys.items() if e.expires_at is not None]
-            return sum(self._live(k, now) is None for k in doomed)
+            removed = sum(self._live(k, now) is None for k in doomed)
+            for name, window in list(self._windows.items()):
+                before = len(window.uses)
+                window.drop_old(now)
+                removed += before - len(window.uses)
+                if not window.uses:
+                    del self._windows[name]
+            return removed
 
     def close(self) -> None:
         pass

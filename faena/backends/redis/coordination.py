@@ -6,6 +6,9 @@ keys share a cluster slot):
 - ``prefix:{<key>}:c`` — a hash: ``t`` the kind (``s`` text, ``n`` counter, ``m`` set), ``v``
   the text or the counter, ``x`` the expiry time in ms (absent: never).
 - ``prefix:{<key>}:c:set`` — the members of a set key, expiring with it.
+- ``prefix:{<window>}:w`` — the uses of a sliding window (``take_in_window``, ``lua/window.lua``):
+  a sorted set of unique members scored by their time in ms, expiring a window after its last
+  use. A keyspace of its own: no key operation touches it.
 - ``prefix:{<name>}:c:token`` — a fencing token sequence: a plain ``INCR`` counter that never
   expires and that no key operation touches.
 
@@ -15,13 +18,20 @@ Every operation that reads then writes is one call of ``lua/coord_ops.lua``; ``g
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, cast
 
 from faena.backends.redis._stores import TEST_CLOCK_EXPIRY_MS, Call, Connections, Script, ttl_ms
-from faena.contracts.coordination import CoordinationStore, check_ttl, not_a_counter
+from faena.contracts.coordination import (
+    CoordinationStore,
+    check_limit,
+    check_ttl,
+    not_a_counter,
+)
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
 _OPS = Script("coord_ops")
+_WINDOW = Script("window")
 _KINDS = {b"s": "a text value set by set_if_absent", b"n": "a counter", b"m": "a set"}
 
 
@@ -82,6 +92,13 @@ class RedisCoordinationStore(CoordinationStore):
 
     def _add_member(self, key: str, member: str, ttl_s: float) -> Call:
         return self._call("add_member", key, member, ttl_ms(check_ttl(ttl_s)))
+
+    def _window_call(self, key: str, limit: int, window_s: float) -> Call:
+        check_limit(limit)
+        window_ms = ttl_ms(check_ttl(window_s))
+        member = uuid.uuid4().hex
+        args = (self._io.now(), TEST_CLOCK_EXPIRY_MS, limit, window_ms, member)
+        return Call((self._io.target.key(key, "w"),), args)
 
     @staticmethod
     def _counted(key: str, reply: list[bytes]) -> int:
@@ -182,6 +199,18 @@ class RedisCoordinationStore(CoordinationStore):
     def next_token(self, name: str) -> int:
         with self._io.translated("taking a fencing token"):
             return int(self._io.sync.incr(self._io.target.key(name, "c:token")))
+
+    # -- sliding windows ----------------------------------------------------------------------
+    def take_in_window(self, key: str, limit: int, window_s: float) -> float:
+        with self._io.translated("taking a use of a window"):
+            wait_ms = _WINDOW.run(self._io.sync, self._window_call(key, limit, window_s))
+        return int(wait_ms) / 1000
+
+    async def atake_in_window(self, key: str, limit: int, window_s: float) -> float:
+        call = self._window_call(key, limit, window_s)
+        async with self._io.using("taking a use of a window") as client:
+            wait_ms = await _WINDOW.arun(client, call)
+        return int(wait_ms) / 1000
 
     # -- lifetime -----------------------------------------------------------------------------
     async def cleanup(self) -> int:

@@ -129,6 +129,7 @@ _TABLES = (
     "faena_results",
     "faena_keys",
     "faena_tokens",
+    "faena_window_uses",
 )
 """Every table schema.sql creates: a file missing any (an older release's) runs it again."""
 

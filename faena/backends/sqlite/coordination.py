@@ -1,4 +1,5 @@
-"""The SQLite coordination store: keys with TTLs in ``faena_keys``, tokens in ``faena_tokens``.
+"""The SQLite coordination store: keys with TTLs in ``faena_keys``, tokens in ``faena_tokens``,
+sliding-window uses in ``faena_window_uses``.
 
 Each operation is one SQL statement in its own ``BEGIN IMMEDIATE`` transaction, so it is atomic
 for every connection to the file, in this process or another. Expiry is a ``WHERE`` on
@@ -15,7 +16,12 @@ from typing import TypeVar
 
 from faena.backends.sqlite._connection import read, write
 from faena.backends.sqlite._database import SharedDatabase
-from faena.contracts.coordination import CoordinationStore, check_ttl, not_a_counter
+from faena.contracts.coordination import (
+    CoordinationStore,
+    check_limit,
+    check_ttl,
+    not_a_counter,
+)
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
 T = TypeVar("T")
@@ -54,6 +60,15 @@ ON CONFLICT (name) DO UPDATE SET value = faena_tokens.value + 1
 RETURNING value
 """
 _CLEANUP = "DELETE FROM faena_keys WHERE expires_at <= :now"
+_WINDOW_DROP_OLD = "DELETE FROM faena_window_uses WHERE key = :key AND at <= :now - :window"
+# The use whose departure frees a place: the limit-th newest (the oldest when exactly full).
+_WINDOW_BLOCKING = """
+SELECT at FROM faena_window_uses WHERE key = :key ORDER BY at DESC LIMIT 1 OFFSET :limit - 1
+"""
+_WINDOW_TAKE = (
+    "INSERT INTO faena_window_uses (key, at, expires_at) VALUES (:key, :now, :now + :window)"
+)
+_WINDOW_CLEANUP = "DELETE FROM faena_window_uses WHERE expires_at <= :now"
 
 
 class SQLiteCoordinationStore(CoordinationStore):
@@ -128,6 +143,21 @@ class SQLiteCoordinationStore(CoordinationStore):
 
         return self._write("set the expiry of a coordination key", body)
 
+    def _take_in_window(self, key: str, limit: int, window_s: float) -> _Op[float]:
+        check_limit(limit)
+        check_ttl(window_s)
+
+        def body(c: sqlite3.Connection, now: float) -> float:
+            params = {"key": key, "limit": limit, "window": window_s, "now": now}
+            c.execute(_WINDOW_DROP_OLD, params)
+            row = c.execute(_WINDOW_BLOCKING, params).fetchone()
+            if row is None:
+                c.execute(_WINDOW_TAKE, params)
+                return 0.0
+            return max(float(row[0]) + window_s - now, 1e-3)
+
+        return self._write("take a use of a sliding window", body)
+
     # -- text values --------------------------------------------------------------------------
     def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
         return self._here(self._set_if_absent(key, value, ttl_s))
@@ -182,10 +212,18 @@ class SQLiteCoordinationStore(CoordinationStore):
 
         return self._here(self._write("take a fencing token", body))
 
+    # -- sliding windows ----------------------------------------------------------------------
+    def take_in_window(self, key: str, limit: int, window_s: float) -> float:
+        return self._here(self._take_in_window(key, limit, window_s))
+
+    async def atake_in_window(self, key: str, limit: int, window_s: float) -> float:
+        return await self._db.run(self._take_in_window(key, limit, window_s))
+
     # -- lifetime -----------------------------------------------------------------------------
     async def cleanup(self) -> int:
         def body(c: sqlite3.Connection, now: float) -> int:
-            return c.execute(_CLEANUP, {"now": now}).rowcount
+            keys = c.execute(_CLEANUP, {"now": now}).rowcount
+            return keys + c.execute(_WINDOW_CLEANUP, {"now": now}).rowcount
 
         return await self._db.run(self._write("clean up coordination keys", body))
 

@@ -98,3 +98,15 @@ CREATE TABLE IF NOT EXISTS faena_tokens (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+
+-- Sliding windows (take_in_window): one row per use, at the store's time; expires_at = at +
+-- window, when cleanup may delete it. A keyspace of its own: key operations never read it.
+CREATE TABLE IF NOT EXISTS faena_window_uses (
+    key        TEXT NOT NULL,
+    at         REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS faena_window_uses_key ON faena_window_uses (key, at);
+
+CREATE INDEX IF NOT EXISTS faena_window_uses_expiry ON faena_window_uses (expires_at);

@@ -1,0 +1,268 @@
+"""Distributed locks on memory, SQLite and Redis: behaviour on a fake clock, then real
+processes contending, and a stalled holder overtaken and fenced off."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faena import (
+    ConfigurationError,
+    Faena,
+    FakeClock,
+    Lock,
+    LockError,
+    LockLost,
+    LockNotAcquired,
+)
+from faena.app.lookup import make_coordination_store
+from faena.contracts.coordination import CoordinationStore
+from faena.foundation.clock import SYSTEM_CLOCK
+from tests.integration.fenced import fenced_read, fenced_write
+from tests.services import drop_prefix, redis_url, require
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ["memory", "sqlite", "redis"]
+
+
+def _url(kind: str, tmp_path: Path) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'locks.sqlite3'}"
+    require("redis", "127.0.0.1", 6379)
+    return redis_url()
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    value = _url(request.param, tmp_path)
+    yield value
+    if request.param == "redis":
+        drop_prefix(value)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(url: str, clock: FakeClock) -> Iterator[CoordinationStore]:
+    value = make_coordination_store(url, clock)
+    yield value
+    value.close()
+
+
+def test_tokens_strictly_increase_and_only_the_holder_releases(store: CoordinationStore) -> None:
+    # Given a lock taken and released twice
+    tokens = []
+    for _ in range(3):
+        with Lock(store, "report", ttl=10) as lock:
+            assert lock.owned()
+            tokens.append(lock.token)
+    # Then each hold had a higher token than the one before
+    assert tokens == sorted(set(tokens))
+    assert len(tokens) == 3
+    # And a contender cannot take or release a held lock
+    holder = Lock(store, "report", ttl=10)
+    assert holder.acquire()
+    other = Lock(store, "report", ttl=10, blocking=False)
+    assert other.acquire() is False
+    with pytest.raises(LockLost, match="not held"):
+        other.release()
+    with pytest.raises(LockNotAcquired, match="held by another owner"), other:
+        pass
+    holder.release()
+    assert other.acquire() is True
+    other.release()
+
+
+def test_a_dead_holder_loses_the_lock_after_its_ttl(
+    store: CoordinationStore, clock: FakeClock
+) -> None:
+    # Given a holder that stops renewing (it died, or stalled)
+    stalled = Lock(store, "job", ttl=5)
+    assert stalled.acquire()
+    contender = Lock(store, "job", ttl=5, blocking=False)
+    clock.advance(4.9)
+    assert contender.acquire() is False
+    # When its TTL has passed, Then another takes it, with a higher token
+    clock.advance(0.1)
+    assert contender.acquire() is True
+    assert (contender.token or 0) > (stalled.token or 0)
+    # And the stalled holder can neither extend nor release it
+    with pytest.raises(LockLost, match="expired before it was extended"):
+        stalled.extend()
+    with pytest.raises(LockLost, match="had expired before release"):
+        stalled.release()
+    assert contender.owned()
+
+
+def test_extend_keeps_the_lock_past_its_first_ttl(
+    store: CoordinationStore, clock: FakeClock
+) -> None:
+    lock = Lock(store, "long", ttl=5)
+    assert lock.acquire()
+    clock.advance(4)
+    lock.extend(10)
+    clock.advance(9)
+    # Then it is still held 13 s after it was taken with a 5 s TTL
+    assert lock.owned()
+    assert Lock(store, "long", blocking=False).acquire() is False
+    lock.release()
+
+
+def test_reusing_a_held_lock_object_is_an_error(store: CoordinationStore) -> None:
+    lock = Lock(store, "x")
+    assert lock.acquire()
+    with pytest.raises(LockError, match="already held by this Lock object"):
+        lock.acquire()
+    lock.release()
+
+
+def test_async_with_and_decorators(store: CoordinationStore) -> None:
+    seen: list[int | None] = []
+    lock = Lock(store, "deco", ttl=10, blocking_timeout=0)
+
+    @lock
+    def sync_work(n: int) -> int:
+        # Then inside, the lock is held by someone: another contender cannot take it
+        assert Lock(store, "deco", blocking=False).acquire() is False
+        return n * 2
+
+    @lock
+    async def async_work(n: int) -> int:
+        return n * 3
+
+    async def use_async_with() -> None:
+        async with Lock(store, "deco", ttl=10) as held:
+            seen.append(held.token)
+            await held.aextend(20)
+            assert held.owned()
+
+    assert sync_work(2) == 4
+    assert asyncio.run(async_work(2)) == 6
+    asyncio.run(use_async_with())
+    assert seen[0] is not None
+    assert Lock(store, "deco", blocking=False).acquire()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"ttl": 0}, "ttl"), ({"ttl": -1}, "ttl"), ({"blocking_timeout": -1}, "blocking_timeout")],
+)
+def test_bad_lock_settings_are_clear_errors(kwargs: dict[str, float], match: str) -> None:
+    with Faena("x", broker="memory://") as app, pytest.raises(ConfigurationError, match=match):
+        app.lock("n", **kwargs)  # type: ignore[arg-type]
+
+
+def test_auto_renew_keeps_a_lock_held_past_its_ttl_on_the_real_clock(tmp_path: Path) -> None:
+    # Given a lock with a 1 s TTL renewed automatically
+    store = make_coordination_store(f"sqlite:///{tmp_path / 'renew.sqlite3'}", SYSTEM_CLOCK)
+    try:
+        lock = Lock(store, "renewed", ttl=1.0, auto_renew=True)
+        assert lock.acquire()
+        done = threading.Event()
+        # When it is held for 3 TTLs, Then it is owned throughout
+        deadline = SYSTEM_CLOCK.monotonic() + 3.0
+        while SYSTEM_CLOCK.monotonic() < deadline:
+            assert lock.owned()
+            done.wait(0.1)
+        lock.release()
+        assert store.get("faena:lock:renewed") is None
+    finally:
+        store.close()
+
+
+# -- real processes -------------------------------------------------------------------------
+PROCESS_BACKENDS = ["sqlite", "redis"]
+
+
+@pytest.fixture(params=PROCESS_BACKENDS)
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    value = _url(request.param, tmp_path)
+    yield value
+    if request.param == "redis":
+        drop_prefix(value)
+
+
+def _contender(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.lock_contender", *args],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_two_processes_contend_a_thousand_times(shared_url: str, tmp_path: Path) -> None:
+    # Given two processes each taking the same lock 500 times, logging in/out to a ledger
+    ledger = tmp_path / "ledger.txt"
+    procs = [_contender("contend", shared_url, "shared", str(ledger), "500") for _ in range(2)]
+    for proc in procs:
+        proc.communicate(timeout=170)  # waits, and closes the pipes
+        assert proc.returncode == 0
+    lines = [line.split() for line in ledger.read_text().splitlines()]
+    # Then the ledger is 1,000 in/out pairs by the same holder: never both inside
+    assert len(lines) == 2000
+    for enter, leave in zip(lines[::2], lines[1::2], strict=True):
+        assert enter[0] == "in"
+        assert leave[0] == "out"
+        assert enter[1:] == leave[1:]
+    # And tokens strictly increase from one hold to the next
+    tokens = [int(enter[2]) for enter in lines[::2]]
+    assert all(a < b for a, b in itertools.pairwise(tokens))
+    assert {enter[1] for enter in lines[::2]} == {str(p.pid) for p in procs}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_a_stopped_holder_is_overtaken_and_its_late_write_is_stale(
+    shared_url: str, tmp_path: Path
+) -> None:
+    storage = str(tmp_path / "fenced.txt")
+    # Given a process holding the lock with a 1 s TTL
+    holder = _contender("hold", shared_url, "fenced", storage, "1.0")
+    try:
+        assert holder.stdout is not None
+        assert holder.stdin is not None
+        first = holder.stdout.readline().split()
+        assert first[0] == "token", first
+        stale_token = int(first[1])
+        # When it is stopped past its TTL
+        os.kill(holder.pid, signal.SIGSTOP)
+        store = make_coordination_store(shared_url, SYSTEM_CLOCK)
+        try:
+            with Lock(store, "fenced", ttl=30, blocking_timeout=20) as lock:
+                # Then another process takes it over, with a higher token, and writes
+                assert (lock.token or 0) > stale_token
+                assert fenced_write(storage, lock.token or 0, "fresh write")
+                os.kill(holder.pid, signal.SIGCONT)
+                holder.stdin.write("go\n")
+                holder.stdin.flush()
+                # And the resumed holder's late write is refused as stale
+                assert holder.stdout.readline().strip() == "write stale"
+                assert holder.stdout.readline().strip() == "release lost"
+                assert fenced_read(storage) == (lock.token, "fresh write")
+        finally:
+            store.close()
+        holder.communicate(timeout=20)
+        assert holder.returncode == 0
+    finally:
+        if holder.poll() is None:
+            os.kill(holder.pid, signal.SIGCONT)
+            holder.kill()
+            holder.communicate(timeout=10)

@@ -1,0 +1,178 @@
+"""Flow-control options on the memory backend with a fake clock: validation, rate limits,
+concurrency limits and unique jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any
+
+import pytest
+
+from faena import SUCCESS, ConfigurationError, Faena, FakeClock
+from faena.model.limits import RateLimit, parse_rate_limit
+
+from .support import AppFactory, drain, queue_stats
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("100/s", RateLimit(100, 1.0)), ("30/m", RateLimit(30, 60.0)), (" 5 / h", RateLimit(5, 3600))],
+)
+def test_rate_limits_parse_per_second_minute_and_hour(text: str, expected: RateLimit) -> None:
+    assert parse_rate_limit(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"rate_limit": "100"}, "rate_limit must look like '100/s'"),
+        ({"rate_limit": "0/s"}, "rate_limit must look like"),
+        ({"rate_limit": "10/d"}, "rate_limit must look like"),
+        ({"concurrency_limit": 0}, "concurrency_limit must be an int of at least 1"),
+        ({"concurrency_limit": 1.5}, "concurrency_limit must be an int"),
+        ({"unique_key": "user"}, "unique_key must be a function"),
+        ({"unique": "yes"}, "unique must be True or False"),
+        ({"unique_for": 0}, "unique_for must be a positive number"),
+        ({"rate_limit_key": lambda a, k: 1}, "rate_limit_key needs rate_limit"),
+        ({"concurrency_key": lambda a, k: 1}, "concurrency_key needs concurrency_limit"),
+    ],
+)
+def test_bad_limit_options_are_errors_at_declaration(
+    app: Faena, options: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        app.task(**options)
+
+
+def test_a_rate_limited_task_is_delayed_not_failed_and_others_keep_running(
+    app: Faena, clock: FakeClock
+) -> None:
+    ran: list[tuple[str, float]] = []
+
+    # Given 22 jobs of a task limited to 20/s, and 10 jobs of an unlimited task, one queue
+    @app.task(rate_limit="20/s")
+    def limited(n: int) -> None:
+        ran.append(("limited", clock.time()))
+
+    @app.task
+    def free(n: int) -> None:
+        ran.append(("free", clock.time()))
+
+    handles = [limited.delay(i) for i in range(22)] + [free.delay(i) for i in range(10)]
+    # When a worker drains the queue at one instant
+    drain(app)
+    # Then every unlimited job ran, and only a twentieth of the limit of the limited ones
+    assert sum(1 for kind, _ in ran if kind == "free") == 10
+    assert sum(1 for kind, _ in ran if kind == "limited") == 1
+    # And the others wait in the broker, scheduled, not failed
+    assert sum(s.scheduled for s in queue_stats(app)) == 21
+    # When time moves on in small steps, Then no second holds more than 20 of them
+    while len(ran) < 32:
+        clock.advance(0.05)
+        drain(app)
+    times = sorted(t for kind, t in ran if kind == "limited")
+    assert all(b - a >= 1.0 - 1e-9 for a, b in zip(times, times[20:], strict=False))
+    assert all(h.state == SUCCESS for h in handles)
+    # And waiting was not an attempt: no job counts a retry
+    assert {app.results.fetch(h.id).retries for h in handles} == {0}  # type: ignore[union-attr]
+
+
+def test_rate_limit_key_counts_per_key(app: Faena, clock: FakeClock) -> None:
+    ran: list[str] = []
+
+    @app.task(rate_limit="1/m", rate_limit_key=lambda args, kwargs: args[0])
+    def call(host: str, n: int) -> None:
+        ran.append(host)
+
+    for n in range(3):
+        call.delay("a.example", n)
+        call.delay("b.example", n)
+    drain(app)
+    # Then each host had its one call in this minute
+    assert sorted(ran) == ["a.example", "b.example"]
+
+
+def test_concurrency_limit_holds_a_slot_per_running_job(app: Faena, clock: FakeClock) -> None:
+    inside: list[int] = []
+    most: list[int] = []
+
+    # Given a task limited to 2 at once, and a worker with 8 slots
+    @app.task(concurrency_limit=2)
+    async def work(n: int) -> None:
+        inside.append(n)
+        most.append(len(inside))
+        await asyncio.sleep(0.01)  # the job's own work, so several overlap
+        inside.remove(n)
+
+    for n in range(6):
+        work.delay(n)
+    # When drained repeatedly (a refused job comes back after concurrency_retry_s)
+    for _ in range(20):
+        drain(app, concurrency=8)
+        if not any(s.scheduled or s.ready for s in queue_stats(app)):
+            break
+        clock.advance(app.settings.concurrency_retry_s)
+    # Then at most 2 ran at once, and all ran
+    assert max(most) <= 2
+    assert len(most) == 6
+    # And every slot was given back
+    assert all(app.coordination.get(f"faena:slot:{work.name}:{i}") is None for i in range(2))
+
+
+def test_a_dead_holders_slot_expires_with_the_lease(app: Faena, clock: FakeClock) -> None:
+    # Given both slots held by a worker that died (nobody renews them)
+    @app.task(concurrency_limit=1)
+    def work() -> None: ...
+
+    app.coordination.set_if_absent(f"faena:slot:{work.name}:0", "dead-job", app.settings.lease_s)
+    work.delay()
+    drain(app)
+    assert sum(s.scheduled for s in queue_stats(app)) == 1
+    # When the lease has passed, Then the job gets the slot and runs
+    clock.advance(app.settings.lease_s)
+    drain(app)
+    assert not any(s.scheduled or s.ready for s in queue_stats(app))
+
+
+def test_unique_jobs_return_the_existing_handle_while_unfinished(app: Faena) -> None:
+    @app.task(unique=True)
+    def report(day: str) -> str:
+        return day
+
+    # When the same call is sent twice, Then it is one job; other arguments are another job
+    first, again = report.delay("mon"), report.delay("mon")
+    other = report.delay("tue")
+    assert first.id == again.id
+    assert other.id != first.id
+    drain(app)
+    # When the job has finished, Then the same call makes a new job
+    assert first.get(timeout=1) == "mon"
+    assert report.delay("mon").id != first.id
+
+
+def test_a_unique_key_function_and_many_concurrent_senders(make_app: AppFactory) -> None:
+    app = make_app()
+
+    @app.task(unique_key=lambda args, kwargs: kwargs["user"], unique_for=60)
+    def sync_user(user: int, attempt: int = 0) -> None: ...
+
+    # When 100 threads send the same key at once
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        handles = list(pool.map(lambda n: sync_user.delay(user=7, attempt=n), range(100)))
+    # Then there is one job and 100 handles to it
+    assert len({h.id for h in handles}) == 1
+    assert sum(s.ready for s in queue_stats(app)) == 1
+
+
+def test_the_worker_frees_a_unique_key_when_the_job_ends(app: Faena) -> None:
+    # Given a unique task whose outcome is not recorded
+    @app.task(unique=True, ignore_result=True)
+    def ping(host: str) -> None: ...
+
+    first = ping.delay("a")
+    assert ping.delay("a").id == first.id
+    # When a worker has run it
+    drain(app)
+    # Then the same call makes a new job (the key was freed, not left to unique_for)
+    assert ping.delay("a").id != first.id

@@ -128,6 +128,7 @@ _TABLES = (
     "faena_workers",
     "faena_results",
     "faena_keys",
+    "faena_key_members",
     "faena_tokens",
 )
 """Every table schema.sql creates: a file missing any (an older release's) runs it again."""

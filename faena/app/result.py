@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, ca
 
 from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import (
+    ChordError,
     ResultError,
     SerializationError,
     TaskFailed,
@@ -230,7 +231,26 @@ class AsyncResult(Generic[R]):
         error = record.error
         if error is None:
             return TaskFailed(self.id, "UnknownError", record.reason or "no error recorded")
+        if error.type == "faena.ChordError":
+            return ChordError(
+                self.id, error.type, error.message, error.traceback, member_id=record.parent_id
+            )
         return TaskFailed(self.id, error.type, error.message, error.traceback)
+
+    # -- lineage ------------------------------------------------------------------------------
+    @property
+    def parent(self) -> AsyncResult[Any] | None:
+        """The job that sent this one (previous chain step, chord member, failed job for an
+        error callback), or ``None`` for a job sent by a producer or not recorded yet."""
+        record = self.record
+        parent_id = record.parent_id if record else None
+        return AsyncResult(parent_id, self.app) if parent_id else None
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        """The jobs this workflow job sends when it ends (next steps, callbacks, chord body)."""
+        record = self.record
+        return [AsyncResult(i, self.app) for i in (record.children if record else [])]
 
     # -- control ------------------------------------------------------------------------------
     def forget(self) -> None:

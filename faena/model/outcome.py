@@ -76,6 +76,7 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     terminate: bool = False
     parent_id: str | None = None
     root_id: str | None = None
+    children: list[str] = []
     fence: int = 0
     expires_at: float | None = None
 

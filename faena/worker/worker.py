@@ -35,6 +35,7 @@ from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import worker_identity
 from faena.model import states
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
+from faena.worker.canvas import after_job
 from faena.worker.endings import Endings, Key
 from faena.worker.logs import current_job
 from faena.worker.options import WorkerOptions, default_queues
@@ -341,12 +342,12 @@ class Worker:
             self._ends.settle(Settlement(delivery=delivery, action="ack"))
             self._ends.emit(states.REVOKED, job)
             return
-        if not task.defaults.acks_late:
-            await self._ends.after_early_ack(
-                delivery, decide(task.defaults, message, outcome, info), job
-            )
-            return
         decision = decide(task.defaults, message, outcome, info)
+        if message.flow is not None:
+            decision = await after_job(self.app, self._outbox, delivery, message, outcome, decision)
+        if not task.defaults.acks_late:
+            await self._ends.after_early_ack(delivery, decision, job)
+            return
         if outcome.status == "success":
             if log.isEnabledFor(logging.INFO):
                 log.info("job %s (%s) succeeded in %.3fs", message.id, task.name, outcome.runtime_s)

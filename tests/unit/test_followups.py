@@ -107,3 +107,55 @@ def test_a_last_member_that_died_before_sending_the_body_sends_it_when_run_again
     [body] = io.succeed(second, 7, again=True)
     # Then the body is sent, with both results
     assert body.args == [[5, 7]]
+
+
+def test_only_workflow_messages_use_the_second_envelope_version(app: Faena) -> None:
+    import msgspec
+    import pytest
+
+    from faena import SerializationError
+    from faena.model.message import encode_message
+
+    @app.task(name="f.plain")
+    def plain(i: int) -> int:
+        return i
+
+    # Given a plain send and a chain
+    plain.delay(1)
+    (plain.s(1) | plain.s()).delay()
+
+    async def take() -> list[Message]:
+        consumer = await app.broker.open_consumer(["default"], "test")
+        deliveries = await consumer.receive(10, 0.1)
+        await consumer.close()
+        return [decode_message(d.body) for d in deliveries]
+
+    versions = sorted((m.v, m.flow is not None) for m in asyncio.run(take()))
+    # Then the plain message stays at version 1, the workflow's first job is version 2
+    assert versions == [(1, False), (2, True)]
+    # And a version the message's content does not match is refused, naming both versions
+    odd = Message(id="x", task="f.plain", queue="default", v=2)
+    with pytest.raises(SerializationError, match="version 2 is not supported"):
+        decode_message(encode_message(odd))
+    assert msgspec.json.decode(encode_message(odd))["v"] == 2
+
+
+def test_a_group_of_ten_thousand_is_sent_at_once_and_a_chord_of_them_completes(
+    app: Faena,
+) -> None:
+    from .support import drain, queue_stats
+
+    @app.task(name="f.one")
+    def one(i: int) -> int:
+        return i
+
+    @app.task(name="f.sum")
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    # When a chord of 10,000 members is sent
+    result = chord((one.s(i) for i in range(10_000)), total.s()).delay()
+    # Then all members are queued by the time delay() returns, and the body gets every result
+    assert sum(s.ready for s in queue_stats(app)) == 10_000
+    drain(app)
+    assert result.get(timeout=5) == sum(range(10_000))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -69,7 +70,7 @@ class WorkerFlowIO:
             self.app.results.store(record)
 
 
-async def after_job(
+def after_job(
     app: Faena,
     outbox: Outbox,
     delivery: Delivery,
@@ -77,10 +78,11 @@ async def after_job(
     outcome: Outcome,
     decision: Decision,
 ) -> Decision:
-    """Carry out the workflow of ``message`` after its run; the decision to settle it with.
+    """Queue the workflow of ``message`` after its run; the decision to settle it with.
 
-    Only a success or a final failure has follow-ups; a retry or a lost run waits for the next
-    attempt.
+    Only a success or a final failure has follow-ups (a retry or a lost run waits for the next
+    attempt). They run in the outbox's next flush, after the record and before the
+    settlement, which the caller queues next (see :mod:`faena.worker.outbox`).
     """
     flow = message.flow
     success = outcome.status == "success" and decision.action == "ack"
@@ -92,14 +94,21 @@ async def after_job(
         record = msgspec.structs.replace(record, children=children)
         decision = dataclasses.replace(decision, record=record)
         outbox.record(record)
-        await outbox.flush()
-    io = WorkerFlowIO(app, asyncio.get_running_loop())
-    again = delivery.deliveries > 1
     if success:
         value = decode_value(outcome.value, message.serializer, app.settings.accept)
-        await asyncio.to_thread(after_success, io, message, value, again)
+        rule: Callable[..., None] = after_success
+        detail: Any = value
     else:
         error = (record.error if record else None) or outcome.error
-        error = error or ErrorInfo(type="faena.Failed", message=decision.detail or "failed")
-        await asyncio.to_thread(after_failure, io, message, error, again)
+        detail = error or ErrorInfo(type="faena.Failed", message=decision.detail or "failed")
+        rule = after_failure
+    runs = [delivery.deliveries > 1]
+
+    async def step() -> None:
+        again = runs[-1]
+        runs.append(True)  # a follow-up that failed part-way runs again as a second run
+        io = WorkerFlowIO(app, asyncio.get_running_loop())
+        await asyncio.to_thread(rule, io, message, detail, again)
+
+    outbox.follow(step)
     return decision

@@ -344,7 +344,7 @@ class Worker:
             return
         decision = decide(task.defaults, message, outcome, info)
         if message.flow is not None:
-            decision = await after_job(self.app, self._outbox, delivery, message, outcome, decision)
+            decision = after_job(self.app, self._outbox, delivery, message, outcome, decision)
         if not task.defaults.acks_late:
             await self._ends.after_early_ack(delivery, decision, job)
             return

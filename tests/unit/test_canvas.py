@@ -292,3 +292,24 @@ def test_links_get_the_result_and_errbacks_the_failure(flows: Flows) -> None:
     assert ok.children[0].parent == ok
     with pytest.raises(TaskFailed):
         bad.get(timeout=5)
+
+
+def test_workflows_carry_pickled_arguments_and_results(make_app: Any) -> None:
+    # Given an app that sends and accepts pickle
+    app = make_app("pickled", serializer="pickle", accept=["json", "pickle"])
+
+    @app.task(name="p.pair")
+    def pair(x: Any, y: Any) -> tuple[Any, Any]:
+        return (x, y)
+
+    @app.task(name="p.first")
+    def first(values: list[Any]) -> Any:
+        return values[0]
+
+    # When a chain and a chord pass pickled values along
+    result = (pair.s(1, {2}) | pair.s(frozenset({3}))).delay()
+    merged = chord([pair.s(b"a", 1), pair.s(b"b", 2)], first.s()).delay()
+    drain(app)
+    # Then each step got the previous result first, as the Python value it was
+    assert result.get(timeout=5) == ((1, {2}), frozenset({3}))
+    assert merged.get(timeout=5) == (b"a", 1)

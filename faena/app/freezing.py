@@ -49,7 +49,11 @@ class Freezer:
 
     def __init__(self, app: Faena, options: Mapping[str, Any]) -> None:
         self.app = app
-        self.options = {k: v for k, v in options.items() if k != "task_id"}
+        # The timing of a send applies to the jobs sent first (see send_canvas), not to every
+        # step: a chain sent with countdown=10 starts in 10 s, then runs at its own pace.
+        self.options = {
+            k: v for k, v in options.items() if k not in ("task_id", "countdown", "eta")
+        }
         self.task_id: str | None = options.get("task_id")
         self.ids: list[str] = []
         """Every job id of the canvas, in freezing order (for revoking it whole)."""

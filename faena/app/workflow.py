@@ -13,15 +13,17 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from faena.app.freezing import After, Freezer, with_link
-from faena.app.producer import to_outgoing
+from faena.app.producer import eta_of, to_outgoing
 from faena.app.result import AsyncResult
 from faena.foundation.exceptions import ConfigurationError, ResultError, TimeoutError
 from faena.model import states
-from faena.model.flow import job_message
+from faena.model.flow import Job, job_message
 from faena.model.message import Message
 from faena.model.signature import Canvas, Group, Signature
-from faena.model.task import current_context
+from faena.model.task import CallOptions, current_context
 
 if TYPE_CHECKING:
     from faena.app.core import Faena
@@ -136,17 +138,21 @@ def send_canvas(
             jobs, final = freezer.freeze(member, After(), None, None, errbacks, 0)
             entries += jobs
             finals.append(final)
-        _send(app, entries)
+        _send(app, entries, options)
         group_id = freezer.task_id or finals[0]
         return GroupResult(group_id, [AsyncResult(f, app) for f in finals], app)
-    first = freezer.task_id if isinstance(canvas, Signature) else None
-    entries, final = freezer.freeze(canvas, After(), first, None, errbacks, 0)
-    _send(app, entries)
+    entries, final = freezer.freeze(canvas, After(), freezer.task_id, None, errbacks, 0)
+    _send(app, entries, options)
     return WorkflowResult(final, app, freezer.ids)
 
 
-def _send(app: Faena, entries: list[Any]) -> None:
+def _send(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> None:
     now = app.settings.clock.time()
+    countdown, eta = options.get("countdown"), options.get("eta")
+    if countdown is not None or eta is not None:
+        call = CallOptions(countdown=countdown, eta=eta)  # checks them as apply_async does
+        due = eta_of(call, now)
+        entries = [msgspec.structs.replace(j, countdown=max(0.0, due - now)) for j in entries]
     running = current_context()
     parent = running.request.id if running else None
     root = (running.request.root_id or running.request.id) if running else None

@@ -313,3 +313,20 @@ def test_workflows_carry_pickled_arguments_and_results(make_app: Any) -> None:
     # Then each step got the previous result first, as the Python value it was
     assert result.get(timeout=5) == ((1, {2}), frozenset({3}))
     assert merged.get(timeout=5) == (b"a", 1)
+
+
+def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
+    app: Faena, clock: Any
+) -> None:
+    from .support import queue_stats
+
+    flows = Flows(app)
+    # Given a chain sent with a countdown and an id of its own
+    result = (flows.add.s(1, 1) | flows.mul.s(2)).apply_async(countdown=60, task_id="the-end")
+    # Then its result has that id, and only its first job waits, scheduled
+    assert result.id == "the-end"
+    assert [(s.ready, s.scheduled) for s in queue_stats(app)] == [(0, 1)]
+    # When the time comes, the whole chain runs without waiting again
+    clock.advance(61)
+    drain(app)
+    assert result.get(timeout=5) == 4

@@ -330,3 +330,20 @@ def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
     clock.advance(61)
     drain(app)
     assert result.get(timeout=5) == 4
+
+
+def test_the_workflow_graph_of_a_chord_joins_every_member_to_the_body(flows: Flows) -> None:
+    # Given a chain that fans out into a chord
+    result = (flows.add.s(1, 1) | group(flows.mul.s(i) for i in range(3)) | flows.total.s()).delay()
+    flows.run()
+    assert result.get(timeout=5) == 6
+    # When its graph is fetched from the root
+    root = result.parent.parent  # type: ignore[union-attr]
+    assert root is not None
+    graph = flows.app.workflow(root.id)
+    # Then it has the first job, three members and the body, each member joined to the body
+    tasks = sorted(node["task"] for node in graph["nodes"].values())
+    assert tasks == ["flows.add", "flows.mul", "flows.mul", "flows.mul", "flows.total"]
+    into_body = [edge for edge in graph["edges"] if edge[1] == result.id]
+    assert len(into_body) == 3
+    assert all(node["state"] == "SUCCESS" for node in graph["nodes"].values())

@@ -23,7 +23,7 @@ from faena.app.lookup import make_broker, make_coordination_store, make_result_s
 from faena.app.producer import build_message, function_task_name, to_outgoing
 from faena.app.result import AsyncResult
 from faena.app.settings import Settings, build_settings, resolve_urls
-from faena.app.workflow import send_canvas, workflow_graph
+from faena.app.workflow import asend_canvas, send_canvas, workflow_graph
 from faena.contracts.broker import Broker, BrokerConfig
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
@@ -298,6 +298,16 @@ class Faena:
     ) -> Any:
         """Send a chain, group, chord or signature (what their ``apply_async`` uses)."""
         return send_canvas(self, canvas, options, link, link_error)
+
+    async def asend_canvas(
+        self,
+        canvas: Canvas,
+        options: Mapping[str, Any],
+        link: list[Signature],
+        link_error: list[Signature],
+    ) -> Any:
+        """``send_canvas`` for async producers."""
+        return await asend_canvas(self, canvas, options, link, link_error)
 
     def workflow(self, root_id: str) -> dict[str, Any]:
         """The graph of jobs reachable from ``root_id``; see :func:`workflow_graph`."""

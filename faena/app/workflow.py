@@ -126,10 +126,45 @@ def send_canvas(
     link_error: list[Signature],
 ) -> AsyncResult[Any] | GroupResult:
     """Freeze ``canvas`` and send its first jobs; what stands for its result."""
+    messages, result = _prepare(app, canvas, options, link, link_error)
+    if app.settings.eager:
+        from faena.app.eager_flow import run_messages
+
+        run_messages(app, messages)
+    else:
+        app.broker.enqueue([to_outgoing(app.settings, m) for m in messages])
+    return result
+
+
+async def asend_canvas(
+    app: Faena,
+    canvas: Canvas,
+    options: Mapping[str, Any],
+    link: list[Signature],
+    link_error: list[Signature],
+) -> AsyncResult[Any] | GroupResult:
+    """``send_canvas`` for async producers."""
+    messages, result = _prepare(app, canvas, options, link, link_error)
+    if app.settings.eager:
+        from faena.app.eager_flow import run_messages
+
+        run_messages(app, messages)
+    else:
+        await app.broker.aenqueue([to_outgoing(app.settings, m) for m in messages])
+    return result
+
+
+def _prepare(
+    app: Faena,
+    canvas: Canvas,
+    options: Mapping[str, Any],
+    link: list[Signature],
+    link_error: list[Signature],
+) -> tuple[list[Message], AsyncResult[Any] | GroupResult]:
+    """The first messages of ``canvas``, and what stands for its result."""
     freezer = Freezer(app, options)
     canvas = with_link(canvas, link)
     errbacks = freezer.callbacks(link_error, 2)
-
     if isinstance(canvas, Group):
         if not canvas.members:
             raise ConfigurationError("an empty group has nothing to send; give it members")
@@ -138,15 +173,14 @@ def send_canvas(
             jobs, final = freezer.freeze(member, After(), None, None, errbacks, 0)
             entries += jobs
             finals.append(final)
-        _send(app, entries, options)
         group_id = freezer.task_id or finals[0]
-        return GroupResult(group_id, [AsyncResult(f, app) for f in finals], app)
+        members: list[AsyncResult[Any]] = [AsyncResult(f, app) for f in finals]
+        return _messages(app, entries, options), GroupResult(group_id, members, app)
     entries, final = freezer.freeze(canvas, After(), freezer.task_id, None, errbacks, 0)
-    _send(app, entries, options)
-    return WorkflowResult(final, app, freezer.ids)
+    return _messages(app, entries, options), WorkflowResult(final, app, freezer.ids)
 
 
-def _send(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> None:
+def _messages(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> list[Message]:
     now = app.settings.clock.time()
     countdown, eta = options.get("countdown"), options.get("eta")
     if countdown is not None or eta is not None:
@@ -156,16 +190,8 @@ def _send(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> None:
     running = current_context()
     parent = running.request.id if running else None
     root = (running.request.root_id or running.request.id) if running else None
-    messages: list[Message] = [
-        job_message(j, now, parent, root or (entries[0].id if entries else None), None)
-        for j in entries
-    ]
-    if app.settings.eager:
-        from faena.app.eager_flow import run_messages
-
-        run_messages(app, messages)
-        return
-    app.broker.enqueue([to_outgoing(app.settings, m) for m in messages])
+    root = root or (entries[0].id if entries else None)
+    return [job_message(j, now, parent, root, None) for j in entries]
 
 
 def workflow_graph(app: Faena, root_id: str) -> dict[str, Any]:

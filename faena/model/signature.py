@@ -39,6 +39,14 @@ class CanvasSender(Protocol):
         link_error: list[Signature],
     ) -> Any: ...
 
+    async def asend_canvas(
+        self,
+        canvas: Canvas,
+        options: Mapping[str, Any],
+        link: list[Signature],
+        link_error: list[Signature],
+    ) -> Any: ...
+
 
 def check_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """``options`` if every name is a call option; else a ConfigurationError naming them."""
@@ -105,11 +113,35 @@ class Canvas(ABC):
             An ``AsyncResult`` of the job whose result stands for the canvas (the chain's last
             job, the chord's body), or a ``GroupResult`` for a group.
         """
+        canvas, link, link_error = self._sending(args, kwargs, options)
+        return self.sender().send_canvas(canvas, options, link, link_error)
+
+    async def adelay(self, *args: Any, **kwargs: Any) -> Any:
+        """``delay`` for async producers."""
+        return await self.aapply_async(args, kwargs)
+
+    async def aapply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """``apply_async`` for async producers (the broker is awaited, not blocked on)."""
+        canvas, link, link_error = self._sending(args, kwargs, options)
+        return await self.sender().asend_canvas(canvas, options, link, link_error)
+
+    def _sending(
+        self,
+        args: tuple[Any, ...] | list[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> tuple[Canvas, list[Signature], list[Signature]]:
+        """The canvas to send with ``args`` put in, and the callbacks taken out of ``options``."""
         check_options(type(self).__name__.lower(), options)
         link = _links(options.pop("link", None), "link")
         link_error = _links(options.pop("link_error", None), "link_error")
         canvas = self.with_args(tuple(args), kwargs or {}) if args or kwargs else self
-        return self.sender().send_canvas(canvas, options, link, link_error)
+        return canvas, link, link_error
 
 
 class Signature(Canvas):

@@ -347,3 +347,17 @@ def test_the_workflow_graph_of_a_chord_joins_every_member_to_the_body(flows: Flo
     into_body = [edge for edge in graph["edges"] if edge[1] == result.id]
     assert len(into_body) == 3
     assert all(node["state"] == "SUCCESS" for node in graph["nodes"].values())
+
+
+def test_async_producers_send_canvases_without_blocking(flows: Flows) -> None:
+    import asyncio
+
+    async def send() -> tuple[Any, Any]:
+        steps = await (flows.add.s(1, 2) | flows.mul.s(3)).adelay()
+        members = await group(flows.add.s(i, i) for i in range(3)).aapply_async()
+        return steps, members
+
+    steps, members = asyncio.run(send())
+    flows.run()
+    assert steps.get(timeout=5) == 9
+    assert members.get(timeout=5) == [0, 2, 4]

@@ -40,6 +40,9 @@ class EagerFlowIO:
     def take_once(self, key: str, value: str) -> bool:
         return self.app.coordination.set_if_absent(key, value, self.ttl())
 
+    def holder(self, key: str) -> str | None:
+        return self.app.coordination.get(key)
+
     def values(self, job_ids: list[str]) -> dict[str, Any]:
         found = {}
         for job_id in job_ids:

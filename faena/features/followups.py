@@ -53,6 +53,10 @@ class FlowIO(Protocol):
 
     def take_once(self, key: str, value: str) -> bool: ...
 
+    def holder(self, key: str) -> str | None:
+        """What ``take_once`` stored at ``key``, if it is still there."""
+        ...
+
     def values(self, job_ids: list[str]) -> dict[str, Any]:
         """The decoded results of the ids that have a ``SUCCESS`` record."""
         ...
@@ -103,7 +107,7 @@ def after_failure(io: FlowIO, message: Message, error: ErrorInfo, again: bool) -
         return
     records: dict[str, JobRecord] = {}
     out: list[Message] = []
-    _fail(io, message.flow, message.id, message.root_id, error, error, records, out)
+    _fail(io, message.flow, message.id, message.root_id, error, error, records, out, again)
     if records:
         io.store(list(records.values()))
     _send(io, out, again)
@@ -118,15 +122,23 @@ def _fail(
     error: ErrorInfo,
     records: dict[str, JobRecord],
     out: list[Message],
+    again: bool,
 ) -> None:
-    """``cause`` is the failed job's own error (for callbacks), ``error`` what to record."""
+    """``cause`` is the failed job's own error (for callbacks), ``error`` what to record.
+
+    A second run of the member that failed the chord first carries the chord's failure
+    through again (its worker may have died part-way); anything already sent is not resent.
+    """
     now = io.now()
     summary = {"type": cause.type, "message": cause.message}
     out += [job_message(j, now, failed_id, root, [failed_id, summary]) for j in flow.link_error]
     if flow.final is not None:
         records[flow.final] = _failure(io, flow.final, error, failed_id, root, "chain stopped")
     chord = flow.chord or flow.member_of
-    if chord is None or not io.take_once(chord_failed_key(chord.group), failed_id):
+    if chord is None:
+        return
+    key = chord_failed_key(chord.group)
+    if not (io.take_once(key, failed_id) or (again and io.holder(key) == failed_id)):
         return
     chord_error = ErrorInfo(
         type="faena.ChordError",
@@ -135,7 +147,7 @@ def _fail(
     )
     for job in chord.body:
         records[job.id] = _failure(io, job.id, chord_error, failed_id, root, "chord failed")
-        _fail(io, job.flow or Flow(), failed_id, root, cause, chord_error, records, out)
+        _fail(io, job.flow or Flow(), failed_id, root, cause, chord_error, records, out, again)
     records[chord.id] = _failure(io, chord.id, chord_error, failed_id, root, "chord failed")
 
 

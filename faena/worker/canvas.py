@@ -47,6 +47,9 @@ class WorkerFlowIO:
     def take_once(self, key: str, value: str) -> bool:
         return self.app.coordination.set_if_absent(key, value, self.ttl())
 
+    def holder(self, key: str) -> str | None:
+        return self.app.coordination.get(key)
+
     def _fetch(self, job_ids: list[str]) -> dict[str, JobRecord]:
         future = asyncio.run_coroutine_threadsafe(self.app.results.fetch_many(job_ids), self.loop)
         return future.result()

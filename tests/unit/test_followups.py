@@ -35,6 +35,9 @@ class Recorded:
     def take_once(self, key: str, value: str) -> bool:
         return self.coordination.set_if_absent(key, value, self.ttl())
 
+    def holder(self, key: str) -> str | None:
+        return self.coordination.get(key)
+
     def values(self, job_ids: list[str]) -> dict[str, Any]:
         return {i: int(self.records[i].value or b"0") for i in job_ids if i in self.records}
 
@@ -159,3 +162,54 @@ def test_a_group_of_ten_thousand_is_sent_at_once_and_a_chord_of_them_completes(
     assert sum(s.ready for s in queue_stats(app)) == 10_000
     drain(app)
     assert result.get(timeout=5) == sum(range(10_000))
+
+
+def test_a_failed_member_run_again_finishes_failing_the_chord_and_sends_nothing_twice(
+    app: Faena,
+) -> None:
+    from faena.features.followups import after_failure
+    from faena.model.outcome import ErrorInfo
+
+    @app.task(name="f.alert")
+    def alert(job_id: str, error: dict[str, str]) -> None:
+        return None
+
+    io = Recorded()
+    app.registry.register(alert)
+    members = _members_with_errback(app, alert)
+    error = ErrorInfo(type="ValueError", message="no")
+    # Given the first member failed and took the chord's failure, then its worker died
+    io.take_once(f"faena:chord:{members[0].flow.chord.group}:failed", members[0].id)  # type: ignore[union-attr]
+    # When it runs again and fails again
+    after_failure(io, members[0], error, again=True)
+    # Then the chord's failure is carried through: the errback is sent, the chord is failed
+    [errback] = io.sent
+    assert errback.task == "f.alert"
+    assert errback.args[0] == members[0].id
+    chord_id = members[0].flow.chord.id  # type: ignore[union-attr]
+    assert io.records[chord_id].error.type == "faena.ChordError"  # type: ignore[union-attr]
+    # And once the errback has a record, a third run sends nothing; another member nothing
+    io.records[errback.id] = JobRecord(id=errback.id, state=states.SUCCESS)
+    after_failure(io, members[0], error, again=True)
+    after_failure(io, members[1], error, again=False)
+    assert io.sent == [errback]
+
+
+def _members_with_errback(app: Faena, errback: Any) -> list[Message]:
+    @app.task(name="f.m")
+    def m(i: int) -> int:
+        return i
+
+    @app.task(name="f.b")
+    def b(values: list[int]) -> int:
+        return sum(values)
+
+    chord((m.s(i) for i in range(2)), b.s()).apply_async(link_error=errback.s())
+
+    async def take() -> list[Message]:
+        consumer = await app.broker.open_consumer(["default"], "test")
+        deliveries = await consumer.receive(2, 0.1)
+        await consumer.close()
+        return [decode_message(d.body) for d in deliveries]
+
+    return sorted(asyncio.run(take()), key=lambda x: x.flow.chord.index)  # type: ignore[union-attr]

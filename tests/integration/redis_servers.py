@@ -118,8 +118,9 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @contextlib.contextmanager
-def redis_cluster(directory: Path, nodes: int = 3) -> Iterator[list[RedisServer]]:
-    """``nodes`` masters on private ports joined into one cluster (no replicas)."""
+def redis_cluster(directory: Path, nodes: int = 3, *options: str) -> Iterator[list[RedisServer]]:
+    """``nodes`` masters on private ports joined into one cluster (no replicas); ``options``
+    are given to every node."""
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         pytest.skip("redis-server and redis-cli are needed for a cluster")
     servers = [
@@ -133,6 +134,7 @@ def redis_cluster(directory: Path, nodes: int = 3) -> Iterator[list[RedisServer]
             "2000",
             "--appendonly",
             "no",
+            *options,
             port=cluster_port(),
         )
         for n in range(nodes)

@@ -123,6 +123,7 @@ def test_redis_crash_with_aof_always_loses_no_acknowledged_enqueue(
         # When Redis crashes (SIGKILL) mid-run and comes back on the same files
         private_redis.kill()
         wait_until(lambda: len(refused) >= 1, 30, "the producer noticing")
+        wait_until(lambda: "retrying with back-off" in worker.output(), 30, "the worker noticing")
         enqueued_before = len(acknowledged)
         private_redis.start()
         wait_until(lambda: len(acknowledged) > enqueued_before + 200, 30, "enqueues resuming")

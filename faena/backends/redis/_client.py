@@ -39,7 +39,7 @@ import redis.asyncio.retry
 import redis.cluster
 import redis.exceptions
 import redis.retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
@@ -135,15 +135,16 @@ def _seed_nodes(url: str) -> list[redis.cluster.ClusterNode]:
     return nodes
 
 
-_ATTEMPTS: Final = 3
-
-
 def _options(target: Target, retry: Any) -> dict[str, Any]:
-    # Only a refused or broken connection is tried again, on a fresh connection (a pooled one
-    # may predate a server restart); a read timeout is not, since the command may have run.
-    # Three connection attempts fit in the timeout, so a caller hears back within it.
+    # redis-py sends a command again after a connection error by default, and a connection
+    # that breaks after the command was sent looks the same as one that never connected: a
+    # claim would lease messages nobody receives, an acknowledgement that applied would answer
+    # "lease lost", an increment would count twice. So faena's clients never re-send; a failed
+    # call raises BrokerUnavailable ("may or may not have taken effect") and the caller decides
+    # (a worker tries again with back-off). A pooled connection that the server closed (a
+    # restart) is noticed and replaced when it is taken from the pool, before anything is sent.
     return {
-        "socket_connect_timeout": target.timeout_s / _ATTEMPTS,
+        "socket_connect_timeout": target.timeout_s,
         "socket_timeout": target.timeout_s,
         "health_check_interval": 15,
         "retry": retry,
@@ -158,19 +159,18 @@ def _pool_options(target: Target) -> dict[str, Any]:
 
 
 def _sync_retry() -> Any:
-    return redis.retry.Retry(
-        ExponentialWithJitterBackoff(cap=0.25, base=0.01),
-        _ATTEMPTS - 1,
-        supported_errors=(redis.exceptions.ConnectionError,),
-    )
+    return redis.retry.Retry(NoBackoff(), 0)
 
 
-def _async_retry() -> Any:
-    return redis.asyncio.retry.Retry(
-        ExponentialWithJitterBackoff(cap=0.25, base=0.01),
-        _ATTEMPTS - 1,
-        supported_errors=(redis.exceptions.ConnectionError,),
-    )
+def _async_retry(resend: bool) -> Any:
+    if resend:
+        # Twice more, on a fresh connection: only for commands a repeat cannot harm.
+        return redis.asyncio.retry.Retry(
+            ExponentialWithJitterBackoff(cap=0.25, base=0.01),
+            2,
+            supported_errors=(redis.exceptions.ConnectionError,),
+        )
+    return redis.asyncio.retry.Retry(NoBackoff(), 0)
 
 
 def sync_client(target: Target, source_url: str) -> SyncClient:
@@ -186,10 +186,14 @@ def sync_client(target: Target, source_url: str) -> SyncClient:
     return redis.Redis.from_pool(pool)
 
 
-def async_client(target: Target, source_url: str, *, blocking_s: float = 0.0) -> AsyncClient:
+def async_client(
+    target: Target, source_url: str, *, blocking_s: float = 0.0, resend: bool = False
+) -> AsyncClient:
     """A client for one event loop. ``blocking_s``: the longest blocking command it sends,
-    added to the read timeout so a blocking wait is not mistaken for a dead server."""
-    options = _options(target, _async_retry())
+    added to the read timeout so a blocking wait is not mistaken for a dead server.
+    ``resend``: send a command again after a broken connection — only for a client whose
+    commands may run twice (a worker's wait for a wake-up token: a lost token costs a wait)."""
+    options = _options(target, _async_retry(resend))
     options["socket_timeout"] = target.timeout_s + blocking_s
     if target.cluster:
         nodes = [redis.asyncio.cluster.ClusterNode(n.host, n.port) for n in _seed_nodes(source_url)]

@@ -24,18 +24,17 @@ from faena.backends.redis._client import SyncClient, Target
 def server_warnings(client: SyncClient, target: Target) -> list[str]:
     """Plain-words warnings about ``target``'s eviction policy and persistence.
 
-    On a cluster every primary is asked, and a warning names the first that needs it.
+    On a cluster every primary is asked, and each warning names its node.
     """
     if isinstance(client, redis.cluster.RedisCluster):
         found: list[str] = []
-        for node in client.get_primaries():  # type: ignore[no-untyped-call]
-            for line in _warnings_for(
+        primaries: list[Any] = client.get_primaries()  # type: ignore[no-untyped-call]
+        for node in primaries:
+            found += _warnings_for(
                 client.info("all", target_nodes=node),
                 _save_rules(client, node),
                 f"Redis node {node.name} of {target.display}",
-            ):
-                if line not in found:
-                    found.append(line)
+            )
         return found
     return _warnings_for(
         client.info("all"), _save_rules(client, None), f"Redis at {target.display}"

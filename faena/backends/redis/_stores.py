@@ -46,6 +46,7 @@ from faena.backends.redis._client import (
     translated,
 )
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
+from faena.foundation.exceptions import BrokerUnavailable
 
 TEST_CLOCK_EXPIRY_MS: Final = 3_600_000
 """The least native expiry on a test clock: fake time says when a key is gone, this only
@@ -156,12 +157,21 @@ class Connections:
         self.target: Target = parse_url(url)
         self.clock = clock
         self.test_clock = clock is not SYSTEM_CLOCK
-        self.sync: SyncClient = sync_client(self.target, url)
+        self._sync: SyncClient | None = None
         # A blocking command must answer well within the read timeout, or a long wait would
         # look like a dead server: a waiter blocks in slices of at most half the timeout.
         self.slice_s = min(_SLICE_S, self.target.timeout_s / 2)
         self._lock = threading.Lock()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
+
+    @property
+    def sync(self) -> SyncClient:
+        """The pooled sync client, made on first use (a cluster client connects as it is made,
+        and a store is often built where no call is sent). Use inside :meth:`translated`."""
+        with self._lock:
+            if self._sync is None:
+                self._sync = sync_client(self.target, self.url)
+            return self._sync
 
     def now(self) -> str:
         """The ``now`` argument of a script (empty: the server's clock)."""
@@ -184,8 +194,21 @@ class Connections:
         """The running event loop's client, for one operation among at most as many at once
         as its pool has connections (a burst beyond that waits its turn)."""
         entry = await self._entry()
-        async with entry.slots:
+        # A burst beyond the pool waits its turn, but no longer than the URL's timeout: a
+        # caller hears back within it, as from the server itself.
+        try:
+            async with asyncio.timeout(self.target.timeout_s):
+                await entry.slots.acquire()
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"Redis at {self.target.display}: every connection of this event loop's pool "
+                f"stayed busy for {self.target.timeout_s:g} s; raise max_connections in the URL "
+                "or send fewer calls at once"
+            ) from None
+        try:
             yield entry.client
+        finally:
+            entry.slots.release()
 
     @asynccontextmanager
     async def using(self, doing: str) -> AsyncIterator[AsyncClient]:
@@ -257,7 +280,9 @@ class Connections:
         """Close the sync client, and the async clients of loops that are still open."""
         with self._lock:
             entries, self._loops = list(self._loops.items()), {}
-        self.sync.close()
+            sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.close()
         for loop, entry in entries:
             guard = entry.guard
             if loop.is_closed():

@@ -70,7 +70,6 @@ class RedisBroker(Broker):
         self._keys = Keys(self._target)
         self._lock = threading.Lock()
         self._sync: SyncClient | None = None
-        self._registered: set[str] = set()
         self._closed = False
 
     def _client(self) -> SyncClient:
@@ -108,14 +107,12 @@ class RedisBroker(Broker):
             args += (m.id, m.body, m.priority, "" if m.due is None else ms(m.due))
         batch = Batch()
         # The set of known queues lives in a slot of its own, so it is written apart from the
-        # queue's script, once per queue and broker (names are never taken out of it).
-        new = [q for q in per_queue if q not in self._registered]
-        if new:
-            batch.command("SADD", self._keys.queues, *new)
+        # queue's script, in the same round trip; every time, so a set lost on the server (a
+        # restart without persistence) is filled again by the next enqueue.
+        batch.command("SADD", self._keys.queues, *per_queue)
         for queue, args in per_queue.items():
             batch.script(_keys.ENQUEUE, self._keys.queue(queue), args)
         self._run(batch, f"enqueueing {len(messages)} message(s)")
-        self._registered.update(new)
 
     async def aenqueue(self, messages: Sequence[Outgoing]) -> None:
         if messages:

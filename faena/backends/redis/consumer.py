@@ -61,7 +61,7 @@ class RedisConsumer(Consumer):
         self._wake_keys = [k[WAKE] for k in self._queue_keys]
         self._broker_closed = broker_closed
         self._client = async_client(target, url)
-        self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S)
+        self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True)
         self._turn = 0
         self._woken_by: int | None = None
         self._closed = False
@@ -139,20 +139,20 @@ class RedisConsumer(Consumer):
             return await asyncio.shield(claim)
         except asyncio.CancelledError:
             # The claim may have leased messages already that nobody will receive: hand them
-            # back, uncounted, rather than let their leases run out.
-            claim.add_done_callback(self._give_back)
-            raise
-
-    def _give_back(self, claim: asyncio.Future[tuple[list[Delivery], float | None]]) -> None:
-        if claim.cancelled() or claim.exception() is not None or self._shut:
-            return
-        deliveries = claim.result()[0]
-        if deliveries:
-            task = asyncio.ensure_future(
-                self.settle([Settlement(delivery=d, action="release") for d in deliveries])
-            )
+            # back, uncounted, rather than let their leases run out. A tracked task, so that
+            # close() waits for it.
+            task = asyncio.ensure_future(self._give_back(claim))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+            raise
+
+    async def _give_back(self, claim: asyncio.Future[tuple[list[Delivery], float | None]]) -> None:
+        try:
+            deliveries = (await claim)[0]
+        except (BrokerError, asyncio.CancelledError):
+            return  # nothing was leased, or the claim's fate is unknown: leases expire
+        if deliveries:
+            await self.settle([Settlement(delivery=d, action="release") for d in deliveries])
 
     async def _claim(self, limit: int) -> tuple[list[Delivery], float | None]:
         """One claim round from the next queue on; the deliveries, or how long until something
@@ -172,14 +172,28 @@ class RedisConsumer(Consumer):
             fixed[1] = limit - len(found)
             batch = Batch()
             batch.script(_keys.CLAIM, [k for i in queues for k in self._queue_keys[i]], fixed)
-            (reply,) = await self._run(batch, "claiming messages")
+            try:
+                (reply,) = await self._run(batch, "claiming messages")
+            except BrokerError:
+                # On a cluster one queue's node may fail while another's answered: what is
+                # already leased is handed out rather than left to expire; the failing node
+                # raises again on the next call if nothing was found.
+                if found:
+                    break
+                raise
             visited.update(queues)
             due_in = _earliest(due_in, self._decode(reply, queues, found))
             if len(found) >= limit:
                 break
         woken_by, self._woken_by = self._woken_by, None
         if woken_by is not None and woken_by not in visited:
-            await self._pass_token(woken_by)
+            try:
+                await self._pass_token(woken_by)
+            except BrokerError:
+                if not found:
+                    raise
+                # Only a wake-up is lost: an idle worker of that queue looks again within
+                # its block period.
         return found, None if found else due_in
 
     def _decode(self, reply: list[Any], queues: list[int], into: list[Delivery]) -> float | None:

@@ -1,0 +1,1 @@
+"""faena against Celery, RQ, Dramatiq and arq on one private Redis server (see README.md)."""

@@ -20,3 +20,9 @@ def noop_ignored(i: int) -> None:
 @app.task
 async def anoop(i: int) -> int:
     return i
+
+
+@app.task
+def tally(values: list[int]) -> int:
+    """A chord body: the sum of the members' results."""
+    return sum(values)

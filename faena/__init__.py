@@ -19,12 +19,15 @@ created and used.
 from faena.app.core import Faena, QueueHandle, shared_task
 from faena.app.result import AsyncResult, Progress
 from faena.app.settings import Settings
+from faena.app.workflow import GroupResult, WorkflowResult
+from faena.canvas import chain, chord, group, signature
 from faena.contracts.events import JobEvent
 from faena.features.lock import Lock
 from faena.foundation.clock import FakeClock
 from faena.foundation.exceptions import (
     BrokerError,
     BrokerUnavailable,
+    ChordError,
     ConfigurationError,
     FaenaError,
     LockError,
@@ -45,6 +48,7 @@ from faena.foundation.exceptions import (
     UnknownTaskError,
     WorkerLost,
 )
+from faena.model.signature import Signature
 from faena.model.states import (
     FAILURE,
     PENDING,
@@ -73,10 +77,12 @@ __all__ = [
     "AsyncResult",
     "BrokerError",
     "BrokerUnavailable",
+    "ChordError",
     "ConfigurationError",
     "Faena",
     "FaenaError",
     "FakeClock",
+    "GroupResult",
     "JobContext",
     "JobEvent",
     "Lock",
@@ -93,6 +99,7 @@ __all__ = [
     "Retry",
     "SerializationError",
     "Settings",
+    "Signature",
     "SoftTimeLimitExceeded",
     "Task",
     "TaskControlError",
@@ -102,6 +109,11 @@ __all__ = [
     "TimeoutError",
     "UnknownTaskError",
     "WorkerLost",
+    "WorkflowResult",
     "__version__",
+    "chain",
+    "chord",
+    "group",
     "shared_task",
+    "signature",
 ]

@@ -18,11 +18,13 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
+from faena.app.builtins import register_builtins
 from faena.app.eager import run_eagerly, run_eagerly_async
 from faena.app.lookup import make_broker, make_coordination_store, make_result_store
 from faena.app.producer import build_message, function_task_name, to_outgoing
 from faena.app.result import AsyncResult
 from faena.app.settings import Settings, build_settings, resolve_urls
+from faena.app.workflow import asend_canvas, send_canvas, workflow_graph
 from faena.contracts.broker import Broker, BrokerConfig
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
@@ -33,6 +35,7 @@ from faena.foundation.exceptions import ConfigurationError
 from faena.model.message import Message
 from faena.model.options import TaskOptions, build_options, validate_queue
 from faena.model.registry import Registry
+from faena.model.signature import Canvas, Signature
 from faena.model.task import CallOptions, Task, _call_options
 
 P = ParamSpec("P")
@@ -91,6 +94,7 @@ class Faena:
         for task in _shared_tasks:
             self.registry.register(task)
             task.bind_dispatcher(self)
+        register_builtins(self)
         _apps.add(self)
         _latest[:] = [weakref.ref(self)]
 
@@ -333,6 +337,31 @@ class Faena:
     def AsyncResult(self, job_id: str) -> AsyncResult[Any]:
         """The handle of any job id."""
         return AsyncResult(job_id, self)
+
+    # -- workflows (see faena.app.workflow) -----------------------------------------------------
+    def send_canvas(
+        self,
+        canvas: Canvas,
+        options: Mapping[str, Any],
+        link: list[Signature],
+        link_error: list[Signature],
+    ) -> Any:
+        """Send a chain, group, chord or signature (what their ``apply_async`` uses)."""
+        return send_canvas(self, canvas, options, link, link_error)
+
+    async def asend_canvas(
+        self,
+        canvas: Canvas,
+        options: Mapping[str, Any],
+        link: list[Signature],
+        link_error: list[Signature],
+    ) -> Any:
+        """``send_canvas`` for async producers."""
+        return await asend_canvas(self, canvas, options, link, link_error)
+
+    def workflow(self, root_id: str) -> dict[str, Any]:
+        """The graph of jobs reachable from ``root_id``; see :func:`workflow_graph`."""
+        return workflow_graph(self, root_id)
 
 
 class QueueHandle:

@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from faena.app.eager_flow import follow_eagerly
 from faena.app.producer import to_outgoing
 from faena.app.result import AsyncResult
 from faena.features.execution import run_async, run_sync
@@ -91,7 +92,9 @@ def _runs(app: Faena, task: Task[..., Any], message: Message) -> Generator[Admit
     while True:
         outcome = yield job
         decision = _next(app, task, job, outcome, attempt)
-        if decision.record is not None:
+        if job.message.flow is not None:
+            decision = follow_eagerly(app, job.message, outcome, decision)
+        elif decision.record is not None:
             app.results.store(decision.record)
         if decision.action != "retry" or decision.next_message is None:
             return

@@ -33,6 +33,15 @@ def _expiry(value: datetime | timedelta | float, now: float) -> float:
     return now + float(value)
 
 
+def eta_of(call: CallOptions, now: float) -> float:
+    """When a call with ``eta`` or ``countdown`` is due (``now`` if it has neither)."""
+    if call.eta is not None:
+        return _timestamp(call.eta)
+    if call.countdown is not None:
+        return now + float(call.countdown)
+    return now
+
+
 def build_message(
     settings: Settings,
     task_name: str,
@@ -48,11 +57,7 @@ def build_message(
     """
     defaults = defaults or _NO_OPTIONS
     now = settings.clock.time()
-    eta: float | None = None
-    if call.eta is not None:
-        eta = _timestamp(call.eta)
-    elif call.countdown is not None:
-        eta = now + float(call.countdown)
+    eta = eta_of(call, now) if call.eta is not None or call.countdown is not None else None
     expires: float | None = None
     if call.expires is not None:
         expires = _expiry(call.expires, now)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, ca
 
 from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import (
+    ChordError,
     ResultError,
     SerializationError,
     TaskFailed,
@@ -231,7 +232,26 @@ class AsyncResult(Generic[R]):
         error = record.error
         if error is None:
             return TaskFailed(self.id, "UnknownError", record.reason or "no error recorded")
+        if error.type == "faena.ChordError":
+            return ChordError(
+                self.id, error.type, error.message, error.traceback, member_id=record.parent_id
+            )
         return TaskFailed(self.id, error.type, error.message, error.traceback)
+
+    # -- lineage ------------------------------------------------------------------------------
+    @property
+    def parent(self) -> AsyncResult[Any] | None:
+        """The job that sent this one (previous chain step, chord member, failed job for an
+        error callback), or ``None`` for a job sent by a producer or not recorded yet."""
+        record = self.record
+        parent_id = record.parent_id if record else None
+        return AsyncResult(parent_id, self.app) if parent_id else None
+
+    @property
+    def children(self) -> list[AsyncResult[Any]]:
+        """The jobs this workflow job sends when it ends (next steps, callbacks, chord body)."""
+        record = self.record
+        return [AsyncResult(i, self.app) for i in (record.children if record else [])]
 
     # -- control ------------------------------------------------------------------------------
     def forget(self) -> None:
@@ -248,8 +268,8 @@ class AsyncResult(Generic[R]):
 
         A queued or scheduled message is removed from the broker; the job's record becomes
         ``REVOKED`` for good (no worker write can overwrite it), so a worker that receives it
-        later skips it. A running job is stopped with ``terminate=True`` at its worker's next
-        heartbeat (process pool: the child is killed; async tasks: cancelled; threads: see
+        later skips it. A running job is stopped with ``terminate=True`` within its worker's
+        ``revoke_check_s`` (process pool: the child is killed; async tasks: cancelled; threads: see
         ``docs/workers.md``). Returns ``True`` if the message was still waiting and is now gone.
         """
         removed = self.app.broker.remove(self.id)

@@ -6,10 +6,14 @@ leadership are built on these operations (huey builds its locks and rate limits 
 
 The rules every backend keeps:
 
-- **One keyspace.** A key (``str``) holds either a text value, written by
-  :meth:`~CoordinationStore.set_if_absent`, or an integer counter, created by
-  :meth:`~CoordinationStore.incr`. :meth:`~CoordinationStore.get` returns either as text (a
-  counter as its decimal digits); ``compare_and_*`` compare ``expected`` with that text.
+- **One keyspace.** A key (``str``) holds a text value, written by
+  :meth:`~CoordinationStore.set_if_absent`, an integer counter, created by
+  :meth:`~CoordinationStore.incr`, or a set of members, created by
+  :meth:`~CoordinationStore.add_member`. :meth:`~CoordinationStore.get` returns text or a
+  counter as text (a counter as its decimal digits); ``compare_and_*`` compare ``expected``
+  with that text. A set is read only through ``add_member``'s answers: ``get`` or ``incr`` of a
+  set is a ``ValueError``, ``set_if_absent`` on a live set returns ``False``, ``compare_and_*``
+  never match a set; ``expire``, ``delete`` and ``cleanup`` treat it like any key.
 - **Expiry.** Every TTL is in seconds, a finite number above zero (anything else is a
   ``ValueError``), and sets the key to expire at ``clock.time() + ttl_s`` on the store's
   :class:`~faena.foundation.clock.Clock`. A key whose expiry time has come (``expires_at <=
@@ -27,11 +31,12 @@ The rules every backend keeps:
 Async twins exist only for what the worker's event loop will call while it runs jobs —
 acquiring and renewing a lock or leadership, counting toward a rate or concurrency limit, and
 releasing (``aset_if_absent``, ``acompare_and_expire``, ``aincr``, ``acompare_and_delete``,
-``aexpire``, ``atake_in_window``) — plus :meth:`~CoordinationStore.cleanup`, which is async
-only, like the result store's, because only the worker's housekeeping calls it. ``get``,
-``delete`` and ``next_token`` serve producers, administration and task code, which are sync.
-An async twin must never block the loop: a backend with blocking I/O runs the operation on its
-own I/O thread (SQLite's executor), one in memory just calls the sync operation.
+``aexpire``, ``atake_in_window``, and ``aadd_member`` for chord counting) — plus
+:meth:`~CoordinationStore.cleanup`, which is async only, like the result store's, because
+only the worker's housekeeping calls it. ``get``, ``delete`` and ``next_token`` serve
+producers, administration and task code, which are sync. An async twin must never block the
+loop: a backend with blocking I/O runs the operation on its own I/O thread (SQLite's
+executor), one in memory just calls the sync operation.
 
 Example (a lock, as the lock feature will build it):
     >>> from faena.backends.memory import MemoryCoordinationStore
@@ -68,6 +73,11 @@ def check_limit(limit: int) -> int:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"a window limit is a whole number of uses of at least 1; got {limit!r}")
     return limit
+
+
+def wrong_kind(key: str, holds: str, wanted: str, advice: str) -> ValueError:
+    """The error for an operation on a key that holds another kind of value."""
+    return ValueError(f"coordination key {key!r} holds {holds}, not {wanted}; {advice}")
 
 
 def not_a_counter(key: str) -> ValueError:
@@ -139,10 +149,31 @@ class CoordinationStore(ABC):
     async def aincr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         """``incr`` for async callers."""
 
+    # -- sets ---------------------------------------------------------------------------------
+    @abstractmethod
+    def add_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
+        """Add ``member`` to the set ``key``; ``(added, size after)``, in one atomic step.
+
+        An absent key is created as a set expiring in ``ttl_s``; an existing set keeps its
+        expiry. ``added`` is ``False`` when ``member`` was already there, so a member counted
+        twice (a redelivered chord member) is told apart from a new one.
+
+        Raises:
+            ValueError: ``key`` holds text or a counter, or ``ttl_s`` is invalid.
+
+        Example:
+            >>> store.add_member("chord:42:done", "0", ttl_s=3600)
+            (True, 1)
+        """
+
+    @abstractmethod
+    async def aadd_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
+        """``add_member`` for async callers."""
+
     # -- any key ------------------------------------------------------------------------------
     @abstractmethod
     def expire(self, key: str, ttl_s: float) -> bool:
-        """Make ``key`` (text or counter) expire ``ttl_s`` from now; ``False`` if absent."""
+        """Make ``key`` (text, counter or set) expire ``ttl_s`` from now; ``False`` if absent."""
 
     @abstractmethod
     async def aexpire(self, key: str, ttl_s: float) -> bool:
@@ -150,7 +181,7 @@ class CoordinationStore(ABC):
 
     @abstractmethod
     def delete(self, key: str) -> bool:
-        """Delete ``key``, text or counter; ``True`` if it existed (and had not expired)."""
+        """Delete ``key``, text, counter or set; ``True`` if it existed (and had not expired)."""
 
     # -- fencing tokens -----------------------------------------------------------------------
     @abstractmethod

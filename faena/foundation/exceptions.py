@@ -12,6 +12,7 @@ The tree::
     ├── ResultError                 problems reading a job's outcome
     │   ├── TimeoutError            ``AsyncResult.get(timeout=...)`` ran out of time
     │   ├── TaskFailed              the job failed; carries the remote type, message, traceback
+    │   │   └── ChordError          a chord member failed, so the body never ran
     │   └── TaskRevoked             the job was revoked or expired before it could finish
     ├── TaskControlError            misuse of task control (``retry`` outside a worker, ...)
     │   └── MaxRetriesExceeded      ``self.retry()`` called with no retries left
@@ -96,6 +97,25 @@ class TaskFailed(ResultError):
         self.error_message = error_message
         self.remote_traceback = remote_traceback
         super().__init__(f"job {job_id} failed: {type_name}: {error_message}")
+
+
+class ChordError(TaskFailed):
+    """A member of the chord failed, so its body never ran.
+
+    Attributes:
+        member_id: the failed member's job id (its own error is in the message).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        type_name: str,
+        error_message: str,
+        remote_traceback: str = "",
+        member_id: str | None = None,
+    ) -> None:
+        super().__init__(job_id, type_name, error_message, remote_traceback)
+        self.member_id = member_id
 
 
 class TaskRevoked(ResultError):

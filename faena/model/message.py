@@ -14,9 +14,13 @@ from typing import Any, Final
 import msgspec
 
 from faena.foundation.exceptions import SerializationError
+from faena.model.flow import Flow
 from faena.model.serialization import dumps_pickle, loads_pickle, pack, unpack
 
 ENVELOPE_VERSION: Final = 1
+FLOW_ENVELOPE_VERSION: Final = 2
+"""The version of a message that carries a workflow (``flow``); plain messages stay at 1, so
+a worker that predates workflows refuses only the messages it could not carry through."""
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -38,6 +42,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     root_id: str | None = None
     headers: dict[str, Any] = {}
     sent_at: float = 0.0
+    flow: Flow | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -129,9 +134,11 @@ def decode_message(data: bytes) -> Message:
         message = _decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise SerializationError(f"malformed message envelope: {exc}") from exc
-    if message.v != ENVELOPE_VERSION:
+    expected = ENVELOPE_VERSION if message.flow is None else FLOW_ENVELOPE_VERSION
+    if message.v != expected:
         raise SerializationError(
             f"message envelope version {message.v} is not supported by this worker "
-            f"(it reads version {ENVELOPE_VERSION}); upgrade the worker"
+            f"(it reads version {ENVELOPE_VERSION}, and {FLOW_ENVELOPE_VERSION} for workflow "
+            "messages); upgrade the worker"
         )
     return message

@@ -77,6 +77,7 @@ class JobRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     revoked_by: str | None = None
     parent_id: str | None = None
     root_id: str | None = None
+    children: list[str] = []
     fence: int = 0
     expires_at: float | None = None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
@@ -19,6 +19,7 @@ from faena.foundation.exceptions import ConfigurationError, MaxRetriesExceeded, 
 from faena.foundation.util import new_id
 from faena.model.options import TaskOptions, validate_priority, validate_queue
 from faena.model.retry import may_retry
+from faena.model.signature import Chunks, Signature
 
 if TYPE_CHECKING:
     from faena.app.result import AsyncResult
@@ -274,6 +275,31 @@ class Task(Generic[P, R]):
         return await self.dispatcher.asend(
             self, tuple(args), dict(kwargs or {}), _call_options(self, options)
         )
+
+    # -- workflows (see faena.model.signature) -------------------------------------------------
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task; in a chain, the previous result goes before ``args``."""
+        return Signature(self, args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: in a chain it ignores the previous result."""
+        return Signature(self, args, kwargs, immutable=True)
+
+    def map(self, items: Iterable[Any]) -> Signature:
+        """One job calling this task on each item in turn; its result is the list of results."""
+        return Signature("faena.map", (self.name, list(items)), app=self.dispatcher)  # type: ignore[arg-type]
+
+    def starmap(self, items: Iterable[Iterable[Any]]) -> Signature:
+        """Like :meth:`map`, each item being the argument tuple: ``add.starmap([(1, 2)])``."""
+        rows = [list(i) for i in items]
+        return Signature("faena.starmap", (self.name, rows), app=self.dispatcher)  # type: ignore[arg-type]
+
+    def chunks(self, items: Iterable[Iterable[Any]], n: int) -> Chunks:
+        """Argument tuples split into jobs of ``n`` calls each (a group of starmaps)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigurationError(f"chunks takes a chunk size of at least 1, got {n!r}")
+        rows = [list(i) for i in items]
+        return Chunks(self.starmap(rows[i : i + n]) for i in range(0, len(rows), n))
 
     def options(self, **options: Any) -> BoundCall[P, R]:
         """Fix call options, then ``delay``: ``task.options(queue="high").delay(1, 2)``."""

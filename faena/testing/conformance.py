@@ -1080,6 +1080,94 @@ class CoordinationConformance(_Suite):
         assert store.set_if_absent("k", "again", 10) is True
         assert store.incr("n") == 1
 
+    # -- sets (add_member) ------------------------------------------------------------------
+    def test_add_member_creates_the_set_and_answers_added_and_size(self) -> None:
+        store = self.store()
+        assert store.add_member("done", "a", 10) == (True, 1)
+        assert store.add_member("done", "b", 10) == (True, 2)
+        # Adding a member again changes nothing and says so
+        assert store.add_member("done", "a", 10) == (False, 2)
+        assert store.set_if_absent("done", "text", 10) is False
+        assert store.compare_and_delete("done", "a") is False
+        assert store.compare_and_expire("done", "", 10) is False
+
+    def test_an_existing_set_keeps_its_expiry(self) -> None:
+        store = self.store()
+        store.add_member("done", "a", 10)
+        self.clock.advance(6)
+        # When later members pass a longer TTL, the set still expires at its first deadline
+        assert store.add_member("done", "b", 100) == (True, 2)
+        self.clock.advance(4)
+        # Then it is gone, members and all, and starts afresh
+        assert store.add_member("done", "b", 10) == (True, 1)
+
+    def test_text_counters_and_sets_do_not_mix(self) -> None:
+        store = self.store()
+        store.set_if_absent("text", "v", 10)
+        store.incr("count", 3)
+        store.add_member("set", "a", 10)
+        # A set operation on text or a counter, or a text or counter read of a set, is refused
+        with pytest.raises(ValueError, match=r"holds a text value .* not a set"):
+            store.add_member("text", "a", 10)
+        with pytest.raises(ValueError, match="holds a counter, not a set"):
+            store.add_member("count", "a", 10)
+        with pytest.raises(ValueError, match="holds a set, not a text value"):
+            store.get("set")
+        with pytest.raises(ValueError, match="holds a set, not a counter"):
+            store.incr("set")
+        with pytest.raises(ValueError, match="TTL"):
+            store.add_member("other", "a", 0)
+        # And nothing changed
+        assert (store.get("text"), store.get("count"), store.get("other")) == ("v", "3", None)
+        assert store.add_member("set", "a", 10) == (False, 1)
+
+    @async_test
+    async def test_delete_expire_and_cleanup_treat_sets_like_any_key(self) -> None:
+        store = self.store()
+        store.add_member("a", "x", 10)
+        store.add_member("b", "x", 10)
+        store.add_member("c", "x", 10)
+        assert store.delete("a") is True
+        assert store.delete("a") is False
+        assert store.expire("b", 100) is True
+        self.clock.advance(10)
+        # Then the deleted set starts afresh, the extended one lives on, the third is cleaned up
+        assert await store.cleanup() == 1
+        assert store.add_member("a", "y", 10) == (True, 1)
+        assert store.add_member("b", "y", 10) == (True, 2)
+        assert store.add_member("c", "x", 10) == (True, 1)
+
+    @async_test
+    async def test_aadd_member_does_what_add_member_does(self) -> None:
+        store = self.store()
+        assert await store.aadd_member("s", "a", 10) == (True, 1)
+        assert await store.aadd_member("s", "a", 10) == (False, 1)
+        store.incr("n")
+        with pytest.raises(ValueError, match="not a set"):
+            await store.aadd_member("n", "a", 10)
+
+    def test_racing_add_member_counts_every_member_once(self) -> None:
+        stores = self._racing_stores()
+        barrier = threading.Barrier(len(stores))
+
+        def add(store: CoordinationStore, n: int) -> list[tuple[bool, int]]:
+            try:
+                barrier.wait(TEST_TIMEOUT_S)
+            except BaseException:
+                barrier.abort()
+                raise
+            # every racer adds the shared member, and 50 of its own
+            answers = [store.add_member("group", "shared", 60)]
+            answers += [store.add_member("group", f"{n}-{i}", 60) for i in range(50)]
+            return answers
+
+        answers = [a for got in self._race(stores, add) for a in got]
+        # Then the shared member was added once, and every size was seen exactly once: the
+        # call that saw the full size is the only one that may act on it (a chord's last member)
+        total = 1 + 50 * len(stores)
+        assert sum(added for added, _ in answers) == total
+        assert sorted(size for added, size in answers if added) == list(range(1, total + 1))
+
     # -- fencing tokens ---------------------------------------------------------------------
     def test_next_token_starts_at_one_and_increases_per_name(self) -> None:
         store = self.store()

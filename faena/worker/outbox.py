@@ -3,13 +3,18 @@
 Records are written before the settlements of the same batch (a result is stored before its
 message is acknowledged: at-least-once), and a job's newer record replaces an older one
 still waiting, so a job that starts and ends between two flushes costs one write.
+
+Workflow follow-ups (:mod:`faena.worker.canvas`) run between the two: after the batch's
+records are written (a chord member's result is stored before it is counted) and before its
+settlements (what follows a job is sent before its message is acknowledged). A follow-up
+that fails stays pending with its settlement and runs again, told that it is a second run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from faena.contracts.broker import Consumer, Settlement
 from faena.contracts.results import ResultStore
@@ -33,6 +38,7 @@ class Outbox:
         self._on_settled = on_settled
         self._records: dict[str, JobRecord] = {}
         self._settlements: list[Settlement] = []
+        self._followups: list[Callable[[], Awaitable[None]]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -52,8 +58,14 @@ class Outbox:
         self._idle.clear()
         self._wake.set()
 
+    def follow(self, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` after the records queued so far, before the settlements queued after."""
+        self._followups.append(step)
+        self._idle.clear()
+        self._wake.set()
+
     def pending(self) -> bool:
-        return bool(self._records or self._settlements)
+        return bool(self._records or self._settlements or self._followups)
 
     async def flush(self) -> None:
         """Write everything pending now: records first, then settlements."""
@@ -61,16 +73,17 @@ class Outbox:
             await self._flush()
 
     async def _flush(self) -> None:
-        while self._records or self._settlements:
+        while self._records or self._settlements or self._followups:
             records = list(self._records.values())
-            settlements = self._settlements
-            self._records, self._settlements = {}, []
+            settlements, followups = self._settlements, self._followups
+            self._records, self._settlements, self._followups = {}, [], []
             try:
                 written = await self._results.store_many(records) if records else []
             except BaseException:
                 # Nothing was settled: put it all back, newer records winning.
                 self._records = {**{r.id: r for r in records}, **self._records}
                 self._settlements = settlements + self._settlements
+                self._followups = followups + self._followups
                 raise
             if records:
                 for record, ok in zip(records, written, strict=True):
@@ -81,6 +94,13 @@ class Outbox:
                             record.id,
                             record.state,
                         )
+            if followups:
+                try:
+                    await asyncio.gather(*(step() for step in followups))
+                except BaseException:
+                    self._settlements = settlements + self._settlements
+                    self._followups = followups + self._followups
+                    raise
             if settlements:
                 try:
                     done = await self._consumer.settle(settlements)

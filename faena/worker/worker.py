@@ -30,15 +30,13 @@ from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
 from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
-from faena.features.lifecycle import (
-    base_record,
-    decide,
-    expired,
-)
+from faena.features.lifecycle import Decision, base_record, decide, expired
 from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import worker_identity
 from faena.model import states
+from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
+from faena.worker.canvas import after_job
 from faena.worker.endings import Endings, Key
 from faena.worker.logs import current_job
 from faena.worker.options import WorkerOptions, default_queues
@@ -380,39 +378,13 @@ class Worker:
             self._ends.settle(Settlement(delivery=delivery, action="ack"))
             self._ends.emit(states.REVOKED, job)
             return
-        if not task.defaults.acks_late:
-            await self._ends.after_early_ack(
-                delivery, decide(task.defaults, message, outcome, info), job
-            )
-            return
         decision = decide(task.defaults, message, outcome, info)
-        if outcome.status == "success":
-            if log.isEnabledFor(logging.INFO):
-                log.info("job %s (%s) succeeded in %.3fs", message.id, task.name, outcome.runtime_s)
-        elif outcome.status == "failure" and outcome.error is not None:
-            log.error(
-                "job %s (%s) failed: %s: %s",
-                message.id,
-                task.name,
-                outcome.error.type,
-                outcome.error.message,
-            )
-        elif decision.action == "retry":
-            delay = max(0.0, (decision.due or info.now) - info.now)
-            log.info(
-                "job %s (%s) will retry in %.1fs (attempt %d)",
-                message.id,
-                task.name,
-                delay,
-                message.retries + 2,
-            )
-        elif decision.action == "release":
-            log.error(
-                "job %s (%s): the process running it died: %s",
-                message.id,
-                task.name,
-                decision.detail,
-            )
+        if message.flow is not None:
+            decision = after_job(self.app, self._outbox, delivery, message, outcome, decision)
+        if not task.defaults.acks_late:
+            await self._ends.after_early_ack(delivery, decision, job)
+            return
+        _log_outcome(message, task.name, outcome, decision, info.now)
         self._ends.apply(delivery, decision, job)
         if decision.action in ("ack", "dead"):
             await self._flow.finished(message, task.defaults, job.args, job.kwargs)
@@ -597,3 +569,36 @@ class Worker:
             assert self._stop_event is not None
             self._stop_event.clear()
             await self._stop_event.wait()
+
+
+def _log_outcome(
+    message: Message, name: str, outcome: Outcome, decision: Decision, now: float
+) -> None:
+    """One log line for how a job ended."""
+    if outcome.status == "success":
+        if log.isEnabledFor(logging.INFO):
+            log.info("job %s (%s) succeeded in %.3fs", message.id, name, outcome.runtime_s)
+    elif outcome.status == "failure" and outcome.error is not None:
+        log.error(
+            "job %s (%s) failed: %s: %s",
+            message.id,
+            name,
+            outcome.error.type,
+            outcome.error.message,
+        )
+    elif decision.action == "retry":
+        delay = max(0.0, (decision.due or now) - now)
+        log.info(
+            "job %s (%s) will retry in %.1fs (attempt %d)",
+            message.id,
+            name,
+            delay,
+            message.retries + 2,
+        )
+    elif decision.action == "release":
+        log.error(
+            "job %s (%s): the process running it died: %s",
+            message.id,
+            name,
+            decision.detail,
+        )

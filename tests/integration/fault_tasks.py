@@ -84,3 +84,23 @@ def whose(i: int) -> int:
 @app.task(ignore_result=True)
 def mark(i: int) -> None:
     ledger(f"mark {i} {os.getpid()}")
+
+
+@app.task
+def gather(values: list[int]) -> int:
+    """A chord body: one ledger line per run, so a test can count its runs."""
+    ledger(f"body {len(values)} {sum(values)} {os.getpid()}")
+    return sum(values)
+
+
+@app.task
+def flaky_member(i: int) -> int:
+    """A chord member that fails for ``i == 13``."""
+    if i == 13:
+        raise ValueError(f"member {i} cannot")
+    return i
+
+
+@app.task
+def chord_errback(job_id: str, error: dict[str, str]) -> None:
+    ledger(f"errback {job_id} {error['type']}")

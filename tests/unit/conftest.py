@@ -52,3 +52,30 @@ def app(make_app: AppFactory) -> Faena:
 @pytest.fixture
 def eager_app(make_app: AppFactory) -> Faena:
     return make_app("unit-eager", eager=True)
+
+
+WORKFLOW_BACKENDS = ("memory", "sqlite", "redis", "eager")
+"""Where the canvas tests run: a burst worker on each backend, and eager mode."""
+
+
+@pytest.fixture(params=WORKFLOW_BACKENDS)
+def workflow_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Faena]:
+    """An app on one of :data:`WORKFLOW_BACKENDS` (Redis skips locally when it is down)."""
+    kind = request.param
+    url = {
+        "memory": "memory://",
+        "eager": "memory://",
+        "sqlite": f"sqlite:///{tmp_path / 'flows.sqlite3'}",
+    }.get(kind)
+    if kind == "redis":
+        from tests.services import redis_url
+
+        url = redis_url()
+    assert url is not None
+    app = Faena(f"flows-{kind}", broker=url, results=url, eager=kind == "eager")
+    yield app
+    app.close()
+    if kind == "redis":
+        from tests.services import drop_prefix
+
+        drop_prefix(url)

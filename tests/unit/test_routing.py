@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from faena import ConfigurationError, Faena
+from faena import ConfigurationError, Faena, chain, group
 from faena.contracts.broker import Settlement
 from faena.model.routing import Route, Routes
 
@@ -148,3 +148,30 @@ def test_a_worker_without_queues_consumes_the_routed_ones(make_app: AppFactory) 
     def send() -> None: ...
 
     assert default_queues(app) == ("default", "billing", "emails")
+
+
+def test_routes_apply_to_the_jobs_a_canvas_sends(make_app: AppFactory) -> None:
+    # Given a route for billing tasks
+    app = make_app(routes={"billing.*": {"queue": "billing", "priority": 3}})
+
+    @app.task(name="billing.charge")
+    def charge(amount: int) -> int:
+        return amount
+
+    @app.task(name="other")
+    def other(amounts: list[int]) -> int:
+        return sum(amounts)
+
+    # When a group of them and a chain starting with one are sent
+    group(charge.s(1), charge.s(2)).delay()
+    chain(charge.s(3), other.s()).delay()
+
+    # Then every job sent now waits where the route says (the chain's next step is sent later)
+    async def take() -> list[tuple[str, int]]:
+        consumer = await app.broker.open_consumer(_QUEUES, "test")
+        try:
+            return [(d.queue, d.priority) for d in await consumer.receive(10, 0)]
+        finally:
+            await consumer.close()
+
+    assert asyncio.run(take()) == [("billing", 3)] * 3

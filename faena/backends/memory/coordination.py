@@ -11,13 +11,16 @@ from faena.contracts.coordination import (
     check_limit,
     check_ttl,
     not_a_counter,
+    wrong_kind,
 )
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
+
+_TEXT = "a text value set by set_if_absent"
 
 
 @dataclass(slots=True)
 class _Key:
-    value: str | int  # text from set_if_absent, int for a counter
+    value: str | int | set[str]  # text from set_if_absent, int for a counter, set of members
     expires_at: float | None
 
 
@@ -55,7 +58,9 @@ class MemoryCoordinationStore(CoordinationStore):
 
     def _owned(self, key: str, expected: str, now: float) -> _Key | None:
         entry = self._live(key, now)
-        return entry if entry is not None and str(entry.value) == expected else None
+        if entry is None or isinstance(entry.value, set):
+            return None  # a set matches nothing
+        return entry if str(entry.value) == expected else None
 
     def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
         check_ttl(ttl_s)
@@ -72,6 +77,8 @@ class MemoryCoordinationStore(CoordinationStore):
     def get(self, key: str) -> str | None:
         with self._lock:
             entry = self._live(key, self.clock.time())
+            if entry is not None and isinstance(entry.value, set):
+                raise wrong_kind(key, "a set", "a text value", "read it with add_member's answers")
             return None if entry is None else str(entry.value)
 
     def compare_and_delete(self, key: str, expected: str) -> bool:
@@ -105,6 +112,8 @@ class MemoryCoordinationStore(CoordinationStore):
             entry = self._live(key, now)
             if entry is None:
                 entry = self._keys[key] = _Key(0, None if ttl_s is None else now + ttl_s)
+            if isinstance(entry.value, set):
+                raise wrong_kind(key, "a set", "a counter", "use a separate key for counting")
             if not isinstance(entry.value, int):
                 raise not_a_counter(key)
             entry.value += amount
@@ -112,6 +121,23 @@ class MemoryCoordinationStore(CoordinationStore):
 
     async def aincr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         return self.incr(key, amount, ttl_s)
+
+    def add_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
+        check_ttl(ttl_s)
+        with self._lock:
+            now = self.clock.time()
+            entry = self._live(key, now)
+            if entry is None:
+                entry = self._keys[key] = _Key(set(), now + ttl_s)
+            if not isinstance(entry.value, set):
+                holds = "a counter" if isinstance(entry.value, int) else _TEXT
+                raise wrong_kind(key, holds, "a set", "use a separate key for the set")
+            added = member not in entry.value
+            entry.value.add(member)
+            return added, len(entry.value)
+
+    async def aadd_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
+        return self.add_member(key, member, ttl_s)
 
     def expire(self, key: str, ttl_s: float) -> bool:
         check_ttl(ttl_s)

@@ -128,6 +128,7 @@ _TABLES = (
     "faena_workers",
     "faena_results",
     "faena_keys",
+    "faena_key_members",
     "faena_tokens",
     "faena_window_uses",
 )

@@ -21,6 +21,7 @@ from faena.contracts.coordination import (
     check_limit,
     check_ttl,
     not_a_counter,
+    wrong_kind,
 )
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
@@ -34,7 +35,8 @@ INSERT INTO faena_keys (key, value, expires_at) VALUES (:key, :value, :expires_a
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
 WHERE faena_keys.expires_at <= :now
 """
-_GET = f"SELECT value FROM faena_keys WHERE key = :key AND {_LIVE}"
+_GET = f"SELECT value, typeof(value) FROM faena_keys WHERE key = :key AND {_LIVE}"
+_KIND = f"SELECT typeof(value) FROM faena_keys WHERE key = :key AND {_LIVE}"
 # An expired key restarts at the amount with the new expiry; a live counter adds and keeps its
 # expiry; a live text value is left alone and returns no row, which the caller reports.
 _INCR = """
@@ -47,8 +49,9 @@ ON CONFLICT (key) DO UPDATE SET
 WHERE faena_keys.expires_at <= :now OR typeof(faena_keys.value) = 'integer'
 RETURNING value
 """
-# Compared as text, so a counter matches its decimal digits, as get() returns them.
-_OWNED = f"key = :key AND CAST(value AS TEXT) = :expected AND {_LIVE}"
+# Compared as text, so a counter matches its decimal digits, as get() returns them; a set
+# (an empty BLOB) matches nothing.
+_OWNED = f"key = :key AND typeof(value) != 'blob' AND CAST(value AS TEXT) = :expected AND {_LIVE}"
 _COMPARE_AND_DELETE = f"DELETE FROM faena_keys WHERE {_OWNED}"
 _COMPARE_AND_EXPIRE = f"UPDATE faena_keys SET expires_at = :expires_at WHERE {_OWNED}"
 _EXPIRE = f"UPDATE faena_keys SET expires_at = :expires_at WHERE key = :key AND {_LIVE}"
@@ -58,6 +61,10 @@ _NEXT_TOKEN = """
 INSERT INTO faena_tokens (name, value) VALUES (:name, 1)
 ON CONFLICT (name) DO UPDATE SET value = faena_tokens.value + 1
 RETURNING value
+"""
+_CLEANUP_MEMBERS = """
+DELETE FROM faena_key_members
+WHERE key IN (SELECT key FROM faena_keys WHERE expires_at <= :now)
 """
 _CLEANUP = "DELETE FROM faena_keys WHERE expires_at <= :now"
 _WINDOW_DROP_OLD = "DELETE FROM faena_window_uses WHERE key = :key AND at <= :now - :window"
@@ -69,6 +76,14 @@ _WINDOW_TAKE = (
     "INSERT INTO faena_window_uses (key, at, expires_at) VALUES (:key, :now, :now + :window)"
 )
 _WINDOW_CLEANUP = "DELETE FROM faena_window_uses WHERE expires_at <= :now"
+_DELETE_MEMBERS = "DELETE FROM faena_key_members WHERE key = :key"
+_NEW_SET = """
+INSERT INTO faena_keys (key, value, expires_at) VALUES (:key, x'', :expires_at)
+ON CONFLICT (key) DO UPDATE SET value = x'', expires_at = excluded.expires_at
+"""
+_ADD_MEMBER = "INSERT OR IGNORE INTO faena_key_members (key, member) VALUES (:key, :member)"
+_SET_SIZE = "SELECT count(*) FROM faena_key_members WHERE key = :key"
+_KINDS = {"text": "a text value set by set_if_absent", "integer": "a counter", "blob": "a set"}
 
 
 class SQLiteCoordinationStore(CoordinationStore):
@@ -129,10 +144,30 @@ class SQLiteCoordinationStore(CoordinationStore):
             params = {"key": key, "amount": amount, "expires_at": expires_at, "now": now}
             row = c.execute(_INCR, params).fetchone()
             if row is None:
+                kind = c.execute(_KIND, {"key": key, "now": now}).fetchone()
+                if kind is not None and kind[0] == "blob":
+                    raise wrong_kind(key, "a set", "a counter", "use a separate key for counting")
                 raise not_a_counter(key)
             return int(row[0])
 
         return self._write("count on a coordination key", body)
+
+    def _add_member(self, key: str, member: str, ttl_s: float) -> _Op[tuple[bool, int]]:
+        check_ttl(ttl_s)
+
+        def body(c: sqlite3.Connection, now: float) -> tuple[bool, int]:
+            params = {"key": key, "member": member, "now": now, "expires_at": now + ttl_s}
+            kind = c.execute(_KIND, params).fetchone()
+            if kind is None:  # absent or expired: a fresh set, without a past life's members
+                c.execute(_NEW_SET, params)
+                c.execute(_DELETE_MEMBERS, params)
+            elif kind[0] != "blob":
+                holds = _KINDS.get(kind[0], "another kind of value")
+                raise wrong_kind(key, holds, "a set", "use a separate key for the set")
+            added = c.execute(_ADD_MEMBER, params).rowcount == 1
+            return added, int(c.execute(_SET_SIZE, params).fetchone()[0])
+
+        return self._write("add to a coordination set", body)
 
     def _expire(self, key: str, ttl_s: float) -> _Op[bool]:
         check_ttl(ttl_s)
@@ -168,6 +203,8 @@ class SQLiteCoordinationStore(CoordinationStore):
     def get(self, key: str) -> str | None:
         def body(c: sqlite3.Connection) -> str | None:
             row = c.execute(_GET, {"key": key, "now": self.clock.time()}).fetchone()
+            if row is not None and row[1] == "blob":
+                raise wrong_kind(key, "a set", "a text value", "read it with add_member's answers")
             return None if row is None else str(row[0])
 
         return self._here(lambda conn: read(conn, body, "read a coordination key"))
@@ -191,6 +228,13 @@ class SQLiteCoordinationStore(CoordinationStore):
     async def aincr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         return await self._db.run(self._incr(key, amount, ttl_s))
 
+    # -- sets ---------------------------------------------------------------------------------
+    def add_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
+        return self._here(self._add_member(key, member, ttl_s))
+
+    async def aadd_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
+        return await self._db.run(self._add_member(key, member, ttl_s))
+
     # -- any key ------------------------------------------------------------------------------
     def expire(self, key: str, ttl_s: float) -> bool:
         return self._here(self._expire(key, ttl_s))
@@ -201,6 +245,7 @@ class SQLiteCoordinationStore(CoordinationStore):
     def delete(self, key: str) -> bool:
         def body(c: sqlite3.Connection, now: float) -> bool:
             row = c.execute(_DELETE, {"key": key, "now": now}).fetchone()
+            c.execute(_DELETE_MEMBERS, {"key": key})
             return row is not None and bool(row[0])
 
         return self._here(self._write("delete a coordination key", body))
@@ -222,6 +267,7 @@ class SQLiteCoordinationStore(CoordinationStore):
     # -- lifetime -----------------------------------------------------------------------------
     async def cleanup(self) -> int:
         def body(c: sqlite3.Connection, now: float) -> int:
+            c.execute(_CLEANUP_MEMBERS, {"now": now})
             keys = c.execute(_CLEANUP, {"now": now}).rowcount
             return keys + c.execute(_WINDOW_CLEANUP, {"now": now}).rowcount
 

@@ -79,7 +79,8 @@ CREATE INDEX IF NOT EXISTS faena_results_expiry
     ON faena_results (expires_at) WHERE expires_at IS NOT NULL;
 
 -- The coordination store. value has no declared type, so SQLite keeps each value as given:
--- TEXT for a set_if_absent value, INTEGER for a counter; incr tells them apart with typeof().
+-- TEXT for a set_if_absent value, INTEGER for a counter, an empty BLOB for a set (its members
+-- are in faena_key_members); statements tell them apart with typeof().
 -- expires_at NULL never expires (a counter created without a TTL). An expired row is absent
 -- for every statement (each checks expires_at against the caller's clock) until cleanup.
 -- Not WITHOUT ROWID: SQLite 3.40 evaluates `expires_at IS NULL` wrongly in the RETURNING clause
@@ -92,6 +93,15 @@ CREATE TABLE IF NOT EXISTS faena_keys (
 
 CREATE INDEX IF NOT EXISTS faena_keys_expiry
     ON faena_keys (expires_at) WHERE expires_at IS NOT NULL;
+
+-- The members of a set key (a faena_keys row whose value is the empty BLOB, from add_member).
+-- They live and die with that row: add_member clears them when it creates the set afresh,
+-- delete and cleanup delete them with it.
+CREATE TABLE IF NOT EXISTS faena_key_members (
+    key    TEXT NOT NULL,
+    member TEXT NOT NULL,
+    PRIMARY KEY (key, member)
+) WITHOUT ROWID;
 
 -- Fencing tokens: one counter per name that only grows; nothing ever deletes a row.
 CREATE TABLE IF NOT EXISTS faena_tokens (

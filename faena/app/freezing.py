@@ -1,0 +1,229 @@
+"""Turning a canvas into jobs: every id fixed, every option resolved, the workflow attached.
+
+Each signature becomes a :class:`~faena.model.flow.Job` through :func:`build_message` — the
+same option precedence and queue resolution as ``apply_async`` — and the structure of the
+canvas becomes the :class:`~faena.model.flow.Flow` of each job (continuation passing: a step
+is frozen knowing what follows it). Normal forms, decided here once:
+
+- in a chain, a group followed by a step is a chord of the two; a group that ends a chain,
+  is a chord member, or is a chord body becomes a chord whose body is ``faena.collect``
+  (it returns the list of results), so every part of a workflow has one result;
+- a chord member ``i`` ends in the job :func:`~faena.model.flow.member_id` ``(group, i)``;
+- error callbacks of a chain go to each of its jobs and to the bodies of its chords (never to
+  chord members: a chord's failure reaches them through its body, once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from faena.app.producer import build_message
+from faena.foundation.exceptions import ConfigurationError
+from faena.foundation.util import new_id
+from faena.model.flow import ChordRef, Flow, Job, member_id
+from faena.model.signature import Canvas, Chain, Chord, Group, Signature
+from faena.model.task import CallOptions
+
+if TYPE_CHECKING:
+    from faena.app.core import Faena
+
+COLLECT_TASK = "faena.collect"
+"""The built-in task that returns the list of results it is given (the body of a bare group)."""
+
+
+@dataclass(frozen=True, slots=True)
+class After:
+    """What follows a part being frozen: the next jobs, or the chord its result counts into;
+    ``member_of`` is the chord a failure of the part fails (a step of a chain that is a chord
+    member: only the chain's last job counts, but any of its jobs can fail the chord)."""
+
+    next: list[Job] = field(default_factory=list)
+    chord: ChordRef | None = None
+    member_of: ChordRef | None = None
+
+
+class Freezer:
+    """Freezes one canvas for ``app``; ``options`` apply to every job that sets none itself."""
+
+    def __init__(self, app: Faena, options: Mapping[str, Any]) -> None:
+        self.app = app
+        # The timing of a send applies to the jobs sent first (see send_canvas), not to every
+        # step: a chain sent with countdown=10 starts in 10 s, then runs at its own pace.
+        self.options = {
+            k: v for k, v in options.items() if k not in ("task_id", "countdown", "eta")
+        }
+        self.task_id: str | None = options.get("task_id")
+        self.ids: list[str] = []
+        """Every job id of the canvas, in freezing order (for revoking it whole)."""
+
+    # -- one signature -----------------------------------------------------------------------
+    def job(self, sig: Signature, job_id: str, flow: Flow | None, given: int) -> Job:
+        """``sig`` as a job; ``given`` arguments will be put first when it is sent."""
+        task = self.app.registry.find(sig.name) or sig.task
+        if task is not None:
+            extra = () if sig.immutable else (None,) * given
+            task.check_arguments_or_raise((*extra, *sig.args), sig.kwargs)
+        opts = {**self.options, **sig.options, "task_id": job_id}
+        call = CallOptions(**opts)
+        m = build_message(
+            self.app.settings, sig.name, task.defaults if task else None, sig.args, sig.kwargs, call
+        )
+        self.ids.append(job_id)
+        return Job(
+            id=job_id,
+            task=sig.name,
+            queue=m.queue,
+            args=m.args,
+            kwargs=m.kwargs,
+            body=m.body,
+            serializer=m.serializer,
+            priority=m.priority,
+            countdown=None if m.eta is None else max(0.0, m.eta - m.sent_at),
+            expires_in=None if m.expires is None else m.expires - m.sent_at,
+            headers=m.headers,
+            immutable=sig.immutable,
+            flow=flow,
+        )
+
+    def callbacks(self, sigs: list[Signature], given: int) -> list[Job]:
+        return [self.signature(s, After(), None, None, [], given)[0][0] for s in sigs]
+
+    # -- any part ----------------------------------------------------------------------------
+    def freeze(
+        self,
+        node: Canvas,
+        after: After,
+        final: str | None,
+        chain_final: str | None,
+        errbacks: list[Job],
+        given: int,
+    ) -> tuple[list[Job], str]:
+        """The jobs to send first for ``node``, and the id of the job that ends it.
+
+        ``final`` fixes that id; ``chain_final`` is the end of the chain ``node`` is part of
+        (marked failed if ``node`` fails); ``given`` counts the arguments ``node``'s first jobs
+        will be given when sent.
+        """
+        if isinstance(node, Signature):
+            return self.signature(node, after, final, chain_final, errbacks, given)
+        if isinstance(node, Chain):
+            return self.chain(node, after, final, chain_final, errbacks, given)
+        if isinstance(node, Chord):
+            return self.chord(node, after, final, chain_final, errbacks, given)
+        if isinstance(node, Group):
+            return self.chord(
+                Chord(node, collect(node)), after, final, chain_final, errbacks, given
+            )
+        raise ConfigurationError(f"not a canvas: {node!r}")
+
+    def signature(
+        self,
+        sig: Signature,
+        after: After,
+        final: str | None,
+        chain_final: str | None,
+        errbacks: list[Job],
+        given: int,
+    ) -> tuple[list[Job], str]:
+        job_id = final or sig.options.get("task_id") or new_id()
+        flow = Flow(
+            next=after.next,
+            chord=after.chord,
+            member_of=after.member_of,
+            final=chain_final if chain_final != job_id else None,
+            link=self.callbacks(sig.link, 1),
+            link_error=errbacks + self.callbacks(sig.link_error, 2),
+        )
+        empty = flow == Flow()
+        return [self.job(sig, job_id, None if empty else flow, given)], job_id
+
+    def chain(
+        self,
+        chain: Chain,
+        after: After,
+        final: str | None,
+        chain_final: str | None,
+        errbacks: list[Job],
+        given: int,
+    ) -> tuple[list[Job], str]:
+        steps = normal_steps(chain.steps)
+        member_of = after.chord or after.member_of
+        entries: list[Job] = []
+        result = ""
+        for n in range(len(steps) - 1, -1, -1):
+            last = n == len(steps) - 1
+            entries, rid = self.freeze(
+                steps[n],
+                after,
+                final if last else None,
+                chain_final if last else (chain_final or result),
+                errbacks,
+                given if n == 0 else 1,
+            )
+            if last:
+                result = rid
+                chain_final = chain_final or rid
+            after = After(next=entries, member_of=member_of)
+        return entries, result
+
+    def chord(
+        self,
+        chord: Chord,
+        after: After,
+        final: str | None,
+        chain_final: str | None,
+        errbacks: list[Job],
+        given: int,
+    ) -> tuple[list[Job], str]:
+        members = chord.header.members
+        if not members:
+            raise ConfigurationError(
+                f"a chord needs at least one member; call the body directly: {chord.body!r}"
+            )
+        group = new_id()
+        body, result = self.freeze(chord.body, after, final, chain_final, errbacks, 1)
+        entries: list[Job] = []
+        for i, member in enumerate(members):
+            ref = ChordRef(id=result, group=group, size=len(members), index=i, body=body)
+            jobs, _ = self.freeze(member, After(chord=ref), member_id(group, i), None, [], given)
+            entries += jobs
+        return entries, result
+
+
+def collect(group: Group) -> Signature:
+    """The body of a bare group: ``faena.collect``, sent through the group's app."""
+    return Signature(COLLECT_TASK, app=group.sender())
+
+
+def normal_steps(steps: list[Canvas]) -> list[Canvas]:
+    """A chain's steps with every group followed by a step folded into a chord with it."""
+    out: list[Canvas] = []
+    n = 0
+    while n < len(steps):
+        step = steps[n]
+        if isinstance(step, Group) and n + 1 < len(steps):
+            out.append(Chord(step, steps[n + 1]))
+            n += 2
+        else:
+            out.append(step)
+            n += 1
+    return out
+
+
+def with_link(node: Canvas, link: list[Signature]) -> Canvas:
+    """``node`` with success callbacks added to the job that ends it (each member of a group)."""
+    if not link:
+        return node
+    if isinstance(node, Signature):
+        twin = node.with_args((), {})
+        twin.link = twin.link + link
+        return twin
+    if isinstance(node, Chain):
+        return Chain(*node.steps[:-1], with_link(node.steps[-1], link))
+    if isinstance(node, Chord):
+        return Chord(node.header, with_link(node.body, link))
+    if isinstance(node, Group):
+        return Group(with_link(m, link) for m in node.members)
+    raise ConfigurationError(f"not a canvas: {node!r}")

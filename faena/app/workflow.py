@@ -1,0 +1,223 @@
+"""Sending a canvas, and reading a workflow back: group results, revoking, the graph.
+
+:func:`send_canvas` freezes the canvas (:mod:`faena.app.freezing`) and sends its first jobs in
+one bulk enqueue (a group of 10,000 is one broker call). What it returns stands for the whole
+canvas: a :class:`GroupResult` for a group, else a :class:`WorkflowResult` — the
+``AsyncResult`` of the job that ends the canvas, which also knows every job id of it, so
+``revoke()`` revokes the parts that have not started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from faena.app.freezing import After, Freezer, with_link
+from faena.app.producer import eta_of, to_outgoing
+from faena.app.result import AsyncResult
+from faena.foundation.exceptions import ConfigurationError, ResultError, TimeoutError
+from faena.model import states
+from faena.model.flow import Job, job_message
+from faena.model.message import Message
+from faena.model.signature import Canvas, Group, Signature
+from faena.model.task import CallOptions, current_context
+
+if TYPE_CHECKING:
+    from faena.app.core import Faena
+
+
+class WorkflowResult(AsyncResult[Any]):
+    """The result of a chain or chord: its last job's, plus every job id of the workflow."""
+
+    def __init__(self, job_id: str, app: Faena, ids: list[str]) -> None:
+        super().__init__(job_id, app)
+        self.ids = ids
+
+    def revoke(
+        self, terminate: bool = False, reason: str = "revoked", by: str | None = None
+    ) -> bool:
+        """Revoke every part of the workflow that has not finished; ``True`` if any was still
+        waiting in the broker. Parts that ended keep their outcome."""
+        removed = False
+        for job_id in self.ids:
+            removed = AsyncResult(job_id, self.app).revoke(terminate, reason, by) or removed
+        return removed
+
+
+class GroupResult:
+    """The results of a group's members, in member order.
+
+    Example:
+        >>> res = group(add.s(i, i) for i in range(10)).delay()
+        >>> res.get(timeout=10)
+        [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    """
+
+    def __init__(self, group_id: str, results: list[AsyncResult[Any]], app: Faena) -> None:
+        self.id = group_id
+        self.results = results
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<GroupResult {self.id} of {len(self.results)}>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult[Any]]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult[Any]:
+        return self.results[index]
+
+    def _records(self) -> list[str]:
+        return [r.state for r in self.results]
+
+    def completed_count(self) -> int:
+        """How many members succeeded."""
+        return sum(s == states.SUCCESS for s in self._records())
+
+    def ready(self) -> bool:
+        """Every member has finished (succeeded, failed or was revoked)."""
+        return all(s in states.READY_STATES for s in self._records())
+
+    def successful(self) -> bool:
+        """Every member succeeded."""
+        return all(s == states.SUCCESS for s in self._records())
+
+    def failed(self) -> bool:
+        """At least one member failed."""
+        return any(s == states.FAILURE for s in self._records())
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """The members' results in member order, waiting up to ``timeout`` seconds in all.
+
+        Raises:
+            TaskFailed: (``propagate``) the first member, in order, that failed.
+            TimeoutError: a member did not finish in time.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values: list[Any] = []
+        for result in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                values.append(result.get(timeout=left, propagate=True))
+            except TimeoutError:
+                raise
+            except ResultError as exc:
+                if propagate:
+                    raise
+                values.append(exc)
+        return values
+
+    join = get
+
+    def revoke(
+        self, terminate: bool = False, reason: str = "revoked", by: str | None = None
+    ) -> int:
+        """Revoke the members that have not finished; how many were still waiting."""
+        return sum(r.revoke(terminate, reason, by) for r in self.results)
+
+
+def send_canvas(
+    app: Faena,
+    canvas: Canvas,
+    options: Mapping[str, Any],
+    link: list[Signature],
+    link_error: list[Signature],
+) -> AsyncResult[Any] | GroupResult:
+    """Freeze ``canvas`` and send its first jobs; what stands for its result."""
+    messages, result = _prepare(app, canvas, options, link, link_error)
+    if app.settings.eager:
+        from faena.app.eager_flow import run_messages
+
+        run_messages(app, messages)
+    else:
+        app.broker.enqueue([to_outgoing(app.settings, m) for m in messages])
+    return result
+
+
+async def asend_canvas(
+    app: Faena,
+    canvas: Canvas,
+    options: Mapping[str, Any],
+    link: list[Signature],
+    link_error: list[Signature],
+) -> AsyncResult[Any] | GroupResult:
+    """``send_canvas`` for async producers."""
+    messages, result = _prepare(app, canvas, options, link, link_error)
+    if app.settings.eager:
+        from faena.app.eager_flow import run_messages
+
+        run_messages(app, messages)
+    else:
+        await app.broker.aenqueue([to_outgoing(app.settings, m) for m in messages])
+    return result
+
+
+def _prepare(
+    app: Faena,
+    canvas: Canvas,
+    options: Mapping[str, Any],
+    link: list[Signature],
+    link_error: list[Signature],
+) -> tuple[list[Message], AsyncResult[Any] | GroupResult]:
+    """The first messages of ``canvas``, and what stands for its result."""
+    freezer = Freezer(app, options)
+    canvas = with_link(canvas, link)
+    errbacks = freezer.callbacks(link_error, 2)
+    if isinstance(canvas, Group):
+        if not canvas.members:
+            raise ConfigurationError("an empty group has nothing to send; give it members")
+        entries, finals = [], []
+        for member in canvas.members:
+            jobs, final = freezer.freeze(member, After(), None, None, errbacks, 0)
+            entries += jobs
+            finals.append(final)
+        group_id = freezer.task_id or finals[0]
+        members: list[AsyncResult[Any]] = [AsyncResult(f, app) for f in finals]
+        return _messages(app, entries, options), GroupResult(group_id, members, app)
+    entries, final = freezer.freeze(canvas, After(), freezer.task_id, None, errbacks, 0)
+    return _messages(app, entries, options), WorkflowResult(final, app, freezer.ids)
+
+
+def _messages(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> list[Message]:
+    now = app.settings.clock.time()
+    countdown, eta = options.get("countdown"), options.get("eta")
+    if countdown is not None or eta is not None:
+        call = CallOptions(countdown=countdown, eta=eta)  # checks them as apply_async does
+        due = eta_of(call, now)
+        entries = [msgspec.structs.replace(j, countdown=max(0.0, due - now)) for j in entries]
+    running = current_context()
+    parent = running.request.id if running else None
+    root = (running.request.root_id or running.request.id) if running else None
+    root = root or (entries[0].id if entries else None)
+    return [job_message(j, now, parent, root, None) for j in entries]
+
+
+def workflow_graph(app: Faena, root_id: str) -> dict[str, Any]:
+    """Every job reachable from ``root_id`` through the recorded children, as a graph.
+
+    Returns ``{"root": id, "nodes": {id: {"task", "state", "parent_id"}}, "edges": [[from,
+    to], ...]}``; a job sent but not yet recorded appears with state ``PENDING`` and no task.
+    """
+    nodes: dict[str, dict[str, Any]] = {}
+    edges: list[list[str]] = []
+    todo = [root_id]
+    while todo:
+        job_id = todo.pop()
+        if job_id in nodes:
+            continue
+        record = app.results.fetch(job_id)
+        nodes[job_id] = {
+            "task": record.task if record else None,
+            "state": record.state if record else states.PENDING,
+            "parent_id": record.parent_id if record else None,
+        }
+        for child in record.children if record else []:
+            edges.append([job_id, child])
+            todo.append(child)
+    return {"root": root_id, "nodes": nodes, "edges": edges}

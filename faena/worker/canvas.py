@@ -1,0 +1,117 @@
+"""The worker's side of workflows: after a workflow job ends, write its record, then send what
+follows it (:mod:`faena.features.followups`), then let the message be acknowledged.
+
+The order is the guarantee. The record is written first, so the member that completes a chord
+finds every other member's result; the follow-ups are sent before the acknowledgement, so a
+worker that dies in between leaves the message to be delivered again, and the next run sends
+whatever is still missing (fixed ids make it recognisable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from faena.app.core import Faena
+from faena.app.producer import to_outgoing
+from faena.contracts.broker import Delivery
+from faena.features.followups import after_failure, after_success, decode_value
+from faena.features.lifecycle import Decision
+from faena.model import states
+from faena.model.message import Message
+from faena.model.outcome import ErrorInfo, JobRecord, Outcome
+from faena.worker.outbox import Outbox
+
+
+class WorkerFlowIO:
+    """:class:`~faena.features.followups.FlowIO` on the app's stores, run off the event loop
+    (sync calls), with reads of many records handed to the loop in one call."""
+
+    def __init__(self, app: Faena, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.loop = loop
+
+    def now(self) -> float:
+        return self.app.settings.clock.time()
+
+    def ttl(self) -> float:
+        return self.app.settings.result_ttl
+
+    def add_member(self, key: str, member: str) -> tuple[bool, int]:
+        return self.app.coordination.add_member(key, member, self.ttl())
+
+    def take_once(self, key: str, value: str) -> bool:
+        return self.app.coordination.set_if_absent(key, value, self.ttl())
+
+    def holder(self, key: str) -> str | None:
+        return self.app.coordination.get(key)
+
+    def _fetch(self, job_ids: list[str]) -> dict[str, JobRecord]:
+        future = asyncio.run_coroutine_threadsafe(self.app.results.fetch_many(job_ids), self.loop)
+        return future.result()
+
+    def values(self, job_ids: list[str]) -> dict[str, Any]:
+        accept = self.app.settings.accept
+        return {
+            i: decode_value(r.value, r.serializer, accept)
+            for i, r in self._fetch(job_ids).items()
+            if r.state == states.SUCCESS
+        }
+
+    def recorded(self, job_ids: list[str]) -> set[str]:
+        return set(self._fetch(job_ids))
+
+    def publish(self, messages: list[Message]) -> None:
+        self.app.broker.enqueue([to_outgoing(self.app.settings, m) for m in messages])
+
+    def store(self, records: list[JobRecord]) -> None:
+        for record in records:
+            self.app.results.store(record)
+
+
+def after_job(
+    app: Faena,
+    outbox: Outbox,
+    delivery: Delivery,
+    message: Message,
+    outcome: Outcome,
+    decision: Decision,
+) -> Decision:
+    """Queue the workflow of ``message`` after its run; the decision to settle it with.
+
+    Only a success or a final failure has follow-ups (a retry or a lost run waits for the next
+    attempt). They run in the outbox's next flush, after the record and before the
+    settlement, which the caller queues next (see :mod:`faena.worker.outbox`).
+    """
+    flow = message.flow
+    success = outcome.status == "success" and decision.action == "ack"
+    if flow is None or not (success or decision.action == "dead"):
+        return decision
+    record = decision.record
+    if record is not None:
+        children = flow.children() if success else [j.id for j in flow.link_error]
+        record = msgspec.structs.replace(record, children=children)
+        decision = dataclasses.replace(decision, record=record)
+        outbox.record(record)
+    if success:
+        value = decode_value(outcome.value, message.serializer, app.settings.accept)
+        rule: Callable[..., None] = after_success
+        detail: Any = value
+    else:
+        error = (record.error if record else None) or outcome.error
+        detail = error or ErrorInfo(type="faena.Failed", message=decision.detail or "failed")
+        rule = after_failure
+    runs = [delivery.deliveries > 1]
+
+    async def step() -> None:
+        again = runs[-1]
+        runs.append(True)  # a follow-up that failed part-way runs again as a second run
+        io = WorkerFlowIO(app, asyncio.get_running_loop())
+        await asyncio.to_thread(rule, io, message, detail, again)
+
+    outbox.follow(step)
+    return decision

@@ -1,0 +1,363 @@
+"""The canvas on every backend and in eager mode: signatures, chains, groups, chords, nesting,
+callbacks, error rules and lineage. A burst worker runs what was sent (eager mode: nothing to
+run, the canvas ran when it was sent)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from faena import (
+    ChordError,
+    ConfigurationError,
+    Faena,
+    GroupResult,
+    Signature,
+    TaskFailed,
+    chain,
+    chord,
+    group,
+    signature,
+)
+from faena.canvas import from_dict
+
+from .support import drain
+
+
+class Flows:
+    """Tasks for workflows on ``app``, with a ledger of what ran."""
+
+    def __init__(self, app: Faena) -> None:
+        self.app = app
+        self.ran: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()
+        note = self.note
+
+        @app.task(name="flows.add")
+        def add(x: int, y: int) -> int:
+            note("add", (x, y))
+            return x + y
+
+        @app.task(name="flows.mul")
+        def mul(x: int, y: int) -> int:
+            note("mul", (x, y))
+            return x * y
+
+        @app.task(name="flows.total")
+        def total(values: list[Any], plus: int = 0) -> int:
+            note("total", values)
+            return sum(_flat(values)) + plus
+
+        @app.task(name="flows.boom")
+        def boom(x: Any) -> None:
+            note("boom", x)
+            raise ValueError(f"boom on {x}")
+
+        @app.task(name="flows.errback")
+        def errback(job_id: str, error: dict[str, str]) -> None:
+            note("errback", (job_id, error))
+
+        @app.task(name="flows.seen")
+        def seen(value: Any) -> Any:
+            note("seen", value)
+            return value
+
+        self.add, self.mul, self.total, self.boom = add, mul, total, boom
+        self.errback, self.seen = errback, seen
+
+    def note(self, name: str, value: Any) -> None:
+        with self._lock:
+            self.ran.append((name, value))
+
+    def runs(self, name: str) -> list[Any]:
+        return [v for n, v in self.ran if n == name]
+
+    def run(self) -> None:
+        """Run everything sent (nothing to do in eager mode)."""
+        if not self.app.settings.eager:
+            drain(self.app)
+
+
+def _flat(values: list[Any]) -> list[int]:
+    out: list[int] = []
+    for v in values:
+        out += _flat(v) if isinstance(v, list) else [v]
+    return out
+
+
+@pytest.fixture
+def flows(workflow_app: Faena) -> Flows:
+    return Flows(workflow_app)
+
+
+# -- signatures -------------------------------------------------------------------------------
+def test_signatures_hold_task_args_and_options_and_round_trip_through_json(flows: Flows) -> None:
+    sig = flows.add.s(2, y=3).set(queue="high", countdown=5)
+    # Then the signature says what it will send, a clone is independent, JSON round-trips
+    assert (sig.name, sig.args, sig.kwargs) == ("flows.add", (2,), {"y": 3})
+    assert sig.options == {"queue": "high", "countdown": 5}
+    twin = sig.clone()
+    assert isinstance(twin, Signature)
+    twin.set(priority=9)
+    assert "priority" not in sig.options
+    back = from_dict(sig.to_dict(), app=flows.app)
+    assert back == sig
+    assert repr(flows.add.si(1, 2)) == "flows.add.si(1, 2)"
+    assert from_dict(chord([sig], flows.total.s()).to_dict(), flows.app).to_dict() == (
+        chord([sig], flows.total.s()).to_dict()
+    )
+
+
+def test_bad_signatures_are_refused_with_the_valid_choices(flows: Flows) -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown option.*colour.*valid options are"):
+        flows.add.s(1, 2).set(colour="red")
+    with pytest.raises(ConfigurationError, match="knows no app"):
+        signature("flows.add", (1, 2)).delay()
+    with pytest.raises(TypeError, match=r"flows\.add"):
+        chain(flows.add.s(1, 2, 3)).delay()
+    with pytest.raises(ConfigurationError, match="at least one member"):
+        chord([], flows.total.s()).delay()
+    with pytest.raises(ConfigurationError, match="expected a 'kind'"):
+        from_dict({"task": "x"})
+
+
+def test_a_signature_sends_like_its_task(flows: Flows) -> None:
+    # Given a partial signature, When it is sent with more arguments, they go first
+    result = flows.add.s(10).delay(5)
+    by_name = signature("flows.mul", (3, 4), app=flows.app).apply_async()
+    flows.run()
+    assert (result.get(timeout=5), by_name.get(timeout=5)) == (15, 12)
+
+
+# -- chains -----------------------------------------------------------------------------------
+def test_a_chain_passes_each_result_on_unless_immutable(flows: Flows) -> None:
+    # Given (2 + 2) * 4, then an immutable step that ignores it, then + 1
+    result = (flows.add.s(2, 2) | flows.mul.s(4) | flows.add.si(1, 1) | flows.add.s(1)).delay()
+    flows.run()
+    # Then the chain's result is its last job's
+    assert result.get(timeout=5) == 3
+    assert flows.runs("mul") == [(4, 4)]
+    # And each job knows the one before it; the root is the first
+    first = result.parent.parent.parent  # type: ignore[union-attr]
+    assert first is not None
+    assert first.parent is None
+    assert result.record.root_id == first.id  # type: ignore[union-attr]
+    graph = flows.app.workflow(first.id)
+    assert len(graph["nodes"]) == 4
+    assert len(graph["edges"]) == 3
+
+
+def test_a_failed_step_stops_the_chain_and_its_result_carries_the_failure(flows: Flows) -> None:
+    # Given a chain whose second step fails
+    result = chain(flows.add.s(1, 1), flows.boom.s(), flows.mul.s(2)).apply_async(
+        link_error=flows.errback.s()
+    )
+    flows.run()
+    # Then the third step never runs, and the chain's result is the failure
+    with pytest.raises(TaskFailed, match="boom on 2"):
+        result.get(timeout=5)
+    assert flows.runs("mul") == []
+    # And the error callback ran once, with the failed job's id and error
+    [(failed_id, error)] = flows.runs("errback")
+    assert error == {"type": "ValueError", "message": "boom on 2"}
+    assert flows.app.AsyncResult(failed_id).state == "FAILURE"
+
+
+# -- groups -----------------------------------------------------------------------------------
+def test_a_group_returns_results_in_member_order(flows: Flows) -> None:
+    result = group(flows.add.s(i, i) for i in range(10)).delay()
+    assert isinstance(result, GroupResult)
+    flows.run()
+    assert result.get(timeout=5) == [2 * i for i in range(10)]
+    assert (result.completed_count(), result.ready(), result.successful()) == (10, True, True)
+    assert result.failed() is False
+
+
+def test_a_group_with_a_failed_member_reports_it(flows: Flows) -> None:
+    result = group(flows.add.s(1, 1), flows.boom.s(7)).delay()
+    flows.run()
+    assert (result.ready(), result.successful(), result.failed()) == (True, False, True)
+    assert result.completed_count() == 1
+    with pytest.raises(TaskFailed, match="boom on 7"):
+        result.get(timeout=5)
+    values = result.get(timeout=5, propagate=False)
+    assert values[0] == 2
+    assert isinstance(values[1], TaskFailed)
+
+
+def test_revoking_a_group_or_chain_revokes_what_has_not_started(flows: Flows) -> None:
+    if flows.app.settings.eager:
+        pytest.skip("eager mode runs a workflow when it is sent: nothing is left to revoke")
+    # Given a group and a chain, sent but not run
+    members = group(flows.add.s(i, i) for i in range(3)).delay()
+    steps = (flows.add.s(1, 1) | flows.mul.s(2)).delay()
+    # When both are revoked
+    assert members.revoke() == 3
+    steps.revoke()
+    flows.run()
+    # Then nothing ran
+    assert flows.ran == []
+    assert [r.state for r in members] == ["REVOKED"] * 3
+    assert steps.state == "REVOKED"
+
+
+# -- chords -----------------------------------------------------------------------------------
+def test_a_chord_runs_its_body_once_with_results_in_member_order(flows: Flows) -> None:
+    result = chord((flows.add.s(i, 0) for i in range(20)), flows.seen.s()).delay()
+    flows.run()
+    assert result.get(timeout=5) == list(range(20))
+    assert flows.runs("seen") == [list(range(20))]
+
+
+def test_group_piped_into_a_signature_is_a_chord(flows: Flows) -> None:
+    result = (group(flows.add.s(i, i) for i in range(4)) | flows.total.s(100)).delay()
+    flows.run()
+    assert result.get(timeout=5) == 112
+
+
+def test_a_failed_member_fails_the_chord_and_the_body_never_runs(flows: Flows) -> None:
+    # Given a chord with two failing members and an error callback
+    header = [flows.add.s(1, 1), flows.boom.s(1), flows.add.s(2, 2), flows.boom.s(2)]
+    result = chord(header, flows.total.s()).apply_async(link_error=flows.errback.s())
+    flows.run()
+    # Then the body never ran, get() raises ChordError naming a failed member
+    assert flows.runs("total") == []
+    with pytest.raises(ChordError, match="boom on") as caught:
+        result.get(timeout=5)
+    assert caught.value.member_id is not None
+    assert flows.app.AsyncResult(caught.value.member_id).state == "FAILURE"
+    # And the error callback ran once, with that member's id and error
+    [(failed_id, error)] = flows.runs("errback")
+    assert failed_id == caught.value.member_id
+    assert error["type"] == "ValueError"
+
+
+# -- nesting ----------------------------------------------------------------------------------
+def test_chains_inside_a_group_and_groups_inside_a_chain(flows: Flows) -> None:
+    # Given a group of chains, and a chain with a group in the middle and one at the end
+    chains = group(flows.add.s(i, i) | flows.mul.s(10) for i in range(3)).delay()
+    middle = (flows.add.s(1, 1) | group(flows.mul.s(i) for i in range(3)) | flows.total.s()).delay()
+    ending = (flows.add.s(1, 1) | group(flows.mul.s(2), flows.mul.s(3))).delay()
+    flows.run()
+    assert chains.get(timeout=5) == [0, 20, 40]
+    assert middle.get(timeout=5) == 0 + 2 + 4
+    assert ending.get(timeout=5) == [4, 6]
+
+
+def test_chords_of_chords(flows: Flows) -> None:
+    inner = [chord([flows.add.s(i, 1), flows.add.s(i, 2)], flows.total.s()) for i in range(3)]
+    result = chord(inner, flows.seen.s()).delay()
+    flows.run()
+    assert result.get(timeout=5) == [3, 5, 7]
+
+
+def test_a_failure_deep_in_a_nested_chord_reaches_the_outer_chord(flows: Flows) -> None:
+    # Given an outer chord whose member is a chain ending in a chord with a failing member
+    member = flows.add.s(1, 1) | chord([flows.boom.s(), flows.add.s(1)], flows.total.s())
+    result = chord([member, flows.add.s(5, 5)], flows.seen.s()).apply_async(
+        link_error=flows.errback.s()
+    )
+    flows.run()
+    # Then neither body ran, and the outer chord fails once
+    assert flows.runs("total") == []
+    assert flows.runs("seen") == []
+    with pytest.raises(ChordError):
+        result.get(timeout=5)
+    assert len(flows.runs("errback")) == 1
+
+
+# -- map, starmap, chunks, callbacks ----------------------------------------------------------
+def test_map_starmap_and_chunks(flows: Flows) -> None:
+    mapped = flows.seen.map([1, 2, 3]).delay()
+    starred = flows.add.starmap([(1, 2), (3, 4)]).delay()
+    chunked = flows.add.chunks([(i, i) for i in range(5)], 2).delay()
+    spread = flows.add.chunks([(1, 1), (2, 2)], 1).group() | flows.total.s()
+    total = spread.delay()
+    flows.run()
+    assert (mapped.get(timeout=5), starred.get(timeout=5)) == ([1, 2, 3], [3, 7])
+    assert chunked.get(timeout=5) == [[0, 2], [4, 6], [8]]
+    assert total.get(timeout=5) == 6
+
+
+def test_links_get_the_result_and_errbacks_the_failure(flows: Flows) -> None:
+    ok = flows.add.s(2, 3).on_success(flows.seen.s()).delay()
+    bad = flows.boom.s(9).on_error(flows.errback.s()).delay()
+    flows.run()
+    assert ok.get(timeout=5) == 5
+    assert flows.runs("seen") == [5]
+    assert [error["message"] for _, error in flows.runs("errback")] == ["boom on 9"]
+    assert [c.id for c in ok.children] == [ok.children[0].id]
+    assert ok.children[0].parent == ok
+    with pytest.raises(TaskFailed):
+        bad.get(timeout=5)
+
+
+def test_workflows_carry_pickled_arguments_and_results(make_app: Any) -> None:
+    # Given an app that sends and accepts pickle
+    app = make_app("pickled", serializer="pickle", accept=["json", "pickle"])
+
+    @app.task(name="p.pair")
+    def pair(x: Any, y: Any) -> tuple[Any, Any]:
+        return (x, y)
+
+    @app.task(name="p.first")
+    def first(values: list[Any]) -> Any:
+        return values[0]
+
+    # When a chain and a chord pass pickled values along
+    result = (pair.s(1, {2}) | pair.s(frozenset({3}))).delay()
+    merged = chord([pair.s(b"a", 1), pair.s(b"b", 2)], first.s()).delay()
+    drain(app)
+    # Then each step got the previous result first, as the Python value it was
+    assert result.get(timeout=5) == ((1, {2}), frozenset({3}))
+    assert merged.get(timeout=5) == (b"a", 1)
+
+
+def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
+    app: Faena, clock: Any
+) -> None:
+    from .support import queue_stats
+
+    flows = Flows(app)
+    # Given a chain sent with a countdown and an id of its own
+    result = (flows.add.s(1, 1) | flows.mul.s(2)).apply_async(countdown=60, task_id="the-end")
+    # Then its result has that id, and only its first job waits, scheduled
+    assert result.id == "the-end"
+    assert [(s.ready, s.scheduled) for s in queue_stats(app)] == [(0, 1)]
+    # When the time comes, the whole chain runs without waiting again
+    clock.advance(61)
+    drain(app)
+    assert result.get(timeout=5) == 4
+
+
+def test_the_workflow_graph_of_a_chord_joins_every_member_to_the_body(flows: Flows) -> None:
+    # Given a chain that fans out into a chord
+    result = (flows.add.s(1, 1) | group(flows.mul.s(i) for i in range(3)) | flows.total.s()).delay()
+    flows.run()
+    assert result.get(timeout=5) == 6
+    # When its graph is fetched from the root
+    root = result.parent.parent  # type: ignore[union-attr]
+    assert root is not None
+    graph = flows.app.workflow(root.id)
+    # Then it has the first job, three members and the body, each member joined to the body
+    tasks = sorted(node["task"] for node in graph["nodes"].values())
+    assert tasks == ["flows.add", "flows.mul", "flows.mul", "flows.mul", "flows.total"]
+    into_body = [edge for edge in graph["edges"] if edge[1] == result.id]
+    assert len(into_body) == 3
+    assert all(node["state"] == "SUCCESS" for node in graph["nodes"].values())
+
+
+def test_async_producers_send_canvases_without_blocking(flows: Flows) -> None:
+    import asyncio
+
+    async def send() -> tuple[Any, Any]:
+        steps = await (flows.add.s(1, 2) | flows.mul.s(3)).adelay()
+        members = await group(flows.add.s(i, i) for i in range(3)).aapply_async()
+        return steps, members
+
+    steps, members = asyncio.run(send())
+    flows.run()
+    assert steps.get(timeout=5) == 9
+    assert members.get(timeout=5) == [0, 2, 4]

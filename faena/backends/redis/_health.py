@@ -28,7 +28,7 @@ def server_warnings(client: SyncClient, target: Target) -> list[str]:
     """
     if isinstance(client, redis.cluster.RedisCluster):
         found: list[str] = []
-        for node in client.get_primaries():
+        for node in client.get_primaries():  # type: ignore[no-untyped-call]
             for line in _warnings_for(
                 client.info("all", target_nodes=node),
                 _save_rules(client, node),
@@ -37,7 +37,9 @@ def server_warnings(client: SyncClient, target: Target) -> list[str]:
                 if line not in found:
                     found.append(line)
         return found
-    return _warnings_for(client.info("all"), _save_rules(client, None), f"Redis at {target.display}")
+    return _warnings_for(
+        client.info("all"), _save_rules(client, None), f"Redis at {target.display}"
+    )
 
 
 def _warnings_for(info: dict[str, Any], snapshots: str | None, where: str) -> list[str]:

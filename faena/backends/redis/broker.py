@@ -27,8 +27,8 @@ import msgspec
 import redis.cluster
 
 from faena.backends.redis import _keys
-from faena.backends.redis._health import server_warnings
 from faena.backends.redis._client import SyncClient, now_arg, parse_url, sync_client, translated
+from faena.backends.redis._health import server_warnings
 from faena.backends.redis._keys import Batch, Keys, ms
 from faena.backends.redis.consumer import RedisConsumer
 from faena.contracts.broker import (

@@ -10,16 +10,18 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from faena.app.core import Faena
 from faena.cli import exits
 from faena.foundation.exceptions import ConfigurationError, FaenaError
 from faena.model.options import validate_queue
 from faena.worker.loader import load_app
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -202,6 +204,9 @@ def known_queues(app: Faena) -> list[str]:
 # -- output ---------------------------------------------------------------------------------------
 def stdout() -> Console:
     """The console for results. Piped output is not cut to 80 columns (unless COLUMNS says)."""
+    # Imported here: a worker process, which prints no tables, does not carry rich.
+    from rich.console import Console
+
     console = Console(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 200

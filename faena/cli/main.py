@@ -1,27 +1,48 @@
 """The ``faena`` command: one click group shared by every entry point.
 
-Commands are registered here; each lives in its own module. A faena error raised by a command
-is printed as one line on stderr (configuration errors exit 2, others 1), never a traceback.
+Commands are registered here; each lives in its own module, imported only when its command
+runs (or help lists it), so a worker process does not carry the table and demo code (and
+rich) of the other commands. A faena error raised by a command is printed as one line on
+stderr (configuration errors exit 2, others 1), never a traceback.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, Final
 
 import click
 
 from faena import __version__
-from faena.cli.admin import purge, status
 from faena.cli.common import translate_error
-from faena.cli.control import control
-from faena.cli.demo import demo
-from faena.cli.dlq import dlq
-from faena.cli.worker import worker
 from faena.foundation.exceptions import FaenaError
+
+COMMANDS: Final = {
+    "worker": "faena.cli.worker:worker",
+    "status": "faena.cli.admin:status",
+    "purge": "faena.cli.admin:purge",
+    "dlq": "faena.cli.dlq:dlq",
+    "control": "faena.cli.control:control",
+    "demo": "faena.cli.demo:demo",
+}
+"""Each command's ``module:attribute``."""
 
 
 class FaenaGroup(click.Group):
-    """A group that turns faena errors into one-line command errors."""
+    """A group that imports a command's module when the command is asked for, and turns
+    faena errors into one-line command errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = COMMANDS.get(cmd_name)
+        if spec is None:
+            return super().get_command(ctx, cmd_name)
+        module, _, attribute = spec.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -46,14 +67,6 @@ def cli() -> None:
     Run:      faena worker -A shop.tasks -Q high,default
     Inspect:  faena status -A shop.tasks
     """
-
-
-cli.add_command(worker)
-cli.add_command(status)
-cli.add_command(purge)
-cli.add_command(dlq)
-cli.add_command(control)
-cli.add_command(demo)
 
 
 def main() -> None:

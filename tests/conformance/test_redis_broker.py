@@ -330,6 +330,64 @@ class TestRedisOnly:
         finally:
             await consumer.close()
 
+    def test_after_a_claim_that_emptied_the_queue_the_next_receive_waits_for_news(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a consumer whose receive got one message of the ten it asked for (the queue is
+        # empty after it), and blocks long enough that only a wake-up ends them
+        monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        broker.enqueue([out("first")])
+
+        async def scenario() -> None:
+            consumer = await broker.open_consumer(["default"], "w1")
+            try:
+                (first,) = await consumer.receive(10, 5.0)
+                assert first.id == "first"
+                # When a message is sent from another thread while the next receive waits
+                waiting = asyncio.create_task(consumer.receive(10, 20.0))
+                producer = threading.Timer(0.1, broker.enqueue, ([out("next")],))
+                started = SYSTEM_CLOCK.monotonic()
+                producer.start()
+                got = await waiting
+                producer.join()
+                # Then the waiting receive has it promptly
+                assert [d.id for d in got] == ["next"]
+                assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+            finally:
+                await consumer.close()
+
+        run(scenario())
+
+    @async_test
+    async def test_after_a_claim_that_emptied_the_queue_a_message_already_sent_comes_at_once(
+        self,
+    ) -> None:
+        # Given a consumer whose receive emptied the queue
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        broker.enqueue([out("first")])
+        consumer = await broker.open_consumer(["default"], "w1")
+        try:
+            (first,) = await consumer.receive(10, 5.0)
+            assert first.id == "first"
+            # When messages are sent (one of them due shortly) before the next receive starts
+            due = SYSTEM_CLOCK.time() + 0.3
+            broker.enqueue([out("now"), out("soon", due=due)])
+            # Then the next receives get the one due now at once, and the other once due
+            started = SYSTEM_CLOCK.monotonic()
+            (now,) = await consumer.receive(10, 5.0)
+            assert now.id == "now"
+            assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+            (soon,) = await consumer.receive(10, 5.0)
+            assert soon.id == "soon"
+            assert due <= SYSTEM_CLOCK.time() < due + PROMPT_S
+            # And a receive that may not wait still claims
+            broker.enqueue([out("polled")])
+            (polled,) = await consumer.receive(10, 0)
+            assert polled.id == "polled"
+        finally:
+            await consumer.close()
+
     def test_idle_consumers_wake_one_another_while_work_is_left(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:

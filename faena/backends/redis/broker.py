@@ -5,11 +5,12 @@ key layout in ``lua/_queue.lua``), so a crash at any point leaves each message q
 scheduled, leased or dead. Many messages or queues at once are one pipeline: one round trip.
 The lease lifecycle (claim, settle, extend, waiting) lives in ``consumer``.
 
-Connections: one pooled, thread-safe sync client. The async methods (``aenqueue``, worker
-registration, administration) hand the same calls to a thread of the running loop's default
-executor: an asyncio client would belong to one event loop, and a broker outlives the loops
-that use it (each test, each ``asyncio.run``). Consumers, which live on one loop, have asyncio
-clients of their own.
+Connections: one pooled, thread-safe sync client. ``aenqueue``, the async producers' hot
+path, sends on an asyncio client of the running loop (one per loop, made on first use and
+closed with its loop or the broker, see :class:`~faena.backends.redis._stores.Connections`):
+a hop to a thread and back would cost more than the round trip itself. The other async
+methods (worker registration, administration) hand the sync calls to a thread of the running
+loop's default executor. Consumers, which live on one loop, have asyncio clients of their own.
 
 Time: every due time, lease and heartbeat is compared with the server's clock (``TIME`` in the
 script), or with ``config.clock`` when it is a test clock, so skewed machines agree.
@@ -30,6 +31,7 @@ from faena.backends.redis import _keys
 from faena.backends.redis._client import SyncClient, now_arg, parse_url, sync_client, translated
 from faena.backends.redis._health import server_warnings
 from faena.backends.redis._keys import Batch, Keys, ms
+from faena.backends.redis._stores import Connections
 from faena.backends.redis.consumer import RedisConsumer
 from faena.contracts.broker import (
     Broker,
@@ -42,10 +44,14 @@ from faena.contracts.broker import (
     QueueStats,
     WorkerInfo,
 )
+from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import BrokerError, ConfigurationError
 from faena.model.options import MAX_PRIORITY, MIN_PRIORITY
 
 T = TypeVar("T")
+
+_REGISTER_S = 60.0
+"""How often a broker adds a queue it sends to to the set of known queues again."""
 
 _LOCATIONS: dict[bytes, Location] = {
     b"queued": "queued",
@@ -70,6 +76,8 @@ class RedisBroker(Broker):
         self._keys = Keys(self._target)
         self._lock = threading.Lock()
         self._sync: SyncClient | None = None
+        self._async: Connections | None = None
+        self._registered: dict[str, float] = {}  # queue -> when this broker last added it
         self._closed = False
 
     def _client(self) -> SyncClient:
@@ -93,6 +101,36 @@ class RedisBroker(Broker):
     def enqueue(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
+        batch, new = self._enqueue_batch(messages)
+        self._run(batch, f"enqueueing {len(messages)} message(s)")
+        self._remember(new)
+
+    async def aenqueue(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        batch, new = self._enqueue_batch(messages)
+        connections = self._connections()
+        doing = f"enqueueing {len(messages)} message(s)"
+        async with connections.using(doing) as client:
+            await batch.arun(client)
+        self._remember(new)
+
+    def _remember(self, queues: list[str]) -> None:
+        moment = SYSTEM_CLOCK.monotonic()
+        for q in queues:
+            self._registered[q] = moment
+
+    def _connections(self) -> Connections:
+        """The async clients' keeper, made on first use (see ``_client``)."""
+        with self._lock:
+            if self._closed:
+                raise BrokerError(f"the Redis broker for {self._target.display} is closed")
+            if self._async is None:
+                self._async = Connections(self.url, self.config.clock)
+            return self._async
+
+    def _enqueue_batch(self, messages: Sequence[Outgoing]) -> tuple[Batch, list[str]]:
+        """The calls that enqueue ``messages``, and the queues they make known."""
         now = now_arg(self.config.clock)
         per_queue: dict[str, list[Any]] = {}
         for m in messages:
@@ -107,16 +145,17 @@ class RedisBroker(Broker):
             args += (m.id, m.body, m.priority, "" if m.due is None else ms(m.due))
         batch = Batch()
         # The set of known queues lives in a slot of its own, so it is written apart from the
-        # queue's script, in the same round trip; every time, so a set lost on the server (a
-        # restart without persistence) is filled again by the next enqueue.
-        batch.command("SADD", self._keys.queues, *per_queue)
+        # queue's script, in the same round trip. Once a minute per queue is enough to fill it
+        # again if it is lost on the server (a restart without persistence).
+        moment = SYSTEM_CLOCK.monotonic()
+        new = [
+            q for q in per_queue if moment - self._registered.get(q, -_REGISTER_S) >= _REGISTER_S
+        ]
+        if new:
+            batch.command("SADD", self._keys.queues, *new)
         for queue, args in per_queue.items():
             batch.script(_keys.ENQUEUE, self._keys.queue(queue), args)
-        self._run(batch, f"enqueueing {len(messages)} message(s)")
-
-    async def aenqueue(self, messages: Sequence[Outgoing]) -> None:
-        if messages:
-            await self._arun(lambda: self.enqueue(messages))
+        return batch, new
 
     def _known_queues(self, doing: str) -> list[str]:
         batch = Batch()
@@ -254,9 +293,12 @@ class RedisBroker(Broker):
     def close(self) -> None:
         with self._lock:
             client, self._sync = self._sync, None
+            connections, self._async = self._async, None
             self._closed = True
         if client is not None:
             _close(client)
+        if connections is not None:
+            connections.close()
 
 
 def _close(client: SyncClient) -> None:

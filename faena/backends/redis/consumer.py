@@ -14,6 +14,12 @@ messages behind pushes a token again, so idle consumers wake one after another w
 work. On a cluster, a consumer of several queues blocks on each queue's list at once, one
 connection per queue. A lost token (a consumer closed with one in hand) costs at most one
 block period: every idle consumer claims again at least every :data:`MAX_BLOCK_S`.
+
+A claim that got messages but fewer than it asked for emptied every ready queue: the next
+receive (with a timeout, on the system clock) goes straight to the wait instead of claiming
+first, since whatever arrives after that claim brings a token, and the claim said when the
+next scheduled message or lease falls due. An idle worker then sends one claim per job, not
+two.
 """
 
 from __future__ import annotations
@@ -64,6 +70,10 @@ class RedisConsumer(Consumer):
         self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True)
         self._turn = 0
         self._woken_by: int | None = None
+        # Set by a claim that emptied every queue (see the module docstring): when the next
+        # scheduled message or lease falls due (monotonic), None for nothing due.
+        self._emptied = False
+        self._emptied_due_at: float | None = None
         self._closed = False
         self._shut = False
         self._calls = 0
@@ -116,12 +126,16 @@ class RedisConsumer(Consumer):
     async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
         # A timeout is a real wait; the store's clock (maybe a FakeClock) decides what is due.
         deadline = SYSTEM_CLOCK.monotonic() + timeout_s
+        skip, due_in = self._after_emptied(timeout_s)
         with self._busy():
             try:
                 while not self._stopped() and max_messages > 0:
-                    found, due_in = await self._claim_safely(max_messages)
-                    if found:
-                        return found
+                    if skip:
+                        skip = False
+                    else:
+                        found, due_in = await self._claim_safely(max_messages)
+                        if found:
+                            return found
                     remaining = deadline - SYSTEM_CLOCK.monotonic()
                     if remaining <= 0:
                         return []
@@ -132,6 +146,16 @@ class RedisConsumer(Consumer):
                     return []
                 raise
         return []
+
+    def _after_emptied(self, timeout_s: float) -> tuple[bool, float | None]:
+        """Whether this receive may wait before it claims, as the last claim emptied every
+        queue; and then how long until something falls due."""
+        emptied, self._emptied = self._emptied, False
+        if not emptied or timeout_s <= 0 or self._config.clock is not SYSTEM_CLOCK:
+            # A test clock moves without real time passing: claim, the script reads it.
+            return False, None
+        due_at = self._emptied_due_at
+        return True, None if due_at is None else due_at - SYSTEM_CLOCK.monotonic()
 
     async def _claim_safely(self, limit: int) -> tuple[list[Delivery], float | None]:
         claim = asyncio.ensure_future(self._claim(limit))
@@ -168,6 +192,7 @@ class RedisConsumer(Consumer):
         found: list[Delivery] = []
         due_in: float | None = None
         visited: set[int] = set()
+        failed = False
         for queues in rounds:
             fixed[1] = limit - len(found)
             batch = Batch()
@@ -179,6 +204,7 @@ class RedisConsumer(Consumer):
                 # already leased is handed out rather than left to expire; the failing node
                 # raises again on the next call if nothing was found.
                 if found:
+                    failed = True
                     break
                 raise
             visited.update(queues)
@@ -194,6 +220,9 @@ class RedisConsumer(Consumer):
                     raise
                 # Only a wake-up is lost: an idle worker of that queue looks again within
                 # its block period.
+        if found and len(found) < limit and not failed:  # every queue visited and emptied
+            self._emptied = True
+            self._emptied_due_at = None if due_in is None else SYSTEM_CLOCK.monotonic() + due_in
         return found, None if found else due_in
 
     def _decode(self, reply: list[Any], queues: list[int], into: list[Delivery]) -> float | None:

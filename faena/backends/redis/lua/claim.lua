@@ -11,9 +11,9 @@
 -- reason of its last loss. A lease increments deliveries and the fence.
 --
 -- Returns {now, next_due, then four per message: id, queue index (0-based), state (as in
--- _queue.lua, after the lease), body}. next_due is -1 unless nothing was claimed; then it is
--- the earliest due time or lease expiry of these queues (-1 if none), so the caller knows how
--- long it may sleep.
+-- _queue.lua, after the lease), body}. next_due is -1 if the batch is full; else every queue
+-- was emptied, and it is the earliest due time or lease expiry of these queues (-1 if none),
+-- so the caller knows how long it may sleep.
 local now = now_ms(ARGV[1])
 local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
@@ -135,7 +135,7 @@ for q = 0, queues - 1 do
   end
 end
 
-if got == 0 then
+if got < limit then
   local next_due = nil
   for q = 0, queues - 1 do
     for _, which in ipairs({SCHEDULED, LEASED}) do

@@ -14,7 +14,7 @@ See ``docs/canvas.md`` for the rules (errors, nesting, callbacks, durability).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from faena.app.workflow import GroupResult, WorkflowResult
 from faena.model.signature import (
@@ -39,8 +39,33 @@ def group(*members: Canvas | Iterable[Canvas]) -> Group:
     return Group(*members)
 
 
-def chord(header: Group | Iterable[Canvas], body: Canvas) -> Chord:
-    """``header`` members run in parallel; ``body`` gets their results, in member order."""
+class ChordHeader:
+    """``chord(header)`` without its body, as Celery writes it: calling it with the body sends
+    the chord, ``chord(header)(body)`` being ``chord(header, body).apply_async()``."""
+
+    def __init__(self, header: Group | Iterable[Canvas]) -> None:
+        self.header = header if isinstance(header, Group) else Group(header)
+
+    def __repr__(self) -> str:
+        return f"chord({self.header!r})"
+
+    def __call__(self, body: Canvas, **options: Any) -> Any:
+        """Send the chord with ``body``; options apply as in :meth:`Canvas.apply_async`."""
+        return Chord(self.header, body).apply_async(**options)
+
+
+@overload
+def chord(header: Group | Iterable[Canvas], body: Canvas) -> Chord: ...
+@overload
+def chord(header: Group | Iterable[Canvas], body: None = None) -> ChordHeader: ...
+def chord(header: Group | Iterable[Canvas], body: Canvas | None = None) -> Chord | ChordHeader:
+    """``header`` members run in parallel; ``body`` gets their results, in member order.
+
+    Without ``body``, a header to call with it, which sends the chord (Celery's
+    ``chord(header)(body)``).
+    """
+    if body is None:
+        return ChordHeader(header)
     return Chord(header, body)
 
 
@@ -65,6 +90,7 @@ __all__ = [
     "Canvas",
     "Chain",
     "Chord",
+    "ChordHeader",
     "Chunks",
     "Group",
     "GroupResult",

@@ -211,6 +211,15 @@ def test_a_chord_runs_its_body_once_with_results_in_member_order(flows: Flows) -
     assert flows.runs("seen") == [list(range(20))]
 
 
+def test_a_chord_header_called_with_its_body_sends_the_chord(flows: Flows) -> None:
+    # Given Celery's spelling: chord(header)(body)
+    result = chord(flows.add.s(i, i) for i in range(4))(flows.total.s(100))
+    flows.run()
+    # Then it is the same chord as chord(header, body).delay()
+    assert result.get(timeout=5) == 112
+    assert flows.runs("total") == [[0, 2, 4, 6]]
+
+
 def test_group_piped_into_a_signature_is_a_chord(flows: Flows) -> None:
     result = (group(flows.add.s(i, i) for i in range(4)) | flows.total.s(100)).delay()
     flows.run()

@@ -55,3 +55,20 @@ def drop_prefix(url: str) -> int:
         return len(keys)
     finally:
         client.close()
+
+
+class OnRedis:
+    """A mixin for conformance test classes: a fresh key prefix on the shared test Redis for
+    each test (``self.url``), its keys deleted afterwards."""
+
+    url: str
+
+    def setup_method(self) -> None:
+        self.url = redis_url()
+        super().setup_method()  # type: ignore[misc]
+
+    def teardown_method(self) -> None:
+        try:
+            super().teardown_method()  # type: ignore[misc]
+        finally:
+            drop_prefix(self.url)

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from faena.app.core import Faena
 
 
-class EagerFlowIO:
-    """:class:`~faena.features.followups.FlowIO` that runs what it publishes, inline."""
+class AppFlowIO:
+    """The part of :class:`~faena.features.followups.FlowIO` that any app's stores answer:
+    time, TTL and the coordination store's chord keys. Eager mode and the worker add how they
+    read results and send messages."""
 
     def __init__(self, app: Faena) -> None:
         self.app = app
@@ -42,6 +44,10 @@ class EagerFlowIO:
 
     def holder(self, key: str) -> str | None:
         return self.app.coordination.get(key)
+
+
+class EagerFlowIO(AppFlowIO):
+    """:class:`~faena.features.followups.FlowIO` that runs what it publishes, inline."""
 
     def values(self, job_ids: list[str]) -> dict[str, Any]:
         found = {}

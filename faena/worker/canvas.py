@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 
 from faena.app.core import Faena
+from faena.app.eager_flow import AppFlowIO
 from faena.app.producer import to_outgoing
 from faena.contracts.broker import Delivery
 from faena.features.followups import after_failure, after_success, decode_value
@@ -27,28 +28,13 @@ from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.outbox import Outbox
 
 
-class WorkerFlowIO:
+class WorkerFlowIO(AppFlowIO):
     """:class:`~faena.features.followups.FlowIO` on the app's stores, run off the event loop
     (sync calls), with reads of many records handed to the loop in one call."""
 
     def __init__(self, app: Faena, loop: asyncio.AbstractEventLoop) -> None:
-        self.app = app
+        super().__init__(app)
         self.loop = loop
-
-    def now(self) -> float:
-        return self.app.settings.clock.time()
-
-    def ttl(self) -> float:
-        return self.app.settings.result_ttl
-
-    def add_member(self, key: str, member: str) -> tuple[bool, int]:
-        return self.app.coordination.add_member(key, member, self.ttl())
-
-    def take_once(self, key: str, value: str) -> bool:
-        return self.app.coordination.set_if_absent(key, value, self.ttl())
-
-    def holder(self, key: str) -> str | None:
-        return self.app.coordination.get(key)
 
     def _fetch(self, job_ids: list[str]) -> dict[str, JobRecord]:
         future = asyncio.run_coroutine_threadsafe(self.app.results.fetch_many(job_ids), self.loop)

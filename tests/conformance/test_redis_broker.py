@@ -10,9 +10,7 @@ import contextlib
 import random
 import shutil
 import socket
-import subprocess
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -28,72 +26,23 @@ from faena.contracts.broker import Broker, BrokerConfig, Settlement, WorkerInfo
 from faena.foundation.clock import SYSTEM_CLOCK, FakeClock
 from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
 from faena.testing.conformance import PROMPT_S, BrokerConformance, async_test, out, run
-from tests.integration.redis_servers import RedisServer, free_port
-from tests.services import REDIS_HOST, REDIS_PORT, drop_prefix, redis_url
+from tests.integration.redis_servers import RedisServer, free_port, redis_cluster
+from tests.services import REDIS_HOST, REDIS_PORT, OnRedis, drop_prefix, redis_url
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class _OnRedis:
-    """A fresh key prefix on the shared Redis for each test, deleted afterwards."""
-
-    url: str
-
-    def setup_method(self) -> None:
-        self.url = redis_url()
-        super().setup_method()  # type: ignore[misc]
-
-    def teardown_method(self) -> None:
-        try:
-            super().teardown_method()  # type: ignore[misc]
-        finally:
-            drop_prefix(self.url)
-
-
-class TestRedisBroker(_OnRedis, BrokerConformance):
+class TestRedisBroker(OnRedis, BrokerConformance):
     def make_broker(self, config: BrokerConfig) -> Broker:
         return RedisBroker(self.url, config)
 
 
 # -- a private three-node cluster -----------------------------------------------------------
-def cluster_port() -> int:
-    """A free port whose cluster bus port (10000 higher) is free and exists too."""
-    while True:
-        port = random.randrange(20000, 55000)
-        with socket.socket() as a, socket.socket() as b, contextlib.suppress(OSError):
-            a.bind(("127.0.0.1", port))
-            b.bind(("127.0.0.1", port + 10000))
-            return port
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Three masters on private ports joined into one cluster; yields their host list."""
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server and redis-cli are needed for a cluster")
-    base = tmp_path_factory.mktemp("cluster")
-    options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-    nodes = [RedisServer(base / f"n{i}", *options, port=cluster_port()) for i in range(3)]
-    try:
-        for node in nodes:
-            node.start()
-        hosts = [f"127.0.0.1:{n.port}" for n in nodes]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *hosts, "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        deadline = time.monotonic() + 20
-        for node in nodes:
-            with contextlib.closing(redis.Redis(port=node.port)) as probe:
-                while probe.cluster("info")["cluster_state"] != "ok":  # type: ignore[index]
-                    assert time.monotonic() < deadline, "the cluster did not become ready"
-                    time.sleep(0.05)  # polls a state change, bounded by the deadline
-        yield ",".join(hosts)
-    finally:
-        for node in nodes:
-            node.stop()
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as nodes:
+        yield ",".join(f"127.0.0.1:{n.port}" for n in nodes)
 
 
 def cluster_url(hosts: str) -> str:

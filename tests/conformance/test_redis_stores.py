@@ -35,33 +35,17 @@ from faena.testing.conformance import (
     run,
 )
 from tests.integration.redis_servers import RedisServer, free_port
-from tests.services import drop_prefix, redis_url
+from tests.services import OnRedis, drop_prefix, redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class _OnRedis:
-    """A fresh key prefix on the shared Redis for each test, deleted afterwards."""
-
-    url: str
-
-    def setup_method(self) -> None:
-        self.url = redis_url()
-        super().setup_method()  # type: ignore[misc]
-
-    def teardown_method(self) -> None:
-        try:
-            super().teardown_method()  # type: ignore[misc]
-        finally:
-            drop_prefix(self.url)
-
-
-class TestRedisResultStore(_OnRedis, ResultStoreConformance):
+class TestRedisResultStore(OnRedis, ResultStoreConformance):
     def make_result_store(self, clock: Clock) -> ResultStore:
         return RedisResultStore(self.url, clock)
 
 
-class TestRedisCoordinationStore(_OnRedis, CoordinationConformance):
+class TestRedisCoordinationStore(OnRedis, CoordinationConformance):
     def make_coordination_store(self, clock: Clock) -> CoordinationStore:
         return RedisCoordinationStore(self.url, clock)
 

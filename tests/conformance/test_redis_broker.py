@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import shutil
 import socket
 import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,10 +24,17 @@ from faena.contracts.broker import Broker, BrokerConfig, Settlement, WorkerInfo
 from faena.foundation.clock import SYSTEM_CLOCK, FakeClock
 from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
 from faena.testing.conformance import PROMPT_S, BrokerConformance, async_test, out, run
-from tests.integration.redis_servers import RedisServer, free_port, redis_cluster
+from tests.integration.redis_servers import (
+    RedisServer,
+    free_port,
+    private_redis,
+    redis_cluster,
+)
 from tests.services import REDIS_HOST, REDIS_PORT, OnRedis, drop_prefix, redis_url
 
 pytestmark = pytest.mark.timeout(120)
+
+__all__ = ["private_redis"]  # a fixture of redis_servers, used below
 
 
 class TestRedisBroker(OnRedis, BrokerConformance):
@@ -431,17 +436,6 @@ def test_a_cluster_consumer_of_several_queues_wakes_for_any_of_them(
 
 
 # -- faults: a private server, stopped and started by the test ------------------------------
-@pytest.fixture
-def private(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private redis-server with AOF and ``appendfsync always``."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_no_server_is_broker_unavailable_within_the_timeout() -> None:
     # Given a URL to a port where nothing listens, with a 1 s timeout
     broker = RedisBroker(f"redis://127.0.0.1:{free_port()}/0?timeout=1", BrokerConfig())
@@ -485,9 +479,9 @@ def test_a_server_that_never_answers_is_broker_unavailable_within_the_timeout() 
 
 
 def test_a_restart_of_redis_with_aof_loses_nothing_and_calls_work_again(
-    private: RedisServer,
+    private_redis: RedisServer,
 ) -> None:
-    broker = RedisBroker(private.url + "?timeout=2", BrokerConfig(clock=SYSTEM_CLOCK))
+    broker = RedisBroker(private_redis.url + "?timeout=2", BrokerConfig(clock=SYSTEM_CLOCK))
 
     async def scenario() -> None:
         consumer = await broker.open_consumer(["default"], "w1")
@@ -498,7 +492,7 @@ def test_a_restart_of_redis_with_aof_loses_nothing_and_calls_work_again(
             assert await consumer.receive(1, 0.05) == []
             broker.enqueue([out("m2")])
             # When Redis crashes, Then each call is BrokerUnavailable, none hangs
-            private.kill()
+            private_redis.kill()
             with pytest.raises(BrokerUnavailable):
                 await consumer.receive(1, 0)
             with pytest.raises(BrokerUnavailable):
@@ -506,7 +500,7 @@ def test_a_restart_of_redis_with_aof_loses_nothing_and_calls_work_again(
             with pytest.raises(BrokerUnavailable):
                 await consumer.settle([Settlement(delivery=m1, action="ack")])
             # And once it is back (AOF, fsync always), the same consumer goes on
-            private.start()
+            private_redis.start()
             assert await consumer.extend([m1], 30) == set()
             assert await consumer.settle([Settlement(delivery=m1, action="ack")]) == [True]
             (m2,) = await consumer.receive(1, 1.0)

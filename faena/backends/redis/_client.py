@@ -24,7 +24,9 @@ machines with skewed clocks still agree on due times and lease expiry.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,6 +206,99 @@ def async_client(
         target.url, **_pool_options(target), **options
     )
     return redis.asyncio.Redis.from_pool(pool)
+
+
+class SyncSender:
+    """A sync client, and the lines its single commands travel on.
+
+    redis-py's pool spends more on each call than the round trip itself on a quiet server (a
+    lock and a condition, a readiness poll, metrics), which is most of a producer's
+    ``delay()``. A single command from a thread here takes a connection of its own from a
+    short list instead, sends, reads the reply and puts it back. Pipelines, cluster clients and
+    commands beyond the list's size (a burst of more callers than ``max_connections``) go
+    through the pooled client as before.
+
+    Like the pool, a line is checked before anything is sent: one the server closed (a
+    restart) is reconnected first. A line that fails during a call is closed, never used to
+    send the command again (see :func:`_options`).
+    """
+
+    def __init__(self, client: SyncClient) -> None:
+        self.client = client
+        self._pool: Any = client.connection_pool if isinstance(client, redis.Redis) else None
+        # As many lines as the pool may open connections (``?max_connections=`` in the URL).
+        self._limit = self._pool.max_connections if self._pool is not None else 0
+        self._lock = threading.Lock()
+        self._idle: list[Any] = []
+        self._made = 0
+        self._pid = os.getpid()
+        self._closed = False
+
+    def execute(self, *args: Any) -> Any:
+        """Send one command and return its raw reply (no redis-py response callbacks)."""
+        line = self._take()
+        if line is None:
+            return self.client.execute_command(*args)  # type: ignore[no-untyped-call]
+        try:
+            try:
+                stale = line.can_read()  # data nobody asked for, or the server hung up
+            except (redis.exceptions.ConnectionError, OSError):
+                stale = True
+            if stale:
+                line.disconnect()
+            line.send_command(*args)  # connects first if it has to
+            reply = line.read_response()
+        except redis.exceptions.ResponseError:
+            self._give(line)  # the server answered: the line is fine
+            raise
+        except BaseException:
+            line.disconnect()  # half a reply may be waiting on it
+            self._give(line)
+            raise
+        self._give(line)
+        return reply
+
+    def _take(self) -> Any:
+        if self._pool is None:
+            return None
+        with self._lock:
+            if os.getpid() != self._pid:  # a forked child: its parent's sockets are not its own
+                self._idle, self._made, self._pid = [], 0, os.getpid()
+            if self._idle:
+                return self._idle.pop()
+            if self._made >= self._limit:
+                return None
+            self._made += 1
+        return self._pool.connection_class(**self._pool.connection_kwargs)
+
+    def _give(self, line: Any) -> None:
+        with self._lock:
+            if os.getpid() == self._pid and not self._closed:
+                self._idle.append(line)
+                return
+        line.disconnect()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle, self._closed = self._idle, [], True
+        for line in idle:
+            line.disconnect()
+        close_client(self.client)
+
+
+def close_client(client: SyncClient) -> None:
+    """Close ``client`` and every connection it opened."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        # A cluster client's close() leaves some node connections open (those made while it
+        # learned the cluster's layout): disconnect every node's pool as well.
+        manager = client.nodes_manager
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        client.close()
+        for node in nodes:
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
+        return
+    client.close()
 
 
 _UNREACHABLE: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)

@@ -21,7 +21,7 @@ from typing import Any, Final
 import redis.cluster
 import redis.exceptions
 
-from faena.backends.redis._client import AsyncClient, SyncClient, Target, load_script
+from faena.backends.redis._client import AsyncClient, SyncSender, Target, load_script
 from faena.model.options import validate_queue
 
 QUEUE_KEY_NAMES: Final = (
@@ -126,12 +126,12 @@ class Batch:
                 raise reply
         return [ops[i] for i in again], again
 
-    def run(self, client: SyncClient) -> list[Any]:
+    def run(self, sender: SyncSender) -> list[Any]:
         """Send everything (one round trip, two if a script had to be loaded)."""
-        replies = self._send(client, [self._first_try(op) for op in self.ops])
+        replies = self._send(sender, [self._first_try(op) for op in self.ops])
         retry, where = self._sort(replies, self.ops)
         if retry:
-            again = self._send(client, [self._second_try(op) for op in retry])
+            again = self._send(sender, [self._second_try(op) for op in retry])
             for i, reply in zip(where, again, strict=True):
                 replies[i] = reply
             self._sort(replies, self.ops)
@@ -149,8 +149,8 @@ class Batch:
         return replies
 
     @staticmethod
-    def _send(client: SyncClient, commands: list[tuple[Any, ...]]) -> list[Any]:
-        sender: Any = client  # redis-py's cluster client is not typed
+    def _send(sender: SyncSender, commands: list[tuple[Any, ...]]) -> list[Any]:
+        client: Any = sender.client  # redis-py's cluster client is not typed
         if len(commands) == 1 or isinstance(client, redis.cluster.RedisCluster):
             # redis-py's sync cluster pipeline asks the server for the keys of every script
             # call (COMMAND GETKEYS, one round trip each) and leaks that connection; plain
@@ -158,11 +158,11 @@ class Batch:
             replies: list[Any] = []
             for command in commands:
                 try:
-                    replies.append(sender.execute_command(*command))
+                    replies.append(sender.execute(*command))
                 except redis.exceptions.ResponseError as exc:
                     replies.append(exc)
             return replies
-        pipe = sender.pipeline(transaction=False)
+        pipe = client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
         return list(pipe.execute(raise_on_error=False))

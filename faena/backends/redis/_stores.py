@@ -37,6 +37,7 @@ from faena.backends.redis._client import (
     DEFAULT_MAX_CONNECTIONS,
     AsyncClient,
     SyncClient,
+    SyncSender,
     Target,
     async_client,
     load_script,
@@ -81,12 +82,11 @@ class Script:
         self.source = load_script(name)
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
-    def run(self, client: SyncClient, call: Call) -> Any:
+    def run(self, sender: SyncSender, call: Call) -> Any:
         try:
-            return client.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
+            return sender.execute("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
         except redis.exceptions.NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
+            return sender.execute("EVAL", self.source, len(call.keys), *call.keys, *call.args)
 
     async def arun(self, client: AsyncClient, call: Call) -> Any:
         try:
@@ -157,7 +157,7 @@ class Connections:
         self.target: Target = parse_url(url)
         self.clock = clock
         self.test_clock = clock is not SYSTEM_CLOCK
-        self._sync: SyncClient | None = None
+        self._sync: SyncSender | None = None
         # A blocking command must answer well within the read timeout, or a long wait would
         # look like a dead server: a waiter blocks in slices of at most half the timeout.
         self.slice_s = min(_SLICE_S, self.target.timeout_s / 2)
@@ -168,9 +168,15 @@ class Connections:
     def sync(self) -> SyncClient:
         """The pooled sync client, made on first use (a cluster client connects as it is made,
         and a store is often built where no call is sent). Use inside :meth:`translated`."""
+        return self.sender.client
+
+    @property
+    def sender(self) -> SyncSender:
+        """The sync client with its lines for single commands (see :class:`SyncSender`)."""
         with self._lock:
             if self._sync is None:
-                self._sync = sync_client(self.target, self.url)
+                client = sync_client(self.target, self.url)
+                self._sync = SyncSender(client)
             return self._sync
 
     def now(self) -> str:

@@ -25,10 +25,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
-import redis.cluster
 
 from faena.backends.redis import _keys
-from faena.backends.redis._client import SyncClient, now_arg, parse_url, sync_client, translated
+from faena.backends.redis._client import SyncSender, now_arg, parse_url, sync_client, translated
 from faena.backends.redis._health import server_warnings
 from faena.backends.redis._keys import Batch, Keys, ms
 from faena.backends.redis._stores import Connections
@@ -75,19 +74,19 @@ class RedisBroker(Broker):
         self._target = parse_url(url)
         self._keys = Keys(self._target)
         self._lock = threading.Lock()
-        self._sync: SyncClient | None = None
+        self._sync: SyncSender | None = None
         self._async: Connections | None = None
         self._registered: dict[str, float] = {}  # queue -> when this broker last added it
         self._closed = False
 
-    def _client(self) -> SyncClient:
+    def _client(self) -> SyncSender:
         # Made on first use: a cluster client connects as it is made, and a broker is often
         # built where no call is sent (a web process's settings, a test of a URL).
         with self._lock:
             if self._closed:
                 raise BrokerError(f"the Redis broker for {self._target.display} is closed")
             if self._sync is None:
-                self._sync = sync_client(self._target, self.url)
+                self._sync = SyncSender(sync_client(self._target, self.url))
             return self._sync
 
     def _run(self, batch: Batch, doing: str) -> list[Any]:
@@ -240,7 +239,7 @@ class RedisBroker(Broker):
     async def warnings(self) -> list[str]:
         def read() -> list[str]:
             with translated(self._target, "reading the server's settings"):
-                return server_warnings(self._client(), self._target)
+                return server_warnings(self._client().client, self._target)
 
         return await self._arun(read)
 
@@ -296,21 +295,6 @@ class RedisBroker(Broker):
             connections, self._async = self._async, None
             self._closed = True
         if client is not None:
-            _close(client)
+            client.close()
         if connections is not None:
             connections.close()
-
-
-def _close(client: SyncClient) -> None:
-    """Close ``client`` and every connection it opened."""
-    if isinstance(client, redis.cluster.RedisCluster):
-        # A cluster client's close() leaves some node connections open (those made while it
-        # learned the cluster's layout): disconnect every node's pool as well.
-        manager = client.nodes_manager
-        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
-        client.close()
-        for node in nodes:
-            if node.redis_connection is not None:
-                node.redis_connection.connection_pool.disconnect()
-        return
-    client.close()

@@ -71,7 +71,7 @@ class RedisCoordinationStore(CoordinationStore):
 
     def _run(self, call: Call, doing: str) -> Any:
         with self._io.translated(doing):
-            return _OPS.run(self._io.sync, call)
+            return _OPS.run(self._io.sender, call)
 
     async def _arun(self, call: Call, doing: str) -> Any:
         async with self._io.using(doing) as client:
@@ -203,7 +203,7 @@ class RedisCoordinationStore(CoordinationStore):
     # -- sliding windows ----------------------------------------------------------------------
     def take_in_window(self, key: str, limit: int, window_s: float) -> float:
         with self._io.translated("taking a use of a window"):
-            wait_ms = _WINDOW.run(self._io.sync, self._window_call(key, limit, window_s))
+            wait_ms = _WINDOW.run(self._io.sender, self._window_call(key, limit, window_s))
         return int(wait_ms) / 1000
 
     async def atake_in_window(self, key: str, limit: int, window_s: float) -> float:

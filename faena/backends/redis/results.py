@@ -125,7 +125,7 @@ class RedisResultStore(ResultStore):
     # -- writes ------------------------------------------------------------------------------
     def store(self, record: JobRecord) -> bool:
         with self._io.translated("storing a result"):
-            return bool(_STORE.run(self._io.sync, self._store_call(record)))
+            return bool(_STORE.run(self._io.sender, self._store_call(record)))
 
     async def store_many(self, records: Sequence[JobRecord]) -> list[bool]:
         if not records:
@@ -152,7 +152,7 @@ class RedisResultStore(ResultStore):
     # -- reads -------------------------------------------------------------------------------
     def fetch(self, job_id: str) -> JobRecord | None:
         with self._io.translated("fetching a result"):
-            value = self._io.sync.get(self._keys(job_id)[0])
+            value = self._io.sender.execute("GET", self._keys(job_id)[0])
         return self._decode(cast("bytes | None", value))
 
     async def afetch(self, job_id: str) -> JobRecord | None:
@@ -182,7 +182,7 @@ class RedisResultStore(ResultStore):
             if _ready(record) or block_s is None:
                 return record
             with self._io.translated("waiting for a result"):
-                woken = self._io.sync.execute_command(*_blmove(wake, block_s))  # type: ignore[no-untyped-call]
+                woken = self._io.sender.execute(*_blmove(wake, block_s))
             record = self._woken(woken) or self.fetch(job_id)
 
     async def await_ready(self, job_id: str, timeout_s: float | None) -> JobRecord | None:

@@ -181,6 +181,8 @@ class Runner:
     def run(self, metric: str, systems: list[str]) -> dict[str, dict[str, Any]]:
         """Every system's figure for ``metric``. Repetitions go round the systems in turn, so a
         change in the machine's load touches every system alike."""
+        absent = {s for s in systems if metric not in specs.ONLY.get(s, (metric,))}
+        systems = [s for s in systems if s not in absent]
         picks = {system: self.pick(system, metric) for system in systems}
         runs: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
         for _ in range(self.args.runs):
@@ -190,7 +192,10 @@ class Runner:
                 runs[system].append(
                     self.measure(system, metric, self.size(metric), picks[system][0])
                 )
-        return {s: self.summarise(s, metric, *picks[s], runs[s]) for s in systems}
+        out = {s: self.summarise(s, metric, *picks[s], runs[s]) for s in systems}
+        for system in absent:
+            out[system] = {"spec": None, "unsupported": f"{system} is not measured for {metric}"}
+        return out
 
     def summarise(
         self,
@@ -329,6 +334,18 @@ def ratios(results: dict[str, dict[str, Any]]) -> list[str]:
         rt = med(flavour, "rt")
         if rt is not None:
             out.append(f"{flavour} round trip p50: {rt:.2f} ms; goal < 0.5 ms")
+        floor_rt, floor_single = med("redis", "rt"), med("redis", "single")
+        if rt is not None and floor_rt:
+            out.append(
+                f"{flavour} round trip p50: {rt / floor_rt:.1f}x plain redis-py's request and "
+                f"reply through two lists ({floor_rt:.2f} ms)"
+            )
+        single = med(flavour, "single")
+        if single and floor_single:
+            out.append(
+                f"{flavour} single: {single / floor_single:.2f}x plain redis-py's LPUSH per "
+                f"call ({floor_single:,.0f} msg/s)"
+            )
         pss = med(flavour, "pss")
         lightest = [v for p in peers if (v := med(p, "pss")) is not None]
         if pss is not None and lightest:

@@ -201,8 +201,18 @@ ARQ_RT = [
 ]
 ARQ_ONE = [_arq("arq (defaults)", 1)]
 
-SYSTEMS = ("faena", "faena-async", "celery", "rq", "dramatiq", "arq")
+# -- plain redis-py -----------------------------------------------------------------------------
+# Not a queue: the floor under every system's single enqueue and round trip (bare_redis.py).
+BARE_RT = [
+    WorkerSpec(
+        "echo: BLPOP, the task body, LPUSH", (("python", "-m", "benchmarks.peers.bare_redis"),)
+    )
+]
+
+SYSTEMS = ("faena", "faena-async", "celery", "rq", "dramatiq", "arq", "redis")
 PEERS = ("celery", "rq", "dramatiq", "arq")
+ONLY: dict[str, tuple[str, ...]] = {"redis": ("single", "rt")}
+"""Systems that take part in some metrics only; the others show ``n/a`` for them."""
 MODULES = {
     "faena": "faena_redis",
     "faena-async": "faena_redis",
@@ -210,6 +220,7 @@ MODULES = {
     "rq": "rq_app",
     "dramatiq": "dramatiq_app",
     "arq": "arq_app",
+    "redis": "bare_redis",
 }
 
 # metric -> system -> the worker configurations tried (the first is the reference one).
@@ -229,6 +240,7 @@ SPECS: dict[str, dict[str, list[WorkerSpec]]] = {
         "rq": RQ_RT,
         "dramatiq": DRAMATIQ_RT,
         "arq": ARQ_RT,
+        "redis": BARE_RT,
     },
     # the idle footprint: each system's plain single-worker commands, the lightest one counts.
     "pss": {

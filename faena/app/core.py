@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from faena.app.builtins import register_builtins
-from faena.app.eager import run_eagerly, run_eagerly_async
 from faena.app.lookup import make_broker, make_coordination_store, make_result_store
 from faena.app.producer import build_message, function_task_name, to_outgoing
 from faena.app.result import AsyncResult
@@ -228,6 +227,8 @@ class Faena:
         task.check_arguments_or_raise(args, kwargs)
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
         if self.settings.eager:
+            from faena.app.eager import run_eagerly  # eager mode only
+
             return run_eagerly(self, task, message)
         existing = self._unique_holder(task.defaults, message, args, kwargs)
         if existing is not None:
@@ -256,6 +257,8 @@ class Faena:
         task.check_arguments_or_raise(args, kwargs)
         message = build_message(self.settings, task.name, task.defaults, args, kwargs, call)
         if self.settings.eager:
+            from faena.app.eager import run_eagerly_async  # eager mode only
+
             return await run_eagerly_async(self, task, message)
         if unique.is_unique(task.defaults):
             existing = await asyncio.to_thread(
@@ -326,6 +329,8 @@ class Faena:
                 raise ConfigurationError(
                     f"eager mode runs tasks of this app only; {name!r} is not one"
                 )
+            from faena.app.eager import run_eagerly  # eager mode only
+
             return [run_eagerly(self, named, m) for m in messages]
         self.broker.enqueue([to_outgoing(self.settings, m) for m in messages])
         return [AsyncResult(m.id, self) for m in messages]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import importlib
 import os
 import socket
@@ -48,6 +47,8 @@ def worker_identity() -> str:
 
 def revoker_identity() -> str:
     """``user@hostname pid N``: who revoked a job, when the caller does not say."""
+    import getpass  # here, not at the top: only a revoke without a name needs it
+
     try:
         user = getpass.getuser()
     except Exception:  # no user name in this environment (a container without passwd)

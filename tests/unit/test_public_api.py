@@ -43,6 +43,9 @@ FORBIDDEN_AT_IMPORT = (
     "faena.testing",
     "click",
     "rich",
+    "faena.app.eager",
+    "ctypes",
+    "getpass",
 )
 
 
@@ -87,7 +90,8 @@ def test_import_faena_loads_no_driver_and_no_adapter() -> None:
         timeout=30,
     )
     loaded = set(json.loads(out.stdout))
-    # Then no broker driver, web stack, Django, CLI or backend module came with it
+    # Then no broker driver, web stack, Django, CLI or backend module came with it, nor what
+    # only eager mode, time limits or a revoke without a name use
     bad = sorted(m for m in loaded for f in FORBIDDEN_AT_IMPORT if m == f or m.startswith(f + "."))
     assert bad == []
 

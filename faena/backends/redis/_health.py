@@ -16,28 +16,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.cluster
+import redis.asyncio.cluster
 
-from faena.backends.redis._client import SyncClient, Target
+from faena.backends.redis._client import AsyncClient, Target
 
 
-def server_warnings(client: SyncClient, target: Target) -> list[str]:
+async def server_warnings(client: AsyncClient, target: Target) -> list[str]:
     """Plain-words warnings about ``target``'s eviction policy and persistence.
 
     On a cluster every primary is asked, and each warning names its node.
     """
-    if isinstance(client, redis.cluster.RedisCluster):
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
         found: list[str] = []
-        primaries: list[Any] = client.get_primaries()  # type: ignore[no-untyped-call]
-        for node in primaries:
+        for node in client.get_primaries():
             found += _warnings_for(
-                client.info("all", target_nodes=node),
-                _save_rules(client, node),
+                await client.info("all", target_nodes=node),
+                await _save_rules(client, node),
                 f"Redis node {node.name} of {target.display}",
             )
         return found
     return _warnings_for(
-        client.info("all"), _save_rules(client, None), f"Redis at {target.display}"
+        await client.info("all"), await _save_rules(client, None), f"Redis at {target.display}"
     )
 
 
@@ -66,13 +65,13 @@ def _warnings_for(info: dict[str, Any], snapshots: str | None, where: str) -> li
     return warnings
 
 
-def _save_rules(client: SyncClient, node: Any) -> str | None:
+async def _save_rules(client: AsyncClient, node: Any) -> str | None:
     """The ``save`` setting ("" when snapshots are off), or ``None`` if CONFIG is refused."""
     try:
         if node is None:
-            reply = client.config_get("save")
+            reply = await client.config_get("save")
         else:
-            reply = client.config_get("save", target_nodes=node)
+            reply = await client.config_get("save", target_nodes=node)
     except Exception:  # renamed or forbidden on managed services: do not guess
         return None
     return str(reply.get("save", "") or "").strip()

@@ -13,6 +13,7 @@ an extra round trip on every batch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,8 +70,17 @@ class Script:
 
     def __init__(self, name: str, *, queue_helpers: bool = True) -> None:
         self.name = name
-        self.source = load_script(name, "_queue") if queue_helpers else load_script(name)
-        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        self._helpers = ("_queue",) if queue_helpers else ()
+
+    # Read on first use: a process keeps only the scripts it runs (a worker never purges or
+    # lists dead letters). Two threads that race here compute the same value.
+    @functools.cached_property
+    def source(self) -> str:
+        return load_script(self.name, *self._helpers)
+
+    @functools.cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
 
 ENQUEUE: Final = Script("enqueue")

@@ -20,6 +20,7 @@ whose time has nothing to do with the server's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import threading
@@ -79,8 +80,15 @@ class Script:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.source = load_script(name)
-        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+    # Read on first use, as the broker's scripts are (see ``_keys.Script``).
+    @functools.cached_property
+    def source(self) -> str:
+        return load_script(self.name)
+
+    @functools.cached_property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def run(self, sender: SyncSender, call: Call) -> Any:
         try:

@@ -5,12 +5,14 @@ key layout in ``lua/_queue.lua``), so a crash at any point leaves each message q
 scheduled, leased or dead. Many messages or queues at once are one pipeline: one round trip.
 The lease lifecycle (claim, settle, extend, waiting) lives in ``consumer``.
 
-Connections: one pooled, thread-safe sync client. ``aenqueue``, the async producers' hot
-path, sends on an asyncio client of the running loop (one per loop, made on first use and
-closed with its loop or the broker, see :class:`~faena.backends.redis._stores.Connections`):
-a hop to a thread and back would cost more than the round trip itself. The other async
-methods (worker registration, administration) hand the sync calls to a thread of the running
-loop's default executor. Consumers, which live on one loop, have asyncio clients of their own.
+Connections: one pooled, thread-safe sync client, made on first use. ``aenqueue``, the async
+producers' hot path, and a worker's calls (registration, heartbeats, the server's settings)
+send on an asyncio client of the running loop (one per loop, made on first use and closed with
+its loop or the broker, see :class:`~faena.backends.redis._stores.Connections`): a hop to a
+thread and back would cost more than the round trip itself, and an idle worker then keeps no
+sync client, no connection pool of its own and no executor thread. The other async methods
+(administration) hand the sync calls to a thread of the running loop's default executor.
+Consumers, which live on one loop, have asyncio clients of their own.
 
 Time: every due time, lease and heartbeat is compared with the server's clock (``TIME`` in the
 script), or with ``config.clock`` when it is a test clock, so skewed machines agree.
@@ -197,23 +199,27 @@ class RedisBroker(Broker):
             self.url, self._target, self._keys, self.config, list(queues), lambda: self._closed
         )
 
-    def _workers_call(self, args: Sequence[Any], doing: str) -> Any:
+    async def _asend(self, batch: Batch, doing: str) -> list[Any]:
+        async with self._connections().using(doing) as client:
+            return await batch.arun(client)
+
+    async def _workers_call(self, args: Sequence[Any], doing: str) -> Any:
         batch = Batch()
         batch.script(_keys.WORKERS, [self._keys.workers], [now_arg(self.config.clock), *args])
-        return self._run(batch, doing)[0]
+        return (await self._asend(batch, doing))[0]
 
     async def register_worker(self, info: WorkerInfo) -> None:
         args = ["beat", info.id, msgspec.json.encode(info)]
-        await self._arun(lambda: self._workers_call(args, "registering a worker"))
+        await self._workers_call(args, "registering a worker")
 
     async def unregister_worker(self, worker_id: str) -> None:
         batch = Batch()
         batch.command("HDEL", self._keys.workers, worker_id)
-        await self._arun(lambda: self._run(batch, "unregistering a worker"))
+        await self._asend(batch, "unregistering a worker")
 
     async def workers(self) -> list[WorkerInfo]:
         args = ["list", ms(self.config.lease_s)]
-        rows = await self._arun(lambda: self._workers_call(args, "listing workers"))
+        rows = await self._workers_call(args, "listing workers")
         found = [
             dataclasses.replace(
                 msgspec.json.decode(rows[i + 2], type=WorkerInfo), heartbeat_at=rows[i + 1] / 1000
@@ -237,11 +243,8 @@ class RedisBroker(Broker):
         return await self._arun(self._stats)
 
     async def warnings(self) -> list[str]:
-        def read() -> list[str]:
-            with translated(self._target, "reading the server's settings"):
-                return server_warnings(self._client().client, self._target)
-
-        return await self._arun(read)
+        async with self._connections().using("reading the server's settings") as client:
+            return await server_warnings(client, self._target)
 
     async def purge(self, queues: Sequence[str]) -> int:
         chosen = list(queues)

@@ -25,7 +25,6 @@ import asyncio
 import collections
 import contextlib
 import contextvars
-import ctypes
 import logging
 import queue
 import threading
@@ -48,6 +47,8 @@ SPARE_THREADS = 16
 
 def _raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     """Ask CPython to raise ``exc_type`` in another thread at its next bytecode."""
+    import ctypes  # here, not at the top: only a time limit needs it, and it is not small
+
     done = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
     )

@@ -48,6 +48,12 @@ FAENA_DRAIN = [
         "2 x faena worker -c 32 --prefetch 256",
         _twice(*_FAENA, "-c", "32", "--prefetch", "256", *_FAENA_QUIET),
     ),
+    # A sync task body that waits on the network (the benchmark's INCR) overlaps better with
+    # more threads; 64 stays under redis-py's default pool of 100 connections per process.
+    WorkerSpec(
+        "2 x faena worker -c 64 --prefetch 512",
+        _twice(*_FAENA, "-c", "64", "--prefetch", "512", *_FAENA_QUIET),
+    ),
 ]
 FAENA_ONE = [WorkerSpec("faena worker (defaults)", ((*_FAENA, *_FAENA_QUIET),))]
 FAENA_RT = FAENA_ONE
@@ -142,8 +148,9 @@ RQ_RT = RQ_ONE = [
 
 # -- Dramatiq -----------------------------------------------------------------------------------
 # One `dramatiq` command with --processes 2 (a supervisor and two worker processes). Threads
-# per process: 8 is the default; 1 avoids GIL hand-offs for tiny jobs. dramatiq_queue_prefetch
-# defaults to 2 x threads; 100 lets one fetch bring many messages.
+# per process: 8 is the default; 1 avoids GIL hand-offs for tiny jobs; 64 overlaps bodies that
+# wait on the network. dramatiq_queue_prefetch defaults to 2 x threads; 100 lets one fetch
+# bring many messages.
 _DRAMATIQ = ("dramatiq", "benchmarks.peers.dramatiq_app", "--processes")
 DRAMATIQ_DRAIN = [
     WorkerSpec("dramatiq -p 2 -t 8 (defaults)", ((*_DRAMATIQ, "2", "--threads", "8"),)),
@@ -157,6 +164,12 @@ DRAMATIQ_DRAIN = [
         "dramatiq -p 2 -t 1, queue prefetch 100",
         ((*_DRAMATIQ, "2", "--threads", "1"),),
         {"dramatiq_queue_prefetch": "100"},
+    ),
+    # As many threads as faena's largest configuration, for a body that waits on the network.
+    WorkerSpec(
+        "dramatiq -p 2 -t 64, queue prefetch 512",
+        ((*_DRAMATIQ, "2", "--threads", "64"),),
+        {"dramatiq_queue_prefetch": "512"},
     ),
 ]
 DRAMATIQ_ONE = [

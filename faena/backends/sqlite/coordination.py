@@ -2,7 +2,8 @@
 sliding-window uses in ``faena_window_uses``.
 
 Each operation is one SQL statement in its own ``BEGIN IMMEDIATE`` transaction, so it is atomic
-for every connection to the file, in this process or another. Expiry is a ``WHERE`` on
+for every connection to the file, in this process or another (``add_members``: all its adds in
+one transaction). Expiry is a ``WHERE`` on
 ``expires_at`` against the store's clock, read afresh on every attempt of the transaction (a
 busy file retries it). Sync callers use a pooled connection; the async twins run the same
 statement on the executor thread the broker and result store on this file share.
@@ -11,7 +12,7 @@ statement on the executor thread the broker and result store on this file share.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from faena.backends.sqlite._connection import read, write
@@ -86,6 +87,22 @@ _SET_SIZE = "SELECT count(*) FROM faena_key_members WHERE key = :key"
 _KINDS = {"text": "a text value set by set_if_absent", "integer": "a counter", "blob": "a set"}
 
 
+def _add(
+    c: sqlite3.Connection, key: str, member: str, now: float, ttl_s: float
+) -> tuple[bool, int]:
+    """Add ``member`` to the set ``key`` inside the caller's transaction."""
+    params = {"key": key, "member": member, "now": now, "expires_at": now + ttl_s}
+    kind = c.execute(_KIND, params).fetchone()
+    if kind is None:  # absent or expired: a fresh set, without a past life's members
+        c.execute(_NEW_SET, params)
+        c.execute(_DELETE_MEMBERS, params)
+    elif kind[0] != "blob":
+        holds = _KINDS.get(kind[0], "another kind of value")
+        raise wrong_kind(key, holds, "a set", "use a separate key for the set")
+    added = c.execute(_ADD_MEMBER, params).rowcount == 1
+    return added, int(c.execute(_SET_SIZE, params).fetchone()[0])
+
+
 class SQLiteCoordinationStore(CoordinationStore):
     """Coordination keys in a SQLite file; may share the broker's file.
 
@@ -156,18 +173,19 @@ class SQLiteCoordinationStore(CoordinationStore):
         check_ttl(ttl_s)
 
         def body(c: sqlite3.Connection, now: float) -> tuple[bool, int]:
-            params = {"key": key, "member": member, "now": now, "expires_at": now + ttl_s}
-            kind = c.execute(_KIND, params).fetchone()
-            if kind is None:  # absent or expired: a fresh set, without a past life's members
-                c.execute(_NEW_SET, params)
-                c.execute(_DELETE_MEMBERS, params)
-            elif kind[0] != "blob":
-                holds = _KINDS.get(kind[0], "another kind of value")
-                raise wrong_kind(key, holds, "a set", "use a separate key for the set")
-            added = c.execute(_ADD_MEMBER, params).rowcount == 1
-            return added, int(c.execute(_SET_SIZE, params).fetchone()[0])
+            return _add(c, key, member, now, ttl_s)
 
         return self._write("add to a coordination set", body)
+
+    def _add_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> _Op[list[tuple[bool, int]]]:
+        check_ttl(ttl_s)
+
+        def body(c: sqlite3.Connection, now: float) -> list[tuple[bool, int]]:
+            return [_add(c, key, member, now, ttl_s) for key, member in items]
+
+        return self._write("add to coordination sets", body)
 
     def _expire(self, key: str, ttl_s: float) -> _Op[bool]:
         check_ttl(ttl_s)
@@ -234,6 +252,13 @@ class SQLiteCoordinationStore(CoordinationStore):
 
     async def aadd_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
         return await self._db.run(self._add_member(key, member, ttl_s))
+
+    def add_members(self, items: Sequence[tuple[str, str]], ttl_s: float) -> list[tuple[bool, int]]:
+        """Every :meth:`add_member` of ``items`` in one transaction (so atomic together)."""
+        if not items:
+            check_ttl(ttl_s)
+            return []
+        return self._here(self._add_members(items, ttl_s))
 
     # -- any key ------------------------------------------------------------------------------
     def expire(self, key: str, ttl_s: float) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ from faena.contracts.broker import Delivery
 from faena.features.followups import after_failure, after_success, decode_value
 from faena.features.lifecycle import Decision
 from faena.model import states
+from faena.model.flow import chord_key
 from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.outbox import Outbox
@@ -30,11 +32,21 @@ from faena.worker.outbox import Outbox
 
 class WorkerFlowIO(AppFlowIO):
     """:class:`~faena.features.followups.FlowIO` on the app's stores, run off the event loop
-    (sync calls), with reads of many records handed to the loop in one call."""
+    (sync calls), with reads of many records handed to the loop in one call.
+
+    ``counted`` holds answers of chord adds already made for this follow-up (the batch's one
+    :meth:`~faena.contracts.coordination.CoordinationStore.add_members`); each is given once,
+    to the :meth:`add_member` it stands for.
+    """
 
     def __init__(self, app: Faena, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(app)
         self.loop = loop
+        self.counted: dict[tuple[str, str], tuple[bool, int]] = {}
+
+    def add_member(self, key: str, member: str) -> tuple[bool, int]:
+        answer = self.counted.pop((key, member), None)
+        return answer if answer is not None else super().add_member(key, member)
 
     def _fetch(self, job_ids: list[str]) -> dict[str, JobRecord]:
         future = asyncio.run_coroutine_threadsafe(self.app.results.fetch_many(job_ids), self.loop)
@@ -59,20 +71,32 @@ class WorkerFlowIO(AppFlowIO):
             self.app.results.store(record)
 
 
+@dataclass(frozen=True, slots=True)
+class _Followup:
+    """One job's follow-up: its rule, and the chord add it starts with, if any."""
+
+    io: WorkerFlowIO
+    rule: Callable[[WorkerFlowIO], None]
+    count: tuple[str, str] | None
+    """``(chord set, member)`` that the rule's first ``add_member`` adds."""
+
+
 class _Batcher:
     """Runs the follow-ups a flush starts together in one worker thread, one after another:
     one thread hop per flush rather than one per job (each follow-up is a few short calls to
-    the stores, so the hops, not the calls, were most of a chord's cost)."""
+    the stores, so the hops, not the calls, were most of a chord's cost). The batch's chord
+    adds go first, in one :meth:`~faena.contracts.coordination.CoordinationStore.add_members`
+    call, so a flush of many chord members costs one round trip to count them."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        self.pending: list[tuple[_Followup, asyncio.Future[None]]] = []
 
-    def run(self, call: Callable[[], None]) -> asyncio.Future[None]:
+    def run(self, followup: _Followup) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self.loop.create_future()
         if not self.pending:
             self.loop.call_soon(self._start)
-        self.pending.append((call, future))
+        self.pending.append((followup, future))
         return future
 
     def _start(self) -> None:
@@ -81,9 +105,9 @@ class _Batcher:
         _running.add(task)
         task.add_done_callback(_running.discard)
 
-    async def _run(self, batch: list[tuple[Callable[[], None], asyncio.Future[None]]]) -> None:
+    async def _run(self, batch: list[tuple[_Followup, asyncio.Future[None]]]) -> None:
         try:
-            errors = await asyncio.to_thread(_call_each, [call for call, _ in batch])
+            errors = await asyncio.to_thread(_call_each, [followup for followup, _ in batch])
         except BaseException as exc:  # the hop itself failed (e.g. cancelled): all failed
             for _, future in batch:
                 if not future.done():
@@ -98,11 +122,41 @@ class _Batcher:
                 future.set_exception(error)
 
 
-def _call_each(calls: list[Callable[[], None]]) -> list[Exception | None]:
-    errors: list[Exception | None] = []
-    for call in calls:
+def _count(batch: list[_Followup]) -> dict[int, Exception]:
+    """Make the chord adds of ``batch`` in one ``add_members`` call per app, in batch order,
+    and hand each answer to its follow-up's io; the follow-ups whose add failed, by index.
+
+    A failed call may have made some of its adds, unseen: every follow-up of that call fails
+    and runs again as a second run, which a member already counted does not need to have
+    been the one that added itself (see :func:`~faena.features.followups.after_success`).
+    """
+    by_app: dict[int, list[int]] = {}
+    for n, followup in enumerate(batch):
+        if followup.count is not None:
+            by_app.setdefault(id(followup.io.app), []).append(n)
+    failed: dict[int, Exception] = {}
+    for indexes in by_app.values():
+        io = batch[indexes[0]].io
+        items = [c for c in (batch[n].count for n in indexes) if c is not None]
         try:
-            call()
+            answers = io.app.coordination.add_members(items, io.ttl())
+        except Exception as exc:
+            failed.update((n, exc) for n in indexes)
+            continue
+        for n, item, answer in zip(indexes, items, answers, strict=True):
+            batch[n].io.counted[item] = answer
+    return failed
+
+
+def _call_each(batch: list[_Followup]) -> list[Exception | None]:
+    failed = _count(batch)
+    errors: list[Exception | None] = []
+    for n, followup in enumerate(batch):
+        if n in failed:
+            errors.append(failed[n])
+            continue
+        try:
+            followup.rule(followup.io)
         except Exception as exc:  # handed back to that follow-up's own step
             errors.append(exc)
         else:
@@ -156,13 +210,17 @@ def after_job(
         detail = error or ErrorInfo(type="faena.Failed", message=decision.detail or "failed")
         rule = after_failure
     runs = [delivery.deliveries > 1]
+    chord = flow.chord if success else None
+    count = None if chord is None else (chord_key(chord.group), str(chord.index))
 
     async def step() -> None:
         again = runs[-1]
         runs.append(True)  # a follow-up that failed part-way runs again as a second run
         loop = asyncio.get_running_loop()
-        io = WorkerFlowIO(app, loop)
-        await _batcher(loop).run(lambda: rule(io, message, detail, again))
+        followup = _Followup(
+            WorkerFlowIO(app, loop), lambda io: rule(io, message, detail, again), count
+        )
+        await _batcher(loop).run(followup)
 
     outbox.follow(step)
     return decision

@@ -13,7 +13,7 @@ keys share a cluster slot):
   expires and that no key operation touches.
 
 Every operation that reads then writes is one call of ``lua/coord_ops.lua``; ``get`` is one
-``HMGET`` and ``next_token`` one ``INCR``; ``add_members`` pipelines one call per add.
+``HMGET`` and ``next_token`` one ``INCR``; ``add_members`` pipelines one call per key.
 Expiry: see :mod:`faena.backends.redis._stores`.
 """
 
@@ -187,15 +187,28 @@ class RedisCoordinationStore(CoordinationStore):
         return self._added(key, reply)
 
     def add_members(self, items: Sequence[tuple[str, str]], ttl_s: float) -> list[tuple[bool, int]]:
-        """Every :meth:`add_member` of ``items`` in one pipeline: one round trip, each add
-        one script call (in a cluster, the pipeline sends each node its own adds, in order)."""
-        if not items:
-            check_ttl(ttl_s)
+        """Every :meth:`add_member` of ``items`` in one round trip: one script call per key,
+        adding that key's members in order (so atomic together), all calls in one pipeline
+        (in a cluster, each node gets its own keys' calls)."""
+        ttl = ttl_ms(check_ttl(ttl_s))
+        by_key: dict[str, list[int]] = {}
+        for n, (key, _) in enumerate(items):
+            by_key.setdefault(key, []).append(n)
+        if not by_key:
             return []
-        calls = [self._add_member(key, member, ttl_s) for key, member in items]
+        calls = [
+            self._call("add_members", key, ttl, *(items[n][1] for n in places))
+            for key, places in by_key.items()
+        ]
         with self._io.translated("adding to sets"):
             replies = _OPS.run_many(self._io.sync, calls)
-        return [self._added(key, reply) for (key, _), reply in zip(items, replies, strict=True)]
+        answers: list[tuple[bool, int]] = [(False, 0)] * len(items)
+        for (key, places), reply in zip(by_key.items(), replies, strict=True):
+            if reply[0] != b"ok":
+                raise wrong_kind(key, reply[0], "a set", "use a separate key for the set")
+            for i, n in enumerate(places):
+                answers[n] = (bool(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
+        return answers
 
     # -- any key ------------------------------------------------------------------------------
     def expire(self, key: str, ttl_s: float) -> bool:

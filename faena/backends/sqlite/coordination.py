@@ -91,16 +91,40 @@ def _add(
     c: sqlite3.Connection, key: str, member: str, now: float, ttl_s: float
 ) -> tuple[bool, int]:
     """Add ``member`` to the set ``key`` inside the caller's transaction."""
-    params = {"key": key, "member": member, "now": now, "expires_at": now + ttl_s}
+    size = _open_set(c, key, now, ttl_s)
+    added = c.execute(_ADD_MEMBER, {"key": key, "member": member}).rowcount == 1
+    return added, size + added
+
+
+def _open_set(c: sqlite3.Connection, key: str, now: float, ttl_s: float) -> int:
+    """The size of the live set ``key``, made afresh (empty) if absent or expired, inside the
+    caller's transaction; ``ValueError`` if the key holds text or a counter."""
+    params = {"key": key, "now": now, "expires_at": now + ttl_s}
     kind = c.execute(_KIND, params).fetchone()
     if kind is None:  # absent or expired: a fresh set, without a past life's members
         c.execute(_NEW_SET, params)
         c.execute(_DELETE_MEMBERS, params)
-    elif kind[0] != "blob":
+        return 0
+    if kind[0] != "blob":
         holds = _KINDS.get(kind[0], "another kind of value")
         raise wrong_kind(key, holds, "a set", "use a separate key for the set")
-    added = c.execute(_ADD_MEMBER, params).rowcount == 1
-    return added, int(c.execute(_SET_SIZE, params).fetchone()[0])
+    return int(c.execute(_SET_SIZE, params).fetchone()[0])
+
+
+def _add_many(
+    c: sqlite3.Connection, items: Sequence[tuple[str, str]], now: float, ttl_s: float
+) -> list[tuple[bool, int]]:
+    """:func:`_add` of each item, in order, inside the caller's transaction: each set is
+    looked up once, then counted as its members go in."""
+    sizes: dict[str, int] = {}
+    answers = []
+    for key, member in items:
+        if key not in sizes:
+            sizes[key] = _open_set(c, key, now, ttl_s)
+        added = c.execute(_ADD_MEMBER, {"key": key, "member": member}).rowcount == 1
+        sizes[key] += added
+        answers.append((added, sizes[key]))
+    return answers
 
 
 class SQLiteCoordinationStore(CoordinationStore):
@@ -183,7 +207,7 @@ class SQLiteCoordinationStore(CoordinationStore):
         check_ttl(ttl_s)
 
         def body(c: sqlite3.Connection, now: float) -> list[tuple[bool, int]]:
-            return [_add(c, key, member, now, ttl_s) for key, member in items]
+            return _add_many(c, items, now, ttl_s)
 
         return self._write("add to coordination sets", body)
 

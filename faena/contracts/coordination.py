@@ -32,12 +32,12 @@ The rules every backend keeps:
 Async twins exist only for what the worker's event loop will call while it runs jobs —
 acquiring and renewing a lock or leadership, counting toward a rate or concurrency limit, and
 releasing (``aset_if_absent``, ``acompare_and_expire``, ``aincr``, ``acompare_and_delete``,
-``aexpire``, ``atake_in_window``, and ``aadd_member`` for chord counting) — plus
-:meth:`~CoordinationStore.cleanup`, which is async only, like the result store's, because
-only the worker's housekeeping calls it. ``get``, ``delete`` and ``next_token`` serve
-producers, administration and task code, which are sync. An async twin must never block the
-loop: a backend with blocking I/O runs the operation on its own I/O thread (SQLite's
-executor), one in memory just calls the sync operation.
+``aexpire``, ``atake_in_window``), and counting chord members (``aadd_member``,
+``aadd_members``) — plus :meth:`~CoordinationStore.cleanup`, which is async only, like the
+result store's, because only the worker's housekeeping calls it. ``get``, ``delete`` and
+``next_token`` serve producers, administration and task code, which are sync. An async twin
+must never block the loop: a backend with blocking I/O runs the operation on its own I/O
+thread (SQLite's executor), one in memory just calls the sync operation.
 
 Example (a lock, as the lock feature will build it):
     >>> from faena.backends.memory import MemoryCoordinationStore
@@ -194,6 +194,13 @@ class CoordinationStore(ABC):
         """
         check_ttl(ttl_s)
         return [self.add_member(key, member, ttl_s) for key, member in items]
+
+    async def aadd_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> list[tuple[bool, int]]:
+        """``add_members`` for async callers; this default awaits :meth:`aadd_member` for each."""
+        check_ttl(ttl_s)
+        return [await self.aadd_member(key, member, ttl_s) for key, member in items]
 
     # -- any key ------------------------------------------------------------------------------
     @abstractmethod

@@ -1192,6 +1192,19 @@ class CoordinationConformance(_Suite):
         assert (store.get("text"), store.get("count")) == ("v", "3")
         assert store.add_member("set", "a", 10) == (True, 1)
 
+    @async_test
+    async def test_aadd_members_does_what_add_members_does(self) -> None:
+        store = self.store()
+        items = [("s", "a"), ("t", "a"), ("s", "b"), ("s", "a")]
+        assert await store.aadd_members(items, 10) == [(True, 1), (True, 1), (True, 2), (False, 2)]
+        assert await store.aadd_members([], 10) == []
+        store.incr("n")
+        with pytest.raises(ValueError, match="not a set"):
+            await store.aadd_members([("n", "a")], 10)
+        with pytest.raises(ValueError, match="TTL"):
+            await store.aadd_members([("s", "c")], 0)
+        assert store.add_member("s", "c", 10) == (True, 3)
+
     def test_racing_add_members_counts_every_member_once(self) -> None:
         stores = self._racing_stores()
         barrier = threading.Barrier(len(stores))

@@ -5,6 +5,11 @@ The order is the guarantee. The record is written first, so the member that comp
 finds every other member's result; the follow-ups are sent before the acknowledgement, so a
 worker that dies in between leaves the message to be delivered again, and the next run sends
 whatever is still missing (fixed ids make it recognisable).
+
+The follow-ups of one flush run together, and the chord members among them are counted first,
+in one ``add_members`` call; each member's rule then reads the answer its own ``add_member``
+would have had. A call that fails fails every follow-up it counted: each runs again as a
+second run, so a member whose add was made but whose answer was lost still sends the body.
 """
 
 from __future__ import annotations

@@ -190,23 +190,47 @@ class RedisCoordinationStore(CoordinationStore):
         """Every :meth:`add_member` of ``items`` in one round trip: one script call per key,
         adding that key's members in order (so atomic together), all calls in one pipeline
         (in a cluster, each node gets its own keys' calls)."""
-        ttl = ttl_ms(check_ttl(ttl_s))
-        by_key: dict[str, list[int]] = {}
-        for n, (key, _) in enumerate(items):
-            by_key.setdefault(key, []).append(n)
-        if not by_key:
+        places, calls = self._add_members(items, ttl_s)
+        if not calls:
             return []
-        calls = [
-            self._call("add_members", key, ttl, *(items[n][1] for n in places))
-            for key, places in by_key.items()
-        ]
         with self._io.translated("adding to sets"):
             replies = _OPS.run_many(self._io.sync, calls)
-        answers: list[tuple[bool, int]] = [(False, 0)] * len(items)
-        for (key, places), reply in zip(by_key.items(), replies, strict=True):
+        return self._answers(len(items), places, replies)
+
+    async def aadd_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> list[tuple[bool, int]]:
+        """``add_members`` for async callers."""
+        places, calls = self._add_members(items, ttl_s)
+        if not calls:
+            return []
+        async with self._io.using("adding to sets") as client:
+            replies = await _OPS.arun_many(client, calls)
+        return self._answers(len(items), places, replies)
+
+    def _add_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> tuple[dict[str, list[int]], list[Call]]:
+        """The places in ``items`` of each key's members, and one call per key."""
+        ttl = ttl_ms(check_ttl(ttl_s))
+        places: dict[str, list[int]] = {}
+        for n, (key, _) in enumerate(items):
+            places.setdefault(key, []).append(n)
+        calls = [
+            self._call("add_members", key, ttl, *(items[n][1] for n in at))
+            for key, at in places.items()
+        ]
+        return places, calls
+
+    @staticmethod
+    def _answers(
+        count: int, places: dict[str, list[int]], replies: list[Any]
+    ) -> list[tuple[bool, int]]:
+        answers: list[tuple[bool, int]] = [(False, 0)] * count
+        for (key, at), reply in zip(places.items(), replies, strict=True):
             if reply[0] != b"ok":
                 raise wrong_kind(key, reply[0], "a set", "use a separate key for the set")
-            for i, n in enumerate(places):
+            for i, n in enumerate(at):
                 answers[n] = (bool(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
         return answers
 

@@ -284,6 +284,14 @@ class SQLiteCoordinationStore(CoordinationStore):
             return []
         return self._here(self._add_members(items, ttl_s))
 
+    async def aadd_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> list[tuple[bool, int]]:
+        if not items:
+            check_ttl(ttl_s)
+            return []
+        return await self._db.run(self._add_members(items, ttl_s))
+
     # -- any key ------------------------------------------------------------------------------
     def expire(self, key: str, ttl_s: float) -> bool:
         return self._here(self._expire(key, ttl_s))

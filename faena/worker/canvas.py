@@ -7,9 +7,11 @@ worker that dies in between leaves the message to be delivered again, and the ne
 whatever is still missing (fixed ids make it recognisable).
 
 The follow-ups of one flush run together, and the chord members among them are counted first,
-in one ``add_members`` call; each member's rule then reads the answer its own ``add_member``
-would have had. A call that fails fails every follow-up it counted: each runs again as a
-second run, so a member whose add was made but whose answer was lost still sends the body.
+in one ``aadd_members`` call; each member's rule then reads the answer its own ``add_member``
+would have had, and a member with nothing more to do (it did not complete its chord, and has
+no callbacks or next jobs) is done without running its rule. A call that fails fails every
+follow-up it counted: each runs again as a second run, so a member whose add was made but
+whose answer was lost still sends the body.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from faena.app.core import Faena
 from faena.app.eager_flow import AppFlowIO
 from faena.app.producer import to_outgoing
 from faena.contracts.broker import Delivery
-from faena.features.followups import after_failure, after_success, decode_value
+from faena.features.followups import after_failure, after_success, counted_only, decode_value
 from faena.features.lifecycle import Decision
 from faena.model import states
 from faena.model.flow import chord_key
@@ -82,16 +84,24 @@ class _Followup:
 
     io: WorkerFlowIO
     rule: Callable[[WorkerFlowIO], None]
+    message: Message
+    again: bool
     count: tuple[str, str] | None
-    """``(chord set, member)`` that the rule's first ``add_member`` adds."""
+    """``(chord set, member)`` that the rule's first ``add_member`` adds (a success only)."""
+
+    def counted_only(self) -> bool:
+        """Whether the count, made, was all there was to do (see ``counted_only``)."""
+        if self.count is None:
+            return False
+        return counted_only(self.message, self.io.counted[self.count], self.again)
 
 
 class _Batcher:
-    """Runs the follow-ups a flush starts together in one worker thread, one after another:
-    one thread hop per flush rather than one per job (each follow-up is a few short calls to
-    the stores, so the hops, not the calls, were most of a chord's cost). The batch's chord
-    adds go first, in one :meth:`~faena.contracts.coordination.CoordinationStore.add_members`
-    call, so a flush of many chord members costs one round trip to count them."""
+    """Runs the follow-ups a flush starts together: their chord adds first, on the event loop
+    in one :meth:`~faena.contracts.coordination.CoordinationStore.aadd_members` call, then, in
+    one worker thread one after another, the rules of those that have more to do than be
+    counted (callbacks, next jobs, the chord body: sync calls to the stores). So a flush of
+    chord members that do not complete their chord costs one round trip and no thread hop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -111,24 +121,30 @@ class _Batcher:
         task.add_done_callback(_running.discard)
 
     async def _run(self, batch: list[tuple[_Followup, asyncio.Future[None]]]) -> None:
+        followups = [followup for followup, _ in batch]
         try:
-            errors = await asyncio.to_thread(_call_each, [followup for followup, _ in batch])
-        except BaseException as exc:  # the hop itself failed (e.g. cancelled): all failed
+            errors: dict[int, Exception | None] = dict(await _count(followups))
+            rest = [n for n, f in enumerate(followups) if n not in errors and not f.counted_only()]
+            if rest:
+                done = await asyncio.to_thread(_call_each, [followups[n] for n in rest])
+                errors.update(zip(rest, done, strict=True))
+        except BaseException as exc:  # cancelled, or a fault of ours: all failed
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             raise
-        for (_, future), error in zip(batch, errors, strict=True):
+        for n, (_, future) in enumerate(batch):
             if future.done():
                 continue
+            error = errors.get(n)
             if error is None:
                 future.set_result(None)
             else:
                 future.set_exception(error)
 
 
-def _count(batch: list[_Followup]) -> dict[int, Exception]:
-    """Make the chord adds of ``batch`` in one ``add_members`` call per app, in batch order,
+async def _count(batch: list[_Followup]) -> dict[int, Exception]:
+    """Make the chord adds of ``batch`` in one ``aadd_members`` call per app, in batch order,
     and hand each answer to its follow-up's io; the follow-ups whose add failed, by index.
 
     A failed call may have made some of its adds, unseen: every follow-up of that call fails
@@ -144,7 +160,7 @@ def _count(batch: list[_Followup]) -> dict[int, Exception]:
         io = batch[indexes[0]].io
         items = [c for c in (batch[n].count for n in indexes) if c is not None]
         try:
-            answers = io.app.coordination.add_members(items, io.ttl())
+            answers = await io.app.coordination.aadd_members(items, io.ttl())
         except Exception as exc:
             failed.update((n, exc) for n in indexes)
             continue
@@ -154,12 +170,8 @@ def _count(batch: list[_Followup]) -> dict[int, Exception]:
 
 
 def _call_each(batch: list[_Followup]) -> list[Exception | None]:
-    failed = _count(batch)
     errors: list[Exception | None] = []
-    for n, followup in enumerate(batch):
-        if n in failed:
-            errors.append(failed[n])
-            continue
+    for followup in batch:
         try:
             followup.rule(followup.io)
         except Exception as exc:  # handed back to that follow-up's own step
@@ -223,7 +235,11 @@ def after_job(
         runs.append(True)  # a follow-up that failed part-way runs again as a second run
         loop = asyncio.get_running_loop()
         followup = _Followup(
-            WorkerFlowIO(app, loop), lambda io: rule(io, message, detail, again), count
+            WorkerFlowIO(app, loop),
+            lambda io: rule(io, message, detail, again),
+            message,
+            again,
+            count,
         )
         await _batcher(loop).run(followup)
 

@@ -1,5 +1,5 @@
 """How a worker counts chord members: the members whose follow-ups run together are added to
-the chord's set in one ``add_members`` call, and a call that fails, whether or not its adds
+the chord's set in one ``aadd_members`` call, and a call that fails, whether or not its adds
 were made, leaves the body to run exactly once."""
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ class CountingStore(MemoryCoordinationStore):
         if fail == "after":
             raise BrokerUnavailable("no answer (the adds were made)")
         return answers
+
+    async def aadd_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> list[tuple[bool, int]]:
+        return self.add_members(items, ttl_s)
 
 
 def _chord_app(make_app: AppFactory, store: CountingStore) -> tuple[Faena, list[list[int]]]:

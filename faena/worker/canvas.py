@@ -42,7 +42,7 @@ class WorkerFlowIO(AppFlowIO):
     (sync calls), with reads of many records handed to the loop in one call.
 
     ``counted`` holds answers of chord adds already made for this follow-up (the batch's one
-    :meth:`~faena.contracts.coordination.CoordinationStore.add_members`); each is given once,
+    :meth:`~faena.contracts.coordination.CoordinationStore.aadd_members`); each is given once,
     to the :meth:`add_member` it stands for.
     """
 
@@ -148,8 +148,9 @@ async def _count(batch: list[_Followup]) -> dict[int, Exception]:
     and hand each answer to its follow-up's io; the follow-ups whose add failed, by index.
 
     A failed call may have made some of its adds, unseen: every follow-up of that call fails
-    and runs again as a second run, which a member already counted does not need to have
-    been the one that added itself (see :func:`~faena.features.followups.after_success`).
+    and runs again as a second run, and on a second run a member that finds its chord's set
+    full sends the body even though its add is not the one that filled it (see
+    :func:`~faena.features.followups.after_success`).
     """
     by_app: dict[int, list[int]] = {}
     for n, followup in enumerate(batch):

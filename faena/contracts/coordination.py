@@ -9,7 +9,8 @@ The rules every backend keeps:
 - **One keyspace.** A key (``str``) holds a text value, written by
   :meth:`~CoordinationStore.set_if_absent`, an integer counter, created by
   :meth:`~CoordinationStore.incr`, or a set of members, created by
-  :meth:`~CoordinationStore.add_member`. :meth:`~CoordinationStore.get` returns text or a
+  :meth:`~CoordinationStore.add_member` (or :meth:`~CoordinationStore.add_members`, many adds
+  in one call). :meth:`~CoordinationStore.get` returns text or a
   counter as text (a counter as its decimal digits); ``compare_and_*`` compare ``expected``
   with that text. A set is read only through ``add_member``'s answers: ``get`` or ``incr`` of a
   set is a ``ValueError``, ``set_if_absent`` on a live set returns ``False``, ``compare_and_*``
@@ -31,12 +32,12 @@ The rules every backend keeps:
 Async twins exist only for what the worker's event loop will call while it runs jobs —
 acquiring and renewing a lock or leadership, counting toward a rate or concurrency limit, and
 releasing (``aset_if_absent``, ``acompare_and_expire``, ``aincr``, ``acompare_and_delete``,
-``aexpire``, ``atake_in_window``, and ``aadd_member`` for chord counting) — plus
-:meth:`~CoordinationStore.cleanup`, which is async only, like the result store's, because
-only the worker's housekeeping calls it. ``get``, ``delete`` and ``next_token`` serve
-producers, administration and task code, which are sync. An async twin must never block the
-loop: a backend with blocking I/O runs the operation on its own I/O thread (SQLite's
-executor), one in memory just calls the sync operation.
+``aexpire``, ``atake_in_window``), and counting chord members (``aadd_member``,
+``aadd_members``) — plus :meth:`~CoordinationStore.cleanup`, which is async only, like the
+result store's, because only the worker's housekeeping calls it. ``get``, ``delete`` and
+``next_token`` serve producers, administration and task code, which are sync. An async twin
+must never block the loop: a backend with blocking I/O runs the operation on its own I/O
+thread (SQLite's executor), one in memory just calls the sync operation.
 
 Example (a lock, as the lock feature will build it):
     >>> from faena.backends.memory import MemoryCoordinationStore
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
@@ -169,6 +171,36 @@ class CoordinationStore(ABC):
     @abstractmethod
     async def aadd_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
         """``add_member`` for async callers."""
+
+    def add_members(self, items: Sequence[tuple[str, str]], ttl_s: float) -> list[tuple[bool, int]]:
+        """:meth:`add_member` of each ``(key, member)`` of ``items``, in order; the answers in
+        the same order.
+
+        Each add is one atomic step, and each answer is what that add alone would have
+        answered after the ones before it in ``items``: two members of one set in one call
+        get sizes one apart, and a member given twice is ``added`` only the first time. The
+        adds of one call need not be atomic together (another client's add may fall between
+        two of them). A backend does them in one round trip or transaction where it can; this
+        default calls :meth:`add_member` for each.
+
+        Raises:
+            ValueError: a key holds text or a counter, or ``ttl_s`` is invalid (checked
+                before any add). The other adds of the call may or may not have been made: a
+                backend that makes them in one transaction makes none.
+
+        Example:
+            >>> store.add_members([("chord:42:done", "0"), ("chord:42:done", "1")], 3600)
+            [(True, 1), (True, 2)]
+        """
+        check_ttl(ttl_s)
+        return [self.add_member(key, member, ttl_s) for key, member in items]
+
+    async def aadd_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> list[tuple[bool, int]]:
+        """``add_members`` for async callers; this default awaits :meth:`aadd_member` for each."""
+        check_ttl(ttl_s)
+        return [await self.aadd_member(key, member, ttl_s) for key, member in items]
 
     # -- any key ------------------------------------------------------------------------------
     @abstractmethod

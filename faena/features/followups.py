@@ -88,11 +88,30 @@ def after_success(io: FlowIO, message: Message, value: Any, again: bool) -> None
     chord = flow.chord
     if chord is not None:
         added, size = io.add_member(chord_key(chord.group), str(chord.index))
-        if size >= chord.size and (added or again):
+        if _completes(chord, added, size, again):
             results = _results(io, chord, value)
             out += [job_message(j, now, message.id, root, [results]) for j in chord.body]
             again = again or not added
     _send(io, out, again)
+
+
+def _completes(chord: ChordRef, added: bool, size: int, again: bool) -> bool:
+    """Whether the member whose add answered ``(added, size)`` sends the body: its add filled
+    the set, or, on a second run, the set is full (its first run may have added it and died)."""
+    return size >= chord.size and (added or again)
+
+
+def counted_only(message: Message, counted: tuple[bool, int], again: bool) -> bool:
+    """Whether :func:`after_success` of chord member ``message``, once its add has answered
+    ``counted``, has nothing more to do: no callbacks or next jobs, and not the body to send.
+
+    A caller that has made the add itself (the worker counts a batch of members at once) can
+    then skip the rule.
+    """
+    flow = message.flow
+    if flow is None or flow.chord is None or flow.link or flow.next:
+        return False
+    return not _completes(flow.chord, *counted, again)
 
 
 def _results(io: FlowIO, chord: ChordRef, value: Any) -> list[Any]:

@@ -1146,6 +1146,88 @@ class CoordinationConformance(_Suite):
         with pytest.raises(ValueError, match="not a set"):
             await store.aadd_member("n", "a", 10)
 
+    # -- sets, many adds at once (add_members) ----------------------------------------------
+    def test_add_members_answers_what_add_member_would_in_order(self) -> None:
+        store = self.store()
+        store.add_member("a", "x", 10)
+        items = [("a", "y"), ("b", "x"), ("a", "x"), ("a", "z"), ("b", "x"), ("b", "y")]
+        # Each answer counts the adds before it in the same call: a member already there, or
+        # given twice, is added once
+        assert store.add_members(items, 10) == [
+            (True, 2),
+            (True, 1),
+            (False, 2),
+            (True, 3),
+            (False, 1),
+            (True, 2),
+        ]
+        assert store.add_members([], 10) == []
+        # And the sets hold what they answered, for add_member as for a second add_members
+        assert store.add_member("a", "z", 10) == (False, 3)
+        assert store.add_members([("b", "y"), ("b", "w")], 10) == [(False, 2), (True, 3)]
+
+    def test_add_members_keeps_the_expiry_rules_of_add_member(self) -> None:
+        store = self.store()
+        store.add_members([("old", "a")], 10)
+        self.clock.advance(6)
+        # A longer TTL does not stretch an existing set; a new set takes the call's TTL
+        assert store.add_members([("old", "b"), ("new", "a")], 100) == [(True, 2), (True, 1)]
+        self.clock.advance(4)
+        # Then the first set is gone and starts afresh; the second lives on
+        assert store.add_members([("old", "b"), ("new", "b")], 10) == [(True, 1), (True, 2)]
+
+    def test_add_members_refuses_text_counters_and_bad_ttls(self) -> None:
+        store = self.store()
+        store.set_if_absent("text", "v", 10)
+        store.incr("count", 3)
+        with pytest.raises(ValueError, match=r"holds a text value .* not a set"):
+            store.add_members([("text", "a")], 10)
+        with pytest.raises(ValueError, match="holds a counter, not a set"):
+            store.add_members([("count", "a")], 10)
+        with pytest.raises(ValueError, match="TTL"):
+            store.add_members([("set", "a")], 0)
+        with pytest.raises(ValueError, match="TTL"):
+            store.add_members([], -1)
+        # And the keys are unchanged; the refused TTL added nothing
+        assert (store.get("text"), store.get("count")) == ("v", "3")
+        assert store.add_member("set", "a", 10) == (True, 1)
+
+    @async_test
+    async def test_aadd_members_does_what_add_members_does(self) -> None:
+        store = self.store()
+        items = [("s", "a"), ("t", "a"), ("s", "b"), ("s", "a")]
+        assert await store.aadd_members(items, 10) == [(True, 1), (True, 1), (True, 2), (False, 2)]
+        assert await store.aadd_members([], 10) == []
+        store.incr("n")
+        with pytest.raises(ValueError, match="not a set"):
+            await store.aadd_members([("n", "a")], 10)
+        with pytest.raises(ValueError, match="TTL"):
+            await store.aadd_members([("s", "c")], 0)
+        assert store.add_member("s", "c", 10) == (True, 3)
+
+    def test_racing_add_members_counts_every_member_once(self) -> None:
+        stores = self._racing_stores()
+        barrier = threading.Barrier(len(stores))
+
+        def add(store: CoordinationStore, n: int) -> list[tuple[bool, int]]:
+            try:
+                barrier.wait(TEST_TIMEOUT_S)
+            except BaseException:
+                barrier.abort()
+                raise
+            # every racer adds the shared member and 50 of its own, ten at a time
+            answers = store.add_members([("group", "shared")], 60)
+            for start in range(0, 50, 10):
+                items = [("group", f"{n}-{i}") for i in range(start, start + 10)]
+                answers += store.add_members(items, 60)
+            return answers
+
+        answers = [a for got in self._race(stores, add) for a in got]
+        # Then, as with add_member, every size was seen by exactly one add
+        total = 1 + 50 * len(stores)
+        assert sum(added for added, _ in answers) == total
+        assert sorted(size for added, size in answers if added) == list(range(1, total + 1))
+
     def test_racing_add_member_counts_every_member_once(self) -> None:
         stores = self._racing_stores()
         barrier = threading.Barrier(len(stores))

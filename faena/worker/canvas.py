@@ -5,6 +5,13 @@ The order is the guarantee. The record is written first, so the member that comp
 finds every other member's result; the follow-ups are sent before the acknowledgement, so a
 worker that dies in between leaves the message to be delivered again, and the next run sends
 whatever is still missing (fixed ids make it recognisable).
+
+The follow-ups of one flush run together, and the chord members among them are counted first,
+in one ``aadd_members`` call; each member's rule then reads the answer its own ``add_member``
+would have had, and a member with nothing more to do (it did not complete its chord, and has
+no callbacks or next jobs) is done without running its rule. A call that fails fails every
+follow-up it counted: each runs again as a second run, so a member whose add was made but
+whose answer was lost still sends the body.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -20,9 +28,10 @@ from faena.app.core import Faena
 from faena.app.eager_flow import AppFlowIO
 from faena.app.producer import to_outgoing
 from faena.contracts.broker import Delivery
-from faena.features.followups import after_failure, after_success, decode_value
+from faena.features.followups import after_failure, after_success, counted_only, decode_value
 from faena.features.lifecycle import Decision
 from faena.model import states
+from faena.model.flow import chord_key
 from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.outbox import Outbox
@@ -30,11 +39,21 @@ from faena.worker.outbox import Outbox
 
 class WorkerFlowIO(AppFlowIO):
     """:class:`~faena.features.followups.FlowIO` on the app's stores, run off the event loop
-    (sync calls), with reads of many records handed to the loop in one call."""
+    (sync calls), with reads of many records handed to the loop in one call.
+
+    ``counted`` holds answers of chord adds already made for this follow-up (the batch's one
+    :meth:`~faena.contracts.coordination.CoordinationStore.aadd_members`); each is given once,
+    to the :meth:`add_member` it stands for.
+    """
 
     def __init__(self, app: Faena, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(app)
         self.loop = loop
+        self.counted: dict[tuple[str, str], tuple[bool, int]] = {}
+
+    def add_member(self, key: str, member: str) -> tuple[bool, int]:
+        answer = self.counted.pop((key, member), None)
+        return answer if answer is not None else super().add_member(key, member)
 
     def _fetch(self, job_ids: list[str]) -> dict[str, JobRecord]:
         future = asyncio.run_coroutine_threadsafe(self.app.results.fetch_many(job_ids), self.loop)
@@ -59,20 +78,40 @@ class WorkerFlowIO(AppFlowIO):
             self.app.results.store(record)
 
 
+@dataclass(frozen=True, slots=True)
+class _Followup:
+    """One job's follow-up: its rule, and the chord add it starts with, if any."""
+
+    io: WorkerFlowIO
+    rule: Callable[[WorkerFlowIO], None]
+    message: Message
+    again: bool
+    count: tuple[str, str] | None
+    """``(chord set, member)`` that the rule's first ``add_member`` adds (a success only)."""
+
+    def counted_only(self) -> bool:
+        """Whether the count, made, was all there was to do (see ``counted_only``)."""
+        if self.count is None:
+            return False
+        return counted_only(self.message, self.io.counted[self.count], self.again)
+
+
 class _Batcher:
-    """Runs the follow-ups a flush starts together in one worker thread, one after another:
-    one thread hop per flush rather than one per job (each follow-up is a few short calls to
-    the stores, so the hops, not the calls, were most of a chord's cost)."""
+    """Runs the follow-ups a flush starts together: their chord adds first, on the event loop
+    in one :meth:`~faena.contracts.coordination.CoordinationStore.aadd_members` call, then, in
+    one worker thread one after another, the rules of those that have more to do than be
+    counted (callbacks, next jobs, the chord body: sync calls to the stores). So a flush of
+    chord members that do not complete their chord costs one round trip and no thread hop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.pending: list[tuple[Callable[[], None], asyncio.Future[None]]] = []
+        self.pending: list[tuple[_Followup, asyncio.Future[None]]] = []
 
-    def run(self, call: Callable[[], None]) -> asyncio.Future[None]:
+    def run(self, followup: _Followup) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self.loop.create_future()
         if not self.pending:
             self.loop.call_soon(self._start)
-        self.pending.append((call, future))
+        self.pending.append((followup, future))
         return future
 
     def _start(self) -> None:
@@ -81,28 +120,61 @@ class _Batcher:
         _running.add(task)
         task.add_done_callback(_running.discard)
 
-    async def _run(self, batch: list[tuple[Callable[[], None], asyncio.Future[None]]]) -> None:
+    async def _run(self, batch: list[tuple[_Followup, asyncio.Future[None]]]) -> None:
+        followups = [followup for followup, _ in batch]
         try:
-            errors = await asyncio.to_thread(_call_each, [call for call, _ in batch])
-        except BaseException as exc:  # the hop itself failed (e.g. cancelled): all failed
+            errors: dict[int, Exception | None] = dict(await _count(followups))
+            rest = [n for n, f in enumerate(followups) if n not in errors and not f.counted_only()]
+            if rest:
+                done = await asyncio.to_thread(_call_each, [followups[n] for n in rest])
+                errors.update(zip(rest, done, strict=True))
+        except BaseException as exc:  # cancelled, or a fault of ours: all failed
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             raise
-        for (_, future), error in zip(batch, errors, strict=True):
+        for n, (_, future) in enumerate(batch):
             if future.done():
                 continue
+            error = errors.get(n)
             if error is None:
                 future.set_result(None)
             else:
                 future.set_exception(error)
 
 
-def _call_each(calls: list[Callable[[], None]]) -> list[Exception | None]:
-    errors: list[Exception | None] = []
-    for call in calls:
+async def _count(batch: list[_Followup]) -> dict[int, Exception]:
+    """Make the chord adds of ``batch`` in one ``aadd_members`` call per app, in batch order,
+    and hand each answer to its follow-up's io; the follow-ups whose add failed, by index.
+
+    A failed call may have made some of its adds, unseen: every follow-up of that call fails
+    and runs again as a second run, and on a second run a member that finds its chord's set
+    full sends the body even though its add is not the one that filled it (see
+    :func:`~faena.features.followups.after_success`).
+    """
+    by_app: dict[int, list[int]] = {}
+    for n, followup in enumerate(batch):
+        if followup.count is not None:
+            by_app.setdefault(id(followup.io.app), []).append(n)
+    failed: dict[int, Exception] = {}
+    for indexes in by_app.values():
+        io = batch[indexes[0]].io
+        items = [c for c in (batch[n].count for n in indexes) if c is not None]
         try:
-            call()
+            answers = await io.app.coordination.aadd_members(items, io.ttl())
+        except Exception as exc:
+            failed.update((n, exc) for n in indexes)
+            continue
+        for n, item, answer in zip(indexes, items, answers, strict=True):
+            batch[n].io.counted[item] = answer
+    return failed
+
+
+def _call_each(batch: list[_Followup]) -> list[Exception | None]:
+    errors: list[Exception | None] = []
+    for followup in batch:
+        try:
+            followup.rule(followup.io)
         except Exception as exc:  # handed back to that follow-up's own step
             errors.append(exc)
         else:
@@ -156,13 +228,21 @@ def after_job(
         detail = error or ErrorInfo(type="faena.Failed", message=decision.detail or "failed")
         rule = after_failure
     runs = [delivery.deliveries > 1]
+    chord = flow.chord if success else None
+    count = None if chord is None else (chord_key(chord.group), str(chord.index))
 
     async def step() -> None:
         again = runs[-1]
         runs.append(True)  # a follow-up that failed part-way runs again as a second run
         loop = asyncio.get_running_loop()
-        io = WorkerFlowIO(app, loop)
-        await _batcher(loop).run(lambda: rule(io, message, detail, again))
+        followup = _Followup(
+            WorkerFlowIO(app, loop),
+            lambda io: rule(io, message, detail, again),
+            message,
+            again,
+            count,
+        )
+        await _batcher(loop).run(followup)
 
     outbox.follow(step)
     return decision

@@ -329,6 +329,7 @@ def _every_operation(url: str) -> list[Callable[[], object]]:
         lambda: keys.next_token("t"),
         lambda: run(keys.aincr("n")),
         lambda: keys.add_member("s", "m", 10),
+        lambda: keys.add_members([("s", "m"), ("t", "m")], 10),
         results.close,
         keys.close,
     ]
@@ -384,6 +385,23 @@ class TestMembers:
         assert store.add_member("b", "y", 10) == (True, 2)
         left = sorted(k.decode() for k in self.raw_keys())
         assert left == [f"{self.prefix}:{{{k}}}:{s}" for k in "ab" for s in ("c", "c:set")]
+
+    @pytest.mark.timeout(60)
+    def test_add_members_loads_its_script_when_the_server_has_lost_it(self) -> None:
+        store = self.store
+        assert store.add_members([("a", "x")], 10) == [(True, 1)]
+        # Given a server that forgot its scripts (a restart, a failover, SCRIPT FLUSH)
+        raw = redis.Redis.from_url(self.url.split("?", maxsplit=1)[0])
+        try:
+            raw.script_flush()
+        finally:
+            raw.close()
+        # When many adds go in one pipeline, Then the script is loaded and every add answered
+        assert store.add_members([("a", "y"), ("b", "x"), ("a", "x")], 10) == [
+            (True, 2),
+            (True, 1),
+            (False, 2),
+        ]
 
     @property
     def prefix(self) -> str:

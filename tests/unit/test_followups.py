@@ -9,8 +9,9 @@ from typing import Any
 
 from faena import Faena, chord
 from faena.backends.memory import MemoryCoordinationStore
-from faena.features.followups import after_success
+from faena.features.followups import after_success, counted_only
 from faena.model import states
+from faena.model.flow import chord_key
 from faena.model.message import Message, decode_message
 from faena.model.outcome import JobRecord
 
@@ -213,3 +214,47 @@ def _members_with_errback(app: Faena, errback: Any) -> list[Message]:
         return [decode_message(d.body) for d in deliveries]
 
     return sorted(asyncio.run(take()), key=lambda x: x.flow.chord.index)  # type: ignore[union-attr]
+
+
+def test_counted_only_is_true_exactly_when_the_rules_would_send_nothing(app: Faena) -> None:
+    first, _, third = _members(app, 3)
+    # A member whose add did not fill the set has nothing more to do
+    assert counted_only(first, (True, 1), again=False)
+    # A redelivered member told "already there" with the set full does not send the body on a
+    # first run, but a second run must (its first run may have died before sending it)
+    assert counted_only(first, (False, 3), again=False)
+    assert not counted_only(first, (False, 3), again=True)
+    # The member whose add filled the set sends the body
+    assert not counted_only(third, (True, 3), again=False)
+    # And the rules agree: what counted_only calls done sends nothing
+    io = Recorded()
+    assert counted_only(first, io.coordination.add_member(_key(first), "0", 60), False)
+    assert io.succeed(first, 0) == []
+
+
+def test_a_member_with_a_callback_is_never_counted_only(app: Faena) -> None:
+    @app.task(name="g.member")
+    def member(i: int) -> int:
+        return i
+
+    @app.task(name="g.body")
+    def body(values: list[int]) -> int:
+        return sum(values)
+
+    chord([member.s(1).on_success(body.s()), member.s(2)], body.s()).delay()
+
+    async def take() -> list[Message]:
+        consumer = await app.broker.open_consumer(["default"], "test")
+        deliveries = await consumer.receive(2, 0.1)
+        await consumer.close()
+        return [decode_message(d.body) for d in deliveries]
+
+    linked = next(m for m in asyncio.run(take()) if m.flow and m.flow.link)
+    # Then its rules run even when its add did not fill the set: the callback is still to send
+    assert not counted_only(linked, (True, 1), again=False)
+
+
+def _key(message: Message) -> str:
+    assert message.flow is not None
+    assert message.flow.chord is not None
+    return chord_key(message.flow.chord.group)

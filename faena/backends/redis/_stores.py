@@ -103,6 +103,19 @@ class Script:
             await client.script_load(self.source)
             return await client.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
 
+    def run_many(self, client: SyncClient, calls: Sequence[Call]) -> list[Any]:
+        """Every call in one pipeline (one round trip); the replies in order."""
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = client.pipeline(transaction=False)
+            self._queue(pipe, calls, pending)
+            pending = self._sort(pending, pipe.execute(raise_on_error=False), replies, attempt)
+            if not pending:
+                break
+            client.script_load(self.source)
+        return replies
+
     async def arun_many(self, client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
         """Every call in one pipeline (one round trip); the replies in order."""
         if len(calls) == 1:  # a pipeline of one costs twice the plain call in redis-py
@@ -111,25 +124,36 @@ class Script:
         pending = list(range(len(calls)))
         for attempt in range(2):
             pipe = client.pipeline(transaction=False)
-            for i in pending:
-                # Through execute_command: redis-py's cluster pipeline refuses ``evalsha()``
-                # itself, yet routes EVALSHA by its keys like any command.
-                call = calls[i]
-                pipe.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
+            self._queue(pipe, calls, pending)
             answers = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, answer in zip(pending, answers, strict=True):
-                if isinstance(answer, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing.append(i)
-                elif isinstance(answer, Exception):
-                    raise answer
-                else:
-                    replies[i] = answer
-            if not missing:
+            pending = self._sort(pending, answers, replies, attempt)
+            if not pending:
                 break
             await client.script_load(self.source)
-            pending = missing
         return replies
+
+    def _queue(self, pipe: Any, calls: Sequence[Call], pending: list[int]) -> None:
+        for i in pending:
+            # Through execute_command: redis-py's cluster pipeline refuses ``evalsha()``
+            # itself, yet routes EVALSHA by its keys like any command.
+            call = calls[i]
+            pipe.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
+
+    @staticmethod
+    def _sort(
+        pending: list[int], answers: list[Any], replies: list[Any], attempt: int
+    ) -> list[int]:
+        """Put each answer in its place in ``replies``; the calls to send again once the
+        script is loaded (the first attempt found it missing). Any other error is raised."""
+        missing = []
+        for i, answer in zip(pending, answers, strict=True):
+            if isinstance(answer, redis.exceptions.NoScriptError) and attempt == 0:
+                missing.append(i)
+            elif isinstance(answer, Exception):
+                raise answer
+            else:
+                replies[i] = answer
+        return missing
 
 
 async def _close_with_loop(client: AsyncClient) -> AsyncGenerator[None]:

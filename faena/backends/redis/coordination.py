@@ -13,12 +13,14 @@ keys share a cluster slot):
   expires and that no key operation touches.
 
 Every operation that reads then writes is one call of ``lua/coord_ops.lua``; ``get`` is one
-``HMGET`` and ``next_token`` one ``INCR``. Expiry: see :mod:`faena.backends.redis._stores`.
+``HMGET`` and ``next_token`` one ``INCR``; ``add_members`` pipelines one call per key.
+Expiry: see :mod:`faena.backends.redis._stores`.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any, cast
 
 from faena.backends.redis._stores import TEST_CLOCK_EXPIRY_MS, Call, Connections, Script, ttl_ms
@@ -183,6 +185,54 @@ class RedisCoordinationStore(CoordinationStore):
         """``add_member`` for async callers."""
         reply = await self._arun(self._add_member(key, member, ttl_s), "adding to a set")
         return self._added(key, reply)
+
+    def add_members(self, items: Sequence[tuple[str, str]], ttl_s: float) -> list[tuple[bool, int]]:
+        """Every :meth:`add_member` of ``items`` in one round trip: one script call per key,
+        adding that key's members in order (so atomic together), all calls in one pipeline
+        (in a cluster, each node gets its own keys' calls)."""
+        places, calls = self._add_members(items, ttl_s)
+        if not calls:
+            return []
+        with self._io.translated("adding to sets"):
+            replies = _OPS.run_many(self._io.sync, calls)
+        return self._answers(len(items), places, replies)
+
+    async def aadd_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> list[tuple[bool, int]]:
+        """``add_members`` for async callers."""
+        places, calls = self._add_members(items, ttl_s)
+        if not calls:
+            return []
+        async with self._io.using("adding to sets") as client:
+            replies = await _OPS.arun_many(client, calls)
+        return self._answers(len(items), places, replies)
+
+    def _add_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> tuple[dict[str, list[int]], list[Call]]:
+        """The places in ``items`` of each key's members, and one call per key."""
+        ttl = ttl_ms(check_ttl(ttl_s))
+        places: dict[str, list[int]] = {}
+        for n, (key, _) in enumerate(items):
+            places.setdefault(key, []).append(n)
+        calls = [
+            self._call("add_members", key, ttl, *(items[n][1] for n in at))
+            for key, at in places.items()
+        ]
+        return places, calls
+
+    @staticmethod
+    def _answers(
+        count: int, places: dict[str, list[int]], replies: list[Any]
+    ) -> list[tuple[bool, int]]:
+        answers: list[tuple[bool, int]] = [(False, 0)] * count
+        for (key, at), reply in zip(places.items(), replies, strict=True):
+            if reply[0] != b"ok":
+                raise wrong_kind(key, reply[0], "a set", "use a separate key for the set")
+            for i, n in enumerate(at):
+                answers[n] = (bool(reply[1 + 2 * i]), int(reply[2 + 2 * i]))
+        return answers
 
     # -- any key ------------------------------------------------------------------------------
     def expire(self, key: str, ttl_s: float) -> bool:

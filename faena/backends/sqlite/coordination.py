@@ -2,7 +2,8 @@
 sliding-window uses in ``faena_window_uses``.
 
 Each operation is one SQL statement in its own ``BEGIN IMMEDIATE`` transaction, so it is atomic
-for every connection to the file, in this process or another. Expiry is a ``WHERE`` on
+for every connection to the file, in this process or another (``add_members``: all its adds in
+one transaction). Expiry is a ``WHERE`` on
 ``expires_at`` against the store's clock, read afresh on every attempt of the transaction (a
 busy file retries it). Sync callers use a pooled connection; the async twins run the same
 statement on the executor thread the broker and result store on this file share.
@@ -11,7 +12,7 @@ statement on the executor thread the broker and result store on this file share.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from faena.backends.sqlite._connection import read, write
@@ -86,6 +87,46 @@ _SET_SIZE = "SELECT count(*) FROM faena_key_members WHERE key = :key"
 _KINDS = {"text": "a text value set by set_if_absent", "integer": "a counter", "blob": "a set"}
 
 
+def _add(
+    c: sqlite3.Connection, key: str, member: str, now: float, ttl_s: float
+) -> tuple[bool, int]:
+    """Add ``member`` to the set ``key`` inside the caller's transaction."""
+    size = _open_set(c, key, now, ttl_s)
+    added = c.execute(_ADD_MEMBER, {"key": key, "member": member}).rowcount == 1
+    return added, size + added
+
+
+def _open_set(c: sqlite3.Connection, key: str, now: float, ttl_s: float) -> int:
+    """The size of the live set ``key``, made afresh (empty) if absent or expired, inside the
+    caller's transaction; ``ValueError`` if the key holds text or a counter."""
+    params = {"key": key, "now": now, "expires_at": now + ttl_s}
+    kind = c.execute(_KIND, params).fetchone()
+    if kind is None:  # absent or expired: a fresh set, without a past life's members
+        c.execute(_NEW_SET, params)
+        c.execute(_DELETE_MEMBERS, params)
+        return 0
+    if kind[0] != "blob":
+        holds = _KINDS.get(kind[0], "another kind of value")
+        raise wrong_kind(key, holds, "a set", "use a separate key for the set")
+    return int(c.execute(_SET_SIZE, params).fetchone()[0])
+
+
+def _add_many(
+    c: sqlite3.Connection, items: Sequence[tuple[str, str]], now: float, ttl_s: float
+) -> list[tuple[bool, int]]:
+    """:func:`_add` of each item, in order, inside the caller's transaction: each set is
+    looked up once, then counted as its members go in."""
+    sizes: dict[str, int] = {}
+    answers = []
+    for key, member in items:
+        if key not in sizes:
+            sizes[key] = _open_set(c, key, now, ttl_s)
+        added = c.execute(_ADD_MEMBER, {"key": key, "member": member}).rowcount == 1
+        sizes[key] += added
+        answers.append((added, sizes[key]))
+    return answers
+
+
 class SQLiteCoordinationStore(CoordinationStore):
     """Coordination keys in a SQLite file; may share the broker's file.
 
@@ -156,18 +197,19 @@ class SQLiteCoordinationStore(CoordinationStore):
         check_ttl(ttl_s)
 
         def body(c: sqlite3.Connection, now: float) -> tuple[bool, int]:
-            params = {"key": key, "member": member, "now": now, "expires_at": now + ttl_s}
-            kind = c.execute(_KIND, params).fetchone()
-            if kind is None:  # absent or expired: a fresh set, without a past life's members
-                c.execute(_NEW_SET, params)
-                c.execute(_DELETE_MEMBERS, params)
-            elif kind[0] != "blob":
-                holds = _KINDS.get(kind[0], "another kind of value")
-                raise wrong_kind(key, holds, "a set", "use a separate key for the set")
-            added = c.execute(_ADD_MEMBER, params).rowcount == 1
-            return added, int(c.execute(_SET_SIZE, params).fetchone()[0])
+            return _add(c, key, member, now, ttl_s)
 
         return self._write("add to a coordination set", body)
+
+    def _add_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> _Op[list[tuple[bool, int]]]:
+        check_ttl(ttl_s)
+
+        def body(c: sqlite3.Connection, now: float) -> list[tuple[bool, int]]:
+            return _add_many(c, items, now, ttl_s)
+
+        return self._write("add to coordination sets", body)
 
     def _expire(self, key: str, ttl_s: float) -> _Op[bool]:
         check_ttl(ttl_s)
@@ -234,6 +276,21 @@ class SQLiteCoordinationStore(CoordinationStore):
 
     async def aadd_member(self, key: str, member: str, ttl_s: float) -> tuple[bool, int]:
         return await self._db.run(self._add_member(key, member, ttl_s))
+
+    def add_members(self, items: Sequence[tuple[str, str]], ttl_s: float) -> list[tuple[bool, int]]:
+        """Every :meth:`add_member` of ``items`` in one transaction (so atomic together)."""
+        if not items:
+            check_ttl(ttl_s)
+            return []
+        return self._here(self._add_members(items, ttl_s))
+
+    async def aadd_members(
+        self, items: Sequence[tuple[str, str]], ttl_s: float
+    ) -> list[tuple[bool, int]]:
+        if not items:
+            check_ttl(ttl_s)
+            return []
+        return await self._db.run(self._add_members(items, ttl_s))
 
     # -- any key ------------------------------------------------------------------------------
     def expire(self, key: str, ttl_s: float) -> bool:

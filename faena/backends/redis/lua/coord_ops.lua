@@ -128,6 +128,27 @@ local function add_member(member, ttl_ms)
   return {'ok', added, redis.call('SCARD', members)}
 end
 
+-- add_member of each member in ARGV[first...], in order: {'ok', added, size after, added,
+-- size after, ...} or {kind} (and nothing added) when the key holds text or a counter.
+local function add_members(ttl_ms, first)
+  local kind = live()
+  if kind and kind ~= 'm' then
+    return {kind}
+  end
+  local out, size = {'ok'}, redis.call('SCARD', members)
+  for i = first, #ARGV do
+    local added = redis.call('SADD', members, ARGV[i])
+    size = size + added
+    out[#out + 1] = added
+    out[#out + 1] = size
+  end
+  if not kind then
+    redis.call('HSET', key, 't', 'm')
+    expire_in(ttl_ms, 'm')
+  end
+  return out
+end
+
 -- Delete the key if its expiry time has come; 1 if deleted.
 local function cleanup()
   local x = redis.call('HGET', key, 'x')
@@ -152,6 +173,8 @@ elseif op == 'delete' then
   return delete()
 elseif op == 'add_member' then
   return add_member(ARGV[4], ARGV[5])
+elseif op == 'add_members' then
+  return add_members(ARGV[4], 5)
 elseif op == 'cleanup' then
   return cleanup()
 end

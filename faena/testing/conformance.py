@@ -1207,14 +1207,8 @@ class CoordinationConformance(_Suite):
 
     def test_racing_add_members_counts_every_member_once(self) -> None:
         stores = self._racing_stores()
-        barrier = threading.Barrier(len(stores))
 
         def add(store: CoordinationStore, n: int) -> list[tuple[bool, int]]:
-            try:
-                barrier.wait(TEST_TIMEOUT_S)
-            except BaseException:
-                barrier.abort()
-                raise
             # every racer adds the shared member and 50 of its own, ten at a time
             answers = store.add_members([("group", "shared")], 60)
             for start in range(0, 50, 10):
@@ -1230,14 +1224,8 @@ class CoordinationConformance(_Suite):
 
     def test_racing_add_member_counts_every_member_once(self) -> None:
         stores = self._racing_stores()
-        barrier = threading.Barrier(len(stores))
 
         def add(store: CoordinationStore, n: int) -> list[tuple[bool, int]]:
-            try:
-                barrier.wait(TEST_TIMEOUT_S)
-            except BaseException:
-                barrier.abort()
-                raise
             # every racer adds the shared member, and 50 of its own
             answers = [store.add_member("group", "shared", 60)]
             answers += [store.add_member("group", f"{n}-{i}", 60) for i in range(50)]
@@ -1392,9 +1380,20 @@ class CoordinationConformance(_Suite):
     def _race(
         self, stores: list[CoordinationStore], body: Callable[[CoordinationStore, int], T]
     ) -> list[T]:
-        """``body(stores[n], n)`` in one thread per store, all at once; the answers in order."""
+        """``body(stores[n], n)`` in one thread per store, started together (a barrier); the
+        answers in order."""
+        start = threading.Barrier(len(stores))
+
+        def together(store: CoordinationStore, n: int) -> T:
+            try:
+                start.wait(TEST_TIMEOUT_S)
+            except BaseException:
+                start.abort()
+                raise
+            return body(store, n)
+
         with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
-            futures = [pool.submit(body, store, n) for n, store in enumerate(stores)]
+            futures = [pool.submit(together, store, n) for n, store in enumerate(stores)]
             return [f.result(timeout=TEST_TIMEOUT_S) for f in futures]
 
     def test_racing_set_if_absent_has_exactly_one_winner_per_key(self) -> None:

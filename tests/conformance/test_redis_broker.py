@@ -131,6 +131,23 @@ class TestRedisOnly:
             broker.enqueue([out("m2"), out("m3", priority=10)])
         assert [broker.locate(m) for m in ("m1", "m2", "m3")] == [None, None, None]
 
+    def test_a_lost_set_of_known_queues_is_filled_again_within_a_minute(self) -> None:
+        broker = self.broker()
+        # Given a queue the producer has made known, and then a server that lost the set of
+        # known queues (a restart without persistence), though not the queue itself
+        broker.enqueue([out("a", "emails")])
+        self.raw().delete(broker._keys.queues)
+        assert broker.locate("a") is None  # lookups go through the set of known queues
+
+        # When the producer sends to the queue again within the minute, nothing is re-added
+        broker.enqueue([out("b", "emails")])
+        assert broker.locate("b") is None
+
+        # Then the first send a minute after the last registration adds the queue again
+        self.clock.advance(60)
+        broker.enqueue([out("c", "emails")])
+        assert [broker.locate(m) for m in ("a", "b", "c")] == ["queued", "queued", "queued"]
+
     @async_test
     async def test_every_key_of_a_queue_shares_the_queue_hash_tag(self) -> None:
         broker = self.broker()

@@ -45,7 +45,6 @@ from faena.contracts.broker import (
     QueueStats,
     WorkerInfo,
 )
-from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import BrokerError, ConfigurationError
 from faena.model.options import MAX_PRIORITY, MIN_PRIORITY
 
@@ -117,7 +116,7 @@ class RedisBroker(Broker):
         self._remember(new)
 
     def _remember(self, queues: list[str]) -> None:
-        moment = SYSTEM_CLOCK.monotonic()
+        moment = self.config.clock.monotonic()
         for q in queues:
             self._registered[q] = moment
 
@@ -148,7 +147,7 @@ class RedisBroker(Broker):
         # The set of known queues lives in a slot of its own, so it is written apart from the
         # queue's script, in the same round trip. Once a minute per queue is enough to fill it
         # again if it is lost on the server (a restart without persistence).
-        moment = SYSTEM_CLOCK.monotonic()
+        moment = self.config.clock.monotonic()
         new = [
             q for q in per_queue if moment - self._registered.get(q, -_REGISTER_S) >= _REGISTER_S
         ]

@@ -3,8 +3,9 @@
 One asyncio loop does all the I/O: a fetcher leases batches (as many as free slots plus
 prefetch), each message becomes a job that waits for a pool slot, an outbox writes results
 and settlements in batches, a heartbeat renews every held lease (and the concurrency slots of
-running jobs) and refreshes the worker's registration, and a watcher stops jobs revoked with
-``terminate`` every ``revoke_check_s``. Before a job starts, its task's rate and concurrency
+running jobs) and refreshes the worker's registration, and every ``revoke_check_s`` a watcher
+skips held messages revoked while they waited for a slot and stops running jobs revoked with
+``terminate``. Before a job starts, its task's rate and concurrency
 limits are checked (``faena.features.flow``): a job over them goes back to the broker, due
 later, and the worker goes on with other messages.
 
@@ -31,10 +32,10 @@ from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import Decision, base_record, decide, expired
-from faena.foundation.exceptions import ConfigurationError
+from faena.foundation.exceptions import ConfigurationError, SerializationError
 from faena.foundation.util import worker_identity
 from faena.model import states
-from faena.model.message import Message
+from faena.model.message import Message, decode_message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.canvas import after_job
 from faena.worker.endings import Endings, Key
@@ -91,6 +92,8 @@ class Worker:
         self._idle: asyncio.Event | None = None
         self._started_records: dict[Key, JobRecord] = {}
         self._terminated: set[str] = set()
+        # Held messages found revoked while they waited: acknowledged, never to start.
+        self._skipped: set[Key] = set()
         self._stopping = False
         self._cold = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -258,6 +261,9 @@ class Worker:
         assert me is not None
         while True:
             delivery, revoked = await self._queue.get()
+            if (delivery.id, delivery.fence) in self._skipped:
+                self._skipped.discard((delivery.id, delivery.fence))
+                continue  # revoked while it waited: settled by the watcher
             if self._ends.held.get(delivery.id) is not delivery:
                 continue  # its lease was lost while it waited: someone else has it now
             if self._stopping:  # shutdown hands queued messages back; this one slipped through
@@ -466,7 +472,8 @@ class Worker:
                 outage.recovered()
 
     async def _watch_revokes(self) -> None:
-        """Every ``revoke_check_s``, stop running jobs revoked with ``terminate``."""
+        """Every ``revoke_check_s``, skip waiting messages that were revoked since they were
+        fetched, and stop running jobs revoked with ``terminate``."""
         outage = Outage("checking for revokes")
         while True:
             await asyncio.sleep(self.app.settings.revoke_check_s)  # a period
@@ -479,22 +486,49 @@ class Worker:
             else:
                 outage.recovered()
 
+    def _waiting(self) -> list[Delivery]:
+        """Held messages no runner has taken yet and no settlement is under way for."""
+        taken = self._running.keys() | self._ends.settling | self._skipped
+        return [d for d in self._ends.held.values() if (d.id, d.fence) not in taken]
+
     async def _terminate_revoked(self) -> None:
-        if not self._running:
+        waiting = self._waiting()
+        if not self._running and not waiting:
             return
         assert self._pool
-        records = await self.app.results.fetch_many([mid for mid, _ in self._running])
-        for mid, record in records.items():
+        ids = {mid for mid, _ in self._running} | {d.id for d in waiting}
+        records = await self.app.results.fetch_many(sorted(ids))
+        revoked = {mid for mid, r in records.items() if r.state == states.REVOKED}
+        if not revoked:
+            return
+        # Looked at again after the fetch: a runner may have taken a message meanwhile.
+        for delivery in self._waiting():
+            if delivery.id in revoked and not self.stopping():
+                self._skip_revoked(delivery)
+        for mid, _ in list(self._running):
+            record = records.get(mid)
             # Only once the pool stopped it: a job still waiting for a child is tried again
             # at the next beat.
             if (
-                record.state == states.REVOKED
+                record is not None
+                and record.state == states.REVOKED
                 and record.terminate
                 and mid not in self._terminated
                 and self._pool.terminate(mid)
             ):
                 self._terminated.add(mid)
                 log.warning("job %s revoked with terminate: stopping it", mid)
+
+    def _skip_revoked(self, delivery: Delivery) -> None:
+        """Acknowledge a message revoked after it was fetched, before any runner took it."""
+        self._skipped.add((delivery.id, delivery.fence))
+        log.info("job %s was revoked while it waited in this worker; skipped", delivery.id)
+        self._ends.settle(Settlement(delivery=delivery, action="ack"))
+        try:
+            message = decode_message(delivery.body)
+        except SerializationError:
+            return  # no event without a readable message; the record says REVOKED
+        self._ends.emit(states.REVOKED, message)
 
     async def _maintenance(self) -> None:
         interval = self.app.settings.result_cleanup_interval_s

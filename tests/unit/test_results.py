@@ -26,6 +26,7 @@ from faena import (
     TimeoutError,
 )
 from faena.model.outcome import JobRecord
+from faena.worker.options import WorkerOptions
 
 from .support import WAIT_S, AppFactory, Events, WorkerThread, drain
 
@@ -385,6 +386,47 @@ def test_revoke_with_terminate_stops_a_running_job(make_app: AppFactory, kind: s
         code = runner.stop()
     assert code == 0
     assert r.state == REVOKED
+
+
+def test_a_job_revoked_while_it_waits_in_a_workers_prefetch_never_runs(
+    make_app: AppFactory,
+) -> None:
+    # Given a worker with one slot, busy with a job that waits for the test, and a second job
+    # it has already fetched (both were queued before it started: one claim took both)
+    app = make_app(revoke_check_s=0.05)
+    release = threading.Event()
+    ran: list[int] = []
+
+    @app.task
+    def hold() -> None:
+        assert release.wait(WAIT_S)
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    events = Events(app)
+    first, second = hold.delay(), work.delay(1)
+    runner = WorkerThread(app, WorkerOptions(concurrency=1, prefetch=4)).start()
+    try:
+        events.wait_for(STARTED, first.id)
+        assert app.broker.locate(second.id) == "leased"
+
+        # When the waiting job is revoked (its message is leased: only its record changes)
+        assert second.revoke() is False
+
+        # Then the worker skips it at its next look for revokes, before the slot frees up
+        events.wait_for(REVOKED, second.id)
+        release.set()
+        assert first.get(timeout=WAIT_S) is None
+    finally:
+        release.set()
+        code = runner.stop()
+    assert code == 0
+    assert ran == []
+    assert STARTED not in events.kinds(second.id)
+    assert second.state == REVOKED
+    assert app.broker.locate(second.id) is None
 
 
 def test_result_expires_after_result_ttl(make_app: AppFactory, clock: FakeClock) -> None:

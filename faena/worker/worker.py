@@ -3,11 +3,10 @@
 One asyncio loop does all the I/O: a fetcher leases batches (as many as free slots plus
 prefetch), each message becomes a job that waits for a pool slot, an outbox writes results
 and settlements in batches, a heartbeat renews every held lease (and the concurrency slots of
-running jobs) and refreshes the worker's registration, and every ``revoke_check_s`` a watcher
-skips held messages revoked while they waited for a slot and stops running jobs revoked with
-``terminate``. Before a job starts, its task's rate and concurrency
-limits are checked (``faena.features.flow``): a job over them goes back to the broker, due
-later, and the worker goes on with other messages.
+running jobs) and refreshes the worker's registration, and revokes are honoured as
+``faena.worker.revokes`` describes. Before a job starts, its task's rate and concurrency limits
+are checked (``faena.features.flow``): a job over them goes back to the broker, due later, and
+the worker goes on with other messages.
 
 Shutdown: the first SIGTERM/SIGINT stops fetching, hands unstarted messages back at once and
 waits up to the grace period for running jobs; a second signal (or the grace period running
@@ -21,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -32,10 +30,10 @@ from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import Decision, base_record, decide, expired
-from faena.foundation.exceptions import ConfigurationError, SerializationError
+from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import worker_identity
 from faena.model import states
-from faena.model.message import Message, decode_message
+from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.canvas import after_job
 from faena.worker.endings import Endings, Key
@@ -44,6 +42,7 @@ from faena.worker.options import WorkerOptions, default_queues
 from faena.worker.outage import Outage
 from faena.worker.outbox import Outbox
 from faena.worker.pools import POOL_NAMES, make_pool
+from faena.worker.revokes import Revokes
 
 log = logging.getLogger("faena.worker")
 
@@ -91,9 +90,6 @@ class Worker:
         self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None
         self._idle: asyncio.Event | None = None
         self._started_records: dict[Key, JobRecord] = {}
-        self._terminated: set[str] = set()
-        # Held messages found revoked while they waited: acknowledged, never to start.
-        self._skipped: set[Key] = set()
         self._stopping = False
         self._cold = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,6 +97,7 @@ class Worker:
         self._consumer: Consumer | None = None
         self._outbox: Outbox | None = None
         self._ends = Endings(self.id, app)
+        self._revokes = Revokes(lambda: app.results, self._ends, self._running.keys, self.stopping)
         self._pool: Pool | None = None
         self._started_at = app.settings.clock.time()
         self._function_modules = app.function_modules
@@ -187,7 +184,7 @@ class Worker:
                 self._outbox.run(),
                 self._heartbeat(),
                 self._maintenance(),
-                self._watch_revokes(),
+                self._revokes.watch(app.settings.revoke_check_s, self._pool),
             )
         ]
         # One long-lived runner per slot: a job costs a queue hand-off, not a new task.
@@ -237,21 +234,14 @@ class Worker:
                 log.info("queues are empty: burst worker stopping")
                 self._begin_stop(False)
             return
-        revoked = await self._revoked([d.id for d in batch]) if not self.stopping() else set()
+        revoked = (
+            await self._revokes.in_batch([d.id for d in batch]) if not self.stopping() else set()
+        )
         for delivery in batch:
             if self.stopping():
                 self._ends.release(delivery)
             else:
                 self._queue.put_nowait((delivery, delivery.id in revoked))
-
-    async def _revoked(self, ids: Sequence[str]) -> set[str]:
-        try:
-            records = await self.app.results.fetch_many(ids)
-        except Exception:
-            # Cannot tell now: run them; a revoke still wins over their records (its fence).
-            log.exception("could not check %d message(s) for revokes", len(ids))
-            return set()
-        return {i for i, r in records.items() if r.state == states.REVOKED}
 
     # -- one job ------------------------------------------------------------------------------
     async def _runner(self) -> None:
@@ -261,8 +251,7 @@ class Worker:
         assert me is not None
         while True:
             delivery, revoked = await self._queue.get()
-            if (delivery.id, delivery.fence) in self._skipped:
-                self._skipped.discard((delivery.id, delivery.fence))
+            if self._revokes.skipped(delivery):
                 continue  # revoked while it waited: settled by the watcher
             if self._ends.held.get(delivery.id) is not delivery:
                 continue  # its lease was lost while it waited: someone else has it now
@@ -378,8 +367,8 @@ class Worker:
             outcome = Outcome(status="failure", error=ErrorInfo.from_exception(exc))
         self.processed += 1
         info = self._ends.run_info(delivery, started, message)
-        if message.id in self._terminated:
-            self._terminated.discard(message.id)
+        if message.id in self._revokes.terminated:
+            self._revokes.terminated.discard(message.id)
             log.info("job %s was terminated by a revoke", message.id)
             self._ends.settle(Settlement(delivery=delivery, action="ack"))
             self._ends.emit(states.REVOKED, job)
@@ -470,65 +459,6 @@ class Worker:
                 outage.failed(exc)  # the next beat is the retry
             else:
                 outage.recovered()
-
-    async def _watch_revokes(self) -> None:
-        """Every ``revoke_check_s``, skip waiting messages that were revoked since they were
-        fetched, and stop running jobs revoked with ``terminate``."""
-        outage = Outage("checking for revokes")
-        while True:
-            await asyncio.sleep(self.app.settings.revoke_check_s)  # a period
-            try:
-                await self._terminate_revoked()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                outage.failed(exc)
-            else:
-                outage.recovered()
-
-    def _waiting(self) -> list[Delivery]:
-        """Held messages no runner has taken yet and no settlement is under way for."""
-        taken = self._running.keys() | self._ends.settling | self._skipped
-        return [d for d in self._ends.held.values() if (d.id, d.fence) not in taken]
-
-    async def _terminate_revoked(self) -> None:
-        waiting = self._waiting()
-        if not self._running and not waiting:
-            return
-        assert self._pool
-        ids = {mid for mid, _ in self._running} | {d.id for d in waiting}
-        records = await self.app.results.fetch_many(sorted(ids))
-        revoked = {mid for mid, r in records.items() if r.state == states.REVOKED}
-        if not revoked:
-            return
-        # Looked at again after the fetch: a runner may have taken a message meanwhile.
-        for delivery in self._waiting():
-            if delivery.id in revoked and not self.stopping():
-                self._skip_revoked(delivery)
-        for mid, _ in list(self._running):
-            record = records.get(mid)
-            # Only once the pool stopped it: a job still waiting for a child is tried again
-            # at the next beat.
-            if (
-                record is not None
-                and record.state == states.REVOKED
-                and record.terminate
-                and mid not in self._terminated
-                and self._pool.terminate(mid)
-            ):
-                self._terminated.add(mid)
-                log.warning("job %s revoked with terminate: stopping it", mid)
-
-    def _skip_revoked(self, delivery: Delivery) -> None:
-        """Acknowledge a message revoked after it was fetched, before any runner took it."""
-        self._skipped.add((delivery.id, delivery.fence))
-        log.info("job %s was revoked while it waited in this worker; skipped", delivery.id)
-        self._ends.settle(Settlement(delivery=delivery, action="ack"))
-        try:
-            message = decode_message(delivery.body)
-        except SerializationError:
-            return  # no event without a readable message; the record says REVOKED
-        self._ends.emit(states.REVOKED, message)
 
     async def _maintenance(self) -> None:
         interval = self.app.settings.result_cleanup_interval_s

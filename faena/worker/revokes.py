@@ -1,0 +1,132 @@
+"""How a worker honours revokes: a revoke lives in the result store (a ``REVOKED`` record), so
+the worker looks there.
+
+- Every fetched batch is looked up before any of it starts: a message revoked while it was
+  leased elsewhere, or sent again with a revoked id, is skipped.
+- Every ``revoke_check_s`` the messages the worker holds are looked up again: one revoked
+  while it waited in the prefetch is acknowledged and never started, and a running job revoked
+  with ``terminate`` is stopped by its pool.
+
+A job that a runner took before the worker saw its revoke counts as started: it runs to its
+end unless revoked with ``terminate``, and its outcome cannot overwrite the ``REVOKED``
+record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Sequence
+
+from faena.contracts.broker import Delivery, Settlement
+from faena.contracts.pool import Pool
+from faena.contracts.results import ResultStore
+from faena.foundation.exceptions import SerializationError
+from faena.model import states
+from faena.model.message import decode_message
+from faena.worker.endings import Endings, Key
+from faena.worker.outage import Outage
+
+log = logging.getLogger("faena.worker")
+
+
+class Revokes:
+    """The revoke checks of one worker; see the module docstring.
+
+    ``running`` gives the keys of the jobs a runner has taken; ``stopping`` whether the worker
+    is shutting down (then waiting messages are handed back, not skipped).
+    """
+
+    def __init__(
+        self,
+        results: Callable[[], ResultStore],
+        ends: Endings,
+        running: Callable[[], Collection[Key]],
+        stopping: Callable[[], bool],
+    ) -> None:
+        self._results = results
+        self._ends = ends
+        self._running = running
+        self._stopping = stopping
+        self.terminated: set[str] = set()
+        """Ids of jobs stopped by their pool because they were revoked with ``terminate``."""
+        self._skipped: set[Key] = set()
+
+    async def in_batch(self, ids: Sequence[str]) -> set[str]:
+        """Which of a fetched batch's messages are revoked."""
+        try:
+            records = await self._results().fetch_many(ids)
+        except Exception:
+            # Cannot tell now: run them; a revoke still wins over their records (its fence).
+            log.exception("could not check %d message(s) for revokes", len(ids))
+            return set()
+        return {i for i, r in records.items() if r.state == states.REVOKED}
+
+    def skipped(self, delivery: Delivery) -> bool:
+        """Whether a runner must pass over ``delivery``: it was revoked while it waited, and
+        settled here. Asked once per delivery a runner takes."""
+        key = (delivery.id, delivery.fence)
+        if key in self._skipped:
+            self._skipped.discard(key)
+            return True
+        return False
+
+    async def watch(self, period_s: float, pool: Pool) -> None:
+        """Check every ``period_s`` seconds, for ever."""
+        outage = Outage("checking for revokes")
+        while True:
+            await asyncio.sleep(period_s)  # a period
+            try:
+                await self.check(pool)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                outage.failed(exc)
+            else:
+                outage.recovered()
+
+    def _waiting(self) -> list[Delivery]:
+        """Held messages no runner has taken yet and no settlement is under way for."""
+        taken = set(self._running()) | self._ends.settling | self._skipped
+        return [d for d in self._ends.held.values() if (d.id, d.fence) not in taken]
+
+    async def check(self, pool: Pool) -> None:
+        """Skip the waiting messages and stop the running jobs that are revoked now."""
+        waiting = self._waiting()
+        running = list(self._running())
+        if not running and not waiting:
+            return
+        ids = {mid for mid, _ in running} | {d.id for d in waiting}
+        records = await self._results().fetch_many(sorted(ids))
+        revoked = {mid for mid, r in records.items() if r.state == states.REVOKED}
+        if not revoked:
+            return
+        # Looked at again after the fetch: a runner may have taken a message meanwhile.
+        if not self._stopping():
+            for delivery in self._waiting():
+                if delivery.id in revoked:
+                    self._skip(delivery)
+        for mid, _ in list(self._running()):
+            record = records.get(mid)
+            # Only once the pool stopped it: a job still waiting for a child is tried again
+            # at the next beat.
+            if (
+                record is not None
+                and record.state == states.REVOKED
+                and record.terminate
+                and mid not in self.terminated
+                and pool.terminate(mid)
+            ):
+                self.terminated.add(mid)
+                log.warning("job %s revoked with terminate: stopping it", mid)
+
+    def _skip(self, delivery: Delivery) -> None:
+        """Acknowledge a message revoked after it was fetched, before any runner took it."""
+        self._skipped.add((delivery.id, delivery.fence))
+        log.info("job %s was revoked while it waited in this worker; skipped", delivery.id)
+        self._ends.settle(Settlement(delivery=delivery, action="ack"))
+        try:
+            message = decode_message(delivery.body)
+        except SerializationError:
+            return  # no event without a readable message; the record says REVOKED
+        self._ends.emit(states.REVOKED, message)

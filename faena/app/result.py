@@ -268,9 +268,11 @@ class AsyncResult(Generic[R]):
 
         A queued or scheduled message is removed from the broker; the job's record becomes
         ``REVOKED`` for good (no worker write can overwrite it), so a worker that receives it
-        later skips it. A running job is stopped with ``terminate=True`` within its worker's
-        ``revoke_check_s`` (process pool: the child is killed; async tasks: cancelled; threads: see
-        ``docs/workers.md``). Returns ``True`` if the message was still waiting and is now gone.
+        later skips it, and a worker that already fetched it skips it within its
+        ``revoke_check_s`` unless the job started meanwhile. A running job is stopped with
+        ``terminate=True`` within its worker's ``revoke_check_s`` (process pool: the child is
+        killed; async tasks: cancelled; threads: see ``docs/workers.md``). Returns ``True`` if
+        the message was still waiting and is now gone.
         """
         removed = self.app.broker.remove(self.id)
         if not removed:

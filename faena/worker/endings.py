@@ -162,6 +162,11 @@ class Endings:
         self.emit(states.FAILURE, refused.message)
         self.apply(delivery, decision, None)
 
+    def waiting(self, delivery: Delivery) -> bool:
+        """Whether ``delivery`` is still held and nothing has settled it: a runner may take it."""
+        key = (delivery.id, delivery.fence)
+        return self.held.get(delivery.id) is delivery and key not in self.settling
+
     def settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
         """Queue the end of a lease; a message is settled once, whatever happens after."""
         assert self.outbox

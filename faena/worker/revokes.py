@@ -24,6 +24,7 @@ from faena.contracts.results import ResultStore
 from faena.foundation.exceptions import SerializationError
 from faena.model import states
 from faena.model.message import decode_message
+from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.worker.endings import Endings, Key
 from faena.worker.outage import Outage
 
@@ -48,9 +49,7 @@ class Revokes:
         self._ends = ends
         self._running = running
         self._stopping = stopping
-        self.terminated: set[str] = set()
-        """Ids of jobs stopped by their pool because they were revoked with ``terminate``."""
-        self._skipped: set[Key] = set()
+        self._terminated: set[str] = set()
 
     async def in_batch(self, ids: Sequence[str]) -> set[str]:
         """Which of a fetched batch's messages are revoked."""
@@ -60,14 +59,12 @@ class Revokes:
             # Cannot tell now: run them; a revoke still wins over their records (its fence).
             log.exception("could not check %d message(s) for revokes", len(ids))
             return set()
-        return {i for i, r in records.items() if r.state == states.REVOKED}
+        return {i for i, r in records.items() if _revoked(r)}
 
-    def skipped(self, delivery: Delivery) -> bool:
-        """Whether a runner must pass over ``delivery``: it was revoked while it waited, and
-        settled here. Asked once per delivery a runner takes."""
-        key = (delivery.id, delivery.fence)
-        if key in self._skipped:
-            self._skipped.discard(key)
+    def was_terminated(self, job_id: str) -> bool:
+        """Whether the pool stopped job ``job_id`` because of a revoke (asked once, at its end)."""
+        if job_id in self._terminated:
+            self._terminated.discard(job_id)
             return True
         return False
 
@@ -87,8 +84,12 @@ class Revokes:
 
     def _waiting(self) -> list[Delivery]:
         """Held messages no runner has taken yet and no settlement is under way for."""
-        taken = set(self._running()) | self._ends.settling | self._skipped
-        return [d for d in self._ends.held.values() if (d.id, d.fence) not in taken]
+        running = set(self._running())
+        return [
+            d
+            for d in self._ends.held.values()
+            if (d.id, d.fence) not in running and self._ends.waiting(d)
+        ]
 
     async def check(self, pool: Pool) -> None:
         """Skip the waiting messages and stop the running jobs that are revoked now."""
@@ -98,7 +99,7 @@ class Revokes:
             return
         ids = {mid for mid, _ in running} | {d.id for d in waiting}
         records = await self._results().fetch_many(sorted(ids))
-        revoked = {mid for mid, r in records.items() if r.state == states.REVOKED}
+        revoked = {mid for mid, r in records.items() if _revoked(r)}
         if not revoked:
             return
         # Looked at again after the fetch: a runner may have taken a message meanwhile.
@@ -112,17 +113,16 @@ class Revokes:
             # at the next beat.
             if (
                 record is not None
-                and record.state == states.REVOKED
+                and _revoked(record)
                 and record.terminate
-                and mid not in self.terminated
+                and mid not in self._terminated
                 and pool.terminate(mid)
             ):
-                self.terminated.add(mid)
+                self._terminated.add(mid)
                 log.warning("job %s revoked with terminate: stopping it", mid)
 
     def _skip(self, delivery: Delivery) -> None:
         """Acknowledge a message revoked after it was fetched, before any runner took it."""
-        self._skipped.add((delivery.id, delivery.fence))
         log.info("job %s was revoked while it waited in this worker; skipped", delivery.id)
         self._ends.settle(Settlement(delivery=delivery, action="ack"))
         try:
@@ -130,3 +130,9 @@ class Revokes:
         except SerializationError:
             return  # no event without a readable message; the record says REVOKED
         self._ends.emit(states.REVOKED, message)
+
+
+def _revoked(record: JobRecord) -> bool:
+    """Whether ``record`` is a revoke. A message that expired also reads ``REVOKED``, but with
+    its delivery's fence: a later send of the same id outranks it and runs."""
+    return record.state == states.REVOKED and record.fence == FINAL_FENCE

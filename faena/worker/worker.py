@@ -238,6 +238,8 @@ class Worker:
             await self._revokes.in_batch([d.id for d in batch]) if not self.stopping() else set()
         )
         for delivery in batch:
+            if not self._ends.waiting(delivery):
+                continue  # revoked while the batch was looked up: settled already
             if self.stopping():
                 self._ends.release(delivery)
             else:
@@ -251,10 +253,10 @@ class Worker:
         assert me is not None
         while True:
             delivery, revoked = await self._queue.get()
-            if self._revokes.skipped(delivery):
-                continue  # revoked while it waited: settled by the watcher
-            if self._ends.held.get(delivery.id) is not delivery:
-                continue  # its lease was lost while it waited: someone else has it now
+            if not self._ends.waiting(delivery):
+                # Settled while it waited (revoked: see faena.worker.revokes), or its lease
+                # was lost and someone else has it now.
+                continue
             if self._stopping:  # shutdown hands queued messages back; this one slipped through
                 self._ends.release(delivery)
                 continue
@@ -367,8 +369,7 @@ class Worker:
             outcome = Outcome(status="failure", error=ErrorInfo.from_exception(exc))
         self.processed += 1
         info = self._ends.run_info(delivery, started, message)
-        if message.id in self._revokes.terminated:
-            self._revokes.terminated.discard(message.id)
+        if self._revokes.was_terminated(message.id):
             log.info("job %s was terminated by a revoke", message.id)
             self._ends.settle(Settlement(delivery=delivery, action="ack"))
             self._ends.emit(states.REVOKED, job)
@@ -517,7 +518,7 @@ class Worker:
         assert self._queue
         while not self._queue.empty():
             delivery, _ = self._queue.get_nowait()
-            if self._ends.held.get(delivery.id) is delivery:
+            if self._ends.waiting(delivery):
                 self._ends.release(delivery)
 
     async def _flush_logged(self) -> None:

@@ -429,6 +429,30 @@ def test_expired_job_is_revoked_without_running(app: Faena, clock: FakeClock) ->
     assert caught.value.reason == "expired"
 
 
+def test_an_id_whose_message_expired_can_be_sent_again(app: Faena, clock: FakeClock) -> None:
+    # Given a job with a fixed id that expired before any worker took it
+    ran: list[int] = []
+
+    @app.task
+    def nightly(x: int) -> int:
+        ran.append(x)
+        return x
+
+    nightly.apply_async((1,), task_id="nightly-report", expires=10)
+    clock.advance(11)
+    drain(app)
+    assert app.AsyncResult("nightly-report").state == REVOKED
+
+    # When the same id is sent again, without an expiry (an expiry is not a revoke)
+    clock.advance(1)
+    r = nightly.apply_async((2,), task_id="nightly-report")
+    drain(app)
+
+    # Then the new message runs, and its result replaces the expired one
+    assert ran == [2]
+    assert r.get(timeout=5) == 2
+
+
 @pytest.mark.parametrize("form", ["seconds", "timedelta", "datetime", "task option"])
 def test_expires_forms(app: Faena, clock: FakeClock, form: str) -> None:
     ran: list[str] = []

@@ -13,6 +13,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -324,6 +325,43 @@ class TestRedisOnly:
                 producer.join()
                 # Then the waiting receive has it promptly
                 assert [d.id for d in got] == ["next"]
+                assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+            finally:
+                await consumer.close()
+
+        run(scenario())
+
+    def test_an_idle_consumer_claims_once_per_receive(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a consumer of an empty queue, its claims counted
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        claims = 0
+        claim = redis_consumer.RedisConsumer._claim
+
+        async def counted(
+            consumer: redis_consumer.RedisConsumer, limit: int
+        ) -> tuple[list[Any], float | None]:
+            nonlocal claims
+            claims += 1
+            return await claim(consumer, limit)
+
+        monkeypatch.setattr(redis_consumer.RedisConsumer, "_claim", counted)
+
+        async def scenario() -> None:
+            consumer = await broker.open_consumer(["default"], "w1")
+            try:
+                # When it receives with a short timeout three times, and nothing comes
+                for _ in range(3):
+                    assert await consumer.receive(10, 0.2) == []
+                # Then the first receive claims before and after its wait, the next ones only
+                # after theirs (the claim that ended the previous receive found nothing)
+                assert claims == 4
+                # And a message sent while it is idle still comes at once
+                broker.enqueue([out("late")])
+                started = SYSTEM_CLOCK.monotonic()
+                (late,) = await consumer.receive(10, 5.0)
+                assert late.id == "late"
                 assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
             finally:
                 await consumer.close()

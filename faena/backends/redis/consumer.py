@@ -15,11 +15,12 @@ work. On a cluster, a consumer of several queues blocks on each queue's list at 
 connection per queue. A lost token (a consumer closed with one in hand) costs at most one
 block period: every idle consumer claims again at least every :data:`MAX_BLOCK_S`.
 
-A claim that got messages but fewer than it asked for emptied every ready queue: the next
-receive (with a timeout, on the system clock) goes straight to the wait instead of claiming
-first, since whatever arrives after that claim brings a token, and the claim said when the
-next scheduled message or lease falls due. An idle worker then sends one claim per job, not
-two.
+A claim that got messages but fewer than it asked for emptied every ready queue, and so did
+one that found nothing at the end of a receive that timed out: the next receive (with a
+timeout, on the system clock) goes straight to the wait instead of claiming first, since
+whatever arrives after that claim brings a token, and the claim said when the next scheduled
+message or lease falls due. A worker then sends one claim per job, not two, and an idle one
+one claim per receive timeout, not two.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class RedisConsumer(Consumer):
         with self._busy():
             try:
                 while not self._stopped() and max_messages > 0:
+                    claimed = not skip
                     if skip:
                         skip = False
                     else:
@@ -138,6 +140,12 @@ class RedisConsumer(Consumer):
                             return found
                     remaining = deadline - SYSTEM_CLOCK.monotonic()
                     if remaining <= 0:
+                        # A last claim that found nothing, like one that emptied the queues,
+                        # lets the next receive wait first (see the module docstring).
+                        self._emptied = claimed
+                        self._emptied_due_at = (
+                            None if due_in is None else SYSTEM_CLOCK.monotonic() + due_in
+                        )
                         return []
                     if due_in is None or due_in > 0:
                         await self._wait(remaining, due_in)

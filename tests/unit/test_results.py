@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import threading
 from typing import Any
 
@@ -427,6 +428,48 @@ def test_a_job_revoked_while_it_waits_in_a_workers_prefetch_never_runs(
     assert STARTED not in events.kinds(second.id)
     assert second.state == REVOKED
     assert app.broker.locate(second.id) is None
+
+
+def test_a_worker_stopped_after_skipping_a_revoked_job_hands_nothing_back_twice(
+    make_app: AppFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a worker with one busy slot that has skipped a revoked job still in its prefetch
+    app = make_app(revoke_check_s=0.05)
+    release = threading.Event()
+    ran: list[int] = []
+
+    @app.task
+    def hold() -> None:
+        assert release.wait(WAIT_S)
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    events = Events(app)
+    first, second, third = hold.delay(), work.delay(1), work.delay(2)
+    runner = WorkerThread(app, WorkerOptions(concurrency=1, prefetch=4)).start()
+    caplog.set_level(logging.WARNING, logger="faena.worker")
+    try:
+        events.wait_for(STARTED, first.id)
+        second.revoke()
+        events.wait_for(REVOKED, second.id)
+
+        # When the worker is stopped while the busy job still runs
+        runner.worker.request_stop()
+        release.set()
+        code = runner.join()
+    finally:
+        release.set()
+
+    # Then it stops cleanly: the running job ends, the revoked one stays acknowledged, and
+    # the job that never started goes back to the queue, once
+    assert code == 0
+    assert first.get(timeout=WAIT_S) is None
+    assert ran == []
+    assert app.broker.locate(second.id) is None
+    assert app.broker.locate(third.id) == "queued"
+    assert [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()] == []
 
 
 def test_result_expires_after_result_ttl(make_app: AppFactory, clock: FakeClock) -> None:

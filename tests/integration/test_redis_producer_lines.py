@@ -1,16 +1,25 @@
-"""The connections a sync producer sends single commands on (``SyncSender``): they survive a
-server restart, are never shared with a forked child, and stay within ``max_connections``."""
+"""The connections single commands travel on, a sync producer's (``SyncSender``) and an event
+loop's (``AsyncSender``): they survive a server restart, are never shared with a forked child
+or reused after a cancelled call, and stay within ``max_connections``."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import threading
 from multiprocessing.connection import Connection
 
 import pytest
 import redis
+import redis.asyncio
 
-from faena.backends.redis._client import SyncSender, parse_url, sync_client
+from faena.backends.redis._client import (
+    AsyncSender,
+    SyncSender,
+    async_client,
+    parse_url,
+    sync_client,
+)
 from faena.backends.redis.broker import RedisBroker
 from faena.contracts.broker import BrokerConfig
 from faena.testing.conformance import out
@@ -102,3 +111,79 @@ def test_more_callers_than_connections_wait_their_turn(private_redis: RedisServe
     finally:
         client.close()
         broker.close()
+
+
+# -- the asyncio lines (AsyncSender) ----------------------------------------------------------
+def _async_sender(url: str) -> AsyncSender:
+    return AsyncSender(async_client(parse_url(url), url))
+
+
+def test_an_async_sender_sends_again_after_the_server_restarts(
+    private_redis: RedisServer,
+) -> None:
+    async def scenario() -> None:
+        sender = _async_sender(private_redis.url)
+        try:
+            # Given a line used once
+            await sender.execute("SET", "k", "before")
+            # When the server restarts (its files keep what it had), the loop goes on with other
+            # work (a call on another connection: the loop reads the old line's hang-up meanwhile)
+            # and the sender sends again
+            private_redis.stop()
+            private_redis.start()
+            other = redis.asyncio.Redis.from_url(private_redis.url)
+            assert await other.ping()
+            await other.aclose()
+            # Then the closed line was replaced before the send: no error, the data is there
+            assert await sender.execute("GET", "k") == b"before"
+        finally:
+            await sender.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_call_leaves_no_reply_for_the_next_one(private_redis: RedisServer) -> None:
+    watcher = redis.Redis.from_url(private_redis.url)
+
+    def blocked() -> bool:
+        return any(c.get("cmd") == "blpop" for c in watcher.client_list())
+
+    async def scenario() -> None:
+        sender = _async_sender(private_redis.url)
+        try:
+            await sender.execute("SET", "other", "x")
+            # Given a call blocked on the server, waiting for a reply
+            call = asyncio.ensure_future(sender.execute("BLPOP", "empty", 10))
+            while not blocked():  # a condition, not a pause: the server says when it blocks
+                await asyncio.sleep(0.005)
+            # When the call is cancelled, and its reply then becomes available
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            watcher.lpush("empty", "late")
+            # Then the next call reads its own reply, not the cancelled one's
+            assert await sender.execute("GET", "other") == b"x"
+        finally:
+            await sender.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        watcher.close()
+
+
+def test_async_lines_stay_within_max_connections(private_redis: RedisServer) -> None:
+    async def scenario() -> None:
+        sender = _async_sender(private_redis.url + "?max_connections=3")
+        try:
+            # Given more calls at once than the URL allows connections
+            replies = await asyncio.gather(
+                *(sender.execute("INCR", "n") for _ in range(20)), return_exceptions=True
+            )
+            # Then every call is answered, and the sender opened at most 3 lines of its own
+            assert sorted(replies) == list(range(1, 21))  # type: ignore[type-var]
+            assert sender._made <= 3
+        finally:
+            await sender.aclose()
+
+    asyncio.run(scenario())

@@ -22,7 +22,7 @@ from typing import Any, Final
 import redis.cluster
 import redis.exceptions
 
-from faena.backends.redis._client import AsyncClient, SyncSender, Target, load_script
+from faena.backends.redis._client import AsyncSender, SyncSender, Target, load_script
 from faena.model.options import validate_queue
 
 QUEUE_KEY_NAMES: Final = (
@@ -147,12 +147,12 @@ class Batch:
             self._sort(replies, self.ops)
         return replies
 
-    async def arun(self, client: AsyncClient) -> list[Any]:
-        """``run`` on an asyncio client."""
-        replies = await self._asend(client, [self._first_try(op) for op in self.ops])
+    async def arun(self, sender: AsyncSender) -> list[Any]:
+        """``run`` on an event loop."""
+        replies = await self._asend(sender, [self._first_try(op) for op in self.ops])
         retry, where = self._sort(replies, self.ops)
         if retry:
-            again = await self._asend(client, [self._second_try(op) for op in retry])
+            again = await self._asend(sender, [self._second_try(op) for op in retry])
             for i, reply in zip(where, again, strict=True):
                 replies[i] = reply
             self._sort(replies, self.ops)
@@ -178,13 +178,13 @@ class Batch:
         return list(pipe.execute(raise_on_error=False))
 
     @staticmethod
-    async def _asend(client: AsyncClient, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _asend(sender: AsyncSender, commands: list[tuple[Any, ...]]) -> list[Any]:
         if len(commands) == 1:
             try:
-                return [await client.execute_command(*commands[0])]
+                return [await sender.execute(*commands[0])]
             except redis.exceptions.ResponseError as exc:
                 return [exc]
-        pipe = client.pipeline(transaction=False)
+        pipe = sender.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
         return list(await pipe.execute(raise_on_error=False))

@@ -37,6 +37,7 @@ import redis.exceptions
 from faena.backends.redis._client import (
     DEFAULT_MAX_CONNECTIONS,
     AsyncClient,
+    AsyncSender,
     SyncClient,
     SyncSender,
     Target,
@@ -96,12 +97,12 @@ class Script:
         except redis.exceptions.NoScriptError:
             return sender.execute("EVAL", self.source, len(call.keys), *call.keys, *call.args)
 
-    async def arun(self, client: AsyncClient, call: Call) -> Any:
+    async def arun(self, sender: AsyncSender, call: Call) -> Any:
+        keys, args = call.keys, call.args
         try:
-            return await client.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
+            return await sender.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(call.keys), *call.keys, *call.args)
+            return await sender.execute("EVAL", self.source, len(keys), *keys, *args)
 
     def run_many(self, client: SyncClient, calls: Sequence[Call]) -> list[Any]:
         """Every call in one pipeline (one round trip); the replies in order."""
@@ -116,10 +117,11 @@ class Script:
             client.script_load(self.source)
         return replies
 
-    async def arun_many(self, client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
+    async def arun_many(self, sender: AsyncSender, calls: Sequence[Call]) -> list[Any]:
         """Every call in one pipeline (one round trip); the replies in order."""
         if len(calls) == 1:  # a pipeline of one costs twice the plain call in redis-py
-            return [await self.arun(client, calls[0])]
+            return [await self.arun(sender, calls[0])]
+        client = sender.client
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for attempt in range(2):
@@ -156,20 +158,20 @@ class Script:
         return missing
 
 
-async def _close_with_loop(client: AsyncClient) -> AsyncGenerator[None]:
+async def _close_with_loop(sender: AsyncSender) -> AsyncGenerator[None]:
     """Suspended until its loop shuts its async generators down (or the store closes it),
-    then closes ``client`` on that loop."""
+    then closes ``sender`` (its lines and its client) on that loop."""
     try:
         yield
     finally:
-        await client.aclose()
+        await sender.aclose()
 
 
 @dataclass(slots=True)
 class _LoopClient:
     """One event loop's client, with what its callers share."""
 
-    client: AsyncClient
+    sender: AsyncSender
     guard: AsyncGenerator[None]
     ready: asyncio.Event
     """Set once the client is ready for use (for a cluster: the slot map is loaded)."""
@@ -227,11 +229,11 @@ class Connections:
 
     async def aclient(self) -> AsyncClient:
         """The running event loop's client, made on first use."""
-        return (await self._entry()).client
+        return (await self._entry()).sender.client
 
     @asynccontextmanager
-    async def limited(self) -> AsyncIterator[AsyncClient]:
-        """The running event loop's client, for one operation among at most as many at once
+    async def limited(self) -> AsyncIterator[AsyncSender]:
+        """The running event loop's sender, for one operation among at most as many at once
         as its pool has connections (a burst beyond that waits its turn)."""
         entry = await self._entry()
         # A burst beyond the pool waits its turn, but no longer than the URL's timeout: a
@@ -246,16 +248,16 @@ class Connections:
                 "or send fewer calls at once"
             ) from None
         try:
-            yield entry.client
+            yield entry.sender
         finally:
             entry.slots.release()
 
     @asynccontextmanager
-    async def using(self, doing: str) -> AsyncIterator[AsyncClient]:
+    async def using(self, doing: str) -> AsyncIterator[AsyncSender]:
         """:meth:`limited`, with redis-py's errors translated as :meth:`translated` does."""
         with self.translated(doing):
-            async with self.limited() as client:
-                yield client
+            async with self.limited() as sender:
+                yield sender
 
     async def sweep(self, name: str, sibling: str, script: Script, *args: str | int) -> int:
         """Run ``script`` on every key ``prefix:{*}:<name>`` (and its ``sibling`` key, the
@@ -265,16 +267,17 @@ class Connections:
         time itself.
         """
         removed = 0
-        async with self.using("cleaning up expired keys") as client:
+        async with self.using("cleaning up expired keys") as sender:
             batch: list[Call] = []
-            async for raw in client.scan_iter(match=self.target.key("*", name), count=_SWEEP):
+            scan = sender.client.scan_iter(match=self.target.key("*", name), count=_SWEEP)
+            async for raw in scan:
                 key = raw.decode() if isinstance(raw, bytes) else str(raw)
                 batch.append(Call((key, key + sibling), args))
                 if len(batch) >= _SWEEP:
-                    removed += sum(map(int, await script.arun_many(client, batch)))
+                    removed += sum(map(int, await script.arun_many(sender, batch)))
                     batch = []
             if batch:
-                removed += sum(map(int, await script.arun_many(client, batch)))
+                removed += sum(map(int, await script.arun_many(sender, batch)))
         return removed
 
     async def _entry(self) -> _LoopClient:
@@ -285,10 +288,10 @@ class Connections:
             if entry is None:
                 for old in [lp for lp in self._loops if lp.is_closed()]:
                     del self._loops[old]
-                client = async_client(self.target, self.url)
+                sender = AsyncSender(async_client(self.target, self.url))
                 entry = self._loops[loop] = _LoopClient(
-                    client,
-                    _close_with_loop(client),
+                    sender,
+                    _close_with_loop(sender),
                     asyncio.Event(),
                     asyncio.Semaphore(_max_connections(self.target)),
                 )
@@ -303,11 +306,11 @@ class Connections:
             # The guard's first step registers it with the loop (asyncio keeps a loop's async
             # generators to close them when it shuts down) and stops at its ``yield``.
             await anext(entry.guard)
-            if isinstance(entry.client, redis.asyncio.cluster.RedisCluster):
+            if isinstance(entry.sender.client, redis.asyncio.cluster.RedisCluster):
                 # Loaded once before anyone uses the client: redis-py's cluster client, first
                 # used by many coroutines at once, loads it in each and drops connections
                 # with commands in flight, which it then sends again.
-                await entry.client.initialize()
+                await entry.sender.client.initialize()
         except BaseException:
             with self._lock:
                 if self._loops.get(loop) is entry:

@@ -111,8 +111,8 @@ class RedisBroker(Broker):
         batch, new = self._enqueue_batch(messages)
         connections = self._connections()
         doing = f"enqueueing {len(messages)} message(s)"
-        async with connections.using(doing) as client:
-            await batch.arun(client)
+        async with connections.using(doing) as sender:
+            await batch.arun(sender)
         self._remember(new)
 
     def _remember(self, queues: list[str]) -> None:
@@ -199,8 +199,8 @@ class RedisBroker(Broker):
         )
 
     async def _asend(self, batch: Batch, doing: str) -> list[Any]:
-        async with self._connections().using(doing) as client:
-            return await batch.arun(client)
+        async with self._connections().using(doing) as sender:
+            return await batch.arun(sender)
 
     async def _workers_call(self, args: Sequence[Any], doing: str) -> Any:
         batch = Batch()
@@ -242,8 +242,8 @@ class RedisBroker(Broker):
         return await self._arun(self._stats)
 
     async def warnings(self) -> list[str]:
-        async with self._connections().using("reading the server's settings") as client:
-            return await server_warnings(client, self._target)
+        async with self._connections().using("reading the server's settings") as sender:
+            return await server_warnings(sender.client, self._target)
 
     async def purge(self, queues: Sequence[str]) -> int:
         chosen = list(queues)

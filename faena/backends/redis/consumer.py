@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from faena.backends.redis import _keys
-from faena.backends.redis._client import Target, async_client, now_arg, translated
+from faena.backends.redis._client import AsyncSender, Target, async_client, now_arg, translated
 from faena.backends.redis._keys import WAKE, Batch, Keys, ms
 from faena.contracts.broker import BrokerConfig, Consumer, Delivery, Settlement
 from faena.foundation.clock import SYSTEM_CLOCK
@@ -67,7 +67,7 @@ class RedisConsumer(Consumer):
         self._queue_keys = [keys.queue(q) for q in queues]
         self._wake_keys = [k[WAKE] for k in self._queue_keys]
         self._broker_closed = broker_closed
-        self._client = async_client(target, url)
+        self._sender = AsyncSender(async_client(target, url))
         self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True)
         self._turn = 0
         self._woken_by: int | None = None
@@ -111,7 +111,7 @@ class RedisConsumer(Consumer):
 
     async def _discover(self) -> None:
         with translated(self._target, "connecting to the cluster"):
-            for client in (self._client, self._blocking):
+            for client in (self._sender.client, self._blocking):
                 await client.initialize()
 
     async def _run(self, batch: Batch, doing: str) -> list[Any]:
@@ -121,7 +121,7 @@ class RedisConsumer(Consumer):
         with self._busy():
             await self._connected()
             with translated(self._target, doing):
-                return await batch.arun(self._client)
+                return await batch.arun(self._sender)
 
     # -- receive ----------------------------------------------------------------------------
     async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
@@ -369,7 +369,7 @@ class RedisConsumer(Consumer):
         with contextlib.suppress(Exception):
             await self._blocking.aclose()
         with contextlib.suppress(Exception):
-            await self._client.aclose()
+            await self._sender.aclose()
 
 
 def _succeeded(future: asyncio.Future[Any]) -> bool:

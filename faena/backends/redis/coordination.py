@@ -76,8 +76,8 @@ class RedisCoordinationStore(CoordinationStore):
             return _OPS.run(self._io.sender, call)
 
     async def _arun(self, call: Call, doing: str) -> Any:
-        async with self._io.using(doing) as client:
-            return await _OPS.arun(client, call)
+        async with self._io.using(doing) as sender:
+            return await _OPS.arun(sender, call)
 
     def _set_if_absent(self, key: str, value: str, ttl_s: float) -> Call:
         return self._call("set_if_absent", key, value, ttl_ms(check_ttl(ttl_s)))
@@ -204,8 +204,8 @@ class RedisCoordinationStore(CoordinationStore):
         places, calls = self._add_members(items, ttl_s)
         if not calls:
             return []
-        async with self._io.using("adding to sets") as client:
-            replies = await _OPS.arun_many(client, calls)
+        async with self._io.using("adding to sets") as sender:
+            replies = await _OPS.arun_many(sender, calls)
         return self._answers(len(items), places, replies)
 
     def _add_members(
@@ -258,8 +258,8 @@ class RedisCoordinationStore(CoordinationStore):
 
     async def atake_in_window(self, key: str, limit: int, window_s: float) -> float:
         call = self._window_call(key, limit, window_s)
-        async with self._io.using("taking a use of a window") as client:
-            wait_ms = await _WINDOW.arun(client, call)
+        async with self._io.using("taking a use of a window") as sender:
+            wait_ms = await _WINDOW.arun(sender, call)
         return int(wait_ms) / 1000
 
     # -- lifetime -----------------------------------------------------------------------------

@@ -131,8 +131,8 @@ class RedisResultStore(ResultStore):
         if not records:
             return []
         calls = [self._store_call(r) for r in records]
-        async with self._io.using("storing results") as client:
-            return [bool(r) for r in await _STORE.arun_many(client, calls)]
+        async with self._io.using("storing results") as sender:
+            return [bool(r) for r in await _STORE.arun_many(sender, calls)]
 
     def forget(self, job_id: str) -> None:
         with self._io.translated("forgetting a result"):
@@ -156,19 +156,19 @@ class RedisResultStore(ResultStore):
         return self._decode(cast("bytes | None", value))
 
     async def afetch(self, job_id: str) -> JobRecord | None:
-        async with self._io.using("fetching a result") as client:
-            value = await client.get(self._keys(job_id)[0])
+        async with self._io.using("fetching a result") as sender:
+            value = await sender.execute("GET", self._keys(job_id)[0])
         return self._decode(cast("bytes | None", value))
 
     async def fetch_many(self, job_ids: Sequence[str]) -> dict[str, JobRecord]:
         if not job_ids:
             return {}
         keys = [self._keys(i)[0] for i in job_ids]
-        async with self._io.using("fetching results") as client:
+        async with self._io.using("fetching results") as sender:
             if self._io.target.cluster:
-                values = await client.mget_nonatomic(keys)  # type: ignore[union-attr]
+                values = await sender.client.mget_nonatomic(keys)  # type: ignore[union-attr]
             else:
-                values = await client.mget(keys)
+                values = await sender.execute("MGET", *keys)
         found = {i: self._decode(v) for i, v in zip(job_ids, values, strict=True)}
         return {i: r for i, r in found.items() if r is not None}
 
@@ -193,8 +193,8 @@ class RedisResultStore(ResultStore):
             block_s = deadline.block_s()
             if _ready(record) or block_s is None:
                 return record
-            async with self._io.using("waiting for a result") as client:
-                woken = await client.execute_command(*_blmove(wake, block_s))
+            async with self._io.using("waiting for a result") as sender:
+                woken = await sender.execute(*_blmove(wake, block_s))
             record = self._woken(woken) or await self.afetch(job_id)
 
     def _woken(self, value: bytes | None) -> JobRecord | None:

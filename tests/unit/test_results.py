@@ -389,86 +389,83 @@ def test_revoke_with_terminate_stops_a_running_job(make_app: AppFactory, kind: s
     assert r.state == REVOKED
 
 
+class _BusyWorker:
+    """A worker with one slot, busy with ``hold`` until ``release`` once ``first`` has started,
+    whose prefetch then holds the ``work`` jobs sent with it (all queued before it started: one
+    claim takes them)."""
+
+    def __init__(self, make_app: AppFactory, works: int) -> None:
+        self.app = app = make_app(revoke_check_s=0.05)
+        self.release = threading.Event()
+        self.ran: list[int] = []
+
+        @app.task
+        def hold() -> None:
+            assert self.release.wait(WAIT_S)
+
+        @app.task
+        def work(x: int) -> None:
+            self.ran.append(x)
+
+        self.events = Events(app)
+        self.first = hold.delay()
+        self.waiting = [work.delay(i) for i in range(works)]
+        self.runner = WorkerThread(app, WorkerOptions(concurrency=1, prefetch=4)).start()
+
+
 def test_a_job_revoked_while_it_waits_in_a_workers_prefetch_never_runs(
     make_app: AppFactory,
 ) -> None:
-    # Given a worker with one slot, busy with a job that waits for the test, and a second job
-    # it has already fetched (both were queued before it started: one claim took both)
-    app = make_app(revoke_check_s=0.05)
-    release = threading.Event()
-    ran: list[int] = []
-
-    @app.task
-    def hold() -> None:
-        assert release.wait(WAIT_S)
-
-    @app.task
-    def work(x: int) -> None:
-        ran.append(x)
-
-    events = Events(app)
-    first, second = hold.delay(), work.delay(1)
-    runner = WorkerThread(app, WorkerOptions(concurrency=1, prefetch=4)).start()
+    # Given a worker busy with one job, and a second job it has already fetched
+    busy = _BusyWorker(make_app, works=1)
+    (second,) = busy.waiting
     try:
-        events.wait_for(STARTED, first.id)
-        assert app.broker.locate(second.id) == "leased"
+        busy.events.wait_for(STARTED, busy.first.id)
+        assert busy.app.broker.locate(second.id) == "leased"
 
         # When the waiting job is revoked (its message is leased: only its record changes)
         assert second.revoke() is False
 
         # Then the worker skips it at its next look for revokes, before the slot frees up
-        events.wait_for(REVOKED, second.id)
-        release.set()
-        assert first.get(timeout=WAIT_S) is None
+        busy.events.wait_for(REVOKED, second.id)
+        busy.release.set()
+        assert busy.first.get(timeout=WAIT_S) is None
     finally:
-        release.set()
-        code = runner.stop()
+        busy.release.set()
+        code = busy.runner.stop()
     assert code == 0
-    assert ran == []
-    assert STARTED not in events.kinds(second.id)
+    assert busy.ran == []
+    assert STARTED not in busy.events.kinds(second.id)
     assert second.state == REVOKED
-    assert app.broker.locate(second.id) is None
+    assert busy.app.broker.locate(second.id) is None
 
 
 def test_a_worker_stopped_after_skipping_a_revoked_job_hands_nothing_back_twice(
     make_app: AppFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a worker with one busy slot that has skipped a revoked job still in its prefetch
-    app = make_app(revoke_check_s=0.05)
-    release = threading.Event()
-    ran: list[int] = []
-
-    @app.task
-    def hold() -> None:
-        assert release.wait(WAIT_S)
-
-    @app.task
-    def work(x: int) -> None:
-        ran.append(x)
-
-    events = Events(app)
-    first, second, third = hold.delay(), work.delay(1), work.delay(2)
-    runner = WorkerThread(app, WorkerOptions(concurrency=1, prefetch=4)).start()
     caplog.set_level(logging.WARNING, logger="faena.worker")
+    busy = _BusyWorker(make_app, works=2)
+    second, third = busy.waiting
     try:
-        events.wait_for(STARTED, first.id)
+        busy.events.wait_for(STARTED, busy.first.id)
         second.revoke()
-        events.wait_for(REVOKED, second.id)
+        busy.events.wait_for(REVOKED, second.id)
 
         # When the worker is stopped while the busy job still runs
-        runner.worker.request_stop()
-        release.set()
-        code = runner.join()
+        busy.runner.worker.request_stop()
+        busy.release.set()
+        code = busy.runner.join()
     finally:
-        release.set()
+        busy.release.set()
 
     # Then it stops cleanly: the running job ends, the revoked one stays acknowledged, and
     # the job that never started goes back to the queue, once
     assert code == 0
-    assert first.get(timeout=WAIT_S) is None
-    assert ran == []
-    assert app.broker.locate(second.id) is None
-    assert app.broker.locate(third.id) == "queued"
+    assert busy.first.get(timeout=WAIT_S) is None
+    assert busy.ran == []
+    assert busy.app.broker.locate(second.id) is None
+    assert busy.app.broker.locate(third.id) == "queued"
     assert [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()] == []
 
 

@@ -182,7 +182,7 @@ def test_async_lines_stay_within_max_connections(private_redis: RedisServer) -> 
             )
             # Then every call is answered, and the sender opened at most 3 lines of its own
             assert sorted(replies) == list(range(1, 21))  # type: ignore[type-var]
-            assert sender._made <= 3
+            assert sender._lines.made <= 3
         finally:
             await sender.aclose()
 

@@ -208,6 +208,29 @@ def async_client(
     return redis.asyncio.Redis.from_pool(pool)
 
 
+class _Lines:
+    """A sender's idle connections, of its client's pool's kind, opened on demand up to as
+    many as the pool may open (``?max_connections=`` in the URL)."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.limit = pool.max_connections if pool is not None else 0
+        self.idle: list[Any] = []
+        self.made = 0
+
+    def take(self) -> Any:
+        """An idle line, else a new one (not yet connected); ``None`` past the limit or without
+        a pool (a cluster client): the caller then goes through the client."""
+        if self.pool is None:
+            return None
+        if self.idle:
+            return self.idle.pop()
+        if self.made >= self.limit:
+            return None
+        self.made += 1
+        return self.pool.connection_class(**self.pool.connection_kwargs)
+
+
 class SyncSender:
     """A sync client, and the lines its single commands travel on.
 
@@ -226,11 +249,8 @@ class SyncSender:
     def __init__(self, client: SyncClient) -> None:
         self.client = client
         self._pool: Any = client.connection_pool if isinstance(client, redis.Redis) else None
-        # As many lines as the pool may open connections (``?max_connections=`` in the URL).
-        self._limit = self._pool.max_connections if self._pool is not None else 0
         self._lock = threading.Lock()
-        self._idle: list[Any] = []
-        self._made = 0
+        self._lines = _Lines(self._pool)
         self._pid = os.getpid()
         self._closed = False
 
@@ -259,28 +279,21 @@ class SyncSender:
         return reply
 
     def _take(self) -> Any:
-        if self._pool is None:
-            return None
         with self._lock:
             if os.getpid() != self._pid:  # a forked child: its parent's sockets are not its own
-                self._idle, self._made, self._pid = [], 0, os.getpid()
-            if self._idle:
-                return self._idle.pop()
-            if self._made >= self._limit:
-                return None
-            self._made += 1
-        return self._pool.connection_class(**self._pool.connection_kwargs)
+                self._lines, self._pid = _Lines(self._pool), os.getpid()
+            return self._lines.take()
 
     def _give(self, line: Any) -> None:
         with self._lock:
             if os.getpid() == self._pid and not self._closed:
-                self._idle.append(line)
+                self._lines.idle.append(line)
                 return
         line.disconnect()
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle, self._closed = self._idle, [], True
+            idle, self._lines.idle, self._closed = self._lines.idle, [], True
         for line in idle:
             line.disconnect()
         close_client(self.client)
@@ -304,10 +317,7 @@ class AsyncSender:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         pool = client.connection_pool if isinstance(client, redis.asyncio.Redis) else None
-        self._pool: Any = pool
-        self._limit = pool.max_connections if pool is not None else 0
-        self._idle: list[Any] = []
-        self._made = 0
+        self._lines = _Lines(pool)
         self._closed = False
 
     async def execute(self, *args: Any) -> Any:
@@ -335,30 +345,23 @@ class AsyncSender:
         return reply
 
     def _take(self) -> Any:
-        if self._pool is None or self._closed:
-            return None
-        if self._idle:
-            return self._idle.pop()
-        if self._made >= self._limit:
-            return None
-        self._made += 1
-        return self._pool.connection_class(**self._pool.connection_kwargs)
+        return None if self._closed else self._lines.take()
 
     def _give(self, line: Any) -> None:
         if self._closed:
             self._drop(line)
         else:
-            self._idle.append(line)
+            self._lines.idle.append(line)
 
     def _drop(self, line: Any) -> None:
-        self._made -= 1
+        self._lines.made -= 1
         # Closed without waiting: this may run in a task being cancelled.
         line._close()  # redis-py's own close of the transport, without waiting
 
     async def aclose(self) -> None:
         """Close the idle lines and the client; a line in use closes when its call ends."""
         self._closed = True
-        idle, self._idle = self._idle, []
+        idle, self._lines.idle = self._lines.idle, []
         for line in idle:
             await line.disconnect()
         await self.client.aclose()

@@ -12,9 +12,17 @@ from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock
 from faena.foundation.exceptions import ConfigurationError
 
-SUPPORTED: Final = ("memory", "sqlite", "redis", "rediss", "redis+cluster", "rediss+cluster")
+SUPPORTED: Final = (
+    "memory",
+    "sqlite",
+    "redis",
+    "rediss",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+socket",
+)
 PLANNED: Final = ("amqp", "amqps", "postgresql", "postgres")
-REDIS: Final = frozenset({"redis", "rediss", "redis+cluster", "rediss+cluster"})
+REDIS: Final = frozenset({"redis", "rediss", "redis+cluster", "rediss+cluster", "redis+socket"})
 
 
 def scheme_of(url: str) -> str:

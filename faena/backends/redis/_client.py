@@ -5,7 +5,9 @@ URLs:
 - ``redis://[[user]:password@]host[:port][/db]`` and ``rediss://`` (TLS; redis-py's
   ``ssl_*`` query parameters pass through, e.g. ``?ssl_cert_reqs=required``);
 - ``redis+cluster://host:port[,host:port...]`` and ``rediss+cluster://`` for Redis Cluster (the
-  first reachable node tells the client the rest; the database number must be 0).
+  first reachable node tells the client the rest; the database number must be 0);
+- ``redis+socket://[[user]:password@]/path/to/redis.sock[?db=N]``: one server on this machine,
+  over its Unix socket (Celery's name for the form; redis-py's ``unix://``).
 
 faena's own query parameters, removed before the URL reaches redis-py:
 
@@ -50,7 +52,7 @@ DEFAULT_PREFIX: Final = "faena"
 DEFAULT_TIMEOUT_S: Final = 10.0
 DEFAULT_MAX_CONNECTIONS: Final = 100
 """Connections per pool (per process, and per event loop for async clients)."""
-SCHEMES: Final = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+SCHEMES: Final = ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+socket")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
@@ -67,7 +69,7 @@ class Target:
     prefix: str
     timeout_s: float
     display: str
-    """``host:port`` for messages, without credentials."""
+    """``host:port`` (or the socket's path) for messages, without credentials."""
 
     def key(self, tag: str, name: str) -> str:
         """``prefix:{tag}:name``: keys sharing ``tag`` share a cluster slot."""
@@ -103,6 +105,8 @@ def parse_url(url: str) -> Target:
         raise ConfigurationError(
             f"invalid timeout {raw_timeout!r} in {url!r}: seconds above 0 and below 3600"
         )
+    if scheme == "redis+socket":
+        return _socket_target(url, parts.netloc, parts.path, query, prefix, timeout_s)
     base = scheme.removesuffix("+cluster")
     if cluster and parts.path not in ("", "/", "/0"):
         raise ConfigurationError(
@@ -123,6 +127,26 @@ def parse_url(url: str) -> Target:
         raise ConfigurationError(f"{url!r}: bad host or port ({exc})") from exc
     plain = urlunsplit((base, netloc, parts.path if not cluster else "", urlencode(query), ""))
     return Target(url=plain, cluster=cluster, prefix=prefix, timeout_s=timeout_s, display=display)
+
+
+def _socket_target(
+    url: str, netloc: str, path: str, query: dict[str, str], prefix: str, timeout_s: float
+) -> Target:
+    """A ``redis+socket://`` URL: the socket's absolute path, the database as ``?db=``."""
+    if netloc.rpartition("@")[2]:
+        raise ConfigurationError(
+            f"{url!r}: a socket URL names no host; write redis+socket:///path/to/redis.sock "
+            "(three slashes), with a password as redis+socket://:password@/path/to/redis.sock"
+        )
+    if not path.startswith("/") or path == "/":
+        raise ConfigurationError(
+            f"{url!r}: give the socket's absolute path, e.g. redis+socket:///run/redis/redis.sock"
+        )
+    db = query.get("db", "0")
+    if not db.isdigit():
+        raise ConfigurationError(f"{url!r}: db must be a database number, e.g. ?db=0")
+    plain = f"unix://{netloc}{path}?{urlencode(query)}"
+    return Target(url=plain, cluster=False, prefix=prefix, timeout_s=timeout_s, display=path)
 
 
 def _seed_nodes(url: str) -> list[redis.cluster.ClusterNode]:

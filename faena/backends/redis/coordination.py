@@ -52,7 +52,8 @@ def _flag(reply: Any) -> bool:
 
 
 class RedisCoordinationStore(CoordinationStore):
-    """Coordination keys in Redis; ``redis://``, ``rediss://``, ``redis+cluster://``.
+    """Coordination keys in Redis; ``redis://``, ``rediss://``, ``redis+cluster://``,
+    ``redis+socket://``.
 
     Every client of the same server and prefix shares the keys, counters and tokens.
 

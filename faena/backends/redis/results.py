@@ -72,7 +72,8 @@ class _Deadline:
 
 
 class RedisResultStore(ResultStore):
-    """Job records in Redis; ``redis://``, ``rediss://``, ``redis+cluster://``.
+    """Job records in Redis; ``redis://``, ``rediss://``, ``redis+cluster://``,
+    ``redis+socket://``.
 
     Example:
         >>> store = RedisResultStore("redis://localhost:6379/0?prefix=shop")  # doctest: +SKIP

@@ -7,6 +7,12 @@ queue, with a reason). Every move between them is one atomic step in the backend
 Delivery counting: each hand-out of a message increments its ``deliveries`` (reset when the
 job is retried on purpose) and its ``fence`` (never reset). A hand-out that would exceed
 ``max_deliveries`` dead-letters the message instead, with the reason of its last loss.
+
+Fences across sends: a send of an id that is not in the broker (never sent, or acknowledged,
+dead-lettered, purged or removed since) starts its fences at its send number (an order counter
+of the backend that only grows) times :data:`SEND_FENCE_STEP`, so a holder of an earlier send's
+lease can never match a later send of the same id. The low 16 bits of a fence count the
+hand-outs within one send.
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
 Location = Literal["queued", "scheduled", "leased", "dead"]
+
+SEND_FENCE_STEP: Final = 1 << 16
+"""How far apart the fences of two sends of one id start (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from faena.contracts.broker import SettleAction
+from faena.contracts.broker import SEND_FENCE_STEP, SettleAction
 from faena.model import states
 from faena.model.message import Message
 from faena.model.options import TaskOptions
@@ -61,7 +61,8 @@ def record_fence(sent_at: float | None, delivery_fence: int) -> int:
     """
     if sent_at is None:
         return delivery_fence
-    return (int(sent_at * 1000) << 16) | min(delivery_fence, 0xFFFF)
+    # The low bits of a delivery fence count the hand-outs of one send (SEND_FENCE_STEP).
+    return (int(sent_at * 1000) << 16) | (delivery_fence & (SEND_FENCE_STEP - 1))
 
 
 def base_record(

@@ -301,6 +301,45 @@ class BrokerConformance(_Suite):
         assert second.fence == first.fence + 1
         assert second.last_reason == "lease_expired"
 
+    @pytest.mark.parametrize("end", ["ack", "dead", "purge", "remove"])
+    def test_a_later_send_of_the_same_id_never_reuses_an_earlier_sends_fence(
+        self, end: str
+    ) -> None:
+        run(self._send_again_after(end))
+
+    async def _send_again_after(self, end: str) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1", "q", body=b"first")])
+        async with self.consumer(broker, "q") as consumer:
+            # Given a worker whose lease ran out, and a second delivery that ended the message
+            (stale,) = await consumer.receive(1, 0)
+            self.clock.advance(self.lease_s + 1)
+            (winner,) = await consumer.receive(1, 0)
+            if end in ("purge", "remove"):
+                assert await consumer.settle([settle(winner, "release")]) == [True]
+                if end == "purge":
+                    assert await broker.purge(["q"]) == 1
+                else:
+                    assert broker.remove("m1")
+            else:
+                ending = settle(winner, "dead", reason="rejected") if end == "dead" else None
+                assert await consumer.settle([ending or settle(winner, "ack")]) == [True]
+            # When the same id is sent again and handed out
+            broker.enqueue([out("m1", "q", body=b"second")])
+            (fresh,) = await consumer.receive(1, 0)
+            assert fresh.body == b"second"
+            # Then no holder of the first send can settle or renew it
+            assert fresh.fence > winner.fence > stale.fence
+            assert await consumer.extend([stale], self.lease_s) == {"m1"}
+            assert await consumer.extend([winner], self.lease_s) == {"m1"}
+            assert await consumer.settle([settle(stale, "ack"), settle(winner, "ack")]) == [
+                False,
+                False,
+            ]
+            # and its own holder still can: the message was not touched
+            assert await consumer.settle([settle(fresh, "ack")]) == [True]
+        assert broker.locate("m1") == ("dead" if end == "dead" else None)
+
     @async_test
     async def test_extend_keeps_the_lease(self) -> None:
         broker = self.broker()

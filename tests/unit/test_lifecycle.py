@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from faena import FAILURE, RETRY, REVOKED, SUCCESS
-from faena.features.lifecycle import RunInfo, decide, expired
+from faena.contracts.broker import SEND_FENCE_STEP
+from faena.features.lifecycle import RunInfo, decide, expired, record_fence
 from faena.model.message import Message
 from faena.model.options import build_options
-from faena.model.outcome import ErrorInfo, Outcome
+from faena.model.outcome import FINAL_FENCE, ErrorInfo, Outcome
 
 NOW = 1_000.0
 MESSAGE = Message(id="j1", task="shop.add", queue="q", root_id="j1")
@@ -138,3 +139,16 @@ def test_expired_message_is_revoked_and_acked() -> None:
     assert decision.action == "ack"
     assert decision.record is not None
     assert (decision.record.state, decision.record.reason) == (REVOKED, "expired")
+
+
+def test_record_fences_order_deliveries_within_a_send_and_sends_by_time() -> None:
+    # Given the delivery fences a broker hands out: a send's first fence is its send number
+    # times SEND_FENCE_STEP, then one more per hand-out
+    first_send, later_send = 7 * SEND_FENCE_STEP, 3_000 * SEND_FENCE_STEP
+    sent, resent = NOW, NOW + 0.002
+    # Then a later delivery of one send writes with a higher record fence
+    assert record_fence(sent, first_send + 2) > record_fence(sent, first_send + 1)
+    # and any delivery of a later send outranks every delivery of the earlier one
+    assert record_fence(resent, later_send + 1) > record_fence(sent, first_send + 40)
+    # and all stay below the fence of a revoke
+    assert record_fence(resent, later_send + 1) < FINAL_FENCE

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from faena.backends.memory._waiters import Waiters
 from faena.contracts.broker import (
+    SEND_FENCE_STEP,
     Broker,
     BrokerConfig,
     Capabilities,
@@ -83,8 +84,9 @@ class MemoryBroker(Broker):
                     now,
                     m.due if m.due is not None else now,
                 )
-                if old is not None:
-                    entry.fence = old.fence  # fences never go back: a stale lease stays stale
+                # Fences never go back, and a new send starts above every earlier one's: a
+                # stale holder of an older lease never matches again.
+                entry.fence = max(old.fence if old is not None else 0, entry.seq * SEND_FENCE_STEP)
                 self._entries[m.id] = entry
                 self._place(entry, now)
         self._waiters.wake()

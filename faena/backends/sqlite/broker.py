@@ -18,6 +18,7 @@ from faena.backends.sqlite._connection import read, write
 from faena.backends.sqlite._database import SharedDatabase
 from faena.backends.sqlite.consumer import SQLiteConsumer
 from faena.contracts.broker import (
+    SEND_FENCE_STEP,
     Broker,
     BrokerConfig,
     Capabilities,
@@ -30,16 +31,18 @@ from faena.contracts.broker import (
 )
 
 # Re-sending an id that is waiting replaces it (new body, new place in line); one that is
-# leased is running now, so the duplicate is dropped rather than run twice. The fence is kept:
-# it never goes back, so a stale holder of an older lease can never match it again.
+# leased is running now, so the duplicate is dropped rather than run twice. A send's fences
+# start at its seq times SEND_FENCE_STEP, and never go back: a stale holder of an older lease,
+# of this send or of an earlier one, can never match it again.
 _ENQUEUE = """
 INSERT INTO faena_messages
     (id, queue, priority, seq, state, due, deliveries, fence, enqueued_at, body)
-VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)
+VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)
 ON CONFLICT (id) DO UPDATE SET
     queue = excluded.queue, priority = excluded.priority, seq = excluded.seq,
     state = excluded.state, due = excluded.due, lease_until = NULL, worker = NULL,
-    deliveries = 0, last_reason = NULL, enqueued_at = excluded.enqueued_at, body = excluded.body
+    deliveries = 0, fence = max(faena_messages.fence, excluded.fence), last_reason = NULL,
+    enqueued_at = excluded.enqueued_at, body = excluded.body
 WHERE faena_messages.state != 1
 """
 _REQUEUE_DEAD = """
@@ -94,7 +97,9 @@ class SQLiteBroker(Broker):
         for i, m in enumerate(messages, start=base + 1):
             due = m.due if m.due is not None else now
             state = SCHEDULED if due > now else READY
-            rows.append((m.id, m.queue, m.priority, i, state, due, now, m.body))
+            rows.append(
+                (m.id, m.queue, m.priority, i, state, due, i * SEND_FENCE_STEP, now, m.body)
+            )
         conn.executemany(_ENQUEUE, rows)
 
     def enqueue(self, messages: Sequence[Outgoing]) -> None:

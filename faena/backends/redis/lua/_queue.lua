@@ -29,6 +29,10 @@ local READY, SCHEDULED, LEASED, STATE, BODY = 1, 2, 3, 4, 5
 local DEAD, DEAD_STATE, DEAD_BODY, SEQ, WAKE = 6, 7, 8, 9, 10
 local QUEUE_KEYS = 10
 local PRIORITY_STEP = 562949953421312 -- 2^49: room for 2^49 seqs per priority in a double
+-- 2^16: a send's first fence is its seq times this (faena.contracts.broker.SEND_FENCE_STEP);
+-- fences stay exact in a double up to seq 2^37. Write them with %d, never `..` (which would
+-- print a large one as 1.4e+14).
+local SEND_FENCE_STEP = 65536
 -- The most scheduled messages promoted, or expired leases recovered, per queue by one claim:
 -- a backlog that falls due at once is moved over several claims, never in one long script.
 local MOVE_BATCH = 1000

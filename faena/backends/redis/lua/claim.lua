@@ -86,7 +86,7 @@ local function lease_all(b, q, ids)
         'handed out ' .. d .. ' times without being settled', now)
     else
       -- Only the counters change: the rest of the state is copied as it is.
-      local state = 'L' .. (fence + 1) .. '|' .. (deliveries + 1) .. '|' .. tail
+      local state = string.format('L%d|%d|', fence + 1, deliveries + 1) .. tail
       local n = #states
       states[n + 1] = id
       states[n + 2] = state

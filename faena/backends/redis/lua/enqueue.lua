@@ -6,8 +6,9 @@
 --
 -- A message due now goes to ready, a later one to scheduled. Re-sending an id that is waiting
 -- replaces it (new body, new place in line, deliveries counted afresh); one that is leased is
--- running now, so the duplicate is dropped rather than run twice. The fence is kept: it never
--- goes back, so a stale holder of an older lease can never match it again. One wake token
+-- running now, so the duplicate is dropped rather than run twice. A send's fences start at its
+-- seq times SEND_FENCE_STEP and never go back, so a stale holder of an older lease, of this
+-- send or of an earlier one (acknowledged, dead or purged since), never matches again. One wake token
 -- tells an idle consumer (also about scheduled messages: it then sleeps until the earliest is
 -- due).
 local now = now_ms(ARGV[1])
@@ -51,6 +52,7 @@ for k, id in ipairs(ids) do
   end
   if not leased then
     seq = seq + 1
+    fence = math.max(fence, seq * SEND_FENCE_STEP)
     local priority = tonumber(ARGV[i + 2])
     local n = #states
     states[n + 1] = id

@@ -797,6 +797,20 @@ class ResultStoreConformance(_Suite):
         assert await store.afetch("j1") == full
         assert store.fetch("unknown") is None
 
+    @async_test
+    async def test_any_job_id_is_stored_apart_and_wakes_its_waiter(self) -> None:
+        # Given job ids made of the characters a backend might treat specially
+        ids = ["}x", "{a}", "a}b{c", "%7Dx", "%", "id with spaces", "ünï/cødé*?"]
+        store = self.store()
+        for i, job_id in enumerate(ids):
+            # Then each is written, read and awaited as itself, apart from the others
+            assert store.store(record(job_id, SUCCESS, value=str(i).encode())) is True
+        for i, job_id in enumerate(ids):
+            got = store.wait(job_id, PROMPT_S)
+            again = await store.await_ready(job_id, PROMPT_S)
+            assert [r.value if r else None for r in (got, again)] == [str(i).encode()] * 2
+        assert set((await store.fetch_many(ids)).keys()) == set(ids)
+
     def test_a_lower_fence_is_not_written(self) -> None:
         store = self.store()
         assert store.store(record("j1", fence=2, worker="current")) is True
@@ -939,6 +953,17 @@ class CoordinationConformance(_Suite):
         # Then the first value stays
         assert store.get("k") == "first"
         assert store.get("other") is None
+
+    def test_any_key_is_kept_apart(self) -> None:
+        # Given keys made of the characters a backend might treat specially
+        keys = ["}k", "{k}", "k}x{y", "%7Dk", "%", "", "key with spaces", "ünï/cødé*?"]
+        store = self.store()
+        for i, key in enumerate(keys):
+            # Then each holds its own value, counter and set
+            assert store.set_if_absent(key, str(i), 10) is True
+            assert store.incr(key + ":n", i + 1) == i + 1
+            assert store.add_member(key + ":s", "m", 10) == (True, 1)
+        assert [store.get(k) for k in keys] == [str(i) for i in range(len(keys))]
 
     def test_a_key_expires_when_its_ttl_has_passed(self) -> None:
         store = self.store()

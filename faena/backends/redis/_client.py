@@ -54,6 +54,7 @@ DEFAULT_MAX_CONNECTIONS: Final = 100
 """Connections per pool (per process, and per event loop for async clients)."""
 SCHEMES: Final = ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+socket")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_TAG_ESCAPES: Final = str.maketrans({"%": "%25", "}": "%7D"})
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -72,7 +73,16 @@ class Target:
     """``host:port`` (or the socket's path) for messages, without credentials."""
 
     def key(self, tag: str, name: str) -> str:
-        """``prefix:{tag}:name``: keys sharing ``tag`` share a cluster slot."""
+        """``prefix:{tag}:name``: keys sharing ``tag`` share a cluster slot.
+
+        ``%`` and ``}`` in the tag are written ``%25`` and ``%7D``, and an empty tag ``%``:
+        Redis ends a hash tag at its first ``}`` and hashes the whole name when the tag is
+        empty, which would put the keys of one script in different slots.
+        """
+        if "}" in tag or "%" in tag:
+            tag = tag.translate(_TAG_ESCAPES)
+        elif not tag:
+            tag = "%"  # no escaped tag is a lone %
         return f"{self.prefix}:{{{tag}}}:{name}"
 
     def global_key(self, name: str) -> str:

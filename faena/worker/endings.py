@@ -167,6 +167,17 @@ class Endings:
         key = (delivery.id, delivery.fence)
         return self.held.get(delivery.id) is delivery and key not in self.settling
 
+    def lost(self, renewed: list[Delivery], lost_ids: set[str]) -> list[Delivery]:
+        """Stop holding the deliveries of ``renewed`` whose lease renewal came back lost, and
+        return them. A delivery the fetcher leased again meanwhile (same id, a newer fence)
+        stays held: only the one that was sent for renewal is let go."""
+        dropped = []
+        for delivery in renewed:
+            if delivery.id in lost_ids and self.held.get(delivery.id) is delivery:
+                del self.held[delivery.id]
+                dropped.append(delivery)
+        return dropped
+
     def settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
         """Queue the end of a lease; a message is settled once, whatever happens after."""
         assert self.outbox

@@ -449,9 +449,10 @@ class Worker:
                 held = list(self._ends.held.values())
                 if held:
                     lost = await self._consumer.extend(held, self.app.settings.lease_s)
-                    for mid in lost:
-                        log.warning("lease on %s was lost; its outcome will not be recorded", mid)
-                        self._ends.held.pop(mid, None)
+                    for delivery in self._ends.lost(held, lost):
+                        log.warning(
+                            "lease on %s was lost; its outcome will not be recorded", delivery.id
+                        )
                 await self._flow.renew()
                 await self.app.broker.register_worker(self._info())
             except asyncio.CancelledError:

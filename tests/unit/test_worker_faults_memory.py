@@ -7,9 +7,10 @@ import asyncio
 import pytest
 
 from faena import FAILURE, SUCCESS, Faena, JobContext
-from faena.contracts.broker import Outgoing
+from faena.contracts.broker import Delivery, Outgoing
 from faena.model.message import Message, encode_message
 from faena.worker import worker as worker_module
+from faena.worker.endings import Endings
 from faena.worker.worker import Worker, WorkerOptions
 
 from .support import AppFactory, dead_letters, drain
@@ -124,3 +125,20 @@ def test_a_soft_limit_reaching_a_finished_thread_job_fails_only_that_job(
     # Then every ordinary job succeeded: no limit exception leaked into another job
     assert [r.get(timeout=1) for r in plains] == list(range(20))
     assert {r.state for r in edges} <= {SUCCESS, FAILURE}
+
+
+def test_a_lost_renewal_lets_go_of_only_the_delivery_it_renewed(app: Faena) -> None:
+    # Given a worker that sent its delivery of m (fence 1) for renewal, and meanwhile leased m
+    # again (its lease had run out: fence 2)
+    ends = Endings("w1", app)
+    first = Delivery(id="m", queue="q", body=b"", priority=0, deliveries=1, fence=1, enqueued_at=0)
+    second = Delivery(id="m", queue="q", body=b"", priority=0, deliveries=2, fence=2, enqueued_at=0)
+    ends.held["m"] = second
+    # When the renewal of the first comes back lost
+    dropped = ends.lost([first], {"m"})
+    # Then the newer delivery is still held (and renewed by the next beat)
+    assert dropped == []
+    assert ends.held["m"] is second
+    # and a lost renewal of the delivery actually held lets go of it
+    assert ends.lost([second], {"m"}) == [second]
+    assert ends.held == {}

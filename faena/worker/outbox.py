@@ -9,6 +9,10 @@ records are written (a chord member's result is stored before it is counted) and
 settlements (what follows a job is sent before its message is acknowledged). A follow-up
 that fails stays pending with its settlement and runs again, told that it is a second run.
 
+A record the result store refuses while it takes the others (another program's value under
+the job's key) is dropped with an error, so it cannot hold back every other job's result and
+acknowledgement; when the store refuses every record, the batch waits for the next try.
+
 A job's ``STARTED`` record waits up to :data:`LINGER_S` before it is written, unless
 something else is written first: most jobs end within that time, and
 their ``STARTED`` record is then replaced by the final one instead of written apart. That
@@ -27,6 +31,7 @@ from typing import Final
 
 from faena.contracts.broker import Consumer, Settlement
 from faena.contracts.results import ResultStore
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable
 from faena.model.outcome import JobRecord
 from faena.model.states import STARTED
 from faena.worker.outage import Outage
@@ -104,7 +109,7 @@ class Outbox:
                 self._linger.cancel()
                 self._linger = None
             try:
-                written = await self._results.store_many(records) if records else []
+                written = await self._store(records) if records else []
             except BaseException:
                 # Nothing was settled: put it all back, newer records winning.
                 self._records = {**{r.id: r for r in records}, **self._records}
@@ -113,7 +118,7 @@ class Outbox:
                 raise
             if records:
                 for record, ok in zip(records, written, strict=True):
-                    if not ok:
+                    if ok is False:
                         log.warning(
                             "record of job %s (%s) not written: a newer delivery or a "
                             "revoke holds it",
@@ -136,6 +141,47 @@ class Outbox:
                 for settlement, ok in zip(settlements, done, strict=True):
                     self._on_settled(settlement, ok)
         self._idle.set()
+
+    async def _store(self, records: list[JobRecord]) -> list[bool | None]:
+        """Write ``records``; per record, whether it was written (``False``: a higher fence
+        holds the job), or ``None`` if the store refused that record alone.
+
+        When the store refuses a batch, each record is tried on its own: if some are written
+        and others refused, the refused ones are dropped with an error, so one record the
+        store will never take (a foreign value under the job's key) cannot hold back every
+        other job's result and acknowledgement. If every record is refused, the store is
+        refusing writes as such (out of memory, a read-only replica): the batch is retried.
+        """
+        try:
+            return list(await self._results.store_many(records))
+        except BrokerUnavailable:
+            raise
+        except BrokerError:
+            if len(records) < 2:
+                raise
+        outcomes: list[bool | None] = []
+        refused: list[tuple[JobRecord, BrokerError]] = []
+        last: BrokerError | None = None
+        for record in records:
+            try:
+                outcomes.extend(await self._results.store_many([record]))
+            except BrokerUnavailable:
+                raise
+            except BrokerError as refusal:
+                refused.append((record, refusal))
+                outcomes.append(None)
+                last = refusal
+        if last is not None and len(refused) == len(records):
+            raise last
+        for record, reason in refused:
+            log.error(
+                "record of job %s (%s) refused by the result store, while other records were "
+                "written; dropped so the other jobs' results and acknowledgements go on: %s",
+                record.id,
+                record.state,
+                reason,
+            )
+        return outcomes
 
     async def run(self) -> None:
         """Flush whenever woken; a failed write is logged and retried with back-off."""

@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
 from faena.backends.redis.coordination import RedisCoordinationStore
 from faena.backends.redis.results import RedisResultStore
+from faena.contracts.broker import Consumer
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock, FakeClock
@@ -34,6 +35,7 @@ from faena.testing.conformance import (
     record,
     run,
 )
+from faena.worker.outbox import Outbox
 from tests.integration.redis_servers import RedisServer, free_port
 from tests.services import OnRedis, drop_prefix, redis_url
 
@@ -277,6 +279,63 @@ def test_a_foreign_value_under_the_prefix_is_a_clear_error(shared: str) -> None:
         with pytest.raises(BrokerError, match="does not hold a job record"):
             store.store(record("j1", SUCCESS))
         assert raw.get(f"{shared.rsplit('prefix=', 1)[1]}:{{j1}}:r") == b"not a record"
+    finally:
+        store.close()
+        raw.close()
+
+
+def test_a_record_the_store_refuses_does_not_hold_back_the_others(
+    shared: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisResultStore(shared)
+    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
+    try:
+        # Given a worker's outbox holding two jobs' results, one of which the store will never
+        # take (another program's value sits where faena keeps its record)
+        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{bad}}:r", b"not a record")
+        outbox = Outbox(store, cast(Consumer, None), lambda s, ok: None)
+
+        async def flush() -> None:
+            outbox.record(record("bad", SUCCESS))
+            outbox.record(record("good", SUCCESS))
+            await outbox.flush()
+
+        # When it flushes
+        run(flush())
+        # Then the good one is written, the refused one dropped with an error naming it
+        got = store.fetch("good")
+        assert got is not None
+        assert got.state == SUCCESS
+        assert raw.get(f"{shared.rsplit('prefix=', 1)[1]}:{{bad}}:r") == b"not a record"
+        assert "record of job bad (SUCCESS) refused by the result store" in caplog.text
+        assert not outbox.pending()
+    finally:
+        store.close()
+        raw.close()
+
+
+def test_a_store_that_refuses_every_record_keeps_them_for_the_next_try(shared: str) -> None:
+    store = RedisResultStore(shared)
+    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
+    prefix = shared.rsplit("prefix=", 1)[1]
+    try:
+        # Given two records the store refuses (as it would every write while out of memory)
+        raw.set(f"{prefix}:{{a}}:r", b"x")
+        raw.set(f"{prefix}:{{b}}:r", b"x")
+        outbox = Outbox(store, cast(Consumer, None), lambda s, ok: None)
+
+        async def flush() -> None:
+            outbox.record(record("a", SUCCESS))
+            outbox.record(record("b", SUCCESS))
+            with pytest.raises(BrokerError):
+                await outbox.flush()
+            # Then nothing is dropped: once the store takes writes again, both are written
+            raw.delete(f"{prefix}:{{a}}:r", f"{prefix}:{{b}}:r")
+            assert outbox.pending()
+            await outbox.flush()
+
+        run(flush())
+        assert [store.fetch(i) is not None for i in ("a", "b")] == [True, True]
     finally:
         store.close()
         raw.close()

@@ -8,9 +8,9 @@
 -- replaces it (new body, new place in line, deliveries counted afresh); one that is leased is
 -- running now, so the duplicate is dropped rather than run twice. A send's fences start at its
 -- seq times SEND_FENCE_STEP and never go back, so a stale holder of an older lease, of this
--- send or of an earlier one (acknowledged, dead or purged since), never matches again. One wake token
--- tells an idle consumer (also about scheduled messages: it then sleeps until the earliest is
--- due).
+-- send or of an earlier one (acknowledged, dead or purged since), never matches again. One
+-- wake token tells an idle consumer (also about scheduled messages: it then sleeps until the
+-- earliest is due).
 local now = now_ms(ARGV[1])
 local count = (#ARGV - 1) / 4
 local seq = redis.call('INCRBY', KEYS[SEQ], count) - count

@@ -170,10 +170,16 @@ class Endings:
     def lost(self, renewed: list[Delivery], lost_ids: set[str]) -> list[Delivery]:
         """Stop holding the deliveries of ``renewed`` whose lease renewal came back lost, and
         return them. A delivery the fetcher leased again meanwhile (same id, a newer fence)
-        stays held: only the one that was sent for renewal is let go."""
+        stays held: only the one that was sent for renewal is let go. So does one whose
+        settlement is on its way: the renewal may have reached the broker after it, and its
+        own reply says whether it applied."""
         dropped = []
         for delivery in renewed:
-            if delivery.id in lost_ids and self.held.get(delivery.id) is delivery:
+            if (
+                delivery.id in lost_ids
+                and self.held.get(delivery.id) is delivery
+                and (delivery.id, delivery.fence) not in self.settling
+            ):
                 del self.held[delivery.id]
                 dropped.append(delivery)
         return dropped

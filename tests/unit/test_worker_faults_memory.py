@@ -142,3 +142,16 @@ def test_a_lost_renewal_lets_go_of_only_the_delivery_it_renewed(app: Faena) -> N
     # and a lost renewal of the delivery actually held lets go of it
     assert ends.lost([second], {"m"}) == [second]
     assert ends.held == {}
+
+
+def test_a_lost_renewal_of_a_delivery_being_settled_is_left_to_the_settlement(app: Faena) -> None:
+    # Given a delivery whose acknowledgement is on its way, and a renewal of it that reached
+    # the broker after the acknowledgement (so the broker no longer holds it)
+    ends = Endings("w1", app)
+    done = Delivery(id="m", queue="q", body=b"", priority=0, deliveries=1, fence=1, enqueued_at=0)
+    ends.held["m"] = done
+    ends.settling.add(("m", 1))
+    # When the renewal comes back lost
+    # Then it is not reported lost: the acknowledgement's own reply settles it
+    assert ends.lost([done], {"m"}) == []
+    assert ends.held["m"] is done

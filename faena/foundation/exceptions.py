@@ -63,6 +63,11 @@ class BrokerUnavailable(BrokerError):
     """
 
 
+class RecordRefused(BrokerError):
+    """The result store cannot hold this job's record, whatever is tried later: another
+    program's value sits where the store keeps it."""
+
+
 class MessageTooLarge(BrokerError):
     """The encoded message is larger than ``max_message_size``."""
 

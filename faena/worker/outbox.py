@@ -9,9 +9,9 @@ records are written (a chord member's result is stored before it is counted) and
 settlements (what follows a job is sent before its message is acknowledged). A follow-up
 that fails stays pending with its settlement and runs again, told that it is a second run.
 
-A record the result store refuses while it takes the others (another program's value under
-the job's key) is dropped with an error, so it cannot hold back every other job's result and
-acknowledgement; when the store refuses every record, the batch waits for the next try.
+A record the result store refuses for good (:class:`RecordRefused`: another program's value
+under the job's key) is dropped with an error, so it cannot hold back every other job's result
+and acknowledgement; any other failure leaves the whole batch for the next try.
 
 A job's ``STARTED`` record waits up to :data:`LINGER_S` before it is written, unless
 something else is written first: most jobs end within that time, and
@@ -31,7 +31,7 @@ from typing import Final
 
 from faena.contracts.broker import Consumer, Settlement
 from faena.contracts.results import ResultStore
-from faena.foundation.exceptions import BrokerError, BrokerUnavailable
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable, RecordRefused
 from faena.model.outcome import JobRecord
 from faena.model.states import STARTED
 from faena.worker.outage import Outage
@@ -144,44 +144,44 @@ class Outbox:
 
     async def _store(self, records: list[JobRecord]) -> list[bool | None]:
         """Write ``records``; per record, whether it was written (``False``: a higher fence
-        holds the job), or ``None`` if the store refused that record alone.
+        holds the job), or ``None`` if the store refused it for good (:class:`RecordRefused`:
+        another program's value under the job's key).
 
-        When the store refuses a batch, each record is tried on its own: if some are written
-        and others refused, the refused ones are dropped with an error, so one record the
-        store will never take (a foreign value under the job's key) cannot hold back every
-        other job's result and acknowledgement. If every record is refused, the store is
-        refusing writes as such (out of memory, a read-only replica): the batch is retried.
+        A refused record is dropped with an error, so it cannot hold back every other job's
+        result and acknowledgement: when a batch fails with such a refusal, or with an error
+        that may be one record's, each record is tried alone. Any other failure (the server
+        out of memory, a read-only replica, a shard of a cluster refusing writes) leaves the
+        whole batch for the next try.
         """
         try:
             return list(await self._results.store_many(records))
+        except RecordRefused as refusal:
+            if len(records) == 1:
+                self._refused(records[0], refusal)
+                return [None]
         except BrokerUnavailable:
             raise
         except BrokerError:
-            if len(records) < 2:
+            if len(records) == 1:
                 raise
         outcomes: list[bool | None] = []
-        refused: list[tuple[JobRecord, BrokerError]] = []
-        last: BrokerError | None = None
         for record in records:
             try:
                 outcomes.extend(await self._results.store_many([record]))
-            except BrokerUnavailable:
-                raise
-            except BrokerError as refusal:
-                refused.append((record, refusal))
+            except RecordRefused as refusal:
+                self._refused(record, refusal)
                 outcomes.append(None)
-                last = refusal
-        if last is not None and len(refused) == len(records):
-            raise last
-        for record, reason in refused:
-            log.error(
-                "record of job %s (%s) refused by the result store, while other records were "
-                "written; dropped so the other jobs' results and acknowledgements go on: %s",
-                record.id,
-                record.state,
-                reason,
-            )
         return outcomes
+
+    @staticmethod
+    def _refused(record: JobRecord, refusal: RecordRefused) -> None:
+        log.error(
+            "record of job %s (%s) refused by the result store and dropped, so other jobs' "
+            "results and acknowledgements go on: %s",
+            record.id,
+            record.state,
+            refusal,
+        )
 
     async def run(self) -> None:
         """Flush whenever woken; a failed write is logged and retried with back-off."""

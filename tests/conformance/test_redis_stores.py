@@ -25,7 +25,7 @@ from faena.contracts.broker import Consumer
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock, FakeClock
-from faena.foundation.exceptions import BrokerError, BrokerUnavailable
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable, RecordRefused
 from faena.model.outcome import FINAL_FENCE
 from faena.model.states import STARTED, SUCCESS
 from faena.testing.conformance import (
@@ -299,6 +299,9 @@ def test_a_record_the_store_refuses_does_not_hold_back_the_others(
             outbox.record(record("bad", SUCCESS))
             outbox.record(record("good", SUCCESS))
             await outbox.flush()
+            # and so is one refused alone
+            outbox.record(record("bad", SUCCESS))
+            await outbox.flush()
 
         # When it flushes
         run(flush())
@@ -314,31 +317,31 @@ def test_a_record_the_store_refuses_does_not_hold_back_the_others(
         raw.close()
 
 
-def test_a_store_that_refuses_every_record_keeps_them_for_the_next_try(shared: str) -> None:
-    store = RedisResultStore(shared)
-    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
-    prefix = shared.rsplit("prefix=", 1)[1]
+def test_a_server_refusing_writes_loses_no_record(server: RedisServer, admin: redis.Redis) -> None:
+    store = RedisResultStore(server.url + "?prefix=oom")
     try:
-        # Given two records the store refuses (as it would every write while out of memory)
-        raw.set(f"{prefix}:{{a}}:r", b"x")
-        raw.set(f"{prefix}:{{b}}:r", b"x")
+        # Given a server out of memory (it refuses every write), and two results to write
+        admin.config_set("maxmemory", 1)
         outbox = Outbox(store, cast(Consumer, None), lambda s, ok: None)
 
         async def flush() -> None:
             outbox.record(record("a", SUCCESS))
             outbox.record(record("b", SUCCESS))
-            with pytest.raises(BrokerError):
+            with pytest.raises(BrokerError, match="maxmemory") as refused:
                 await outbox.flush()
-            # Then nothing is dropped: once the store takes writes again, both are written
-            raw.delete(f"{prefix}:{{a}}:r", f"{prefix}:{{b}}:r")
+            assert not isinstance(refused.value, RecordRefused)
+            # Then nothing is dropped: once the server takes writes again, both are written
             assert outbox.pending()
+            admin.config_set("maxmemory", 0)
             await outbox.flush()
 
-        run(flush())
+        try:
+            run(flush())
+        finally:
+            admin.config_set("maxmemory", 0)
         assert [store.fetch(i) is not None for i in ("a", "b")] == [True, True]
     finally:
         store.close()
-        raw.close()
 
 
 # -- async clients and event loops ---------------------------------------------------------

@@ -7,15 +7,27 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 from faena.backends.redis.coordination import RedisCoordinationStore
 from faena.backends.redis.results import RedisResultStore
+from faena.contracts.broker import Consumer
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock
-from faena.testing.conformance import CoordinationConformance, ResultStoreConformance
+from faena.foundation.exceptions import BrokerError
+from faena.model.states import SUCCESS
+from faena.testing.conformance import (
+    CoordinationConformance,
+    ResultStoreConformance,
+    record,
+    run,
+)
+from faena.worker.outbox import Outbox
 from tests.integration.redis_servers import redis_cluster
 
 
@@ -60,3 +72,47 @@ class TestRedisResultStoreOnACluster(_OnACluster, ResultStoreConformance):
 class TestRedisCoordinationStoreOnACluster(_OnACluster, CoordinationConformance):
     def make_coordination_store(self, clock: Clock) -> CoordinationStore:
         return RedisCoordinationStore(self.url, clock)
+
+
+def test_a_shard_refusing_writes_makes_the_outbox_wait_not_drop(cluster_url: str) -> None:
+    # Given a cluster where one shard is out of memory, and two results, one for a job on that
+    # shard and one for a job elsewhere
+    ports = [int(hp.rsplit(":", 1)[1]) for hp in cluster_url.split("//", 1)[1].split(",")]
+    full = redis.Redis(port=ports[0])
+    prefix = f"oom{time.monotonic_ns()}"
+    store = RedisResultStore(f"{cluster_url}?prefix={prefix}")
+    owner = {
+        slot: port
+        for start, end, (_, port, *_), *_ in full.execute_command("CLUSTER SLOTS")
+        for slot in range(start, end + 1)
+    }
+    on_full, elsewhere = None, None
+    for i in range(1000):
+        job = f"job-{i}"
+        if owner[key_slot(f"{prefix}:{{{job}}}:r".encode())] == ports[0]:
+            on_full = on_full or job
+        else:
+            elsewhere = elsewhere or job
+    assert on_full is not None
+    assert elsewhere is not None
+    outbox = Outbox(store, cast(Consumer, None), lambda s, ok: None)
+
+    async def flush() -> None:
+        outbox.record(record(on_full, SUCCESS))
+        outbox.record(record(elsewhere, SUCCESS))
+        # When the outbox writes them
+        with pytest.raises(BrokerError, match="maxmemory"):
+            await outbox.flush()
+        # Then the refused one is kept for the next try, not dropped as if it were bad
+        assert outbox.pending()
+        full.config_set("maxmemory", 0)
+        await outbox.flush()
+
+    full.config_set("maxmemory", 1)
+    try:
+        run(flush())
+    finally:
+        full.config_set("maxmemory", 0)
+        full.close()
+    assert [store.fetch(j) is not None for j in (on_full, elsewhere)] == [True, True]
+    store.close()

@@ -20,7 +20,8 @@ Writes go through ``lua/results_store.lua`` (one script: fence check, write, exp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import cast
 
 import msgspec
@@ -28,7 +29,7 @@ import msgspec
 from faena.backends.redis._stores import TEST_CLOCK_EXPIRY_MS, Call, Connections, Script
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
-from faena.foundation.exceptions import BrokerError
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable, RecordRefused
 from faena.model.outcome import JobRecord, decode_record, encode_record
 from faena.model.states import READY_STATES
 
@@ -48,6 +49,22 @@ def _expiry_ms(record: JobRecord) -> str:
         raise ValueError(f"job record {record.id!r} has expires_at NaN; expected a Unix time")
     # Before 1970 is simply past; past 2**53 ms (year 287,000) is never reached.
     return str(int(min(max(record.expires_at * 1000, 0), 2**53)))
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A write refused because of what the record's key holds (another program's value, of
+    another type or not a record) is :class:`RecordRefused`; a refusal of the server as a whole
+    (out of memory, a read-only replica) stays a plain ``BrokerError``."""
+    try:
+        yield
+    except BrokerUnavailable:
+        raise
+    except BrokerError as exc:
+        cause = str(exc.__cause__ or "")
+        if "does not hold a job record" in cause or "WRONGTYPE" in cause:
+            raise RecordRefused(str(exc)) from exc.__cause__
+        raise
 
 
 def _blmove(wake: str, block_s: float) -> tuple[str, ...]:
@@ -125,15 +142,16 @@ class RedisResultStore(ResultStore):
 
     # -- writes ------------------------------------------------------------------------------
     def store(self, record: JobRecord) -> bool:
-        with self._io.translated("storing a result"):
+        with _refusals(), self._io.translated("storing a result"):
             return bool(_STORE.run(self._io.sender, self._store_call(record)))
 
     async def store_many(self, records: Sequence[JobRecord]) -> list[bool]:
         if not records:
             return []
         calls = [self._store_call(r) for r in records]
-        async with self._io.using("storing results") as sender:
-            return [bool(r) for r in await _STORE.arun_many(sender, calls)]
+        with _refusals():
+            async with self._io.using("storing results") as sender:
+                return [bool(r) for r in await _STORE.arun_many(sender, calls)]
 
     def forget(self, job_id: str) -> None:
         with self._io.translated("forgetting a result"):

@@ -113,7 +113,11 @@ def decide(options: TaskOptions, message: Message, outcome: Outcome, info: RunIn
             if outcome.eta is not None
             else (info.now + retry_delay(options, message.retries, countdown=outcome.countdown))
         )
-        nxt = msgspec.structs.replace(message, retries=message.retries + 1, eta=due)
+        # A new attempt is a new send: its send time ranks its records above every record of
+        # this one, however often the message has been handed out (record_fence).
+        nxt = msgspec.structs.replace(
+            message, retries=message.retries + 1, eta=due, sent_at=info.now
+        )
         record = msgspec.structs.replace(
             base_record(message, info, states.RETRY, options), error=outcome.error, next_run_at=due
         )

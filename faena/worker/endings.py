@@ -78,12 +78,10 @@ class Endings:
         if record is not None:
             self.outbox.record(record)
         if decision.action == "retry" and decision.next_message is not None:
-            # A new send: a fresh send time ranks its records above this one's, and the RETRY
-            # record is written before the next attempt can start.
+            # A new send (its send time, set by the decision, ranks its records above this
+            # one's); the RETRY record is written before the next attempt can start.
             await self.outbox.flush()
-            nxt = msgspec.structs.replace(
-                decision.next_message, sent_at=self.app.settings.clock.time()
-            )
+            nxt = decision.next_message
             await self.app.broker.aenqueue(
                 [
                     Outgoing(

@@ -3,6 +3,7 @@ message. No worker, no clock: the time is an argument."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from faena import FAILURE, RETRY, REVOKED, SUCCESS
@@ -152,3 +153,18 @@ def test_record_fences_order_deliveries_within_a_send_and_sends_by_time() -> Non
     assert record_fence(resent, later_send + 1) > record_fence(sent, first_send + 40)
     # and all stay below the fence of a revoke
     assert record_fence(resent, later_send + 1) < FINAL_FENCE
+
+
+def test_each_retry_is_a_new_send_whose_records_outrank_every_earlier_attempt() -> None:
+    # Given a job retried in place for the 70,000th time: its message has been handed out so
+    # often that the low 16 bits of its delivery fence have wrapped around
+    sent = NOW - 3_600
+    message = msgspec.structs.replace(MESSAGE, retries=69_999, sent_at=sent)
+    fence = 6 * SEND_FENCE_STEP - 1  # the next hand-out wraps the low 16 bits to 0
+    decision = decide(build_options(max_retries=None), message, Outcome(status="retry"), _info())
+    # When it asks to retry once more
+    nxt = decision.next_message
+    assert nxt is not None
+    # Then the next attempt carries a new send time, and its records outrank this attempt's
+    assert nxt.sent_at == NOW
+    assert record_fence(nxt.sent_at, fence + 1) > record_fence(sent, fence)

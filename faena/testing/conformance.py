@@ -810,6 +810,12 @@ class ResultStoreConformance(_Suite):
             again = await store.await_ready(job_id, PROMPT_S)
             assert [r.value if r else None for r in (got, again)] == [str(i).encode()] * 2
         assert set((await store.fetch_many(ids)).keys()) == set(ids)
+        # and each expires, and is cleaned up, like any other
+        for job_id in ids:
+            store.store(record(job_id, SUCCESS, fence=2, expires_at=self.clock.time() + 10))
+        self.clock.advance(11)
+        assert await store.cleanup() == len(ids)
+        assert await store.fetch_many(ids) == {}
 
     def test_a_lower_fence_is_not_written(self) -> None:
         store = self.store()

@@ -101,6 +101,7 @@ def test_socket_url_forms_are_accepted_without_connecting(url: str) -> None:
         ("redis+socket:///", "absolute path"),
         ("redis+socket:///run/redis.sock?db=first", "database number"),
         ("redis+socket:///run/redis.sock?prefix=a%7Bb%7D", "invalid key prefix"),
+        ("redis+socket:///run/redis.sock?ssl_cert_reqs=required", "no TLS settings"),
     ],
 )
 def test_bad_socket_urls_are_configuration_errors(url: str, problem: str) -> None:

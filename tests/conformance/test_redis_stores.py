@@ -18,7 +18,9 @@ from typing import Any, cast
 
 import pytest
 import redis
+from redis.crc import key_slot
 
+from faena.backends.redis._client import parse_url
 from faena.backends.redis.coordination import RedisCoordinationStore
 from faena.backends.redis.results import RedisResultStore
 from faena.contracts.broker import Consumer
@@ -475,3 +477,21 @@ class TestMembers:
             return list(raw.scan_iter(match=f"{self.prefix}:*"))
         finally:
             raw.close()
+
+
+def test_key_names_stay_plain_unless_the_tag_would_split_across_slots() -> None:
+    target = parse_url("redis://127.0.0.1?prefix=p")
+    # Ids and keys whose hash tag works as written keep their plain names
+    assert target.key("job-1", "r") == "p:{job-1}:r"
+    assert target.key("50%", "c") == "p:{50%}:c"
+    assert target.key("a}b", "r") == "p:{a}b}:r"
+    # and those that would leave the tag empty get a name of their own, in one slot
+    assert target.key("}x", "r") == "p:~{%7Dx}:r"
+    assert target.key("", "c") == "p:~{%}:c"
+    for tag in ("}x", "", "a}b", "}"):
+        assert key_slot(target.key(tag, "r").encode()) == key_slot(
+            target.key(tag, "r:wake").encode()
+        )
+    # and no two tags share a name
+    tags = ["}x", "%7Dx", "~{%7Dx}", "", "%", "}", "%7D", "a}b"]
+    assert len({target.key(t, "r") for t in tags}) == len(tags)

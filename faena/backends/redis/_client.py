@@ -75,15 +75,19 @@ class Target:
     def key(self, tag: str, name: str) -> str:
         """``prefix:{tag}:name``: keys sharing ``tag`` share a cluster slot.
 
-        ``%`` and ``}`` in the tag are written ``%25`` and ``%7D``, and an empty tag ``%``:
-        Redis ends a hash tag at its first ``}`` and hashes the whole name when the tag is
-        empty, which would put the keys of one script in different slots.
+        Redis takes the hash tag from the first ``{`` to the next ``}``, and hashes the whole
+        name when that is empty. A tag that is empty or starts with ``}`` would therefore put
+        one job's or key's Redis keys in different slots: such a tag is written
+        ``prefix:~{escaped}:name`` instead, ``%`` as ``%25``, ``}`` as ``%7D`` and the empty
+        tag as ``%``. Every other tag keeps its plain name.
         """
-        if "}" in tag or "%" in tag:
-            tag = tag.translate(_TAG_ESCAPES)
-        elif not tag:
-            tag = "%"  # no escaped tag is a lone %
-        return f"{self.prefix}:{{{tag}}}:{name}"
+        if tag and tag[0] != "}":
+            return f"{self.prefix}:{{{tag}}}:{name}"
+        return f"{self.prefix}:~{{{tag.translate(_TAG_ESCAPES) or '%'}}}:{name}"
+
+    def key_patterns(self, name: str) -> tuple[str, str]:
+        """``SCAN`` patterns matching every ``key(<any tag>, name)``, plain and escaped."""
+        return f"{self.prefix}:{{*}}:{name}", f"{self.prefix}:~{{*}}:{name}"
 
     def global_key(self, name: str) -> str:
         """A key of its own slot, for data not tied to one queue or job."""
@@ -155,6 +159,12 @@ def _socket_target(
     db = query.get("db", "0")
     if not db.isdigit():
         raise ConfigurationError(f"{url!r}: db must be a database number, e.g. ?db=0")
+    tls = sorted(k for k in query if k.startswith("ssl"))
+    if tls:
+        raise ConfigurationError(
+            f"{url!r}: a Unix socket takes no TLS settings ({', '.join(tls)}); use rediss:// "
+            "to reach Redis over TLS"
+        )
     plain = f"unix://{netloc}{path}?{urlencode(query)}"
     return Target(url=plain, cluster=False, prefix=prefix, timeout_s=timeout_s, display=path)
 

@@ -260,8 +260,9 @@ class Connections:
                 yield sender
 
     async def sweep(self, name: str, sibling: str, script: Script, *args: str | int) -> int:
-        """Run ``script`` on every key ``prefix:{*}:<name>`` (and its ``sibling`` key, the
-        same name plus ``sibling``) in pipelined batches; the sum of its replies.
+        """Run ``script`` on every key of ``name`` (``prefix:{*}:<name>``, and the escaped form
+        of :meth:`Target.key`), and its ``sibling`` key (the same name plus ``sibling``), in
+        pipelined batches; the sum of its replies.
 
         Only a test clock needs it: on the system clock Redis deletes keys at their expiry
         time itself.
@@ -269,13 +270,13 @@ class Connections:
         removed = 0
         async with self.using("cleaning up expired keys") as sender:
             batch: list[Call] = []
-            scan = sender.client.scan_iter(match=self.target.key("*", name), count=_SWEEP)
-            async for raw in scan:
-                key = raw.decode() if isinstance(raw, bytes) else str(raw)
-                batch.append(Call((key, key + sibling), args))
-                if len(batch) >= _SWEEP:
-                    removed += sum(map(int, await script.arun_many(sender, batch)))
-                    batch = []
+            for pattern in self.target.key_patterns(name):
+                async for raw in sender.client.scan_iter(match=pattern, count=_SWEEP):
+                    key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    batch.append(Call((key, key + sibling), args))
+                    if len(batch) >= _SWEEP:
+                        removed += sum(map(int, await script.arun_many(sender, batch)))
+                        batch = []
             if batch:
                 removed += sum(map(int, await script.arun_many(sender, batch)))
         return removed

@@ -1,7 +1,7 @@
 """The Redis result store: fenced job records with TTLs, and waits the store itself wakes.
 
 Key layout (``prefix`` from the URL, the job id as hash tag so both keys of a job share a
-cluster slot; ``%``, ``}`` and an empty id are escaped, see ``Target.key``):
+cluster slot; an empty id, or one starting with ``}``, is escaped: see ``Target.key``):
 
 - ``prefix:{<job id>}:r`` — a string: ``<fence>,<expiry ms>|`` then the record encoded by
   :func:`~faena.model.outcome.encode_record`. The header lets the store script fence and expire

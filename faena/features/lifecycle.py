@@ -54,6 +54,11 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     max_deliveries: int = 5
 
 
+RESEND_AFTER_S = 0.002
+"""The least a new attempt's send time moves past the last one's: over one millisecond, so
+``record_fence``'s whole milliseconds always grow, floating-point rounding included."""
+
+
 def record_fence(sent_at: float | None, delivery_fence: int) -> int:
     """The fence a run writes its record with: the send time (ms) above the broker's delivery
     token, so a later send of the same job id outranks every run of an earlier one, and within
@@ -114,9 +119,12 @@ def decide(options: TaskOptions, message: Message, outcome: Outcome, info: RunIn
             else (info.now + retry_delay(options, message.retries, countdown=outcome.countdown))
         )
         # A new attempt is a new send: its send time ranks its records above every record of
-        # this one, however often the message has been handed out (record_fence).
+        # this one, however often the message has been handed out (record_fence). It never
+        # goes back, and lands a millisecond later at least, whatever the clocks of the
+        # producer and of the workers say.
+        sent_at = max(info.now, message.sent_at + RESEND_AFTER_S)
         nxt = msgspec.structs.replace(
-            message, retries=message.retries + 1, eta=due, sent_at=info.now
+            message, retries=message.retries + 1, eta=due, sent_at=sent_at
         )
         record = msgspec.structs.replace(
             base_record(message, info, states.RETRY, options), error=outcome.error, next_run_at=due

@@ -168,3 +168,17 @@ def test_each_retry_is_a_new_send_whose_records_outrank_every_earlier_attempt() 
     # Then the next attempt carries a new send time, and its records outrank this attempt's
     assert nxt.sent_at == NOW
     assert record_fence(nxt.sent_at, fence + 1) > record_fence(sent, fence)
+
+
+def test_a_retry_is_sent_later_than_the_attempt_it_follows_whatever_the_clocks_say() -> None:
+    # Given an attempt sent by a producer whose clock runs half a second ahead of the worker's
+    ahead = msgspec.structs.replace(MESSAGE, sent_at=NOW + 0.5)
+    for message in (ahead, msgspec.structs.replace(MESSAGE, sent_at=NOW)):
+        # When the worker decides on a retry
+        decision = decide(build_options(), message, Outcome(status="retry"), _info())
+        nxt = decision.next_message
+        assert nxt is not None
+        # Then the next attempt is sent a millisecond later at least, and its records outrank
+        # this attempt's, even from its first hand-out
+        assert int(nxt.sent_at * 1000) > int(message.sent_at * 1000)
+        assert record_fence(nxt.sent_at, 1) > record_fence(message.sent_at, SEND_FENCE_STEP - 1)

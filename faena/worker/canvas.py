@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +31,14 @@ from faena.app.producer import to_outgoing
 from faena.contracts.broker import Delivery
 from faena.features.followups import after_failure, after_success, counted_only, decode_value
 from faena.features.lifecycle import Decision
+from faena.foundation.exceptions import RecordRefused
 from faena.model import states
 from faena.model.flow import chord_key
 from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.outbox import Outbox
+
+log = logging.getLogger("faena.worker")
 
 
 class WorkerFlowIO(AppFlowIO):
@@ -75,7 +79,17 @@ class WorkerFlowIO(AppFlowIO):
 
     def store(self, records: list[JobRecord]) -> None:
         for record in records:
-            self.app.results.store(record)
+            try:
+                self.app.results.store(record)
+            except RecordRefused as refusal:
+                # Another program's value holds this job's key: retrying the follow-up would
+                # hold back every settlement behind it for ever (as in the outbox).
+                log.error(
+                    "record of job %s (%s) refused by the result store and dropped: %s",
+                    record.id,
+                    record.state,
+                    refusal,
+                )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from faena import Faena, chain
 from faena.backends.redis._client import parse_url
 from faena.backends.redis.coordination import RedisCoordinationStore
 from faena.backends.redis.results import RedisResultStore
@@ -37,6 +38,7 @@ from faena.testing.conformance import (
     record,
     run,
 )
+from faena.testing.drain import adrain
 from faena.worker.outbox import Outbox
 from tests.integration.redis_servers import RedisServer, free_port
 from tests.services import OnRedis, drop_prefix, redis_url
@@ -495,3 +497,38 @@ def test_key_names_stay_plain_unless_the_tag_would_split_across_slots() -> None:
     # and no two tags share a name
     tags = ["}x", "%7Dx", "~{%7Dx}", "", "%", "}", "%7D", "a}b"]
     assert len({target.key(t, "r") for t in tags}) == len(tags)
+
+
+def test_a_refused_record_in_a_workflow_follow_up_holds_back_nothing(
+    shared: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Faena("poison", broker="memory://", results=shared)
+    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
+
+    @app.task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task
+    def boom(x: int) -> int:
+        raise ValueError("boom")
+
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    try:
+        # Given a chain whose second step fails, and another program's value where the result
+        # store keeps the record of its third step (which the failure rules mark failed)
+        flow = chain(add.s(1, 1), boom.s(), double.s()).delay()
+        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{{flow.id}}}:r", b"not a record")
+        others = [add.delay(i, i) for i in range(3)]
+        # When a worker drains the queue
+        run(adrain(app), timeout_s=30)
+        # Then it finishes: the other jobs' results are written and every message settled
+        assert [r.get(timeout=5) for r in others] == [0, 2, 4]
+        assert app.broker.locate(flow.id) is None
+        assert f"record of job {flow.id} (FAILURE) refused by the result store" in caplog.text
+    finally:
+        app.close()
+        raw.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +35,7 @@ from faena.model import states
 from faena.model.flow import chord_key
 from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
-from faena.worker.outbox import Outbox
-
-log = logging.getLogger("faena.worker")
+from faena.worker.outbox import Outbox, log_refused
 
 
 class WorkerFlowIO(AppFlowIO):
@@ -84,12 +81,7 @@ class WorkerFlowIO(AppFlowIO):
             except RecordRefused as refusal:
                 # Another program's value holds this job's key: retrying the follow-up would
                 # hold back every settlement behind it for ever (as in the outbox).
-                log.error(
-                    "record of job %s (%s) refused by the result store and dropped: %s",
-                    record.id,
-                    record.state,
-                    refusal,
-                )
+                log_refused(record, refusal)
 
 
 @dataclass(frozen=True, slots=True)

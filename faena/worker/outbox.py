@@ -42,6 +42,17 @@ LINGER_S: Final = 0.005
 """How long a ``STARTED`` record may wait for its job's end, or for other writes to join."""
 
 
+def log_refused(record: JobRecord, refusal: RecordRefused) -> None:
+    """Say that ``record`` was dropped because the result store can never hold it."""
+    log.error(
+        "record of job %s (%s) refused by the result store and dropped, so other jobs' "
+        "results and acknowledgements go on: %s",
+        record.id,
+        record.state,
+        refusal,
+    )
+
+
 class Outbox:
     """Pending writes, flushed by :meth:`run` as soon as there is something to write."""
 
@@ -157,7 +168,7 @@ class Outbox:
             return list(await self._results.store_many(records))
         except RecordRefused as refusal:
             if len(records) == 1:
-                self._refused(records[0], refusal)
+                log_refused(records[0], refusal)
                 return [None]
         except BrokerUnavailable:
             raise
@@ -169,19 +180,9 @@ class Outbox:
             try:
                 outcomes.extend(await self._results.store_many([record]))
             except RecordRefused as refusal:
-                self._refused(record, refusal)
+                log_refused(record, refusal)
                 outcomes.append(None)
         return outcomes
-
-    @staticmethod
-    def _refused(record: JobRecord, refusal: RecordRefused) -> None:
-        log.error(
-            "record of job %s (%s) refused by the result store and dropped, so other jobs' "
-            "results and acknowledgements go on: %s",
-            record.id,
-            record.state,
-            refusal,
-        )
 
     async def run(self) -> None:
         """Flush whenever woken; a failed write is logged and retried with back-off."""

@@ -20,7 +20,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from faena import Faena, chain
+from faena import Faena, chain, chord
 from faena.backends.redis._client import parse_url
 from faena.backends.redis.coordination import RedisCoordinationStore
 from faena.backends.redis.results import RedisResultStore
@@ -288,6 +288,26 @@ def test_a_foreign_value_under_the_prefix_is_a_clear_error(shared: str) -> None:
         raw.close()
 
 
+def test_a_foreign_value_reads_as_no_record_in_a_batch_look_up(
+    shared: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisResultStore(shared)
+    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
+    try:
+        # Given two records and, between them, another program's value under a job's key
+        store.store(record("a", SUCCESS))
+        store.store(record("b", SUCCESS))
+        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{c}}:r", b"not a record")
+        # When a worker looks them up at once (a revoke check, a chord's member results)
+        found = run(store.fetch_many(["a", "c", "b"]))
+        # Then the foreign value reads as no record, and says so, instead of failing them all
+        assert sorted(found) == ["a", "b"]
+        assert "result of job c left out" in caplog.text
+    finally:
+        store.close()
+        raw.close()
+
+
 def test_a_record_the_store_refuses_does_not_hold_back_the_others(
     shared: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -529,6 +549,38 @@ def test_a_refused_record_in_a_workflow_follow_up_holds_back_nothing(
         assert [r.get(timeout=5) for r in others] == [0, 2, 4]
         assert app.broker.locate(flow.id) is None
         assert f"record of job {flow.id} (FAILURE) refused by the result store" in caplog.text
+    finally:
+        app.close()
+        raw.close()
+
+
+def test_a_foreign_value_under_a_chord_members_key_holds_back_nothing(
+    shared: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Faena("poisoned-chord", broker="memory://", results=shared)
+    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
+
+    @app.task
+    async def ident(x: int, pause: float) -> int:
+        await asyncio.sleep(pause)  # the poisoned member ends first: the others read it
+        return x
+
+    @app.task
+    def listed(values: list[int | None]) -> list[int | None]:
+        return values
+
+    try:
+        # Given a chord of three whose middle member's key holds another program's value
+        flow = chord([ident.s(0, 0.2), ident.s(1, 0.0), ident.s(2, 0.2)], listed.s()).delay()
+        member = flow.ids[2]
+        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{{member}}}:r", b"not a record")
+        others = [ident.delay(10 + i, 0.0) for i in range(3)]
+        # When a worker drains the queue
+        run(adrain(app), timeout_s=30)
+        # Then it finishes: the body runs without that member's value, every other job ends
+        assert flow.get(timeout=5) == [0, None, 2]
+        assert [r.get(timeout=5) for r in others] == [10, 11, 12]
+        assert f"result of job {member} left out" in caplog.text
     finally:
         app.close()
         raw.close()

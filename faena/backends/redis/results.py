@@ -19,6 +19,7 @@ Writes go through ``lua/results_store.lua`` (one script: fence check, write, exp
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,8 @@ from faena.foundation.clock import SYSTEM_CLOCK, Clock
 from faena.foundation.exceptions import BrokerError, BrokerUnavailable, RecordRefused
 from faena.model.outcome import JobRecord, decode_record, encode_record
 from faena.model.states import READY_STATES
+
+log = logging.getLogger("faena.results")
 
 _STORE = Script("results_store")
 _CLEANUP = Script("results_cleanup")
@@ -188,8 +191,18 @@ class RedisResultStore(ResultStore):
                 values = await sender.client.mget_nonatomic(keys)  # type: ignore[union-attr]
             else:
                 values = await sender.execute("MGET", *keys)
-        found = {i: self._decode(v) for i, v in zip(job_ids, values, strict=True)}
-        return {i: r for i, r in found.items() if r is not None}
+        found: dict[str, JobRecord] = {}
+        for job_id, value in zip(job_ids, values, strict=True):
+            try:
+                record = self._decode(value)
+            except BrokerError as exc:
+                # One foreign value must not fail a worker's look-up of a whole batch (its
+                # revoke check, a chord's member results): it reads as no record.
+                log.error("result of job %s left out: %s", job_id, exc)
+                continue
+            if record is not None:
+                found[job_id] = record
+        return found
 
     # -- waiting -----------------------------------------------------------------------------
     def wait(self, job_id: str, timeout_s: float | None) -> JobRecord | None:

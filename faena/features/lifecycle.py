@@ -54,11 +54,6 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     max_deliveries: int = 5
 
 
-RESEND_AFTER_S = 0.002
-"""The least a new attempt's send time moves past the last one's: over one millisecond, so
-``record_fence``'s whole milliseconds always grow, floating-point rounding included."""
-
-
 def record_fence(sent_at: float | None, delivery_fence: int) -> int:
     """The fence a run writes its record with: the send time (ms) above the broker's delivery
     token, so a later send of the same job id outranks every run of an earlier one, and within
@@ -67,7 +62,7 @@ def record_fence(sent_at: float | None, delivery_fence: int) -> int:
     if sent_at is None:
         return delivery_fence
     # The low bits of a delivery fence count the hand-outs of one send (SEND_FENCE_STEP).
-    return (int(sent_at * 1000) << 16) | (delivery_fence & (SEND_FENCE_STEP - 1))
+    return (round(sent_at * 1000) << 16) | (delivery_fence & (SEND_FENCE_STEP - 1))
 
 
 def base_record(
@@ -120,9 +115,10 @@ def decide(options: TaskOptions, message: Message, outcome: Outcome, info: RunIn
         )
         # A new attempt is a new send: its send time ranks its records above every record of
         # this one, however often the message has been handed out (record_fence). It never
-        # goes back, and lands a millisecond later at least, whatever the clocks of the
-        # producer and of the workers say.
-        sent_at = max(info.now, message.sent_at + RESEND_AFTER_S)
+        # goes back, and moves one millisecond at least, whatever the clocks of the producer
+        # and of the workers say; retries less than a millisecond apart carry it ahead of the
+        # clock by what they save.
+        sent_at = max(info.now, (round(message.sent_at * 1000) + 1) / 1000)
         nxt = msgspec.structs.replace(
             message, retries=message.retries + 1, eta=due, sent_at=sent_at
         )

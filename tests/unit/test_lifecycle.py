@@ -178,7 +178,9 @@ def test_a_retry_is_sent_later_than_the_attempt_it_follows_whatever_the_clocks_s
         decision = decide(build_options(), message, Outcome(status="retry"), _info())
         nxt = decision.next_message
         assert nxt is not None
-        # Then the next attempt is sent a millisecond later at least, and its records outrank
-        # this attempt's, even from its first hand-out
-        assert int(nxt.sent_at * 1000) > int(message.sent_at * 1000)
+        # Then the next attempt is sent one millisecond later (the worker's clock is not
+        # ahead of the last send), and its records outrank this attempt's, even from its first
+        # hand-out
+        step = round(nxt.sent_at * 1000) - round(message.sent_at * 1000)
+        assert step == 1
         assert record_fence(nxt.sent_at, 1) > record_fence(message.sent_at, SEND_FENCE_STEP - 1)

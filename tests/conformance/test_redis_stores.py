@@ -233,6 +233,31 @@ def pttl(url: str, name: str) -> int:
         raw.close()
 
 
+class Foreign:
+    """Another program writing under the shared prefix: ``plant(job_id)`` puts its value where
+    faena keeps that job's record; ``read(job_id)`` reads it back."""
+
+    def __init__(self, url: str) -> None:
+        self.prefix = url.rsplit("prefix=", 1)[1]
+        self.raw = redis.Redis.from_url(url.split("?", maxsplit=1)[0])
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}:{{{job_id}}}:r"
+
+    def plant(self, job_id: str) -> None:
+        self.raw.set(self.key(job_id), b"not a record")
+
+    def read(self, job_id: str) -> bytes | None:
+        return cast("bytes | None", self.raw.get(self.key(job_id)))
+
+
+@pytest.fixture
+def foreign(shared: str) -> Iterator[Foreign]:
+    other = Foreign(shared)
+    yield other
+    other.raw.close()
+
+
 def test_on_a_test_clock_native_expiry_is_generous_and_absent_without_a_ttl(
     shared: str,
 ) -> None:
@@ -271,33 +296,30 @@ def test_fences_compare_exactly_up_to_the_final_fence(shared: str) -> None:
         store.close()
 
 
-def test_a_foreign_value_under_the_prefix_is_a_clear_error(shared: str) -> None:
+def test_a_foreign_value_under_the_prefix_is_a_clear_error(shared: str, foreign: Foreign) -> None:
     store = RedisResultStore(shared)
-    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
     try:
         # Given another program's value where faena keeps job j1's record
-        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{j1}}:r", b"not a record")
+        foreign.plant("j1")
         # Then reading or writing it fails with a BrokerError that says so, and nothing changes
         with pytest.raises(BrokerError, match="not a faena job record"):
             store.fetch("j1")
         with pytest.raises(BrokerError, match="does not hold a job record"):
             store.store(record("j1", SUCCESS))
-        assert raw.get(f"{shared.rsplit('prefix=', 1)[1]}:{{j1}}:r") == b"not a record"
+        assert foreign.read("j1") == b"not a record"
     finally:
         store.close()
-        raw.close()
 
 
 def test_a_foreign_value_reads_as_no_record_in_a_batch_look_up(
-    shared: str, caplog: pytest.LogCaptureFixture
+    shared: str, foreign: Foreign, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = RedisResultStore(shared)
-    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
     try:
         # Given two records and, between them, another program's value under a job's key
         store.store(record("a", SUCCESS))
         store.store(record("b", SUCCESS))
-        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{c}}:r", b"not a record")
+        foreign.plant("c")
         # When a worker looks them up at once (a revoke check, a chord's member results)
         found = run(store.fetch_many(["a", "c", "b"]))
         # Then the foreign value reads as no record, and says so, instead of failing them all
@@ -305,18 +327,16 @@ def test_a_foreign_value_reads_as_no_record_in_a_batch_look_up(
         assert "result of job c left out" in caplog.text
     finally:
         store.close()
-        raw.close()
 
 
 def test_a_record_the_store_refuses_does_not_hold_back_the_others(
-    shared: str, caplog: pytest.LogCaptureFixture
+    shared: str, foreign: Foreign, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = RedisResultStore(shared)
-    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
     try:
         # Given a worker's outbox holding two jobs' results, one of which the store will never
         # take (another program's value sits where faena keeps its record)
-        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{bad}}:r", b"not a record")
+        foreign.plant("bad")
         outbox = Outbox(store, cast(Consumer, None), lambda s, ok: None)
 
         async def flush() -> None:
@@ -333,12 +353,11 @@ def test_a_record_the_store_refuses_does_not_hold_back_the_others(
         got = store.fetch("good")
         assert got is not None
         assert got.state == SUCCESS
-        assert raw.get(f"{shared.rsplit('prefix=', 1)[1]}:{{bad}}:r") == b"not a record"
+        assert foreign.read("bad") == b"not a record"
         assert "record of job bad (SUCCESS) refused by the result store" in caplog.text
         assert not outbox.pending()
     finally:
         store.close()
-        raw.close()
 
 
 def test_a_server_refusing_writes_loses_no_record(server: RedisServer, admin: redis.Redis) -> None:
@@ -520,10 +539,9 @@ def test_key_names_stay_plain_unless_the_tag_would_split_across_slots() -> None:
 
 
 def test_a_refused_record_in_a_workflow_follow_up_holds_back_nothing(
-    shared: str, caplog: pytest.LogCaptureFixture
+    shared: str, foreign: Foreign, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = Faena("poison", broker="memory://", results=shared)
-    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
 
     @app.task
     def add(x: int, y: int) -> int:
@@ -541,7 +559,7 @@ def test_a_refused_record_in_a_workflow_follow_up_holds_back_nothing(
         # Given a chain whose second step fails, and another program's value where the result
         # store keeps the record of its third step (which the failure rules mark failed)
         flow = chain(add.s(1, 1), boom.s(), double.s()).delay()
-        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{{flow.id}}}:r", b"not a record")
+        foreign.plant(flow.id)
         others = [add.delay(i, i) for i in range(3)]
         # When a worker drains the queue
         run(adrain(app), timeout_s=30)
@@ -551,14 +569,12 @@ def test_a_refused_record_in_a_workflow_follow_up_holds_back_nothing(
         assert f"record of job {flow.id} (FAILURE) refused by the result store" in caplog.text
     finally:
         app.close()
-        raw.close()
 
 
 def test_a_foreign_value_under_a_chord_members_key_holds_back_nothing(
-    shared: str, caplog: pytest.LogCaptureFixture
+    shared: str, foreign: Foreign, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = Faena("poisoned-chord", broker="memory://", results=shared)
-    raw = redis.Redis.from_url(shared.split("?", maxsplit=1)[0])
 
     @app.task
     async def ident(x: int, pause: float) -> int:
@@ -573,7 +589,7 @@ def test_a_foreign_value_under_a_chord_members_key_holds_back_nothing(
         # Given a chord of three whose middle member's key holds another program's value
         flow = chord([ident.s(0, 0.2), ident.s(1, 0.0), ident.s(2, 0.2)], listed.s()).delay()
         member = flow.ids[2]
-        raw.set(f"{shared.rsplit('prefix=', 1)[1]}:{{{member}}}:r", b"not a record")
+        foreign.plant(member)
         others = [ident.delay(10 + i, 0.0) for i in range(3)]
         # When a worker drains the queue
         run(adrain(app), timeout_s=30)
@@ -583,4 +599,3 @@ def test_a_foreign_value_under_a_chord_members_key_holds_back_nothing(
         assert f"result of job {member} left out" in caplog.text
     finally:
         app.close()
-        raw.close()

@@ -6,6 +6,7 @@ lists the valid ones.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -79,8 +80,10 @@ def build_settings(given: Mapping[str, Any]) -> Settings:
 
 
 def _positive(name: str, value: float, settings: Settings) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigurationError(f"setting {name} must be a positive number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigurationError(
+            f"setting {name} must be a positive number (not inf or nan), got {value!r}"
+        )
 
 
 def _check(s: Settings) -> None:

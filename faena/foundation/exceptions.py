@@ -34,6 +34,8 @@ The tree::
 from __future__ import annotations
 
 import builtins
+import math
+from datetime import datetime
 
 
 class FaenaError(Exception):
@@ -169,16 +171,37 @@ class Retry(TaskSignal):
     def __init__(
         self,
         countdown: float | None = None,
-        eta: float | None = None,
+        eta: datetime | float | None = None,
         exc: BaseException | None = None,
         max_retries: int | None = None,
     ) -> None:
-        self.countdown = countdown
-        self.eta = eta
+        """``countdown`` is seconds from now, ``eta`` a ``datetime`` or Unix seconds.
+
+        Raises:
+            ConfigurationError: ``countdown`` or ``eta`` is not a finite time (``inf``,
+                ``nan``, a string); raised in the task, the job fails with it.
+        """
+        self.countdown = finite_seconds("retry countdown", countdown)
+        self.eta = finite_seconds(
+            "retry eta", eta.timestamp() if isinstance(eta, datetime) else eta, "a datetime or "
+        )
         self.exc = exc
         self.max_retries = max_retries
         reason = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
         super().__init__(f"retry requested{reason}")
+
+
+def finite_seconds(what: str, value: object, other: str = "") -> float | None:
+    """``value`` as a float of seconds (``None`` stays ``None``).
+
+    Raises:
+        ConfigurationError: not a number (a bool counts as none), or not finite.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigurationError(f"{what} must be {other}a finite number of seconds, got {value!r}")
+    return float(value)
 
 
 class Reject(TaskSignal):

@@ -14,6 +14,7 @@ Declared on a task and checked where it is declared, with errors that say what w
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -108,10 +109,12 @@ def check_limit_options(given: Mapping[str, Any]) -> None:
         raise ConfigurationError(f"unique must be True or False, got {given['unique']!r}")
     unique_for = given.get("unique_for")
     if unique_for is not None and (
-        isinstance(unique_for, bool) or not isinstance(unique_for, int | float) or unique_for <= 0
+        isinstance(unique_for, bool)
+        or not isinstance(unique_for, int | float)
+        or not 0 < unique_for < math.inf
     ):
         raise ConfigurationError(
-            f"unique_for must be a positive number of seconds, got {unique_for!r}"
+            f"unique_for must be a positive number of seconds (not inf or nan), got {unique_for!r}"
         )
 
 

@@ -5,6 +5,7 @@ Unknown option names are an error where the task is declared, listing the valid 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final
@@ -77,9 +78,14 @@ def validate_priority(priority: int) -> int:
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < math.inf  # False for nan too
+    ):
         raise ConfigurationError(
-            f"task option {name} must be a positive number of seconds, got {value!r}"
+            f"task option {name} must be a positive number of seconds (not inf or nan), "
+            f"got {value!r}"
         )
 
 
@@ -102,9 +108,13 @@ def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
     for name in ("time_limit", "soft_time_limit", "expires", "result_ttl"):
         _check_seconds(name, given.get(name))
     for name in ("default_retry_delay", "retry_backoff_max"):
-        if name in given and (not isinstance(given[name], int | float) or given[name] < 0):
+        if name in given and (
+            isinstance(given[name], bool)
+            or not isinstance(given[name], int | float)
+            or not 0 <= given[name] < math.inf
+        ):
             raise ConfigurationError(
-                f"task option {name} must be >= 0 seconds, got {given[name]!r}"
+                f"task option {name} must be a finite number of seconds >= 0, got {given[name]!r}"
             )
     if (
         "max_retries" in given

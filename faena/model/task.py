@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 import msgspec
 
-from faena.foundation.exceptions import ConfigurationError, MaxRetriesExceeded, Retry
+from faena.foundation.exceptions import (
+    ConfigurationError,
+    MaxRetriesExceeded,
+    Retry,
+    finite_seconds,
+)
 from faena.foundation.util import new_id
 from faena.model.options import TaskOptions, validate_priority, validate_queue
 from faena.model.retry import may_retry
@@ -47,12 +52,11 @@ class CallOptions:
     def __post_init__(self) -> None:
         if self.countdown is not None and self.eta is not None:
             raise ConfigurationError("give countdown or eta, not both")
-        if self.countdown is not None and (
-            isinstance(self.countdown, bool) or not isinstance(self.countdown, int | float)
-        ):
-            raise ConfigurationError(
-                f"countdown must be a number of seconds, got {self.countdown!r}"
-            )
+        finite_seconds("countdown", self.countdown)
+        if not isinstance(self.eta, datetime):
+            finite_seconds("eta", self.eta, "a datetime or ")
+        if not isinstance(self.expires, datetime | timedelta):
+            finite_seconds("expires", self.expires, "a datetime, a timedelta or ")
         if self.queue is not None:
             validate_queue(self.queue)
         if self.priority is not None:
@@ -146,8 +150,7 @@ class JobContext:
                 f"task {self.name} job {self.request.id} has been retried {self.request.retries} "
                 "time(s) and has no retries left"
             )
-        when = eta.timestamp() if isinstance(eta, datetime) else eta
-        raise Retry(countdown=countdown, eta=when, exc=exc, max_retries=max_retries)
+        raise Retry(countdown=countdown, eta=eta, exc=exc, max_retries=max_retries)
 
     def update_progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the job is (0.0 to 1.0), with an optional short message."""

@@ -34,6 +34,7 @@ def test_rate_limits_parse_per_second_minute_and_hour(text: str, expected: RateL
         ({"unique_key": "user"}, "unique_key must be a function"),
         ({"unique": "yes"}, "unique must be True or False"),
         ({"unique_for": 0}, "unique_for must be a positive number"),
+        ({"unique_for": float("inf")}, r"unique_for must be a positive number .*not inf or nan"),
         ({"rate_limit_key": lambda a, k: 1}, "rate_limit_key needs rate_limit"),
         ({"concurrency_key": lambda a, k: 1}, "concurrency_key needs concurrency_limit"),
     ],

@@ -12,6 +12,7 @@ from faena import (
     FAILURE,
     RETRY,
     SUCCESS,
+    ConfigurationError,
     Faena,
     FakeClock,
     JobContext,
@@ -256,6 +257,77 @@ def test_retry_raised_directly_uses_the_task_policy(app: Faena, clock: FakeClock
     record = r.record
     assert record is not None
     assert record.next_run_at == clock.time() + 60
+
+
+def test_retry_raised_directly_with_a_datetime_eta_runs_once_at_that_time(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given a task that raises Retry itself with a datetime, as self.retry() accepts
+    attempts: list[int] = []
+
+    @app.task(bind=True)
+    def later(self: JobContext) -> None:
+        attempts.append(self.request.attempt)
+        if self.request.attempt == 1:
+            raise Retry(eta=dt.datetime.fromtimestamp(clock.time() + 60, dt.UTC))
+
+    # When it runs
+    r = later.delay()
+    drain(app)
+    # Then it ran once, and its next attempt is due at that time (not handed back at once)
+    assert attempts == [1]
+    record = r.record
+    assert record is not None
+    assert record.state == RETRY
+    assert record.next_run_at == pytest.approx(clock.time() + 60)
+    assert dead_letters(app) == {}
+    # When the time comes, Then it runs again
+    clock.advance(60)
+    drain(app)
+    assert attempts == [1, 2]
+    assert r.state == SUCCESS
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"countdown": float("inf")},
+        {"countdown": float("nan")},
+        {"countdown": "10"},
+        {"eta": float("inf")},
+        {"eta": float("nan")},
+        {"eta": "2030-01-01"},
+        {"countdown": True},
+    ],
+)
+def test_a_retry_time_that_is_not_a_finite_time_is_refused(when: dict[str, Any]) -> None:
+    # Given a retry time that no broker can hold, When a Retry is made, Then it is refused
+    with pytest.raises(ConfigurationError, match=r"must be .*a finite number of seconds"):
+        Retry(**when)
+
+
+def test_a_task_asking_for_an_impossible_retry_time_fails_with_that_error(
+    app: Faena,
+) -> None:
+    # Given a task that asks to retry "never soon" with an infinite countdown
+    @app.task(bind=True)
+    def poller(self: JobContext) -> None:
+        raise self.retry(countdown=float("inf"))
+
+    @app.task
+    def after(i: int) -> int:
+        return i
+
+    # When it runs beside another job
+    r = poller.delay()
+    other = after.delay(7)
+    drain(app)
+    # Then the job fails with a clear error (its message kept in the dead-letter queue, as for
+    # any failure), and the other job completes
+    with pytest.raises(TaskFailed, match="retry countdown must be a finite number"):
+        r.get(timeout=5)
+    assert other.get(timeout=5) == 7
+    assert set(dead_letters(app)) == {r.id}
 
 
 def test_retry_backoff_on_a_worker_stays_within_the_cap(app: Faena, clock: FakeClock) -> None:

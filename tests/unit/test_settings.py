@@ -135,6 +135,8 @@ def test_unsupported_env_url_is_refused_at_creation(monkeypatch: pytest.MonkeyPa
         ({"serializer": "pickle"}, "not in accept"),
         ({"default_queue": "has space"}, "invalid queue name"),
         ({"lease_s": 0}, "lease_s must be a positive number"),
+        ({"lease_s": float("inf")}, r"lease_s must be a positive number \(not inf or nan\)"),
+        ({"result_ttl": float("nan")}, r"result_ttl must be a positive number \(not inf or nan\)"),
         ({"result_ttl": -1}, "result_ttl must be a positive number"),
         ({"max_message_size": True}, "max_message_size must be a positive number"),
         ({"heartbeat_s": 30.0, "lease_s": 30.0}, "must be shorter than lease_s"),

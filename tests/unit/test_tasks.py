@@ -107,7 +107,14 @@ def test_unknown_task_option_is_an_error_at_declaration_listing_valid_ones(app: 
         ({"max_retries": -1}, "max_retries must be an int >= 0"),
         ({"retry_for": [int]}, "retry_for must be exception types"),
         ({"serializer": "yaml"}, "serializer must be"),
-        ({"default_retry_delay": -1}, "default_retry_delay must be >= 0"),
+        (
+            {"default_retry_delay": -1},
+            "default_retry_delay must be a finite number of seconds >= 0",
+        ),
+        ({"default_retry_delay": float("inf")}, "default_retry_delay must be a finite number"),
+        ({"retry_backoff_max": float("nan")}, "retry_backoff_max must be a finite number"),
+        ({"time_limit": float("inf")}, r"time_limit must be a positive number .*not inf or nan"),
+        ({"result_ttl": float("nan")}, r"result_ttl must be a positive number .*not inf or nan"),
     ],
 )
 def test_bad_option_values_are_refused_at_declaration(
@@ -359,8 +366,14 @@ def test_unknown_call_option_is_refused_listing_valid_ones(app: Faena) -> None:
         ({"priority": 11}, "priority must be an int from 0 to 9"),
         ({"queue": "bad queue"}, "invalid queue name"),
         ({"task_id": ""}, "task_id must be a non-empty str"),
-        ({"countdown": "soon"}, "countdown must be a number"),
-        ({"expires": "later"}, "expires must be seconds"),
+        ({"countdown": "soon"}, "countdown must be a finite number of seconds"),
+        ({"countdown": float("inf")}, "countdown must be a finite number of seconds"),
+        ({"countdown": float("nan")}, "countdown must be a finite number of seconds"),
+        ({"eta": float("inf")}, "eta must be a datetime or a finite number of seconds"),
+        ({"eta": float("nan")}, "eta must be a datetime or a finite number of seconds"),
+        ({"eta": "2030-01-01"}, "eta must be a datetime or a finite number of seconds"),
+        ({"expires": "later"}, "expires must be a datetime, a timedelta or a finite number"),
+        ({"expires": float("nan")}, "expires must be a datetime, a timedelta or a finite number"),
     ],
 )
 def test_bad_call_option_values_are_refused(

@@ -25,8 +25,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
+import logging
 import math
 import threading
 import time
@@ -45,6 +47,8 @@ from faena.foundation.exceptions import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+log = logging.getLogger("faena.lock")
 
 _FIRST_POLL_S = 0.005
 _LONGEST_POLL_S = 0.1
@@ -128,9 +132,16 @@ class Lock:
         owner = uuid.uuid4().hex
         if not self.store.set_if_absent(self.key, owner, self.ttl):
             return False
-        token = self.store.next_token(self.key)
-        if not self.store.compare_and_expire(self.key, owner, self.ttl):
-            return False  # stalled past the TTL between the steps: not ours any more
+        try:
+            token = self.store.next_token(self.key)
+            if not self.store.compare_and_expire(self.key, owner, self.ttl):
+                return False  # stalled past the TTL between the steps: not ours any more
+        except BaseException:
+            # The key is ours but the hold is not: give it back (if the store answers), or
+            # nobody could take the lock until its TTL ran out.
+            with contextlib.suppress(Exception):
+                self.store.compare_and_delete(self.key, owner)
+            raise
         self._owner, self.token = owner, token
         return True
 
@@ -198,8 +209,10 @@ class Lock:
         """
         owner, token = self._held_token("release"), self.token
         self._stop_renewal_thread()
+        # The hold ends once the store answered: if it did not, release() may be called again.
+        released = self.store.compare_and_delete(self.key, owner)
         self.token = None
-        if not self.store.compare_and_delete(self.key, owner):
+        if not released:
             raise LockLost(
                 f"lock {self.name!r} (token {token}) had expired before release: the work "
                 "done under it after its ttl was not protected; use a longer ttl, extend(), "
@@ -214,10 +227,52 @@ class Lock:
         self._renewer.start()
 
     def _renew_loop(self) -> None:
-        owner = self._owner
-        while not self._stop_renewing.wait(self.ttl / 3):
-            if not self.store.compare_and_expire(self.key, owner, self.ttl):
+        owner, token = self._owner, self.token
+        renewed_at = SYSTEM_CLOCK.monotonic()
+        pause = self.ttl / 3
+        while not self._stop_renewing.wait(pause):
+            try:
+                held = self.store.compare_and_expire(self.key, owner, self.ttl)
+            except Exception as exc:
+                retry_in = self._renewal_failed(exc, renewed_at, token)
+                if retry_in is None:
+                    return
+                pause = retry_in
+                continue
+            if not held:
+                self._renewal_lost(token)
                 return
+            renewed_at, pause = SYSTEM_CLOCK.monotonic(), self.ttl / 3
+
+    def _renewal_failed(self, exc: Exception, renewed_at: float, token: int | None) -> float | None:
+        """After a renewal the store did not answer: how long until the next try, or ``None``
+        once the TTL has run out since the last renewal (the lock may be another's now)."""
+        left = renewed_at + self.ttl - SYSTEM_CLOCK.monotonic()
+        if left <= 0:
+            log.error(
+                "lock %r (token %s): could not renew it for its whole ttl (%s); it may be held "
+                "by another owner now, and release() will raise LockLost",
+                self.name,
+                token,
+                exc,
+            )
+            return None
+        log.warning(
+            "lock %r (token %s): renewal failed (%s); trying again, %.1fs of its ttl left",
+            self.name,
+            token,
+            exc,
+            left,
+        )
+        return min(self.ttl / 3, max(left / 4, 0.001))
+
+    def _renewal_lost(self, token: int | None) -> None:
+        log.error(
+            "lock %r (token %s) expired before it was renewed: it may be held by another owner "
+            "now, and release() will raise LockLost",
+            self.name,
+            token,
+        )
 
     def _stop_renewal_thread(self) -> None:
         self._stop_renewing.set()
@@ -242,9 +297,14 @@ class Lock:
         owner = uuid.uuid4().hex
         if not await self.store.aset_if_absent(self.key, owner, self.ttl):
             return False
-        token = await asyncio.to_thread(self.store.next_token, self.key)
-        if not await self.store.acompare_and_expire(self.key, owner, self.ttl):
-            return False
+        try:
+            token = await asyncio.to_thread(self.store.next_token, self.key)
+            if not await self.store.acompare_and_expire(self.key, owner, self.ttl):
+                return False
+        except BaseException:
+            with contextlib.suppress(Exception):  # as in _try_once
+                await self.store.acompare_and_delete(self.key, owner)
+            raise
         self._owner, self.token = owner, token
         return True
 
@@ -268,10 +328,20 @@ class Lock:
         return True
 
     async def _arenew_loop(self, owner: str) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 3)
-            if not await self.store.acompare_and_expire(self.key, owner, self.ttl):
+        token = self.token
+        renewed_at = SYSTEM_CLOCK.monotonic()
+        pause: float | None = self.ttl / 3
+        while pause is not None:
+            await asyncio.sleep(pause)
+            try:
+                held = await self.store.acompare_and_expire(self.key, owner, self.ttl)
+            except Exception as exc:
+                pause = self._renewal_failed(exc, renewed_at, token)
+                continue
+            if not held:
+                self._renewal_lost(token)
                 return
+            renewed_at, pause = SYSTEM_CLOCK.monotonic(), self.ttl / 3
 
     async def aextend(self, ttl: float | None = None) -> None:
         """``extend`` for async code."""
@@ -290,8 +360,9 @@ class Lock:
         renewer, self._arenewer = self._arenewer, None
         if renewer is not None:
             renewer.cancel()
+        released = await self.store.acompare_and_delete(self.key, owner)  # as in release()
         self.token = None
-        if not await self.store.acompare_and_delete(self.key, owner):
+        if not released:
             raise LockLost(
                 f"lock {self.name!r} (token {token}) had expired before release: the work "
                 "done under it after its ttl was not protected"

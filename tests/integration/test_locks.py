@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from faena import (
+    BrokerUnavailable,
     ConfigurationError,
     Faena,
     FakeClock,
@@ -266,3 +267,115 @@ def test_a_stopped_holder_is_overtaken_and_its_late_write_is_stale(
             os.kill(holder.pid, signal.SIGCONT)
             holder.kill()
             holder.communicate(timeout=10)
+
+
+# -- the store failing for a moment ---------------------------------------------------------
+class Flaky:
+    """``store`` whose ``method`` (and its async twin) raises BrokerUnavailable, as a Redis
+    timeout or failover does, on the calls numbered in ``fail`` (from 1); ``answered`` is set
+    once ``wanted`` calls after the last of those were answered."""
+
+    def __init__(
+        self, store: CoordinationStore, method: str, fail: tuple[int, ...] = (1,), wanted: int = 0
+    ) -> None:
+        self._store = store
+        self._method = method
+        self._fail = fail
+        self._wanted = wanted
+        self.calls = 0
+        self.answered = threading.Event()
+
+    def _next(self) -> None:
+        self.calls += 1
+        if self.calls in self._fail:
+            raise BrokerUnavailable(f"{self._method}: the store did not answer (injected)")
+
+    def _done(self) -> None:
+        if self.calls - max(self._fail) >= self._wanted:
+            self.answered.set()
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(self._store, name)
+        if name == self._method:
+
+            def call(*args: object) -> object:
+                self._next()
+                value = real(*args)
+                self._done()
+                return value
+
+            return call
+        if name == "a" + self._method:
+
+            async def acall(*args: object) -> object:
+                self._next()
+                value = await real(*args)
+                self._done()
+                return value
+
+            return acall
+        return real
+
+
+def test_auto_renew_goes_on_after_a_renewal_the_store_did_not_answer(
+    store: CoordinationStore,
+) -> None:
+    # Given a lock renewed automatically (call 1 confirms the hold), whose first renewal
+    # (call 2) the store does not answer
+    flaky = Flaky(store, "compare_and_expire", fail=(2,), wanted=2)
+    lock = Lock(flaky, "renew-fault", ttl=0.6, auto_renew=True)  # type: ignore[arg-type]
+    assert lock.acquire()
+    try:
+        # When the renewals go on, Then two more renewals are answered after the failed one
+        assert flaky.answered.wait(10), "renewal stopped after one failed call"
+        # And the lock is still this holder's alone
+        assert lock.owned()
+        assert not Lock(store, "renew-fault", blocking=False).acquire()
+    finally:
+        lock.release()
+    assert store.get("faena:lock:renew-fault") is None
+
+
+def test_async_auto_renew_goes_on_after_a_renewal_the_store_did_not_answer(
+    store: CoordinationStore,
+) -> None:
+    # Given the same under `async with`
+    flaky = Flaky(store, "compare_and_expire", fail=(2,), wanted=2)
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        lock = Lock(flaky, "arenew-fault", ttl=0.6, auto_renew=True)  # type: ignore[arg-type]
+        async with lock:
+            renewed = await asyncio.to_thread(flaky.answered.wait, 10)
+            owned = await asyncio.to_thread(lock.owned)
+            other = await Lock(store, "arenew-fault", blocking=False).aacquire()
+        return renewed, owned, other
+
+    # Then the renewer outlived the failure, and nobody else could take the lock meanwhile
+    assert asyncio.run(scenario()) == (True, True, False)
+    assert store.get("faena:lock:arenew-fault") is None
+
+
+def test_an_acquisition_the_store_broke_off_gives_the_key_back(store: CoordinationStore) -> None:
+    # Given a store that fails while a lock is being acquired, after the key was created
+    lock = Lock(Flaky(store, "next_token"), "acquire-fault", ttl=30)  # type: ignore[arg-type]
+    # When the acquisition fails, Then its error is raised
+    with pytest.raises(BrokerUnavailable):
+        lock.acquire()
+    # And the key is not left held by nobody: another owner takes the lock at once
+    assert lock.token is None
+    other = Lock(store, "acquire-fault", blocking=False)
+    assert other.acquire()
+    other.release()
+
+
+def test_a_release_the_store_did_not_answer_can_be_tried_again(store: CoordinationStore) -> None:
+    # Given a held lock whose first release the store does not answer
+    lock = Lock(Flaky(store, "compare_and_delete"), "release-fault", ttl=30)  # type: ignore[arg-type]
+    assert lock.acquire()
+    with pytest.raises(BrokerUnavailable):
+        lock.release()
+    # When it is released again, Then the lock is free
+    assert lock.token is not None
+    lock.release()
+    assert lock.token is None
+    assert store.get("faena:lock:release-fault") is None

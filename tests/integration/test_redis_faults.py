@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from faena import BrokerUnavailable, Faena
 from tests.integration.conftest import WorkerProcess, ledger_lines, wait_until
@@ -159,3 +160,30 @@ def test_the_worker_warns_about_a_server_that_keeps_nothing_on_disk(
         assert "maxmemory-policy allkeys-lru" in output
     finally:
         bare.stop()
+
+
+def test_a_worker_whose_user_may_not_run_info_starts_says_so_and_works(
+    tmp_path: Path, env: dict[str, str], start_worker
+):
+    # Given a Redis server whose application user may not run INFO or CONFIG (a common
+    # hardening: +@all -@dangerous)
+    server = RedisServer(tmp_path / "acl", "--appendonly", "no")
+    server.start()
+    try:
+        with redis.Redis.from_url(server.url) as admin:
+            admin.execute_command(
+                "ACL", "SETUSER", "app", "on", ">pw", "~*", "&*", "+@all", "-@dangerous"
+            )
+        url = server.url.replace("redis://", "redis://app:pw@") + "?timeout=2"
+        # When a worker starts on it as that user
+        worker: WorkerProcess = start_worker(FAENA_BROKER_URL=url)
+        wait_until(lambda: "ready" in worker.output(), 30, "the worker to start")
+        # Then it says what it could not check, and runs jobs
+        assert "refused INFO" in worker.output()
+        producer = Faena("acl-producer", broker=url)
+        try:
+            assert producer.enqueue(f"{TASKS}.work", 7).get(timeout=30) == 7
+        finally:
+            producer.close()
+    finally:
+        server.stop()

@@ -9,7 +9,9 @@ Two settings decide whether Redis can lose faena's data behind everyone's back:
   loses up to about a second of writes on a crash of the machine, ``always`` none.
 
 ``CONFIG`` may be renamed or forbidden on managed services; then ``INFO`` answers what it can
-and the rest is not guessed at.
+and the rest is not guessed at. When ``INFO`` is refused too (an ACL user without
+``@dangerous``), the only warning says that nothing could be checked: the check is advice, and
+a worker that may not run it can still do its work.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio.cluster
+import redis.exceptions
 
 from faena.backends.redis._client import AsyncClient, Target
 
@@ -29,14 +32,26 @@ async def server_warnings(client: AsyncClient, target: Target) -> list[str]:
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
         found: list[str] = []
         for node in client.get_primaries():
-            found += _warnings_for(
-                await client.info("all", target_nodes=node),
-                await _save_rules(client, node),
-                f"Redis node {node.name} of {target.display}",
-            )
+            where = f"Redis node {node.name} of {target.display}"
+            try:
+                info = await client.info("all", target_nodes=node)
+            except redis.exceptions.ResponseError as exc:
+                found.append(_unchecked(where, exc))
+                continue
+            found += _warnings_for(info, await _save_rules(client, node), where)
         return found
-    return _warnings_for(
-        await client.info("all"), await _save_rules(client, None), f"Redis at {target.display}"
+    where = f"Redis at {target.display}"
+    try:
+        info = await client.info("all")
+    except redis.exceptions.ResponseError as exc:  # NOPERM, or INFO renamed away
+        return [_unchecked(where, exc)]
+    return _warnings_for(info, await _save_rules(client, None), where)
+
+
+def _unchecked(where: str, exc: Exception) -> str:
+    return (
+        f"{where} refused INFO ({exc}), so its eviction policy and persistence were not "
+        "checked: make sure it has maxmemory-policy noeviction and appendonly yes"
     )
 
 

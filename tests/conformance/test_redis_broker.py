@@ -118,6 +118,9 @@ class TestRedisOnly:
             ("redis://127.0.0.1?timeout=0", "invalid timeout"),
             ("redis://127.0.0.1?timeout=soon", "invalid timeout"),
             ("http://127.0.0.1:6379", "not a Redis URL"),
+            ("redis://127.0.0.1?decode_responses=true", "remove decode_responses"),
+            ("redis+cluster://127.0.0.1:7000?encoding=latin-1", "remove encoding"),
+            ("redis+socket:///run/redis.sock?decode_responses=1", "remove decode_responses"),
         ],
     )
     def test_bad_urls_are_configuration_errors(self, url: str, problem: str) -> None:

@@ -54,6 +54,8 @@ DEFAULT_MAX_CONNECTIONS: Final = 100
 """Connections per pool (per process, and per event loop for async clients)."""
 SCHEMES: Final = ("redis", "rediss", "redis+cluster", "rediss+cluster", "redis+socket")
 _PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+_DECODING: Final = frozenset({"decode_responses", "encoding", "encoding_errors"})
+"""redis-py parameters that would turn replies into ``str``."""
 _TAG_ESCAPES: Final = str.maketrans({"%": "%25", "}": "%7D"})
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
@@ -118,6 +120,12 @@ def parse_url(url: str) -> Target:
     if not 0 < timeout_s < 3600:
         raise ConfigurationError(
             f"invalid timeout {raw_timeout!r} in {url!r}: seconds above 0 and below 3600"
+        )
+    refused = sorted(set(query) & _DECODING)
+    if refused:
+        raise ConfigurationError(
+            f"{url!r}: remove {', '.join(refused)}: faena's Redis connections read raw bytes "
+            "(messages and records are binary); give your own clients that setting instead"
         )
     if scheme == "redis+socket":
         return _socket_target(url, parts.netloc, parts.path, query, prefix, timeout_s)

@@ -230,25 +230,32 @@ class Faena:
             from faena.app.eager import run_eagerly  # eager mode only
 
             return run_eagerly(self, task, message)
-        existing = self._unique_holder(task.defaults, message, args, kwargs)
+        outgoing = to_outgoing(self.settings, message)  # a message too large claims nothing
+        if not unique.is_unique(task.defaults):
+            self.broker.enqueue([outgoing])
+            return AsyncResult(message.id, self)
+        key = unique.unique_key(task.defaults, message, args, kwargs)
+        existing = self._unique_holder(task.defaults, key, message)
         if existing is not None:
             return AsyncResult(existing, self)
-        self.broker.enqueue([to_outgoing(self.settings, message)])
+        try:
+            self.broker.enqueue([outgoing])
+        except BaseException:
+            unique.release(self.coordination, key, message.id)
+            raise
         return AsyncResult(message.id, self)
 
-    def _unique_holder(
-        self,
-        options: TaskOptions,
-        message: Message,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> str | None:
-        """For a unique task: the id of the unfinished job with the same key, if any (else
-        the key is now claimed for ``message``)."""
-        if not unique.is_unique(options):
-            return None
-        key = unique.unique_key(options, message, args, kwargs)
-        return unique.claim(self.coordination, self.results, key, message.id, options.unique_for)
+    def _unique_holder(self, options: TaskOptions, key: str, message: Message) -> str | None:
+        """For a unique task: the id of the unfinished job holding ``key``, if any (else the
+        key is now claimed for ``message``)."""
+        return unique.claim(
+            self.coordination,
+            self.results,
+            key,
+            message.id,
+            options.unique_for,
+            lambda holder: self.broker.locate(holder) == "dead",
+        )
 
     async def asend(
         self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions
@@ -260,13 +267,19 @@ class Faena:
             from faena.app.eager import run_eagerly_async  # eager mode only
 
             return await run_eagerly_async(self, task, message)
-        if unique.is_unique(task.defaults):
-            existing = await asyncio.to_thread(
-                self._unique_holder, task.defaults, message, args, kwargs
-            )
-            if existing is not None:
-                return AsyncResult(existing, self)
-        await self.broker.aenqueue([to_outgoing(self.settings, message)])
+        outgoing = to_outgoing(self.settings, message)
+        if not unique.is_unique(task.defaults):
+            await self.broker.aenqueue([outgoing])
+            return AsyncResult(message.id, self)
+        key = unique.unique_key(task.defaults, message, args, kwargs)
+        existing = await asyncio.to_thread(self._unique_holder, task.defaults, key, message)
+        if existing is not None:
+            return AsyncResult(existing, self)
+        try:
+            await self.broker.aenqueue([outgoing])
+        except BaseException:
+            await asyncio.to_thread(unique.release, self.coordination, key, message.id)
+            raise
         return AsyncResult(message.id, self)
 
     def enqueue(

@@ -5,8 +5,10 @@ Sending a task declared ``unique=True`` (or with ``unique_key=fn``) first claims
 ``unique_for`` seconds. If the key is taken by a job that has not finished, the send returns
 that job's id instead of sending a duplicate. The worker frees the key when the job ends for
 good (success, or a failure with no retry left); a key whose job has finished anyway (its
-result says SUCCESS, FAILURE or REVOKED: a revoke, or a worker that could not free it) is
-replaced by the new job. ``unique_for`` bounds the claim in every other case.
+result says SUCCESS, FAILURE or REVOKED: a revoke, or a worker that could not free it; or the
+broker holds it as a dead letter: handed out too often to workers that died) is replaced by the
+new job. A send that fails after its claim (the broker refused or did not answer) frees the key
+again. ``unique_for`` bounds the claim in every other case.
 
 The default key is a hash of the call's encoded arguments: the same arguments, the same job.
 """
@@ -14,16 +16,21 @@ The default key is a hash of the call's encoded arguments: the same arguments, t
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
+from faena.foundation.exceptions import BrokerError
 from faena.model import states
 from faena.model.limits import DEFAULT_UNIQUE_FOR_S
 from faena.model.message import Message
 from faena.model.options import TaskOptions
+
+log = logging.getLogger("faena.unique")
 
 _CLAIM_TRIES = 5
 """A finished holder is replaced; racing replacers retry, a few times at most."""
@@ -51,8 +58,16 @@ def claim(
     key: str,
     job_id: str,
     ttl_s: float | None,
+    is_dead: Callable[[str], bool],
 ) -> str | None:
-    """Claim ``key`` for ``job_id``; ``None`` if claimed, else the id of the job holding it."""
+    """Claim ``key`` for ``job_id``; ``None`` if claimed, else the id of the job holding it.
+
+    ``is_dead(id)``: whether the broker holds that job as a dead letter.
+
+    Raises:
+        BrokerError: the key changed hands on every try (finished holders replaced by racing
+            senders); nothing was claimed, and the send may be made again.
+    """
     ttl = ttl_s if ttl_s is not None else DEFAULT_UNIQUE_FOR_S
     for _ in range(_CLAIM_TRIES):
         if store.set_if_absent(key, job_id, ttl):
@@ -61,7 +76,20 @@ def claim(
         if holder is None:
             continue  # it expired or was released just now: try again
         record = results.fetch(holder)
-        if record is None or record.state not in states.READY_STATES:
+        unfinished = record is None or record.state not in states.READY_STATES
+        if unfinished and not is_dead(holder):
             return holder  # queued, scheduled, running or retrying: that is the job
         store.compare_and_delete(key, holder)  # finished: the key is free for a new job
-    return store.get(key)
+    raise BrokerError(
+        f"could not claim unique key {key!r}: it changed hands {_CLAIM_TRIES} times while "
+        "this send tried; nothing was sent, send again"
+    )
+
+
+def release(store: CoordinationStore, key: str, job_id: str) -> None:
+    """Free ``key`` if ``job_id`` still holds it (its send failed); errors are logged: the
+    claim then lasts until ``unique_for``."""
+    try:
+        store.compare_and_delete(key, job_id)
+    except Exception:
+        log.exception("could not free unique key %r after a failed send", key)

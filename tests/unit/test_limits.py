@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 
-from faena import SUCCESS, ConfigurationError, Faena, FakeClock
+from faena import (
+    SUCCESS,
+    AsyncResult,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    Faena,
+    FakeClock,
+    MessageTooLarge,
+)
+from faena.features import unique
 from faena.model.limits import RateLimit, parse_rate_limit
 
 from .support import AppFactory, drain, queue_stats
@@ -177,3 +187,108 @@ def test_the_worker_frees_a_unique_key_when_the_job_ends(app: Faena) -> None:
     drain(app)
     # Then the same call makes a new job (the key was freed, not left to unique_for)
     assert ping.delay("a").id != first.id
+
+
+def test_a_unique_send_too_large_to_send_claims_nothing(make_app: AppFactory) -> None:
+    # Given a unique task and a small message size limit
+    app = make_app(max_message_size=2_000)
+
+    @app.task(unique_key=lambda args, kwargs: kwargs["user"])
+    def sync_user(*, user: int, blob: str = "") -> None: ...
+
+    # When a send is refused as too large
+    with pytest.raises(MessageTooLarge):
+        sync_user.delay(user=7, blob="x" * 5_000)
+    # Then the next send of that key is a real job, sent and run
+    r = sync_user.delay(user=7)
+    assert app.broker.locate(r.id) == "queued"
+    drain(app)
+    assert r.state == SUCCESS
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_unique_send_the_broker_failed_frees_its_key(app: Faena, is_async: bool) -> None:
+    # Given a unique task, and a broker that fails the next enqueue (as a Redis timeout does)
+    @app.task(unique_key=lambda args, kwargs: kwargs["user"])
+    def sync_user(*, user: int) -> None: ...
+
+    real, areal = app.broker.enqueue, app.broker.aenqueue
+    failed: list[int] = []
+
+    def enqueue(batch: Any) -> None:
+        if not failed:
+            failed.append(1)
+            raise BrokerUnavailable("the broker did not answer (injected)")
+        real(batch)
+
+    async def aenqueue(batch: Any) -> None:
+        enqueue([]) if not failed else await areal(batch)
+
+    app.broker.enqueue, app.broker.aenqueue = enqueue, aenqueue  # type: ignore[method-assign]
+
+    def send() -> AsyncResult[None]:
+        if is_async:
+            return asyncio.run(sync_user.adelay(user=8))
+        return sync_user.delay(user=8)
+
+    # When the send fails, Then its error is raised
+    with pytest.raises(BrokerUnavailable):
+        send()
+    # And the same send made again is a real job, not a handle to the one never sent
+    r = send()
+    assert app.broker.locate(r.id) == "queued"
+    drain(app)
+    assert r.state == SUCCESS
+
+
+def test_a_unique_job_the_broker_dead_lettered_is_replaced(app: Faena, clock: FakeClock) -> None:
+    # Given a unique job handed out to workers that all died (leases run out) until the
+    # broker dead-lettered it, with no record of its end
+    @app.task(unique=True)
+    def report(day: str) -> str:
+        return day
+
+    first = report.delay("mon")
+
+    async def lose_every_lease() -> None:
+        consumer = await app.broker.open_consumer(["default"], "dying-worker")
+        try:
+            for _ in range(app.settings.max_deliveries + 1):
+                await consumer.receive(1, 0.01)
+                clock.advance(app.settings.lease_s + 1)
+        finally:
+            await consumer.close()
+
+    asyncio.run(lose_every_lease())
+    assert app.broker.locate(first.id) == "dead"
+    # When the same call is sent again, Then it is a new job that runs
+    again = report.delay("mon")
+    assert again.id != first.id
+    drain(app)
+    assert again.get(timeout=1) == "mon"
+
+
+def test_a_unique_key_that_keeps_changing_hands_is_an_error_not_a_false_claim(
+    app: Faena,
+) -> None:
+    # Given a key that another sender takes, with a job that is already finished, before each
+    # of this sender's tries
+    @app.task
+    def done() -> None: ...
+
+    finished = done.delay()
+    drain(app)
+    store = app.coordination
+
+    class Racing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
+            store.set_if_absent(key, finished.id, ttl_s)
+            return store.set_if_absent(key, value, ttl_s)
+
+    # When this sender claims, Then it says it could not, and does not hold the key
+    with pytest.raises(BrokerError, match="changed hands"):
+        unique.claim(Racing(), app.results, "k", "mine", 60, lambda _: False)  # type: ignore[arg-type]
+    assert store.get("k") != "mine"

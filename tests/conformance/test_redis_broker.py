@@ -239,6 +239,51 @@ class TestRedisOnly:
         finally:
             await consumer.close()
 
+    @pytest.mark.parametrize("broken_key", ["scheduled", "ready", "leased", "state"])
+    def test_a_queue_redis_refuses_costs_only_itself(
+        self, broken_key: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        broker = self.broker(lease_s=0.5, max_deliveries=2)
+        broker.enqueue([out(f"a{i}", "a") for i in range(3)] + [out("b0", "b")])
+        # Given a consumer of two queues, the second of which has another program's value
+        # under one of its keys
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(f"{self.prefix}:{{b}}:{broken_key}", "not ours")
+
+        async def consume() -> list[str]:
+            consumer = await broker.open_consumer(["a", "b"], "w1")
+            try:
+                # When it claims, from either queue first
+                got = await consumer.receive(10, 0)
+                got += await consumer.receive(10, 0)
+                await consumer.settle([Settlement(delivery=d, action="ack") for d in got])
+                return sorted(d.id for d in got)
+            finally:
+                await consumer.close()
+
+        # Then the healthy queue's messages are handed out and settled, none left leased to
+        # nobody and dead-lettered
+        assert run(consume()) == ["a0", "a1", "a2"]
+        assert run(broker.dead_letters(queue="a")) == []
+        with contextlib.closing(self.raw()) as raw:  # (locate and stats read queue b too)
+            assert raw.hlen(f"{self.prefix}:{{a}}:state") == 0
+        # And the refused queue is named once in the log, with Redis's reason
+        refusals = [r for r in caplog.records if "refused claiming from queue b" in r.message]
+        assert len(refusals) == 1
+        assert "WRONGTYPE" in refusals[0].message
+
+    @async_test
+    async def test_a_consumer_whose_every_queue_is_refused_raises(self) -> None:
+        broker = self.broker()
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(f"{self.prefix}:{{b}}:leased", "not ours")
+        consumer = await broker.open_consumer(["b"], "w1")
+        try:
+            with pytest.raises(BrokerError, match="queue b: WRONGTYPE"):
+                await consumer.receive(1, 0)
+        finally:
+            await consumer.close()
+
     @async_test
     async def test_an_unreadable_message_is_dead_lettered_and_the_queue_moves_on(self) -> None:
         broker = self.broker()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
@@ -36,6 +37,12 @@ from faena.backends.redis._keys import WAKE, Batch, Keys, ms
 from faena.contracts.broker import BrokerConfig, Consumer, Delivery, Settlement
 from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import BrokerError
+
+SET_ASIDE_S: Final = 30.0
+"""How long a queue whose keys Redis refused (another program's value under one of them) is
+left out of claims and waits before it is tried again; the consumer's other queues are served
+meanwhile."""
+log = logging.getLogger("faena.broker")
 
 MAX_BLOCK_S: Final = 1.0
 """The longest single ``BLPOP``: an idle consumer claims again (and notices a closed broker)
@@ -70,6 +77,7 @@ class RedisConsumer(Consumer):
         self._sender = AsyncSender(async_client(target, url))
         self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True)
         self._turn = 0
+        self._set_aside: dict[int, float] = {}  # queue index -> until (monotonic)
         self._woken_by: int | None = None
         # Set by a claim that emptied every queue (see the module docstring): when the next
         # scheduled message or lease falls due (monotonic), None for nothing due.
@@ -191,7 +199,8 @@ class RedisConsumer(Consumer):
         falls due (``None``: nothing scheduled or leased)."""
         count = len(self._queues)
         start, self._turn = self._turn, (self._turn + 1) % count
-        order = [(start + i) % count for i in range(count)]
+        live = self._live_queues()
+        order = [q for i in range(count) if (q := (start + i) % count) in live]
         fixed = [now_arg(self._config.clock), "", ms(self._config.lease_s)]
         fixed.append(self._config.max_deliveries)
         # One call for every queue where Redis allows it; a cluster keeps each queue's keys in
@@ -200,6 +209,7 @@ class RedisConsumer(Consumer):
         found: list[Delivery] = []
         due_in: float | None = None
         visited: set[int] = set()
+        refusals: dict[int, str] = {}
         failed = False
         for queues in rounds:
             fixed[1] = limit - len(found)
@@ -216,9 +226,20 @@ class RedisConsumer(Consumer):
                     break
                 raise
             visited.update(queues)
+            errors = reply[2]
+            for k in range(0, len(errors), 2):
+                refusals[queues[errors[k]]] = _text(errors[k + 1])
             due_in = _earliest(due_in, self._decode(reply, queues, found))
             if len(found) >= limit:
                 break
+        if refusals:
+            failed = True
+            self._refused(refusals)
+            if not found and visited <= refusals.keys():
+                raise BrokerError(
+                    "Redis refused claiming messages: "
+                    + "; ".join(f"queue {self._queues[q]}: {e}" for q, e in refusals.items())
+                )
         woken_by, self._woken_by = self._woken_by, None
         if woken_by is not None and woken_by not in visited:
             try:
@@ -233,10 +254,35 @@ class RedisConsumer(Consumer):
             self._emptied_due_at = None if due_in is None else SYSTEM_CLOCK.monotonic() + due_in
         return found, None if found else due_in
 
+    def _live_queues(self) -> set[int]:
+        """The queues not set aside (see :data:`SET_ASIDE_S`); all of them if every one is."""
+        now = SYSTEM_CLOCK.monotonic()
+        for q, until in list(self._set_aside.items()):
+            if until <= now:
+                del self._set_aside[q]
+        live = set(range(len(self._queues))) - self._set_aside.keys()
+        return live or set(range(len(self._queues)))
+
+    def _refused(self, refusals: dict[int, str]) -> None:
+        """Set aside the queues whose keys Redis refused, and say so (once per period)."""
+        until = SYSTEM_CLOCK.monotonic() + SET_ASIDE_S
+        for q, error in refusals.items():
+            if q not in self._set_aside:
+                log.error(
+                    "Redis at %s refused claiming from queue %s (%s): is another program "
+                    "writing under its keys? Its messages wait; it is tried again in %gs, and "
+                    "the other queues are served meanwhile",
+                    self._target.display,
+                    self._queues[q],
+                    error,
+                    SET_ASIDE_S,
+                )
+            self._set_aside[q] = until
+
     def _decode(self, reply: list[Any], queues: list[int], into: list[Delivery]) -> float | None:
         """Append the claimed deliveries to ``into``; seconds until the next due time."""
         names = self._queues
-        for j in range(2, len(reply), 4):
+        for j in range(3, len(reply), 4):
             # The state after the lease: L<fence>|<deliveries>|<priority>|<seq>|<ms>|<reason>
             fence, deliveries, priority, _, enqueued, reason = reply[j + 2][1:].split(b"|", 5)
             into.append(
@@ -274,10 +320,8 @@ class RedisConsumer(Consumer):
         await self._connected()
         if self._closed:
             return  # close() cancels the waits it knows of: start none after it
-        if self._target.cluster and len(self._wake_keys) > 1:
-            groups = [[k] for k in self._wake_keys]
-        else:
-            groups = [self._wake_keys]
+        keys = [self._wake_keys[q] for q in sorted(self._live_queues())]
+        groups = [[k] for k in keys] if self._target.cluster and len(keys) > 1 else [keys]
         waits = [asyncio.ensure_future(self._blocking.blpop(keys, block)) for keys in groups]
         self._waits.update(waits)
         until = None if timer is None else SYSTEM_CLOCK.monotonic() + timer
@@ -370,6 +414,10 @@ class RedisConsumer(Consumer):
             await self._blocking.aclose()
         with contextlib.suppress(Exception):
             await self._sender.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _succeeded(future: asyncio.Future[Any]) -> bool:

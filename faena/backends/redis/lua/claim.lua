@@ -10,16 +10,24 @@
 -- message that was already handed out max_deliveries times is dead-lettered instead, with the
 -- reason of its last loss. A lease increments deliveries and the fence.
 --
--- Returns {now, next_due, then four per message: id, queue index (0-based), state (as in
--- _queue.lua, after the lease), body}. next_due is -1 if the batch is full; else every queue
--- was emptied, and it is the earliest due time or lease expiry of these queues (-1 if none),
--- so the caller knows how long it may sleep.
+-- Returns {now, next_due, errors, then four per message: id, queue index (0-based), state (as
+-- in _queue.lua, after the lease), body}. next_due is -1 if the batch is full; else every
+-- queue was emptied, and it is the earliest due time or lease expiry of these queues (-1 if
+-- none), so the caller knows how long it may sleep.
+--
+-- A queue whose keys Redis refuses (another program's value under one of them: WRONGTYPE)
+-- costs only itself: its error goes in `errors` (queue index, then the message, for each such
+-- queue), the messages it was leasing are left out of the reply (their leases, if taken,
+-- expire), and the other queues are served. A script that failed part-way would keep what it
+-- had written, and the caller would hear only the error: the leases already taken from
+-- earlier queues would be held by nobody, claim after claim.
 local now = now_ms(ARGV[1])
 local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local max_deliveries = tonumber(ARGV[4])
-local out = {now, -1}
+local out = {now, -1, {}}
 local got = 0
+local broken = {}
 
 local function promote(b)
   local due = redis.call('ZRANGEBYSCORE', KEYS[b + SCHEDULED], '-inf', now, 'LIMIT', 0, MOVE_BATCH)
@@ -113,8 +121,7 @@ local function lease_all(b, q, ids)
   end
 end
 
-local queues = #KEYS / QUEUE_KEYS
-for q = 0, queues - 1 do
+local function serve(q)
   local b = q * QUEUE_KEYS
   promote(b)
   recover(b)
@@ -135,14 +142,38 @@ for q = 0, queues - 1 do
   end
 end
 
+local function refused(q, err)
+  broken[q] = true
+  local errors = out[3]
+  errors[#errors + 1] = q
+  errors[#errors + 1] = type(err) == 'table' and tostring(err.err) or tostring(err)
+end
+
+local queues = #KEYS / QUEUE_KEYS
+for q = 0, queues - 1 do
+  local mark, got_before = #out, got
+  local ok, err = pcall(serve, q)
+  if not ok then
+    for i = #out, mark + 1, -1 do
+      out[i] = nil
+    end
+    got = got_before
+    refused(q, err)
+  end
+end
+
 if got < limit then
   local next_due = nil
   for q = 0, queues - 1 do
     for _, which in ipairs({SCHEDULED, LEASED}) do
-      local head = redis.call('ZRANGE', KEYS[q * QUEUE_KEYS + which], 0, 0, 'WITHSCORES')
-      local at = tonumber(head[2])
-      if at and (not next_due or at < next_due) then
-        next_due = at
+      if not broken[q] then
+        local ok, head = pcall(redis.call, 'ZRANGE', KEYS[q * QUEUE_KEYS + which], 0, 0, 'WITHSCORES')
+        local at = ok and tonumber(head[2])
+        if not ok then
+          refused(q, head)
+        elseif at and (not next_due or at < next_due) then
+          next_due = at
+        end
       end
     end
   end

@@ -17,6 +17,7 @@ from faena.contracts.broker import Consumer, Delivery, Outgoing, Settlement
 from faena.contracts.events import JobEvent
 from faena.features.intake import Admitted, Refused
 from faena.features.lifecycle import Decision, RunInfo, failed, record_fence
+from faena.foundation.exceptions import BrokerError
 from faena.model import states
 from faena.model.message import Message, encode_message
 from faena.model.outcome import ErrorInfo, JobRecord
@@ -26,6 +27,10 @@ log = logging.getLogger("faena.worker")
 
 Key = tuple[str, int]
 """A delivery: message id and fence."""
+
+_RETRY_SEND_FIRST_S = 0.1
+_RETRY_SEND_LONGEST_S = 5.0
+"""Back-off of an early-acked job's retry that the broker did not take."""
 
 
 class Endings:
@@ -50,18 +55,59 @@ class Endings:
         self.outbox = Outbox(self.app.results, consumer, self.on_settled)
         return self.outbox
 
-    async def ack_first(self, delivery: Delivery) -> bool:
+    async def ack_first(self, delivery: Delivery, started: JobRecord | None) -> bool:
         """acks_late=False: delete the message before the job runs (at most once). ``False``
-        if the lease was already lost: someone else may run it, so this worker must not."""
+        if the lease was already lost (someone else may run it), or if the broker did not
+        answer: this worker must not run the job then, as the message may be gone."""
         assert self.consumer
         settlement = Settlement(delivery=delivery, action="ack")
-        ok = (await self.consumer.settle([settlement]))[0]
+        try:
+            ok = (await self.consumer.settle([settlement]))[0]
+        except asyncio.CancelledError as exc:
+            self._ack_unknown(delivery, started, exc)
+            raise
+        except Exception as exc:
+            self._ack_unknown(delivery, started, exc)
+            return False
         self.on_settled(settlement, ok)
         if ok:
             self.early_acked.add((delivery.id, delivery.fence))
         else:
             log.warning("job %s: lease lost before it started; not running it here", delivery.id)
         return ok
+
+    def _ack_unknown(
+        self, delivery: Delivery, started: JobRecord | None, exc: BaseException
+    ) -> None:
+        """The acknowledgement before the run got no answer: it may have deleted the message
+        or not. The job is not run here (at most once); its record says why, and the message
+        is handed back, uncounted: if the acknowledgement did not apply, it runs again and its
+        newer records replace this one; if it did, the hand-back is refused and this stands."""
+        cause = "the worker was stopped" if isinstance(exc, asyncio.CancelledError) else str(exc)
+        log.warning(
+            "job %s: its acknowledgement before the run got no answer (%s); not running it "
+            "here (acks_late=False runs at most once), and handing it back in case the "
+            "acknowledgement did not apply",
+            delivery.id,
+            cause,
+        )
+        record = None
+        if started is not None:
+            now = self.app.settings.clock.time()
+            record = msgspec.structs.replace(
+                started,
+                state=states.FAILURE,
+                finished_at=now,
+                updated_at=now,
+                reason="ack_unknown",
+                error=ErrorInfo(
+                    type="faena.AcknowledgementUnknown",
+                    message=f"the acknowledgement before the run got no answer ({cause}); "
+                    "acks_late=False jobs run at most once, so it was not run; if the "
+                    "acknowledgement did not apply, the message runs again",
+                ),
+            )
+        self.settle(Settlement(delivery=delivery, action="release"), record)
 
     async def after_early_ack(self, delivery: Delivery, decision: Decision, job: Admitted) -> None:
         """Carry out a decision for a message acknowledged before its job ran (acks_late=False):
@@ -82,16 +128,14 @@ class Endings:
             # one's); the RETRY record is written before the next attempt can start.
             await self.outbox.flush()
             nxt = decision.next_message
-            await self.app.broker.aenqueue(
-                [
-                    Outgoing(
-                        id=nxt.id,
-                        queue=nxt.queue,
-                        body=encode_message(nxt),
-                        priority=nxt.priority,
-                        due=decision.due,
-                    )
-                ]
+            await self._send_retry(
+                Outgoing(
+                    id=nxt.id,
+                    queue=nxt.queue,
+                    body=encode_message(nxt),
+                    priority=nxt.priority,
+                    due=decision.due,
+                )
             )
         elif decision.action in ("dead", "release"):
             log.warning(
@@ -100,6 +144,25 @@ class Endings:
                 decision.reason,
             )
         self.emit(record.state if record else states.SUCCESS, job)
+
+    async def _send_retry(self, outgoing: Outgoing) -> None:
+        """Send the next attempt of an early-acked job: its message exists nowhere else, so a
+        broker error is tried again with back-off (the same id replaces a copy that did
+        arrive), until it is sent or the worker is stopped."""
+        pause = _RETRY_SEND_FIRST_S
+        while True:
+            try:
+                await self.app.broker.aenqueue([outgoing])
+                return
+            except BrokerError as exc:
+                log.warning(
+                    "job %s: could not send its retry (%s); trying again in %.1fs",
+                    outgoing.id,
+                    exc,
+                    pause,
+                )
+            await asyncio.sleep(pause)  # a back-off, not a synchronisation
+            pause = min(pause * 2, _RETRY_SEND_LONGEST_S)
 
     def apply(self, delivery: Delivery, decision: Decision, job: Admitted | None) -> None:
         body = encode_message(decision.next_message) if decision.next_message else None
@@ -203,8 +266,8 @@ class Endings:
             if started is not None and self.outbox is not None:
                 error = ErrorInfo(
                     type="faena.WorkerLost",
-                    message="the worker stopped while it ran; acks_late=False jobs run at "
-                    "most once",
+                    message="the worker stopped before the job's end was carried out; "
+                    "acks_late=False jobs run at most once",
                 )
                 self.outbox.record(
                     msgspec.structs.replace(

@@ -346,7 +346,9 @@ class Worker:
             self._started_records[(delivery.id, delivery.fence)] = record
             self._outbox.record(record)
         self._ends.emit(states.STARTED, job)
-        if not task.defaults.acks_late and not await self._ends.ack_first(delivery):
+        if not task.defaults.acks_late and not await self._ends.ack_first(
+            delivery, self._started_records.get((delivery.id, delivery.fence))
+        ):
             return
         request = job.request(delivery.deliveries, self.id)
         try:

@@ -6,7 +6,17 @@ import asyncio
 
 import pytest
 
-from faena import FAILURE, SUCCESS, Faena, JobContext
+from faena import (
+    FAILURE,
+    RETRY,
+    SUCCESS,
+    BrokerUnavailable,
+    Faena,
+    FakeClock,
+    JobContext,
+    TaskFailed,
+)
+from faena.backends.memory import broker as memory_broker
 from faena.contracts.broker import Delivery, Outgoing
 from faena.model.message import Message, encode_message
 from faena.worker import worker as worker_module
@@ -155,3 +165,102 @@ def test_a_lost_renewal_of_a_delivery_being_settled_is_left_to_the_settlement(ap
     # Then it is not reported lost: the acknowledgement's own reply settles it
     assert ends.lost([done], {"m"}) == []
     assert ends.held["m"] is done
+
+
+def _ack_without_answer(monkeypatch: pytest.MonkeyPatch, applied: bool) -> list[int]:
+    """The first early acknowledgement gets no answer from the broker (a cut connection):
+    after it applied (``applied``: the reply was lost) or before. Returns the call count."""
+    real = memory_broker._MemoryConsumer.settle
+    calls: list[int] = []
+
+    async def settle(self, settlements):  # type: ignore[no-untyped-def]
+        first_ack = not calls and [s.action for s in settlements] == ["ack"]
+        calls.append(1)
+        if first_ack:
+            if applied:
+                await real(self, settlements)
+            raise BrokerUnavailable("the broker did not answer (injected)")
+        return await real(self, settlements)
+
+    monkeypatch.setattr(memory_broker._MemoryConsumer, "settle", settle)
+    return calls
+
+
+def test_an_early_ack_whose_reply_was_lost_ends_the_job_failed_not_waiting_for_ever(
+    app: Faena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an at-most-once job whose acknowledgement before the run deletes its message but
+    # loses its reply
+    ran: list[int] = []
+
+    @app.task(acks_late=False)
+    def once(i: int) -> int:
+        ran.append(i)
+        return i
+
+    _ack_without_answer(monkeypatch, applied=True)
+    r = once.delay(1)
+    # When a worker takes it
+    drain(app)
+    # Then it is not run (it may be gone), and its record says why: get() ends
+    assert ran == []
+    with pytest.raises(TaskFailed, match="acknowledgement before the run got no answer"):
+        r.get(timeout=1)
+    assert r.record is not None
+    assert r.record.reason == "ack_unknown"
+    assert dead_letters(app) == {}
+
+
+def test_an_early_ack_the_broker_never_got_hands_the_message_back_uncounted(
+    app: Faena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an at-most-once job whose acknowledgement before the run never reached the broker
+    ran: list[int] = []
+
+    @app.task(acks_late=False)
+    def once(i: int) -> int:
+        ran.append(i)
+        return i
+
+    _ack_without_answer(monkeypatch, applied=False)
+    r = once.delay(2)
+    # When a worker drains the queue
+    drain(app)
+    # Then the message was handed back, not counted as a delivery, and ran once
+    assert ran == [2]
+    assert r.get(timeout=1) == 2
+    assert r.record is not None
+    assert r.record.deliveries == 1
+
+
+def test_an_early_acked_retry_the_broker_refused_once_is_sent_again(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given an at-most-once task asking for a retry, and a broker that fails the first send
+    attempts: list[int] = []
+
+    @app.task(bind=True, acks_late=False)
+    def flaky(self: JobContext) -> None:
+        attempts.append(self.request.attempt)
+        if self.request.attempt == 1:
+            raise self.retry(countdown=10)
+
+    real = app.broker.aenqueue
+    failed: list[int] = []
+
+    async def aenqueue(batch):  # type: ignore[no-untyped-def]
+        if not failed:
+            failed.append(1)
+            raise BrokerUnavailable("the broker did not answer (injected)")
+        await real(batch)
+
+    app.broker.aenqueue = aenqueue  # type: ignore[method-assign]
+    r = flaky.delay()
+    # When it runs, Then the retry is sent after all, and runs when due
+    drain(app)
+    assert failed == [1]
+    assert r.state == RETRY
+    clock.advance(10)
+    drain(app)
+    assert attempts == [1, 2]
+    assert r.state == SUCCESS

@@ -85,9 +85,11 @@ class Settlement(msgspec.Struct, frozen=True, kw_only=True):
     - ``retry``: replace the body with ``body`` (the next attempt) and make it due at ``due``;
       the delivery count starts again.
     - ``dead``: move to the dead-letter queue with ``reason`` and ``detail``.
-    - ``release``: give the message back, due now. With ``reason`` (e.g. ``worker_lost``) the
-      delivery counts towards ``max_deliveries``; without, it is an unstarted message handed back
-      at shutdown and the delivery is not counted.
+    - ``release``: give the message back, due now, or at ``due`` if given (a job postponed by
+      its rate or concurrency limit). With ``reason`` (e.g. ``worker_lost``) the delivery
+      counts towards ``max_deliveries``; without, it is an unstarted message handed back and
+      the delivery is not counted. Either way the deliveries counted before, and the reason of
+      the last loss, are kept: unlike a retry, a release is the same attempt.
     """
 
     delivery: Delivery

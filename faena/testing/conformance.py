@@ -443,6 +443,34 @@ class BrokerConformance(_Suite):
         assert (again.deliveries, again.last_reason) == (2, "worker_lost")
 
     @async_test
+    async def test_release_due_later_keeps_the_count_and_the_last_reason(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1")])
+        async with self.consumer(broker) as consumer:
+            # Given a message lost once (a worker died holding it)
+            (d,) = await consumer.receive(1, 0)
+            lost = settle(d, "release", reason="worker_lost")
+            assert await consumer.settle([lost]) == [True]
+            (d,) = await consumer.receive(1, 0)
+            # When it is handed back due later, uncounted (a job postponed by its limits)
+            due = self.clock.time() + 30
+            assert await consumer.settle([settle(d, "release", due=due)]) == [True]
+            # Then it waits until then
+            assert broker.locate("m1") == "scheduled"
+            assert await consumer.receive(1, 0) == []
+            self.clock.advance(30)
+            (again,) = await consumer.receive(1, 0)
+            # And its count and reason are those of before: still the same attempt
+            assert (again.deliveries, again.last_reason) == (2, "worker_lost")
+            # When it is handed back due later and counted, Then that delivery counts too
+            later = self.clock.time() + 5
+            counted = settle(again, "release", reason="worker_lost", due=later)
+            assert await consumer.settle([counted]) == [True]
+            self.clock.advance(5)
+            (last,) = await consumer.receive(1, 0)
+        assert (last.deliveries, last.last_reason) == (3, "worker_lost")
+
+    @async_test
     async def test_a_stale_delivery_cannot_settle(self) -> None:
         broker = self.broker()
         broker.enqueue([out("m1")])

@@ -330,9 +330,8 @@ class Worker:
             return True
         log.debug("job %s (%s) is over its limits: back in %.3fs", delivery.id, job.task.name, wait)
         due = self.app.settings.clock.time() + wait
-        self._ends.settle(
-            Settlement(delivery=delivery, action="retry", body=delivery.body, due=due)
-        )
+        # The same attempt, later: the deliveries counted so far stay counted.
+        self._ends.settle(Settlement(delivery=delivery, action="release", due=due))
         return False
 
     async def _execute(self, delivery: Delivery, job: Admitted) -> None:

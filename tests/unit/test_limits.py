@@ -292,3 +292,39 @@ def test_a_unique_key_that_keeps_changing_hands_is_an_error_not_a_false_claim(
     with pytest.raises(BrokerError, match="changed hands"):
         unique.claim(Racing(), app.results, "k", "mine", 60, lambda _: False)  # type: ignore[arg-type]
     assert store.get("k") != "mine"
+
+
+def test_a_job_postponed_by_its_limit_keeps_its_lost_deliveries(
+    make_app: AppFactory, clock: FakeClock
+) -> None:
+    # Given a task run once a minute, and two of its jobs each lost once by a dying worker
+    app = make_app(max_deliveries=3)
+
+    @app.task(rate_limit="1/m")
+    def call(n: int) -> int:
+        return n
+
+    first, second = call.delay(1), call.delay(2)
+
+    async def lose_once() -> None:
+        consumer = await app.broker.open_consumer(["default"], "dying-worker")
+        try:
+            assert len(await consumer.receive(2, 0.01)) == 2
+        finally:
+            await consumer.close()
+        clock.advance(app.settings.lease_s + 1)
+
+    asyncio.run(lose_once())
+    # When a worker runs one and postpones the other (over its rate)
+    drain(app)
+    assert first.get(timeout=1) == 1
+    assert queue_stats(app)[0].scheduled == 1
+    # Then, when the postponed one runs, its earlier lost delivery is still counted
+    for _ in range(10):
+        clock.advance(30)
+        drain(app)
+        if second.ready():
+            break
+    assert second.get(timeout=1) == 2
+    assert second.record is not None
+    assert second.record.deliveries == 2

@@ -220,7 +220,7 @@ class MemoryBroker(Broker):
             if s.reason is None:
                 entry.deliveries -= 1
             entry.last_reason = s.reason or entry.last_reason
-            entry.due = now
+            entry.due = s.due if s.due is not None else now
             self._place(entry, now)
         return True
 

@@ -447,6 +447,11 @@ def _record(s: Settlement) -> bytes:
     if s.action == "ack":
         return head
     if s.action == "release":
+        if s.due is not None:  # due later: p (uncounted) or P (counted, with its reason)
+            due = _field(b"%d" % ms(s.due))
+            if s.reason is None:
+                return b"p" + head[1:] + due
+            return b"P" + head[1:] + _field(s.reason) + due
         return head if s.reason is None else b"R" + head[1:] + _field(s.reason)
     if s.action == "retry":
         due = _field(b"" if s.due is None else b"%d" % ms(s.due))

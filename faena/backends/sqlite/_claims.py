@@ -71,7 +71,7 @@ SET body = COALESCE(:body, body), deliveries = 0, last_reason = NULL, seq = :seq
 """
 _RELEASE = f"""
 UPDATE faena_messages
-SET state = 0, due = :now, lease_until = NULL, worker = NULL,
+SET state = :state, due = :due, lease_until = NULL, worker = NULL,
     deliveries = deliveries - (:reason IS NULL),
     last_reason = COALESCE(NULLIF(:reason, ''), last_reason)
 {_FENCED}
@@ -177,7 +177,10 @@ def _settle_one(conn: sqlite3.Connection, s: Settlement, now: float, seq: int) -
             return False
         conn.execute(_DELETE_ONE, {"id": s.delivery.id})
         return True
-    return conn.execute(_RELEASE, {**fenced, "now": now, "reason": s.reason}).rowcount == 1
+    due = s.due if s.due is not None else now
+    state = SCHEDULED if due > now else READY
+    params = {**fenced, "due": due, "state": state, "reason": s.reason}
+    return conn.execute(_RELEASE, params).rowcount == 1
 
 
 def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[bool]:
@@ -212,4 +215,5 @@ def extend(conn: sqlite3.Connection, deliveries: Sequence[Delivery], until: floa
 def give_back(conn: sqlite3.Connection, deliveries: Sequence[Delivery], now: float) -> None:
     """Release unstarted deliveries (a receive cancelled mid-claim); not counted."""
     for d in deliveries:
-        conn.execute(_RELEASE, {"id": d.id, "fence": d.fence, "now": now, "reason": None})
+        params = {"id": d.id, "fence": d.fence, "due": now, "state": READY, "reason": None}
+        conn.execute(_RELEASE, params)

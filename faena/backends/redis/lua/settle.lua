@@ -7,6 +7,8 @@
 --         a<fence>,id                       ack: delete the message
 --         r<fence>,id                       release, uncounted: ready again at its old place
 --         R<fence>,id reason                release, counted ('' keeps the last reason)
+--         p<fence>,id due                   release, uncounted, due later (ms)
+--         P<fence>,id reason due            release, counted, due later
 --         t<fence>,id due                   retry with the same body; due in ms, '' for now
 --         T<fence>,id due body              retry with a new body
 --         d<fence>,id reason detail         dead-letter
@@ -14,9 +16,11 @@
 --
 -- A settlement applies only while the message is leased with the same fence; a retry or
 -- release puts it back, so a later settlement of the same delivery in the batch is refused.
--- A retry starts counting deliveries afresh and goes to the back of the line.
+-- A retry starts counting deliveries afresh and goes to the back of the line; a release keeps
+-- the count (less this delivery when uncounted) and the last reason, and its place in line
+-- (due later: its place among the messages that fall due with it).
 -- Returns one 1 (applied) or 0 (the lease was no longer ours) per settlement.
-local EXTRA = {a = 0, r = 0, R = 1, t = 1, T = 2, d = 2}
+local EXTRA = {a = 0, r = 0, R = 1, p = 1, P = 2, t = 1, T = 2, d = 2}
 local now = now_ms(ARGV[1])
 local blob = ARGV[2]
 local pos = 1
@@ -72,15 +76,24 @@ for k, record in ipairs(records) do
       if action == 'd' then
         bury(0, id, f, deliveries, priority, enqueued, record[4], record[5], now)
         changed[id] = false
-      elseif action == 'r' or action == 'R' then
-        if action == 'r' then
+      elseif action == 'r' or action == 'R' or action == 'p' or action == 'P' then
+        local due = nil
+        if action == 'r' or action == 'p' then
           deliveries = deliveries - 1
-        elseif record[4] ~= '' then
-          reason = record[4]
+          due = record[4]
+        else
+          if record[4] ~= '' then
+            reason = record[4]
+          end
+          due = record[5]
         end
         local state = format_state('W', f, deliveries, priority, seq, enqueued, reason)
         redis.call('HSET', KEYS[STATE], id, state)
-        redis.call('ZADD', KEYS[READY], ready_score(priority, seq), id)
+        if due and tonumber(due) > now then
+          redis.call('ZADD', KEYS[SCHEDULED], due, id)
+        else
+          redis.call('ZADD', KEYS[READY], ready_score(priority, seq), id)
+        end
         changed[id] = state
         news = true
       else

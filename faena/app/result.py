@@ -275,11 +275,10 @@ class AsyncResult(Generic[R]):
         the message was still waiting and is now gone.
         """
         removed = self.app.broker.remove(self.id)
-        if not removed:
-            current = self.app.results.fetch(self.id)
-            if current is not None and current.state in states.READY_STATES:
-                return False  # finished already, and not sent again: its outcome stands
         now = self.app.settings.clock.time()
+        # Unless its message was waiting (a send again after an earlier run), a job whose
+        # outcome is stored has finished: that outcome stands, even one written a moment ago,
+        # so the check is part of the write.
         self.app.results.store(
             JobRecord(
                 id=self.id,
@@ -291,6 +290,7 @@ class AsyncResult(Generic[R]):
                 finished_at=now,
                 fence=FINAL_FENCE,
                 expires_at=now + self.app.settings.result_ttl,
-            )
+            ),
+            unless_ready=not removed,
         )
         return removed

@@ -26,8 +26,13 @@ class ResultStore(ABC):
         self.poll_interval_s = poll_interval_s
 
     @abstractmethod
-    def store(self, record: JobRecord) -> bool:
-        """Write one record, fenced. ``True`` if written."""
+    def store(self, record: JobRecord, *, unless_ready: bool = False) -> bool:
+        """Write one record, fenced. ``True`` if written.
+
+        With ``unless_ready``, not over a live record in a ready state either, checked in the
+        same step as the write: a revoke of a job that may be finishing right now must not
+        replace the outcome a caller may already have read.
+        """
 
     @abstractmethod
     async def store_many(self, records: Sequence[JobRecord]) -> list[bool]:

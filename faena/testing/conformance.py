@@ -65,7 +65,7 @@ from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock, FakeClock
 from faena.model.outcome import FINAL_FENCE, JobRecord
-from faena.model.states import REVOKED, STARTED, SUCCESS
+from faena.model.states import FAILURE, REVOKED, STARTED, SUCCESS
 
 __all__ = [
     "PROMPT_S",
@@ -854,6 +854,24 @@ class ResultStoreConformance(_Suite):
         assert store.fetch("j1") == record("j1", fence=2, worker="current")
         assert store.store(record("j1", SUCCESS, fence=2)) is True
         assert store.fetch("j1") == record("j1", SUCCESS, fence=2)
+
+    @pytest.mark.parametrize("ready", [SUCCESS, FAILURE, REVOKED])
+    def test_unless_ready_keeps_a_finished_outcome(self, ready: str) -> None:
+        store = self.store()
+        revoke = record("j1", REVOKED, fence=FINAL_FENCE, reason="by hand")
+        # Given a job still running: a revoke that spares finished outcomes is written
+        assert store.store(record("j1", STARTED, fence=5)) is True
+        assert store.store(revoke, unless_ready=True) is True
+        assert store.fetch("j1") == revoke
+        # Given a job that has finished (whatever its fence)
+        assert store.store(record("j2", ready, fence=5, value=b"42")) is True
+        # When such a revoke comes, Then the outcome stands
+        assert store.store(record("j2", REVOKED, fence=FINAL_FENCE), unless_ready=True) is False
+        assert store.fetch("j2") == record("j2", ready, fence=5, value=b"42")
+        # And once that outcome has expired, it no longer stands in the way
+        store.store(record("j3", ready, fence=5, expires_at=self.clock.time() + 10))
+        self.clock.advance(11)
+        assert store.store(record("j3", REVOKED, fence=FINAL_FENCE), unless_ready=True) is True
 
     def test_the_final_fence_wins(self) -> None:
         store = self.store()

@@ -9,6 +9,7 @@ import logging
 import threading
 from typing import Any
 
+import msgspec
 import pytest
 
 from faena import (
@@ -591,3 +592,32 @@ def test_job_dead_lettered_by_the_broker_reads_failure(make_app, clock) -> None:
     with pytest.raises(TaskFailed) as failure:
         r.get(timeout=5)
     assert failure.value.type_name == "faena.DeadLettered"
+
+
+def test_a_revoke_never_replaces_an_outcome_written_just_before_it(app: Faena) -> None:
+    # Given a running job (its message leased, so the revoke cannot remove it)
+    @app.task
+    def work() -> int:
+        return 42
+
+    r = work.delay()
+    consumer = asyncio.run(app.broker.open_consumer(["default"], "w1"))
+    (delivery,) = asyncio.run(consumer.receive(1, 0))
+    started = JobRecord(id=r.id, state=STARTED, fence=delivery.fence)
+    app.results.store(started)
+    success = msgspec.structs.replace(started, state=SUCCESS, value=b"42")
+    # And the worker's SUCCESS lands the moment before the revoke's own write
+    real_store = app.results.store
+
+    def store(record: JobRecord, **options: bool) -> bool:
+        if record.state == REVOKED:
+            real_store(success)
+        return real_store(record, **options)
+
+    app.results.store = store  # type: ignore[method-assign]
+    # When the job is revoked
+    assert r.revoke() is False
+    # Then the outcome a caller may already have read stands
+    assert r.state == SUCCESS
+    assert r.get(timeout=1) == 42
+    asyncio.run(consumer.close())

@@ -25,9 +25,14 @@ class MemoryResultStore(ResultStore):
         self._cond = threading.Condition()
         self._waiters = Waiters()
 
-    def _put(self, record: JobRecord) -> bool:
+    def _put(self, record: JobRecord, unless_ready: bool = False) -> bool:
         old = self._records.get(record.id)
-        if old is not None and old.fence > record.fence and not self._expired(old):
+        live = old is not None and not self._expired(old)
+        if (
+            live
+            and old is not None
+            and (old.fence > record.fence or (unless_ready and old.state in READY_STATES))
+        ):
             return False
         self._records[record.id] = record
         return True
@@ -35,9 +40,9 @@ class MemoryResultStore(ResultStore):
     def _expired(self, record: JobRecord) -> bool:
         return record.expires_at is not None and record.expires_at <= self.clock.time()
 
-    def store(self, record: JobRecord) -> bool:
+    def store(self, record: JobRecord, *, unless_ready: bool = False) -> bool:
         with self._cond:
-            written = self._put(record)
+            written = self._put(record, unless_ready)
             self._cond.notify_all()
         self._waiters.wake()
         return written

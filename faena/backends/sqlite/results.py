@@ -101,9 +101,16 @@ class SQLiteResultStore(ResultStore):
         return data_version(c), read(c, lambda c: self._fetch(c, job_id), "fetch a result")
 
     # -- writes ------------------------------------------------------------------------------
-    def store(self, record: JobRecord) -> bool:
+    def store(self, record: JobRecord, *, unless_ready: bool = False) -> bool:
+        def put(c: sqlite3.Connection) -> bool:
+            if unless_ready:
+                current = self._fetch(c, record.id)
+                if current is not None and current.state in READY_STATES:
+                    return False
+            return self._put(c, [record])[0]
+
         with self._db.connection() as conn:
-            written = write(conn, lambda c: self._put(c, [record])[0], "store a result")
+            written = write(conn, put, "store a result")
         if written:
             self._db.notifier.notify()
         return written

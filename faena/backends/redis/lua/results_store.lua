@@ -1,6 +1,8 @@
 -- Write one job record unless a live record with a higher fence is stored; wake its waiters.
 --
--- KEYS[1]  prefix:{job}:r       string "<fence>,<expires ms or nothing>|<msgpack record>"
+-- KEYS[1]  prefix:{job}:r       string "<fence>,<expires ms or nothing>,<r if ready>|<msgpack
+--                               record>" (a value written before the ready mark reads as not
+--                               ready)
 -- KEYS[2]  prefix:{job}:r:wake  list: the stored value again, while the record is ready and for
 --                               at most WAKE_MS; BLMOVE waiters receive it
 -- ARGV[1]  now in ms, or '' for the server's TIME (see now_ms)
@@ -9,7 +11,9 @@
 -- ARGV[4]  its expiry time in ms, or '' for never
 -- ARGV[5]  '1' if the record is in a ready state (SUCCESS, FAILURE, REVOKED)
 -- ARGV[6]  the value to store: the header above, then the encoded record
--- Returns 1 if written, 0 if a higher fence kept the stored record.
+-- ARGV[7]  '1': not over a live record in a ready state either (a revoke), else '0'
+-- Returns 1 if written, 0 if a higher fence (or, with ARGV[7], a ready record) kept the stored
+-- record.
 
 -- The longest a wake list lives (and keeps its copy of the value): a waiter needs it only
 -- between looking at the record and blocking, and looks again after every blocking slice.
@@ -38,12 +42,15 @@ local now = now_ms(ARGV[1])
 
 local head = redis.call('GETRANGE', record, 0, 63)
 if head ~= '' then
-  local old_fence, old_expires = string.match(head, '^(%-?%d+),(%d*)|')
+  local old_fence, old_expires, old_ready = string.match(head, '^(%-?%d+),(%d*),?(r?)|')
   if not old_fence then
     return redis.error_reply('faena: ' .. record .. ' does not hold a job record')
   end
   local live = old_expires == '' or tonumber(old_expires) > now
   if live and int_less(fence, old_fence) then
+    return 0
+  end
+  if live and ARGV[7] == '1' and old_ready == 'r' then
     return 0
   end
 end

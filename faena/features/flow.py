@@ -3,8 +3,9 @@
 Before a job starts, :meth:`FlowGate.enter` asks the store whether it may:
 
 - **Concurrency** (``concurrency_limit=N``): the limit is ``N`` slot keys,
-  ``faena:slot:<task[|key]>:<i>``. A job takes a free one with ``set_if_absent`` (its value the
-  job id, its TTL the broker lease); the worker renews the slots of its running jobs with every
+  ``faena:slot:<task[|key]>:<i>``. A job takes a free one with ``set_if_absent`` (its value
+  names the run: ``<job id>@<queue>#<fence>``, as one id may run twice at once; its TTL the
+  broker lease); the worker renews the slots of its running jobs with every
   heartbeat (:meth:`FlowGate.renew`) and deletes them when the job ends. A worker that dies stops
   renewing, so its slots expire with its leases and others may take them.
 - **Rate** (``rate_limit="N/s"``): a sliding window of ``N`` uses per window
@@ -45,7 +46,7 @@ class FlowGate:
     lease_s: float
     concurrency_retry_s: float
     slots: dict[str, str] = field(default_factory=dict)
-    """Slot key held by each running job id."""
+    """Slot key held by each run (see the module docstring)."""
     used: bool = False
     """Whether any job went through the gate (so the store has limit data to clean up)."""
 
@@ -55,37 +56,37 @@ class FlowGate:
 
     async def enter(
         self,
-        job_id: str,
+        run: str,
         task: str,
         options: TaskOptions,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> float:
-        """``0.0`` if the job may start now (its slot, if any, is held); else the seconds
-        to wait before trying again."""
+        """``0.0`` if the job may start now (its slot, if any, is held by ``run``); else the
+        seconds to wait before trying again."""
         self.used = True
         if options.concurrency_limit is not None:
             base = limit_key(options.concurrency_key, task, args, kwargs)
-            slot = await self._take_slot(base, options.concurrency_limit, job_id)
+            slot = await self._take_slot(base, options.concurrency_limit, run)
             if slot is None:
                 return self.concurrency_retry_s
-            self.slots[job_id] = slot
+            self.slots[run] = slot
         if options.rate_limit is not None:
             try:
                 wait = await self._take_rate(options, task, args, kwargs)
             except BaseException:  # the job will not start: its slot must not stay renewed
-                await self.leave(job_id)
+                await self.leave(run)
                 raise
             if wait > 0:
-                await self.leave(job_id)
+                await self.leave(run)
                 return wait
         return 0.0
 
-    async def _take_slot(self, base: str, limit: int, job_id: str) -> str | None:
+    async def _take_slot(self, base: str, limit: int, run: str) -> str | None:
         first = random.randrange(limit)  # spread contenders over the slots
         for n in range(limit):
             slot = f"faena:slot:{base}:{(first + n) % limit}"
-            if await self.store.aset_if_absent(slot, job_id, self.lease_s):
+            if await self.store.aset_if_absent(slot, run, self.lease_s):
                 return slot
         return None
 
@@ -101,14 +102,14 @@ class FlowGate:
                 return wait
         return await self.store.atake_in_window(key, rate.limit, rate.enforced_window_s)
 
-    async def leave(self, job_id: str) -> None:
+    async def leave(self, run: str) -> None:
         """Give back the job's slot, if it holds one."""
-        slot = self.slots.pop(job_id, None)
+        slot = self.slots.pop(run, None)
         if slot is not None:
             try:
-                await self.store.acompare_and_delete(slot, job_id)
+                await self.store.acompare_and_delete(slot, run)
             except Exception:  # it expires with the lease anyway
-                log.exception("could not free the concurrency slot of job %s", job_id)
+                log.exception("could not free the concurrency slot of run %s", run)
 
     async def finished(
         self,

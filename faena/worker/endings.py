@@ -25,8 +25,14 @@ from faena.worker.outbox import Outbox
 
 log = logging.getLogger("faena.worker")
 
-Key = tuple[str, int]
-"""A delivery: message id and fence."""
+Key = tuple[str, str, int]
+"""A delivery: queue, message id and fence. A message is one id in one queue: the same id sent
+to two queues is two messages, and after a lost lease the same message may be held twice."""
+
+
+def key_of(delivery: Delivery) -> Key:
+    return (delivery.queue, delivery.id, delivery.fence)
+
 
 _RETRY_SEND_FIRST_S = 0.1
 _RETRY_SEND_LONGEST_S = 5.0
@@ -39,9 +45,9 @@ class Endings:
     def __init__(self, worker_id: str, app: Faena) -> None:
         self.worker_id = worker_id
         self.app = app
-        self.held: dict[str, Delivery] = {}
-        """Deliveries leased and not yet settled: renewed by the heartbeat."""
-        # Keyed by delivery (id, fence): after a lost lease the same id may be held twice.
+        self.held: dict[tuple[str, str], Delivery] = {}
+        """Deliveries leased and not yet settled, by queue and id: renewed by the heartbeat."""
+        # Keyed by delivery (see Key): after a lost lease the same message may be held twice.
         self.settling: set[Key] = set()
         self.early_acked: set[Key] = set()  # acks_late=False jobs: their message is gone
         self.room = asyncio.Event()
@@ -71,7 +77,7 @@ class Endings:
             return False
         self.on_settled(settlement, ok)
         if ok:
-            self.early_acked.add((delivery.id, delivery.fence))
+            self.early_acked.add(key_of(delivery))
         else:
             log.warning("job %s: lease lost before it started; not running it here", delivery.id)
         return ok
@@ -225,8 +231,14 @@ class Endings:
 
     def waiting(self, delivery: Delivery) -> bool:
         """Whether ``delivery`` is still held and nothing has settled it: a runner may take it."""
-        key = (delivery.id, delivery.fence)
-        return self.held.get(delivery.id) is delivery and key not in self.settling
+        return self.held.get((delivery.queue, delivery.id)) is delivery and (
+            key_of(delivery) not in self.settling
+        )
+
+    def hold(self, delivery: Delivery) -> None:
+        """Hold a fresh delivery (renewed, settled from now on); a newer lease of the same
+        message replaces an older one, whose lease was lost."""
+        self.held[(delivery.queue, delivery.id)] = delivery
 
     def lost(self, renewed: list[Delivery], lost_ids: set[str]) -> list[Delivery]:
         """Stop holding the deliveries of ``renewed`` whose lease renewal came back lost, and
@@ -238,17 +250,17 @@ class Endings:
         for delivery in renewed:
             if (
                 delivery.id in lost_ids
-                and self.held.get(delivery.id) is delivery
-                and (delivery.id, delivery.fence) not in self.settling
+                and self.held.get((delivery.queue, delivery.id)) is delivery
+                and key_of(delivery) not in self.settling
             ):
-                del self.held[delivery.id]
+                del self.held[(delivery.queue, delivery.id)]
                 dropped.append(delivery)
         return dropped
 
     def settle(self, settlement: Settlement, record: JobRecord | None = None) -> None:
         """Queue the end of a lease; a message is settled once, whatever happens after."""
         assert self.outbox
-        key = (settlement.delivery.id, settlement.delivery.fence)
+        key = key_of(settlement.delivery)
         if key in self.settling or key in self.early_acked:
             return
         self.settling.add(key)
@@ -261,7 +273,7 @@ class Endings:
         that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go."""
         record = None
         now = self.app.settings.clock.time()
-        if (delivery.id, delivery.fence) in self.early_acked:
+        if key_of(delivery) in self.early_acked:
             # acks_late=False: the message is gone, so the job ends here, for good.
             if started is not None and self.outbox is not None:
                 error = ErrorInfo(
@@ -291,10 +303,11 @@ class Endings:
         self.settle(Settlement(delivery=delivery, action="release", reason=reason), record)
 
     def on_settled(self, settlement: Settlement, ok: bool) -> None:
-        mid = settlement.delivery.id
-        self.settling.discard((mid, settlement.delivery.fence))
-        if self.held.get(mid) is settlement.delivery:
-            del self.held[mid]
+        d = settlement.delivery
+        mid = d.id
+        self.settling.discard(key_of(d))
+        if self.held.get((d.queue, mid)) is d:
+            del self.held[(d.queue, mid)]
         if not ok:
             log.warning(
                 "message %s: lease lost before %s; another worker holds it now",

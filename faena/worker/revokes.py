@@ -25,7 +25,7 @@ from faena.foundation.exceptions import SerializationError
 from faena.model import states
 from faena.model.message import decode_message
 from faena.model.outcome import FINAL_FENCE, JobRecord
-from faena.worker.endings import Endings, Key
+from faena.worker.endings import Endings, Key, key_of
 from faena.worker.outage import Outage
 
 log = logging.getLogger("faena.worker")
@@ -88,7 +88,7 @@ class Revokes:
         return [
             d
             for d in self._ends.held.values()
-            if (d.id, d.fence) not in running and self._ends.waiting(d)
+            if key_of(d) not in running and self._ends.waiting(d)
         ]
 
     async def check(self, pool: Pool) -> None:
@@ -97,7 +97,7 @@ class Revokes:
         running = list(self._running())
         if not running and not waiting:
             return
-        ids = {mid for mid, _ in running} | {d.id for d in waiting}
+        ids = {mid for _, mid, _ in running} | {d.id for d in waiting}
         records = await self._results().fetch_many(sorted(ids))
         revoked = {mid for mid, r in records.items() if _revoked(r)}
         if not revoked:
@@ -107,7 +107,7 @@ class Revokes:
             for delivery in self._waiting():
                 if delivery.id in revoked:
                     self._skip(delivery)
-        for mid, _ in list(self._running()):
+        for _, mid, _ in list(self._running()):
             record = records.get(mid)
             # Only once the pool stopped it: a job still waiting for a child is tried again
             # at the next beat.

@@ -36,7 +36,7 @@ from faena.model import states
 from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord, Outcome
 from faena.worker.canvas import after_job
-from faena.worker.endings import Endings, Key
+from faena.worker.endings import Endings, Key, key_of
 from faena.worker.logs import current_job
 from faena.worker.options import WorkerOptions, default_queues
 from faena.worker.outage import Outage
@@ -228,7 +228,7 @@ class Worker:
         # shutdown waits for this call, which returns within its timeout.
         batch = await self._consumer.receive(room, 0.2 if self.options.burst else 0.5)
         for delivery in batch:
-            self._ends.held[delivery.id] = delivery  # held (renewed, settled) from now on
+            self._ends.hold(delivery)
         if not batch:
             if self.options.burst and not self._ends.held and not self._running:
                 log.info("queues are empty: burst worker stopping")
@@ -260,7 +260,7 @@ class Worker:
             if self._stopping:  # shutdown hands queued messages back; this one slipped through
                 self._ends.release(delivery)
                 continue
-            key = (delivery.id, delivery.fence)
+            key = key_of(delivery)
             self._running[key] = me
             self._idle.clear()
             try:
@@ -311,7 +311,7 @@ class Worker:
         try:
             await self._execute(delivery, admitted)
         finally:
-            await self._flow.leave(message.id)
+            await self._flow.leave(_run_of(delivery))
 
     async def _admitted_by_limits(self, delivery: Delivery, job: Admitted) -> bool:
         """Whether the task's rate and concurrency limits let the job start now; if not, its
@@ -321,7 +321,7 @@ class Worker:
             return True
         try:
             wait = await self._flow.enter(
-                job.message.id, job.task.name, options, job.args, job.kwargs
+                _run_of(delivery), job.task.name, options, job.args, job.kwargs
             )
         except Exception:  # the store did not answer: try later, never run over the limit
             wait = self.app.settings.concurrency_retry_s
@@ -342,11 +342,11 @@ class Worker:
         info = self._ends.run_info(delivery, started, message)
         if not task.defaults.ignore_result:
             record = base_record(message, info, states.STARTED, task.defaults)
-            self._started_records[(delivery.id, delivery.fence)] = record
+            self._started_records[key_of(delivery)] = record
             self._outbox.record(record)
         self._ends.emit(states.STARTED, job)
         if not task.defaults.acks_late and not await self._ends.ack_first(
-            delivery, self._started_records.get((delivery.id, delivery.fence))
+            delivery, self._started_records.get(key_of(delivery))
         ):
             return
         request = job.request(delivery.deliveries, self.id)
@@ -360,7 +360,7 @@ class Worker:
                     serializer=message.serializer,
                     time_limit=task.defaults.time_limit,
                     soft_time_limit=task.defaults.soft_time_limit,
-                    progress=self._progress_sink((delivery.id, delivery.fence)),
+                    progress=self._progress_sink(key_of(delivery)),
                 )
             )
         except asyncio.CancelledError:
@@ -447,8 +447,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)  # a period, not a synchronisation
             try:
-                held = list(self._ends.held.values())
-                if held:
+                for held in _renewal_groups(list(self._ends.held.values())):
                     lost = await self._consumer.extend(held, self.app.settings.lease_s)
                     for delivery in self._ends.lost(held, lost):
                         log.warning(
@@ -536,6 +535,25 @@ class Worker:
             assert self._stop_event is not None
             self._stop_event.clear()
             await self._stop_event.wait()
+
+
+def _renewal_groups(held: list[Delivery]) -> list[list[Delivery]]:
+    """The held deliveries in as few lease renewals as tell every lost one apart: a renewal
+    answers with message ids, so an id held from two queues is renewed once per queue."""
+    if not held:
+        return []
+    if len({d.id for d in held}) == len(held):
+        return [held]
+    by_queue: dict[str, list[Delivery]] = {}
+    for d in held:
+        by_queue.setdefault(d.queue, []).append(d)
+    return list(by_queue.values())
+
+
+def _run_of(delivery: Delivery) -> str:
+    """Names one run in the limits' slots: the same job id may run twice at once (a lost
+    lease, or the id sent to two queues), and each run holds and frees its own slot."""
+    return f"{delivery.id}@{delivery.queue}#{delivery.fence}"
 
 
 def _log_outcome(

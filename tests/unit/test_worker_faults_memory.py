@@ -143,12 +143,12 @@ def test_a_lost_renewal_lets_go_of_only_the_delivery_it_renewed(app: Faena) -> N
     ends = Endings("w1", app)
     first = Delivery(id="m", queue="q", body=b"", priority=0, deliveries=1, fence=1, enqueued_at=0)
     second = Delivery(id="m", queue="q", body=b"", priority=0, deliveries=2, fence=2, enqueued_at=0)
-    ends.held["m"] = second
+    ends.hold(second)
     # When the renewal of the first comes back lost
     dropped = ends.lost([first], {"m"})
     # Then the newer delivery is still held (and renewed by the next beat)
     assert dropped == []
-    assert ends.held["m"] is second
+    assert ends.held[("q", "m")] is second
     # and a lost renewal of the delivery actually held lets go of it
     assert ends.lost([second], {"m"}) == [second]
     assert ends.held == {}
@@ -159,12 +159,12 @@ def test_a_lost_renewal_of_a_delivery_being_settled_is_left_to_the_settlement(ap
     # the broker after the acknowledgement (so the broker no longer holds it)
     ends = Endings("w1", app)
     done = Delivery(id="m", queue="q", body=b"", priority=0, deliveries=1, fence=1, enqueued_at=0)
-    ends.held["m"] = done
-    ends.settling.add(("m", 1))
+    ends.hold(done)
+    ends.settling.add(("q", "m", 1))
     # When the renewal comes back lost
     # Then it is not reported lost: the acknowledgement's own reply settles it
     assert ends.lost([done], {"m"}) == []
-    assert ends.held["m"] is done
+    assert ends.held[("q", "m")] is done
 
 
 def _ack_without_answer(monkeypatch: pytest.MonkeyPatch, applied: bool) -> list[int]:

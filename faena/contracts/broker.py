@@ -89,7 +89,9 @@ class Settlement(msgspec.Struct, frozen=True, kw_only=True):
       its rate or concurrency limit). With ``reason`` (e.g. ``worker_lost``) the delivery
       counts towards ``max_deliveries``; without, it is an unstarted message handed back and
       the delivery is not counted. Either way the deliveries counted before, and the reason of
-      the last loss, are kept: unlike a retry, a release is the same attempt.
+      the last loss, are kept: unlike a retry, a release is the same attempt. Due now, it keeps
+      its place in line; due later, it had its turn: it goes behind every message sent before
+      it was handed back, as a retry does.
     """
 
     delivery: Delivery

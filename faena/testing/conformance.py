@@ -471,6 +471,22 @@ class BrokerConformance(_Suite):
         assert (last.deliveries, last.last_reason) == (3, "worker_lost")
 
     @async_test
+    async def test_a_release_due_later_goes_to_the_back_of_the_line(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m1"), out("m2")])
+        async with self.consumer(broker) as consumer:
+            # Given the first message handed back due later (it had its turn), after one more
+            # was sent
+            (d,) = await consumer.receive(1, 0)
+            assert d.id == "m1"
+            broker.enqueue([out("m3")])
+            assert await consumer.settle([settle(d, "release", due=self.clock.time() + 5)])
+            # When it falls due, Then the messages sent before it was handed back come first
+            self.clock.advance(5)
+            got = await consumer.receive(3, 0)
+        assert ids(got) == ["m2", "m3", "m1"]
+
+    @async_test
     async def test_a_stale_delivery_cannot_settle(self) -> None:
         broker = self.broker()
         broker.enqueue([out("m1")])

@@ -220,7 +220,10 @@ class MemoryBroker(Broker):
             if s.reason is None:
                 entry.deliveries -= 1
             entry.last_reason = s.reason or entry.last_reason
-            entry.due = s.due if s.due is not None else now
+            entry.due = now
+            if s.due is not None:  # postponed: it had its turn, so the back of the line
+                entry.due = s.due
+                entry.seq = next(self._seq)
             self._place(entry, now)
         return True
 

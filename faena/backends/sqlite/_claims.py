@@ -71,7 +71,7 @@ SET body = COALESCE(:body, body), deliveries = 0, last_reason = NULL, seq = :seq
 """
 _RELEASE = f"""
 UPDATE faena_messages
-SET state = :state, due = :due, lease_until = NULL, worker = NULL,
+SET state = :state, due = :due, seq = COALESCE(:seq, seq), lease_until = NULL, worker = NULL,
     deliveries = deliveries - (:reason IS NULL),
     last_reason = COALESCE(NULLIF(:reason, ''), last_reason)
 {_FENCED}
@@ -177,10 +177,15 @@ def _settle_one(conn: sqlite3.Connection, s: Settlement, now: float, seq: int) -
             return False
         conn.execute(_DELETE_ONE, {"id": s.delivery.id})
         return True
-    due = s.due if s.due is not None else now
+    # Postponed (due later): it had its turn, so the back of the line when due.
+    due, later_seq = (now, None) if s.due is None else (s.due, seq)
     state = SCHEDULED if due > now else READY
-    params = {**fenced, "due": due, "state": state, "reason": s.reason}
+    params = {**fenced, "due": due, "state": state, "reason": s.reason, "seq": later_seq}
     return conn.execute(_RELEASE, params).rowcount == 1
+
+
+def _new_place(s: Settlement) -> bool:
+    return s.action == "retry" or (s.action == "release" and s.due is not None)
 
 
 def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: float) -> list[bool]:
@@ -191,14 +196,15 @@ def settle(conn: sqlite3.Connection, settlements: Sequence[Settlement], now: flo
     in_bulk = len(set(mids)) == len(mids)
     acks = [s.delivery for s in settlements if s.action == "ack"] if in_bulk else []
     acked = {(r[0], r[1]) for r in conn.execute(_ACK, {"pairs": _pairs(acks)})} if acks else set()
-    retries = sum(1 for s in settlements if s.action == "retry")
-    seq = take_seq(conn, retries) if retries else 0
+    # Retries and postponed releases go to the back of the line: a new seq each.
+    later = sum(1 for s in settlements if _new_place(s))
+    seq = take_seq(conn, later) if later else 0
     done: list[bool] = []
     for s in settlements:
         if s.action == "ack" and in_bulk:
             done.append((s.delivery.id, s.delivery.fence) in acked)
             continue
-        if s.action == "retry":
+        if _new_place(s):
             seq += 1
         done.append(_settle_one(conn, s, now, seq))
     return done
@@ -215,5 +221,5 @@ def extend(conn: sqlite3.Connection, deliveries: Sequence[Delivery], until: floa
 def give_back(conn: sqlite3.Connection, deliveries: Sequence[Delivery], now: float) -> None:
     """Release unstarted deliveries (a receive cancelled mid-claim); not counted."""
     for d in deliveries:
-        params = {"id": d.id, "fence": d.fence, "due": now, "state": READY, "reason": None}
-        conn.execute(_RELEASE, params)
+        params = {"id": d.id, "fence": d.fence, "due": now, "state": READY}
+        conn.execute(_RELEASE, {**params, "reason": None, "seq": None})

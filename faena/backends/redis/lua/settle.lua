@@ -17,8 +17,8 @@
 -- A settlement applies only while the message is leased with the same fence; a retry or
 -- release puts it back, so a later settlement of the same delivery in the batch is refused.
 -- A retry starts counting deliveries afresh and goes to the back of the line; a release keeps
--- the count (less this delivery when uncounted) and the last reason, and its place in line
--- (due later: its place among the messages that fall due with it).
+-- the count (less this delivery when uncounted) and the last reason, and its place in line,
+-- unless it is due later (a postponed job): it had its turn, so it goes to the back of the line.
 -- Returns one 1 (applied) or 0 (the lease was no longer ours) per settlement.
 local EXTRA = {a = 0, r = 0, R = 1, p = 1, P = 2, t = 1, T = 2, d = 2}
 local now = now_ms(ARGV[1])
@@ -86,6 +86,9 @@ for k, record in ipairs(records) do
             reason = record[4]
           end
           due = record[5]
+        end
+        if due then
+          seq = redis.call('INCR', KEYS[SEQ])
         end
         local state = format_state('W', f, deliveries, priority, seq, enqueued, reason)
         redis.call('HSET', KEYS[STATE], id, state)

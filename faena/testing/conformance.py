@@ -663,6 +663,24 @@ class BrokerConformance(_Suite):
             ]
             assert await consumer.settle([settle(leased, "ack")]) == [True]
 
+    @async_test
+    async def test_purge_deletes_messages_whose_lease_expired(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("running"), out("crashed1"), out("crashed2"), out("waiting")])
+        async with self.consumer(broker) as live, self.consumer(broker) as dead:
+            # Given one message leased by a live worker, two by a worker that died (their
+            # leases run out, the live one's is renewed), and one waiting
+            (running,) = await live.receive(1, 0)
+            assert ids(await dead.receive(2, 0)) == ["crashed1", "crashed2"]
+            self.clock.advance(self.lease_s / 2)
+            assert await live.extend([running], self.lease_s) == set()
+            self.clock.advance(self.lease_s / 2 + 1)
+            # When the queue is purged, Then all but the live worker's message are deleted
+            assert await broker.purge(["default"]) == 3
+            assert [broker.locate(m) for m in ("crashed1", "crashed2", "waiting")] == [None] * 3
+            assert broker.locate("running") == "leased"
+            assert await live.settle([settle(running, "ack")]) == [True]
+
     async def _bury(self, broker: Broker, *mids: str, queue: str = "default") -> None:
         """Dead-letter ``mids`` one second apart, in order."""
         broker.enqueue([out(m, queue) for m in mids])

@@ -263,6 +263,7 @@ class MemoryBroker(Broker):
     async def purge(self, queues: Sequence[str]) -> int:
         wanted = set(queues)
         with self._lock:
+            self._promote_and_recover(self.clock.time())  # expired leases: ready, as stats says
             doomed = [
                 e.id
                 for e in self._entries.values()

@@ -247,7 +247,8 @@ class RedisBroker(Broker):
 
     async def purge(self, queues: Sequence[str]) -> int:
         chosen = list(queues)
-        counts = await self._arun(lambda: self._on_queues(_keys.PURGE, chosen, [], "purging"))
+        now = [now_arg(self.config.clock)]
+        counts = await self._arun(lambda: self._on_queues(_keys.PURGE, chosen, now, "purging"))
         return sum(counts)
 
     def _dead_letters(self, limit: int, queue: str | None) -> list[DeadLetter]:

@@ -181,13 +181,15 @@ class SQLiteBroker(Broker):
         return found
 
     async def purge(self, queues: Sequence[str]) -> int:
+        # Expired leases too: their worker is gone, and stats counts them as ready.
         sql = (
-            "DELETE FROM faena_messages WHERE state IN (0, 2) "
-            "AND queue IN (SELECT value FROM json_each(?))"
+            "DELETE FROM faena_messages WHERE (state IN (0, 2) OR (state = 1 AND lease_until <= ?))"
+            " AND queue IN (SELECT value FROM json_each(?))"
         )
         names = json.dumps(list(queues))
+        now = self.config.clock.time()
         return await self._db.run(
-            lambda conn: write(conn, lambda c: c.execute(sql, (names,)).rowcount, "purge")
+            lambda conn: write(conn, lambda c: c.execute(sql, (now, names)).rowcount, "purge")
         )
 
     async def dead_letters(self, limit: int = 100, queue: str | None = None) -> list[DeadLetter]:

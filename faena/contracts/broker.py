@@ -135,6 +135,14 @@ class WorkerInfo:
     processed: int = 0
     running: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+    alive_s: float = 0.0
+    """How long after its last heartbeat the worker counts as alive (its app's ``lease_s``, as
+    it beats a few times per lease); 0 leaves it to the reader's own ``lease_s``. Workers of
+    apps with different leases may share a broker, and ``faena status`` may run with none."""
+
+    def alive_at(self, now: float, default_s: float) -> bool:
+        """Whether a heartbeat at ``heartbeat_at`` still vouches for the worker at ``now``."""
+        return self.heartbeat_at + (self.alive_s or default_s) >= now
 
 
 class Consumer(ABC):

@@ -769,6 +769,33 @@ class BrokerConformance(_Suite):
         await broker.unregister_worker("host:1")
         assert await broker.workers() == []
 
+    @async_test
+    async def test_a_worker_with_a_longer_lease_is_listed_by_its_own(self) -> None:
+        # Given a worker of an app whose lease is four times this broker's, which beats less
+        # often, and one that says nothing of its lease
+        broker = self.broker()
+        slow = WorkerInfo(
+            id="slow:1",
+            hostname="host",
+            pid=1,
+            queues=("a",),
+            concurrency=1,
+            pool="threads",
+            started_at=self.clock.time(),
+            alive_s=4 * self.lease_s,
+        )
+        plain = dataclasses.replace(slow, id="plain:1", alive_s=0.0)
+        await broker.register_worker(slow)
+        await broker.register_worker(plain)
+        # When its last heartbeat is older than this broker's lease but within its own
+        self.clock.advance(self.lease_s + 1)
+        # Then it is still listed (and kept: a listing does not forget it), the other is not
+        assert [w.id for w in await broker.workers()] == ["slow:1"]
+        assert [w.id for w in await broker.workers()] == ["slow:1"]
+        # And past its own lease it is presumed dead too
+        self.clock.advance(3 * self.lease_s)
+        assert await broker.workers() == []
+
     # -- blocking receive (real clock) ------------------------------------------------------
     @async_test
     async def test_receive_times_out_with_nothing(self) -> None:

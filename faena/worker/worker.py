@@ -437,6 +437,7 @@ class Worker:
             processed=self.processed,
             running=len(self._running),
             extra=extra,
+            alive_s=self.app.settings.lease_s,
         )
 
     async def _heartbeat(self) -> None:

@@ -254,10 +254,11 @@ class MemoryBroker(Broker):
         return [QueueStats(queue=q, **c) for q, c in sorted(counts.items())]
 
     async def workers(self) -> list[WorkerInfo]:
-        horizon = self.clock.time() - self.config.lease_s
+        now = self.clock.time()
         with self._lock:
             return sorted(
-                (w for w in self._workers.values() if w.heartbeat_at >= horizon), key=lambda w: w.id
+                (w for w in self._workers.values() if w.alive_at(now, self.config.lease_s)),
+                key=lambda w: w.id,
             )
 
     async def purge(self, queues: Sequence[str]) -> int:

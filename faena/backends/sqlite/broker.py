@@ -168,16 +168,18 @@ class SQLiteBroker(Broker):
         return await self._db.run(lambda conn: read(conn, count, "count messages"))
 
     async def workers(self) -> list[WorkerInfo]:
-        horizon = self.config.clock.time() - self.config.lease_s
-        sql = "SELECT data FROM faena_workers WHERE heartbeat_at >= ? ORDER BY id"
+        now = self.config.clock.time()
+        sql = "SELECT data FROM faena_workers ORDER BY id"  # one row per worker: a short table
         rows = await self._db.run(
-            lambda conn: read(conn, lambda c: c.execute(sql, (horizon,)).fetchall(), "list workers")
+            lambda conn: read(conn, lambda c: c.execute(sql).fetchall(), "list workers")
         )
         found = []
         for (data,) in rows:
             fields = json.loads(data)
             fields["queues"] = tuple(fields["queues"])
-            found.append(WorkerInfo(**fields))
+            info = WorkerInfo(**fields)
+            if info.alive_at(now, self.config.lease_s):  # each by its own app's lease
+                found.append(info)
         return found
 
     async def purge(self, queues: Sequence[str]) -> int:

@@ -188,9 +188,16 @@ def dlq_retry(
         if chosen is None:
             count = asyncio.run(app.broker.requeue_dead(None))
             click.echo(f"Requeued {count} dead letter(s).")
+            left = sum(s.dead for s in asyncio.run(app.broker.stats()))
+            if left:
+                click.echo(
+                    f"{left} dead letter(s) left: a message with the same id is waiting or "
+                    "running again (`faena dlq list` shows them)."
+                )
             return
-        missing = asyncio.run(_each(app, chosen, retry=True))
-    _report(len(chosen) - len(missing), missing, "Requeued")
+        done, missing = asyncio.run(_each(app, chosen, retry=True))
+        in_use = [i for i in missing if app.broker.locate(i) == "dead"]
+    _report(done, [i for i in missing if i not in in_use], "Requeued", in_use)
 
 
 @dlq.command("purge")
@@ -229,26 +236,37 @@ def dlq_purge(
             return
         if not yes:
             click.confirm(f"Delete {len(chosen)} dead letter(s) for good?", abort=True)
-        missing = asyncio.run(_each(app, chosen, retry=False))
-    _report(len(chosen) - len(missing), missing, "Deleted")
+        done, missing = asyncio.run(_each(app, chosen, retry=False))
+    _report(done, missing, "Deleted")
 
 
-async def _each(app: Faena, ids: Sequence[str], *, retry: bool) -> list[str]:
-    """Requeue or delete each id on its own, so the ones not found can be named."""
+async def _each(app: Faena, ids: Sequence[str], *, retry: bool) -> tuple[int, list[str]]:
+    """Requeue or delete each id on its own, so the ones not done can be named; how many
+    letters were (an id may be dead in several queues), and the ids of none."""
+    total = 0
     missing: list[str] = []
     for job_id in ids:
         if retry:
             done = await app.broker.requeue_dead([job_id])
         else:
             done = await app.broker.purge_dead([job_id])
+        total += done
         if not done:
             missing.append(job_id)
-    return missing
+    return total, missing
 
 
-def _report(done: int, missing: Sequence[str], verb: str) -> None:
+def _report(done: int, missing: Sequence[str], verb: str, in_use: Sequence[str] = ()) -> None:
     click.echo(f"{verb} {done} dead letter(s).")
+    problems = []
+    if in_use:
+        problems.append(
+            f"not requeued, as a message with the same id is waiting or running again: "
+            f"{', '.join(in_use)} (let it end, then retry the dead letter)"
+        )
     if missing:
-        raise CommandFailed(
+        problems.append(
             f"not in the dead-letter queue: {', '.join(missing)} (see `faena dlq list`)"
         )
+    if problems:
+        raise CommandFailed("; ".join(problems))

@@ -9,6 +9,7 @@ or polling ``faena status`` until a condition holds, with a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import os
@@ -23,6 +24,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from faena.backends.redis.broker import RedisBroker
+from faena.contracts.broker import BrokerConfig, Settlement
+from faena.testing.conformance import out
+from tests.services import drop_prefix, redis_url, require
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0
@@ -259,6 +265,15 @@ def test_dead_letters_list_retry_purge(project: tuple[Cli, ModuleType]) -> None:
     # When a worker dead-letters it again and it is purged, it is gone for good
     assert cli.run("worker", "-A", "tasks", "--burst").returncode == 0
     assert queue_row(cli.status(), "default")["dead"] == 1
+    # And while a message with its id is waiting again, retrying it says so (nothing moved)
+    tasks.app.enqueue("billing.charge", 11, task_id=job.id)
+    in_use = cli.run("dlq", "retry", job.id)
+    assert in_use.returncode == 1
+    assert "Requeued 0 dead letter(s)." in in_use.stdout
+    assert f"waiting or running again: {job.id}" in in_use.stderr
+    assert "not in the dead-letter queue" not in in_use.stderr
+    assert "1 dead letter(s) left" in cli.run("dlq", "retry", "--all").stdout
+    assert cli.run("purge", "-Q", "default", "--yes").returncode == 0
     purged = cli.run("dlq", "purge", job.id, "--yes")
     assert purged.returncode == 0, purged.stderr
     assert "Deleted 1 dead letter(s)." in purged.stdout
@@ -384,3 +399,35 @@ def test_demo_runs_a_real_worker_and_exits_0(project: tuple[Cli, ModuleType]) ->
     (flaky,) = [line for line in summary.splitlines() if "flaky_fetch" in line]
     assert [c.strip() for c in flaky.split("│")][3:6:2] == ["SUCCESS", "2"]  # state, attempts
     assert not list(cli.cwd.glob("faena-demo.sqlite3"))  # nothing left behind without --keep
+
+
+@pytest.mark.timeout(60)
+def test_dlq_counts_every_letter_of_an_id_dead_in_two_redis_queues(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    # Given one id dead-lettered in two queues of a Redis broker (two messages there)
+    cli, _ = project
+    require("redis", "127.0.0.1", 6379)
+    url = redis_url()
+    broker = RedisBroker(url, BrokerConfig())
+    try:
+        broker.enqueue([out("dup", "a"), out("dup", "b")])
+
+        async def bury() -> None:
+            consumer = await broker.open_consumer(["a", "b"], "w1")
+            try:
+                got = await consumer.receive(2, 0)
+                dead = [Settlement(delivery=d, action="dead", reason="rejected") for d in got]
+                assert await consumer.settle(dead) == [True, True]
+            finally:
+                await consumer.close()
+
+        asyncio.run(bury())
+        # When the id is retried, Then both letters are requeued, and counted
+        retried = cli.run("dlq", "retry", "dup", "--broker", url)
+        assert retried.returncode == 0, retried.stderr
+        assert "Requeued 2 dead letter(s)." in retried.stdout
+        assert broker.locate("dup") == "queued"
+    finally:
+        broker.close()
+        drop_prefix(url)

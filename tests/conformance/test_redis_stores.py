@@ -284,6 +284,28 @@ def test_on_a_test_clock_native_expiry_is_generous_and_absent_without_a_ttl(
         keys.close()
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["wait", "await_ready"])
+def test_on_a_test_clock_a_wait_for_an_expired_record_blocks_instead_of_spinning(
+    server: RedisServer, admin: redis.Redis, use_async: bool
+) -> None:
+    # Given a finished record that has expired by the test clock (its wake list, kept in real
+    # time, still holds it)
+    clock = FakeClock()
+    store = RedisResultStore(server.url + "?prefix=spin", clock)
+    try:
+        store.store(record("j", SUCCESS, expires_at=clock.time() + 1))
+        clock.advance(2)
+        admin.config_resetstat()
+        # When a caller waits for it for a while
+        got = run(store.await_ready("j", 0.3)) if use_async else store.wait("j", 0.3)
+        # Then there is no record, and the wait blocked on the server instead of asking again
+        # and again
+        assert got is None
+        assert calls(admin).get("blmove", 0) <= 2
+    finally:
+        store.close()
+
+
 def test_fences_compare_exactly_up_to_the_final_fence(shared: str) -> None:
     store = RedisResultStore(shared, FakeClock())
     try:

@@ -71,6 +71,13 @@ def _refusals() -> Iterator[None]:
         raise
 
 
+def _stale(woken: bytes | None, record: JobRecord | None) -> bool:
+    """Whether a wake list handed over a value that no longer counts: a record expired on a
+    test clock (Redis keeps the list in real time). The waiter deletes the list, or every
+    later block would return at once with it."""
+    return woken is not None and record is None
+
+
 def _blmove(wake: str, block_s: float) -> tuple[str, ...]:
     """Wait up to ``block_s`` for the wake element, rotating it in place for other waiters."""
     return ("BLMOVE", wake, wake, "LEFT", "RIGHT", f"{block_s:.3f}")
@@ -219,7 +226,9 @@ class RedisResultStore(ResultStore):
                 return record
             with self._io.translated("waiting for a result"):
                 woken = self._io.sender.execute(*_blmove(wake, block_s))
-            record = self._woken(woken) or self.fetch(job_id)
+                if _stale(woken, record := self._woken(woken)):
+                    self._io.sender.execute("DEL", wake)
+            record = record or self.fetch(job_id)
 
     async def await_ready(self, job_id: str, timeout_s: float | None) -> JobRecord | None:
         deadline = _Deadline(timeout_s, self._io.slice_s)
@@ -231,7 +240,9 @@ class RedisResultStore(ResultStore):
                 return record
             async with self._io.using("waiting for a result") as sender:
                 woken = await sender.execute(*_blmove(wake, block_s))
-            record = self._woken(woken) or await self.afetch(job_id)
+                if _stale(woken, record := self._woken(woken)):
+                    await sender.execute("DEL", wake)
+            record = record or await self.afetch(job_id)
 
     def _woken(self, value: bytes | None) -> JobRecord | None:
         """The ready record a wake list handed over; ``None`` if the wait timed out (or the

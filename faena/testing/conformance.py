@@ -929,6 +929,17 @@ class ResultStoreConformance(_Suite):
         # When such a revoke comes, Then the outcome stands
         assert store.store(record("j2", REVOKED, fence=FINAL_FENCE), unless_ready=True) is False
         assert store.fetch("j2") == record("j2", ready, fence=5, value=b"42")
+        # Whatever the length of the job id
+        for long_id in ("x" * 40, "y" * 300, "z" * 70_000):
+            assert store.store(record(long_id, ready, fence=5)) is True
+            revoke_it = record(long_id, REVOKED, fence=FINAL_FENCE)
+            assert store.store(revoke_it, unless_ready=True) is False
+            running = record(long_id + "-running", STARTED, fence=5)
+            assert store.store(running) is True
+            assert (
+                store.store(record(running.id, REVOKED, fence=FINAL_FENCE), unless_ready=True)
+                is True
+            )
         # And once that outcome has expired, it no longer stands in the way
         store.store(record("j3", ready, fence=5, expires_at=self.clock.time() + 10))
         self.clock.advance(11)

@@ -3,10 +3,10 @@
 Key layout (``prefix`` from the URL, the job id as hash tag so both keys of a job share a
 cluster slot; an empty id, or one starting with ``}``, is escaped: see ``Target.key``):
 
-- ``prefix:{<job id>}:r`` — a string: ``<fence>,<expiry ms>,<r if ready>|`` then the record
-  encoded by :func:`~faena.model.outcome.encode_record`. The header lets the store script fence,
-  expire and spare a finished outcome (a revoke) without reading the record itself
-  (``GETRANGE``), and a read is one ``GET``.
+- ``prefix:{<job id>}:r`` — a string: ``<fence>,<expiry ms>|`` then the record encoded by
+  :func:`~faena.model.outcome.encode_record`. The header lets the store script fence and expire
+  without reading the record itself (``GETRANGE``), and a read is one ``GET``. Only a revoke
+  (``unless_ready``) reads the stored record's state, in the script.
 - ``prefix:{<job id>}:r:wake`` — a list holding one element, the stored value again, while the
   record is in a ready state (for 10 s at most: it only bridges the moment between a waiter's
   read and its block). A waiter reads the record, then blocks on ``BLMOVE wake wake LEFT
@@ -121,15 +121,13 @@ class RedisResultStore(ResultStore):
 
     def _store_call(self, record: JobRecord, unless_ready: bool = False) -> Call:
         expires = _expiry_ms(record)
-        ready = record.state in READY_STATES
-        mark = b"r" if ready else b""
-        value = b"%d,%s,%s|%s" % (record.fence, expires.encode(), mark, encode_record(record))
+        value = b"%d,%s|%s" % (record.fence, expires.encode(), encode_record(record))
         args = (
             self._io.now(),
             TEST_CLOCK_EXPIRY_MS,
             str(record.fence),
             expires,
-            "1" if ready else "0",
+            "1" if record.state in READY_STATES else "0",
             value,
             "1" if unless_ready else "0",
         )
@@ -143,7 +141,7 @@ class RedisResultStore(ResultStore):
             end = value.index(b"|")
             now_ms = self._io.now_ms()
             if now_ms is not None:  # a test clock: Redis's own expiry does not follow it
-                expires = value[:end].split(b",")[1]
+                expires = value[:end].partition(b",")[2]
                 if expires and int(expires) <= now_ms:
                     return None
             return decode_record(value[end + 1 :])

@@ -6,7 +6,7 @@
 -- Returns 1 if deleted, else 0 (live, never expiring, gone, or not a job record).
 
 local head = redis.call('GETRANGE', KEYS[1], 0, 63)
-local expires = string.match(head, '^%-?%d+,(%d+),?r?|')
+local expires = string.match(head, '^%-?%d+,(%d+)|')
 if expires and tonumber(expires) <= now_ms(ARGV[1]) then
   redis.call('DEL', KEYS[1], KEYS[2])
   return 1

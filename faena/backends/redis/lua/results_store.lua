@@ -1,8 +1,6 @@
 -- Write one job record unless a live record with a higher fence is stored; wake its waiters.
 --
--- KEYS[1]  prefix:{job}:r       string "<fence>,<expires ms or nothing>,<r if ready>|<msgpack
---                               record>" (a value written before the ready mark reads as not
---                               ready)
+-- KEYS[1]  prefix:{job}:r       string "<fence>,<expires ms or nothing>|<msgpack record>"
 -- KEYS[2]  prefix:{job}:r:wake  list: the stored value again, while the record is ready and for
 --                               at most WAKE_MS; BLMOVE waiters receive it
 -- ARGV[1]  now in ms, or '' for the server's TIME (see now_ms)
@@ -35,6 +33,58 @@ local function int_less(a, b)
   return a < b
 end
 
+local READY_STATES = {SUCCESS = true, FAILURE = true, REVOKED = true}
+
+-- The state of the record encoded in `value` from byte `at` on (1-based), or nil: a msgpack map
+-- whose first two entries are always "id" and "state" (JobRecord's first fields, both required;
+-- the encoder keeps field order). Redis's cmsgpack cannot decode the record's binary fields, and
+-- only these two strings are needed.
+local function str_at(value, at)
+  local b = string.byte(value, at)
+  if not b then
+    return nil
+  end
+  local len, from
+  if b >= 0xa0 and b <= 0xbf then
+    len, from = b - 0xa0, at + 1
+  elseif b == 0xd9 then
+    len, from = string.byte(value, at + 1), at + 2
+  elseif b == 0xda then
+    local hi, lo = string.byte(value, at + 1, at + 2)
+    len, from = hi * 256 + lo, at + 3
+  elseif b == 0xdb then
+    local b1, b2, b3, b4 = string.byte(value, at + 1, at + 4)
+    len, from = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, at + 5
+  else
+    return nil
+  end
+  return string.sub(value, from, from + len - 1), from + len
+end
+
+local function stored_state(value, at)
+  local b = string.byte(value, at)
+  if b and b >= 0x80 and b <= 0x8f then
+    at = at + 1
+  elseif b == 0xde then
+    at = at + 3
+  else
+    return nil
+  end
+  local key, next_at = str_at(value, at)
+  if key ~= 'id' then
+    return nil
+  end
+  local _, after_id = str_at(value, next_at)
+  if not after_id then
+    return nil
+  end
+  key, next_at = str_at(value, after_id)
+  if key ~= 'state' then
+    return nil
+  end
+  return (str_at(value, next_at))
+end
+
 local record, wake = KEYS[1], KEYS[2]
 local test_clock = ARGV[1] ~= ''
 local fence, expires, ready, value = ARGV[3], ARGV[4], ARGV[5] == '1', ARGV[6]
@@ -42,7 +92,7 @@ local now = now_ms(ARGV[1])
 
 local head = redis.call('GETRANGE', record, 0, 63)
 if head ~= '' then
-  local old_fence, old_expires, old_ready = string.match(head, '^(%-?%d+),(%d*),?(r?)|')
+  local old_fence, old_expires = string.match(head, '^(%-?%d+),(%d*)|')
   if not old_fence then
     return redis.error_reply('faena: ' .. record .. ' does not hold a job record')
   end
@@ -50,8 +100,14 @@ if head ~= '' then
   if live and int_less(fence, old_fence) then
     return 0
   end
-  if live and ARGV[7] == '1' and old_ready == 'r' then
-    return 0
+  if live and ARGV[7] == '1' then
+    local state = stored_state(redis.call('GET', record), #string.match(head, '^[^|]*|') + 1)
+    if not state then
+      return redis.error_reply('faena: ' .. record .. ' holds a job record whose state cannot be read')
+    end
+    if READY_STATES[state] then
+      return 0
+    end
   end
 end
 

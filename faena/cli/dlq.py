@@ -196,7 +196,8 @@ def dlq_retry(
                 )
             return
         done, missing = asyncio.run(_each(app, chosen, retry=True))
-        in_use = [i for i in missing if app.broker.locate(i) == "dead"]
+        # Still dead: a letter left as its id is in use again (maybe beside others requeued).
+        in_use = [i for i in chosen if app.broker.locate(i) == "dead"]
     _report(done, [i for i in missing if i not in in_use], "Requeued", in_use)
 
 

@@ -130,14 +130,15 @@ class Lock:
     # -- sync ---------------------------------------------------------------------------------
     def _try_once(self) -> bool:
         owner = uuid.uuid4().hex
-        if not self.store.set_if_absent(self.key, owner, self.ttl):
-            return False
         try:
+            if not self.store.set_if_absent(self.key, owner, self.ttl):
+                return False
             token = self.store.next_token(self.key)
             if not self.store.compare_and_expire(self.key, owner, self.ttl):
                 return False  # stalled past the TTL between the steps: not ours any more
         except BaseException:
-            # The key is ours but the hold is not: give it back (if the store answers), or
+            # The key may be ours (even the creation's reply may have been lost) but the hold
+            # is not: give it back (if the store answers; a no-op if it was never made), or
             # nobody could take the lock until its TTL ran out.
             with contextlib.suppress(Exception):
                 self.store.compare_and_delete(self.key, owner)
@@ -295,9 +296,9 @@ class Lock:
     # -- async --------------------------------------------------------------------------------
     async def _atry_once(self) -> bool:
         owner = uuid.uuid4().hex
-        if not await self.store.aset_if_absent(self.key, owner, self.ttl):
-            return False
         try:
+            if not await self.store.aset_if_absent(self.key, owner, self.ttl):
+                return False
             token = await asyncio.to_thread(self.store.next_token, self.key)
             if not await self.store.acompare_and_expire(self.key, owner, self.ttl):
                 return False

@@ -34,7 +34,10 @@ The tree::
 from __future__ import annotations
 
 import builtins
+import contextlib
+import decimal
 import math
+import numbers
 from datetime import datetime
 
 
@@ -190,6 +193,11 @@ class Retry(TaskSignal):
         reason = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
         super().__init__(f"retry requested{reason}")
 
+    def __reduce__(self) -> tuple[type[Retry], tuple[object, ...]]:
+        # Rebuilt from its own fields (pickled to another process, copied), not from its
+        # message, which the constructor would take for a countdown.
+        return (type(self), (self.countdown, self.eta, self.exc, self.max_retries))
+
 
 def finite_seconds(what: str, value: object, other: str = "") -> float | None:
     """``value`` as a float of seconds (``None`` stays ``None``).
@@ -199,9 +207,14 @@ def finite_seconds(what: str, value: object, other: str = "") -> float | None:
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    # Any real number (Decimal, Fraction, a numpy scalar) counts, not a bool.
+    seconds = math.nan
+    if not isinstance(value, bool) and isinstance(value, numbers.Real | decimal.Decimal):
+        with contextlib.suppress(OverflowError, ValueError):
+            seconds = float(value)
+    if not math.isfinite(seconds):
         raise ConfigurationError(f"{what} must be {other}a finite number of seconds, got {value!r}")
-    return float(value)
+    return seconds
 
 
 class Reject(TaskSignal):

@@ -428,6 +428,14 @@ def test_dlq_counts_every_letter_of_an_id_dead_in_two_redis_queues(
         assert retried.returncode == 0, retried.stderr
         assert "Requeued 2 dead letter(s)." in retried.stdout
         assert broker.locate("dup") == "queued"
+        # When it dies in both again, and is sent anew to one queue, Then a retry requeues the
+        # other letter, and names the one it left
+        asyncio.run(bury())
+        broker.enqueue([out("dup", "a")])
+        partly = cli.run("dlq", "retry", "dup", "--broker", url)
+        assert partly.returncode == 1
+        assert "Requeued 1 dead letter(s)." in partly.stdout
+        assert "waiting or running again: dup" in partly.stderr
     finally:
         broker.close()
         drop_prefix(url)

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -276,18 +276,26 @@ class Flaky:
     once ``wanted`` calls after the last of those were answered."""
 
     def __init__(
-        self, store: CoordinationStore, method: str, fail: tuple[int, ...] = (1,), wanted: int = 0
+        self,
+        store: CoordinationStore,
+        method: str,
+        fail: tuple[int, ...] = (1,),
+        wanted: int = 0,
+        applied: bool = False,
     ) -> None:
         self._store = store
         self._method = method
         self._fail = fail
+        self._applied = applied  # the failing call takes effect, only its reply is lost
         self._wanted = wanted
         self.calls = 0
         self.answered = threading.Event()
 
-    def _next(self) -> None:
+    def _next(self, real: Callable[[], object] | None = None) -> None:
         self.calls += 1
         if self.calls in self._fail:
+            if self._applied and real is not None:
+                real()
             raise BrokerUnavailable(f"{self._method}: the store did not answer (injected)")
 
     def _done(self) -> None:
@@ -299,7 +307,7 @@ class Flaky:
         if name == self._method:
 
             def call(*args: object) -> object:
-                self._next()
+                self._next(lambda: real(*args))
                 value = real(*args)
                 self._done()
                 return value
@@ -355,9 +363,16 @@ def test_async_auto_renew_goes_on_after_a_renewal_the_store_did_not_answer(
     assert store.get("faena:lock:arenew-fault") is None
 
 
-def test_an_acquisition_the_store_broke_off_gives_the_key_back(store: CoordinationStore) -> None:
-    # Given a store that fails while a lock is being acquired, after the key was created
-    lock = Lock(Flaky(store, "next_token"), "acquire-fault", ttl=30)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("method", "applied"), [("next_token", False), ("set_if_absent", True)], ids=["token", "create"]
+)
+def test_an_acquisition_the_store_broke_off_gives_the_key_back(
+    store: CoordinationStore, method: str, applied: bool
+) -> None:
+    # Given a store that fails while a lock is being acquired, after the key was created (or
+    # as it was: the creation applied but its reply was lost)
+    flaky = Flaky(store, method, applied=applied)
+    lock = Lock(flaky, "acquire-fault", ttl=30)  # type: ignore[arg-type]
     # When the acquisition fails, Then its error is raised
     with pytest.raises(BrokerUnavailable):
         lock.acquire()

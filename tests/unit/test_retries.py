@@ -3,7 +3,11 @@ policy as a pure function."""
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import pickle
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -377,3 +381,21 @@ def test_max_retries_exceeded_is_a_task_control_error() -> None:
     # Then running out of retries is a task-control error, and Retry is a signal
     assert issubclass(MaxRetriesExceeded, TaskControlError)
     assert not issubclass(Retry, Exception)  # `except Exception` in a task cannot swallow it
+
+
+@pytest.mark.parametrize("countdown", [Decimal("2.5"), Fraction(5, 2), 2.5, 2])
+def test_a_retry_time_may_be_any_real_number(countdown: Any) -> None:
+    # Given a countdown of any real number type, When a Retry is made, Then it is seconds
+    assert Retry(countdown=countdown).countdown == float(countdown)
+    assert Retry(eta=Decimal("1795780000.5")).eta == 1795780000.5
+
+
+def test_a_retry_survives_pickling_and_copying() -> None:
+    # Given a retry (raised in a helper process and sent back, or copied by a framework)
+    original = Retry(countdown=5, exc=ValueError("slow upstream"), max_retries=3)
+    # When it is pickled or copied, Then it is the same retry
+    for again in (pickle.loads(pickle.dumps(original)), copy.copy(original)):
+        assert isinstance(again, Retry)
+        assert (again.countdown, again.eta, again.max_retries) == (5.0, None, 3)
+        assert str(again.exc) == "slow upstream"
+        assert str(again) == str(original)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -862,3 +864,13 @@ def test_keyword_only_arguments_are_checked_at_delay(app: Faena) -> None:
     r = report.delay("mon", fmt="pdf")
     drain(app)
     assert r.get(timeout=5) == "mon:pdf:1"
+
+
+def test_a_countdown_or_eta_may_be_any_real_number(app: Faena, clock: FakeClock) -> None:
+    @app.task
+    def noop() -> None: ...
+
+    # When sent with a Decimal countdown and a Fraction eta, Then both wait for their time
+    noop.apply_async(countdown=Decimal("5"))
+    noop.apply_async(eta=Fraction(int(clock.time()) + 5))
+    assert [s.scheduled for s in queue_stats(app)] == [2]

@@ -447,21 +447,30 @@ class Worker:
         outage = Outage("the heartbeat")
         while True:
             await asyncio.sleep(interval)  # a period, not a synchronisation
-            try:
-                for held in _renewal_groups(list(self._ends.held.values())):
-                    lost = await self._consumer.extend(held, self.app.settings.lease_s)
-                    for delivery in self._ends.lost(held, lost):
-                        log.warning(
-                            "lease on %s was lost; its outcome will not be recorded", delivery.id
-                        )
-                await self._flow.renew()
-                await self.app.broker.register_worker(self._info())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                outage.failed(exc)  # the next beat is the retry
+            # Each part on its own: one that fails (a broker refusing one queue's renewal)
+            # must not keep the others (concurrency slots, the registration) from going on.
+            failed: Exception | None = None
+            for part in (self._renew_leases, self._flow.renew, self._register):
+                try:
+                    await part()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failed = failed or exc
+            if failed is not None:
+                outage.failed(failed)  # the next beat is the retry
             else:
                 outage.recovered()
+
+    async def _renew_leases(self) -> None:
+        assert self._consumer
+        for held in _renewal_groups(list(self._ends.held.values())):
+            lost = await self._consumer.extend(held, self.app.settings.lease_s)
+            for delivery in self._ends.lost(held, lost):
+                log.warning("lease on %s was lost; its outcome will not be recorded", delivery.id)
+
+    async def _register(self) -> None:
+        await self.app.broker.register_worker(self._info())
 
     async def _maintenance(self) -> None:
         interval = self.app.settings.result_cleanup_interval_s

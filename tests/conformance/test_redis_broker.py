@@ -21,7 +21,7 @@ from redis.crc import key_slot
 
 from faena.backends.redis import consumer as redis_consumer
 from faena.backends.redis.broker import RedisBroker
-from faena.contracts.broker import Broker, BrokerConfig, Settlement, WorkerInfo
+from faena.contracts.broker import Broker, BrokerConfig, Delivery, Settlement, WorkerInfo
 from faena.foundation.clock import SYSTEM_CLOCK, FakeClock
 from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
 from faena.testing.conformance import PROMPT_S, BrokerConformance, async_test, out, run
@@ -239,7 +239,10 @@ class TestRedisOnly:
         finally:
             await consumer.close()
 
-    @pytest.mark.parametrize("broken_key", ["scheduled", "ready", "leased", "state"])
+    @pytest.mark.parametrize(
+        "broken_key",
+        ["scheduled", "leased", "dead", "dead:state", "dead:body", "seq", "wake", "ready", "state"],
+    )
     def test_a_queue_redis_refuses_costs_only_itself(
         self, broken_key: str, caplog: pytest.LogCaptureFixture
     ) -> None:
@@ -247,23 +250,28 @@ class TestRedisOnly:
         broker.enqueue([out(f"a{i}", "a") for i in range(3)] + [out("b0", "b")])
         # Given a consumer of two queues, the second of which has another program's value
         # under one of its keys
+        foreign = f"{self.prefix}:{{b}}:{broken_key}"
         with contextlib.closing(self.raw()) as raw:
-            raw.set(f"{self.prefix}:{{b}}:{broken_key}", "not ours")
+            kept = raw.dump(foreign)
+            raw.delete(foreign)
+            if broken_key == "wake":  # (a list: anything else is the wrong type)
+                raw.set(foreign, "not ours")
+            else:
+                raw.rpush(foreign, "not ours")
 
-        async def consume() -> list[str]:
-            consumer = await broker.open_consumer(["a", "b"], "w1")
+        async def consume(queues: list[str], rounds: int) -> list[Delivery]:
+            consumer = await broker.open_consumer(queues, "w1")
             try:
                 # When it claims, from either queue first
-                got = await consumer.receive(10, 0)
-                got += await consumer.receive(10, 0)
+                got = [d for _ in range(rounds) for d in await consumer.receive(10, 0)]
                 await consumer.settle([Settlement(delivery=d, action="ack") for d in got])
-                return sorted(d.id for d in got)
+                return got
             finally:
                 await consumer.close()
 
         # Then the healthy queue's messages are handed out and settled, none left leased to
         # nobody and dead-lettered
-        assert run(consume()) == ["a0", "a1", "a2"]
+        assert sorted(d.id for d in run(consume(["a", "b"], 3))) == ["a0", "a1", "a2"]
         assert run(broker.dead_letters(queue="a")) == []
         with contextlib.closing(self.raw()) as raw:  # (locate and stats read queue b too)
             assert raw.hlen(f"{self.prefix}:{{a}}:state") == 0
@@ -271,6 +279,35 @@ class TestRedisOnly:
         refusals = [r for r in caplog.records if "refused claiming from queue b" in r.message]
         assert len(refusals) == 1
         assert "WRONGTYPE" in refusals[0].message
+        # And nothing of it was touched: once the other program's value is gone, its message
+        # comes, handed out for the first time
+        if broken_key in ("ready", "state"):
+            return  # (the value replaced the message itself)
+        with contextlib.closing(self.raw()) as raw:
+            raw.delete(foreign)
+            if kept is not None:
+                raw.restore(foreign, 0, kept)
+        (b0,) = run(consume(["b"], 1))
+        assert (b0.id, b0.deliveries) == ("b0", 1)
+
+    @async_test
+    async def test_a_queue_redis_refuses_does_not_stop_the_others_lease_renewals(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("a0", "a"), out("b0", "b")])
+        consumer = await broker.open_consumer(["a", "b"], "w1")
+        try:
+            held = await consumer.receive(10, 0)
+            assert sorted(d.id for d in held) == ["a0", "b0"]
+            # Given one queue's keys taken over by another program while its message is held
+            with contextlib.closing(self.raw()) as raw:
+                raw.delete(f"{self.prefix}:{{b}}:leased")
+                raw.rpush(f"{self.prefix}:{{b}}:leased", "not ours")
+            # When the leases are renewed, Then the other queue's renewal stands
+            assert await consumer.extend(held, 30) == set()
+            a0 = next(d for d in held if d.id == "a0")
+            assert await consumer.settle([Settlement(delivery=a0, action="ack")]) == [True]
+        finally:
+            await consumer.close()
 
     @async_test
     async def test_a_consumer_whose_every_queue_is_refused_raises(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -10,6 +11,7 @@ from faena import (
     FAILURE,
     RETRY,
     SUCCESS,
+    BrokerError,
     BrokerUnavailable,
     Faena,
     FakeClock,
@@ -17,13 +19,13 @@ from faena import (
     TaskFailed,
 )
 from faena.backends.memory import broker as memory_broker
-from faena.contracts.broker import Delivery, Outgoing
+from faena.contracts.broker import Delivery, Outgoing, WorkerInfo
 from faena.model.message import Message, encode_message
 from faena.worker import worker as worker_module
 from faena.worker.endings import Endings
 from faena.worker.worker import Worker, WorkerOptions
 
-from .support import AppFactory, dead_letters, drain
+from .support import WAIT_S, AppFactory, WorkerThread, dead_letters, drain
 
 
 def test_at_most_once_jobs_never_stall_a_worker_without_prefetch(app: Faena) -> None:
@@ -264,3 +266,40 @@ def test_an_early_acked_retry_the_broker_refused_once_is_sent_again(
     drain(app)
     assert attempts == [1, 2]
     assert r.state == SUCCESS
+
+
+def test_a_lease_renewal_the_broker_refuses_does_not_stop_the_rest_of_the_heartbeat(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a worker whose lease renewals the broker refuses, running a job that waits
+    app = make_app(lease_s=1.0, heartbeat_s=0.05)
+    release = threading.Event()
+
+    @app.task
+    def waits() -> str:
+        assert release.wait(WAIT_S)
+        return "done"
+
+    async def refuse(self, deliveries, lease_s):  # type: ignore[no-untyped-def]
+        raise BrokerError("Redis refused renewing leases in queue default (injected)")
+
+    monkeypatch.setattr(memory_broker._MemoryConsumer, "extend", refuse)
+    registered = threading.Event()
+    real_register = app.broker.register_worker
+
+    async def register_worker(info: WorkerInfo) -> None:
+        await real_register(info)
+        if info.running:
+            registered.set()
+
+    app.broker.register_worker = register_worker  # type: ignore[method-assign]
+    r = waits.delay()
+    runner = WorkerThread(app).start()
+    try:
+        # When heartbeats come, Then the worker still refreshes its registration (and its
+        # concurrency slots), which only heartbeats do while a job runs
+        assert registered.wait(WAIT_S), "the heartbeat stopped at the refused renewal"
+    finally:
+        release.set()
+        runner.stop()
+    assert r.get(timeout=WAIT_S) == "done"

@@ -126,13 +126,18 @@ class Batch:
         assert op.script is not None
         return ("EVAL", op.script.source, *op.args)
 
-    def _sort(self, replies: list[Any], ops: list[_Op]) -> tuple[list[_Op], list[int]]:
-        """Raise the first error that is not NOSCRIPT; the ops to send again as EVAL."""
+    def _sort(
+        self, replies: list[Any], ops: list[_Op], keep_errors: bool = False
+    ) -> tuple[list[_Op], list[int]]:
+        """Raise the first error that is not NOSCRIPT (with ``keep_errors``, leave the server's
+        refusals in their places); the ops to send again as EVAL."""
         again: list[int] = []
         for i, reply in enumerate(replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 again.append(i)
-            elif isinstance(reply, Exception):
+            elif isinstance(reply, Exception) and not (
+                keep_errors and isinstance(reply, redis.exceptions.ResponseError)
+            ):
                 raise reply
         return [ops[i] for i in again], again
 
@@ -147,15 +152,16 @@ class Batch:
             self._sort(replies, self.ops)
         return replies
 
-    async def arun(self, sender: AsyncSender) -> list[Any]:
-        """``run`` on an event loop."""
+    async def arun(self, sender: AsyncSender, keep_errors: bool = False) -> list[Any]:
+        """``run`` on an event loop; with ``keep_errors``, a call the server refused leaves its
+        error in its place instead of raising, so the others' replies are not lost."""
         replies = await self._asend(sender, [self._first_try(op) for op in self.ops])
-        retry, where = self._sort(replies, self.ops)
+        retry, where = self._sort(replies, self.ops, keep_errors)
         if retry:
             again = await self._asend(sender, [self._second_try(op) for op in retry])
             for i, reply in zip(where, again, strict=True):
                 replies[i] = reply
-            self._sort(replies, self.ops)
+            self._sort(replies, self.ops, keep_errors)
         return replies
 
     @staticmethod

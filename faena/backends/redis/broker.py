@@ -208,7 +208,7 @@ class RedisBroker(Broker):
         return (await self._asend(batch, doing))[0]
 
     async def register_worker(self, info: WorkerInfo) -> None:
-        args = ["beat", info.id, ms(info.alive_s), msgspec.json.encode(info)]
+        args = ["beat", info.id, msgspec.json.encode(info)]
         await self._workers_call(args, "registering a worker")
 
     async def unregister_worker(self, worker_id: str) -> None:

@@ -122,14 +122,14 @@ class RedisConsumer(Consumer):
             for client in (self._sender.client, self._blocking):
                 await client.initialize()
 
-    async def _run(self, batch: Batch, doing: str) -> list[Any]:
+    async def _run(self, batch: Batch, doing: str, keep_errors: bool = False) -> list[Any]:
         """Send ``batch`` on the command connection; counted so ``close`` can wait for it."""
         if self._shut:
             raise BrokerError(f"the Redis consumer is closed; cannot go on {doing}")
         with self._busy():
             await self._connected()
             with translated(self._target, doing):
-                return await batch.arun(self._sender)
+                return await batch.arun(self._sender, keep_errors)
 
     # -- receive ----------------------------------------------------------------------------
     async def receive(self, max_messages: int, timeout_s: float) -> list[Delivery]:
@@ -263,16 +263,17 @@ class RedisConsumer(Consumer):
         live = set(range(len(self._queues))) - self._set_aside.keys()
         return live or set(range(len(self._queues)))
 
-    def _refused(self, refusals: dict[int, str]) -> None:
+    def _refused(self, refusals: dict[int, str], doing: str = "claiming from") -> None:
         """Set aside the queues whose keys Redis refused, and say so (once per period)."""
         until = SYSTEM_CLOCK.monotonic() + SET_ASIDE_S
         for q, error in refusals.items():
             if q not in self._set_aside:
                 log.error(
-                    "Redis at %s refused claiming from queue %s (%s): is another program "
-                    "writing under its keys? Its messages wait; it is tried again in %gs, and "
-                    "the other queues are served meanwhile",
+                    "Redis at %s refused %s queue %s (%s): is another program writing under "
+                    "its keys? It is left out of claims for %gs, and the other queues are "
+                    "served meanwhile",
                     self._target.display,
+                    doing,
                     self._queues[q],
                     error,
                     SET_ASIDE_S,
@@ -391,8 +392,24 @@ class RedisConsumer(Consumer):
         batch = Batch()
         for queue, args in per_queue.items():
             batch.script(_keys.EXTEND, self._keys.queue(queue), args)
-        replies = await self._run(batch, f"extending {len(deliveries)} lease(s)")
-        return {mid.decode() for reply in replies for mid in reply}
+        # A queue whose keys Redis refuses costs only itself: the others' renewals stand.
+        doing = f"extending {len(deliveries)} lease(s)"
+        replies = await self._run(batch, doing, keep_errors=True)
+        lost: set[str] = set()
+        refused: dict[int, str] = {}
+        for queue, reply in zip(per_queue, replies, strict=True):
+            if isinstance(reply, Exception):
+                refused[self._queues.index(queue)] = str(reply)
+            else:
+                lost.update(mid.decode() for mid in reply)
+        if refused:
+            self._refused(refused, "renewing leases in")
+            if len(refused) == len(per_queue):
+                raise BrokerError(
+                    f"Redis at {self._target.display} refused {doing}: "
+                    + "; ".join(f"queue {self._queues[q]}: {e}" for q, e in refused.items())
+                )
+        return lost
 
     # -- close ------------------------------------------------------------------------------
     async def close(self) -> None:

@@ -15,12 +15,12 @@
 -- queue was emptied, and it is the earliest due time or lease expiry of these queues (-1 if
 -- none), so the caller knows how long it may sleep.
 --
--- A queue whose keys Redis refuses (another program's value under one of them: WRONGTYPE)
--- costs only itself: its error goes in `errors` (queue index, then the message, for each such
--- queue), the messages it was leasing are left out of the reply (their leases, if taken,
--- expire), and the other queues are served. A script that failed part-way would keep what it
--- had written, and the caller would hear only the error: the leases already taken from
--- earlier queues would be held by nobody, claim after claim.
+-- A queue with another program's value under one of its keys costs only itself: each queue's
+-- key types are checked before anything of it is written, and a queue that fails the check
+-- (or whose work fails anyway) has its error in `errors` (queue index, then the message, for
+-- each such queue); the other queues are served. A script that failed part-way would keep
+-- what it had written, and the caller would hear only the error: the leases already taken
+-- from earlier queues would be held by nobody, claim after claim.
 local now = now_ms(ARGV[1])
 local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
@@ -121,8 +121,24 @@ local function lease_all(b, q, ids)
   end
 end
 
+-- The type each of a queue's keys must have (or none, when absent).
+local TYPES = {
+  [READY] = 'zset', [SCHEDULED] = 'zset', [LEASED] = 'zset', [STATE] = 'hash', [BODY] = 'hash',
+  [DEAD] = 'zset', [DEAD_STATE] = 'hash', [DEAD_BODY] = 'hash', [SEQ] = 'string', [WAKE] = 'list',
+}
+
+local function check_types(b)
+  for which, wanted in pairs(TYPES) do
+    local found = redis.call('TYPE', KEYS[b + which])['ok']
+    if found ~= wanted and found ~= 'none' then
+      error({err = 'WRONGTYPE ' .. KEYS[b + which] .. ' holds a ' .. found .. ', not a ' .. wanted})
+    end
+  end
+end
+
 local function serve(q)
   local b = q * QUEUE_KEYS
+  check_types(b)
   promote(b)
   recover(b)
   while got < limit do

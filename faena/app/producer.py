@@ -7,7 +7,7 @@ from typing import Any
 
 from faena.app.settings import Settings
 from faena.contracts.broker import Outgoing
-from faena.foundation.exceptions import ConfigurationError, MessageTooLarge
+from faena.foundation.exceptions import ConfigurationError, MessageTooLarge, finite_seconds
 from faena.foundation.util import new_id
 from faena.model.message import Message, encode_message, pack_arguments, pack_headers
 from faena.model.options import TaskOptions
@@ -26,11 +26,9 @@ def _expiry(value: datetime | timedelta | float, now: float) -> float:
         return value.timestamp()
     if isinstance(value, timedelta):
         return now + value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(
-            f"expires must be seconds, a timedelta or a datetime, got {value!r}"
-        )
-    return now + float(value)
+    seconds = finite_seconds("expires", value, "a datetime, a timedelta or ")
+    assert seconds is not None  # (None means no expiry, and never reaches here)
+    return now + seconds
 
 
 def eta_of(call: CallOptions, now: float) -> float:

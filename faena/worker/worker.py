@@ -464,10 +464,17 @@ class Worker:
 
     async def _renew_leases(self) -> None:
         assert self._consumer
+        failed: Exception | None = None
         for held in _renewal_groups(list(self._ends.held.values())):
-            lost = await self._consumer.extend(held, self.app.settings.lease_s)
+            try:  # a group the broker refuses must not keep the next ones from renewing
+                lost = await self._consumer.extend(held, self.app.settings.lease_s)
+            except Exception as exc:
+                failed = failed or exc
+                continue
             for delivery in self._ends.lost(held, lost):
                 log.warning("lease on %s was lost; its outcome will not be recorded", delivery.id)
+        if failed is not None:
+            raise failed
 
     async def _register(self) -> None:
         await self.app.broker.register_worker(self._info())

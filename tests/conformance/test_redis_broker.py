@@ -20,6 +20,7 @@ import redis
 from redis.crc import key_slot
 
 from faena.backends.redis import consumer as redis_consumer
+from faena.backends.redis._client import refusal
 from faena.backends.redis.broker import RedisBroker
 from faena.contracts.broker import Broker, BrokerConfig, Delivery, Settlement, WorkerInfo
 from faena.foundation.clock import SYSTEM_CLOCK, FakeClock
@@ -289,6 +290,46 @@ class TestRedisOnly:
                 raw.restore(foreign, 0, kept)
         (b0,) = run(consume(["b"], 1))
         assert (b0.id, b0.deliveries) == ("b0", 1)
+
+    @async_test
+    async def test_a_queue_whose_counter_is_not_a_number_loses_no_expired_lease(self) -> None:
+        broker = self.broker(lease_s=5.0)
+        broker.enqueue([out("a0", "a"), out("b0", "b")])
+
+        async def claim(*queues: str) -> list[Delivery]:
+            consumer = await broker.open_consumer(list(queues), "w1")
+            try:
+                return await consumer.receive(10, 0)
+            finally:
+                await consumer.close()
+
+        # Given a message of queue b leased by a worker that died (its lease has run out)
+        assert [d.id for d in await claim("b")] == ["b0"]
+        self.clock.advance(6)
+        # And another program's text under queue b's counter
+        counter = f"{self.prefix}:{{b}}:seq"
+        with contextlib.closing(self.raw()) as raw:
+            kept = raw.get(counter)
+            raw.set(counter, "not a number")
+        # When a worker of both queues claims, Then queue a is served
+        assert [d.id for d in await claim("a", "b")] == ["a0"]
+        # And once the counter is restored, b's message is recovered, not lost
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(counter, kept or b"0")
+        (b0,) = await claim("b")
+        assert (b0.id, b0.deliveries, b0.last_reason) == ("b0", 2, "lease_expired")
+
+    def test_only_a_lasting_refusal_sets_a_queue_aside(self) -> None:
+        # A cluster node failing over, or a replica loading, is an outage to wait out; another
+        # program's value under a key is a refusal
+        assert refusal(redis.exceptions.ResponseError("WRONGTYPE Operation against a key"))
+        for transient in (
+            redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
+            redis.exceptions.TryAgainError("TRYAGAIN"),
+            redis.exceptions.ReadOnlyError("READONLY"),
+            redis.exceptions.BusyLoadingError("LOADING"),
+        ):
+            assert not refusal(transient)
 
     @async_test
     async def test_a_queue_redis_refuses_does_not_stop_the_others_lease_renewals(self) -> None:

@@ -874,3 +874,8 @@ def test_a_countdown_or_eta_may_be_any_real_number(app: Faena, clock: FakeClock)
     noop.apply_async(countdown=Decimal("5"))
     noop.apply_async(eta=Fraction(int(clock.time()) + 5))
     assert [s.scheduled for s in queue_stats(app)] == [2]
+    # And an expiry of any real number of seconds is sent, and honoured
+    late = noop.apply_async(expires=Decimal("30"))
+    clock.advance(31)
+    drain(app)
+    assert late.state == REVOKED

@@ -444,6 +444,18 @@ _CLUSTER_UNAVAILABLE: Final = (
 )
 
 
+def refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing a call for good (its keys, its arguments), not a
+    server or cluster node that cannot answer now (a failover, a loading replica)."""
+    transient = (
+        *_CLUSTER_UNAVAILABLE,
+        redis.exceptions.ReadOnlyError,
+        redis.exceptions.BusyLoadingError,
+        redis.exceptions.NoScriptError,
+    )
+    return isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, transient)
+
+
 def _unreachable(exc: BaseException) -> bool:
     if isinstance(exc, _UNREACHABLE + _CLUSTER_UNAVAILABLE):
         return True

@@ -22,7 +22,7 @@ from typing import Any, Final
 import redis.cluster
 import redis.exceptions
 
-from faena.backends.redis._client import AsyncSender, SyncSender, Target, load_script
+from faena.backends.redis._client import AsyncSender, SyncSender, Target, load_script, refusal
 from faena.model.options import validate_queue
 
 QUEUE_KEY_NAMES: Final = (
@@ -135,9 +135,7 @@ class Batch:
         for i, reply in enumerate(replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 again.append(i)
-            elif isinstance(reply, Exception) and not (
-                keep_errors and isinstance(reply, redis.exceptions.ResponseError)
-            ):
+            elif isinstance(reply, Exception) and not (keep_errors and refusal(reply)):
                 raise reply
         return [ops[i] for i in again], again
 

@@ -54,9 +54,10 @@ local function recover(b)
   if #expired == 0 then
     return
   end
-  bulk('ZREM', KEYS[b + LEASED], expired)
+  -- The calls that can fail (a counter that is not a number) before the first write.
   local raws = bulk_get('HMGET', KEYS[b + STATE], expired)
   local seq = redis.call('INCRBY', KEYS[b + SEQ], #expired) - #expired
+  bulk('ZREM', KEYS[b + LEASED], expired)
   local states, ready = {}, {}
   for k, id in ipairs(expired) do
     local where, fence, deliveries, priority, _, enqueued = parse_state(raws[k] or nil)
@@ -133,6 +134,10 @@ local function check_types(b)
     if found ~= wanted and found ~= 'none' then
       error({err = 'WRONGTYPE ' .. KEYS[b + which] .. ' holds a ' .. found .. ', not a ' .. wanted})
     end
+  end
+  local seq = redis.call('GET', KEYS[b + SEQ])
+  if seq and not string.match(seq, '^%-?%d+$') then
+    error({err = 'ERR ' .. KEYS[b + SEQ] .. ' holds a string that is not a counter'})
   end
 end
 

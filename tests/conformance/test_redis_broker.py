@@ -362,21 +362,69 @@ class TestRedisOnly:
         finally:
             await consumer.close()
 
-    @async_test
-    async def test_an_unreadable_message_is_dead_lettered_and_the_queue_moves_on(self) -> None:
-        broker = self.broker()
-        broker.enqueue([out("good", "jobs")])
-        # Given a ready message whose state entry is garbage, ahead of a good one
+    @pytest.mark.parametrize("state", ["garbage", "W7|9|garbage", "W7|1|garbage", "L7|1|0|1|1|"])
+    def test_an_unreadable_message_is_dead_lettered_and_the_queue_moves_on(
+        self, state: str
+    ) -> None:
+        broker = self.broker()  # (3 deliveries at most: W7|9|... has used them up)
+        broker.enqueue([out("good1", "jobs"), out("good2", "jobs")])
+        # Given a ready message whose state entry is garbage (or only partly readable, or
+        # says leased), between two good ones
         with contextlib.closing(self.raw()) as raw:
-            raw.zadd(f"{self.prefix}:{{jobs}}:ready", {"broken": 0})
-            raw.hset(f"{self.prefix}:{{jobs}}:state", "broken", "garbage")
-        consumer = await broker.open_consumer(["jobs"], "w1")
-        # When a consumer claims, Then the good message comes and the broken one is dead
-        assert [d.id for d in await consumer.receive(10, 0)] == ["good"]
-        await consumer.close()
-        (letter,) = await broker.dead_letters()
+            ready = f"{self.prefix}:{{jobs}}:ready"
+            score = (raw.zscore(ready, "good1") + raw.zscore(ready, "good2")) / 2
+            raw.zadd(ready, {"broken": score})
+            raw.hset(f"{self.prefix}:{{jobs}}:state", "broken", state)
+
+        async def claim() -> list[str]:
+            consumer = await broker.open_consumer(["jobs"], "w1")
+            try:
+                return [d.id for d in await consumer.receive(10, 0)]
+            finally:
+                await consumer.close()
+
+        # When a consumer claims, Then the good messages come and the broken one is dead
+        assert run(claim()) == ["good1", "good2"]
+        (letter,) = run(broker.dead_letters())
         assert (letter.id, letter.reason) == ("broken", "corrupt_state")
-        assert "garbage" in letter.detail
+        assert state in letter.detail
+
+    def test_a_claim_on_a_server_out_of_memory_loses_nothing(
+        self, private_redis: RedisServer
+    ) -> None:
+        async def claim() -> list[Delivery]:
+            consumer = await broker.open_consumer(["jobs"], "w1")
+            try:
+                return await consumer.receive(10, 0)
+            finally:
+                await consumer.close()
+
+        config = BrokerConfig(lease_s=30.0, clock=self.clock)
+        broker = RedisBroker(private_redis.url + "?timeout=2", config)
+        self.brokers.append(broker)
+        admin = redis.Redis(port=private_redis.port)
+        try:
+            # (and one scheduled message that has fallen due, and an expired lease: a claim
+            # promotes and recovers them before it leases)
+            broker.enqueue([out("lost", "jobs")])
+            assert [d.id for d in run(claim())] == ["lost"]
+            broker.enqueue([out(f"m{i}", "jobs") for i in range(5)])
+            broker.enqueue([out("later", "jobs", due=self.clock.time() + 10)])
+            self.clock.advance(31)
+
+            # Given a server that refuses writes that need memory (maxmemory reached)
+            admin.config_set("maxmemory", 1)
+            # When a worker claims, Then it hears of the outage
+            with pytest.raises(BrokerError, match="maxmemory"):
+                run(claim())
+            # And once the server takes writes again, every message is there, handed out once
+            admin.config_set("maxmemory", 0)
+            got = run(claim())
+            assert sorted(d.id for d in got) == ["later", "lost", "m0", "m1", "m2", "m3", "m4"]
+            assert {d.id: d.deliveries for d in got if d.deliveries != 1} == {"lost": 2}
+        finally:
+            admin.config_set("maxmemory", 0)
+            admin.close()
 
     @async_test
     async def test_each_message_is_leased_exactly_once_under_concurrent_consumers(self) -> None:

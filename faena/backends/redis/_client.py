@@ -452,6 +452,10 @@ def refusal(exc: BaseException) -> bool:
         redis.exceptions.ReadOnlyError,
         redis.exceptions.BusyLoadingError,
         redis.exceptions.NoScriptError,
+        redis.exceptions.OutOfMemoryError,
+        redis.exceptions.MasterDownError,
+        redis.exceptions.MovedError,
+        redis.exceptions.AskError,
     )
     return isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, transient)
 

@@ -6,7 +6,10 @@
 --
 -- For each queue, in order: promote scheduled messages that are due (keeping their place in
 -- line), recover expired leases (to the back of the line, counted, last reason
--- `lease_expired`), then pop ready messages, best first, until the batch is full. A popped
+-- `lease_expired`), then take ready messages, best first, until the batch is full. Each move
+-- writes a message's new place before it removes the old one: a server that refuses a write
+-- half-way (out of memory) leaves a message in two places at worst (the next claim settles
+-- it), never in none. A popped
 -- message that was already handed out max_deliveries times is dead-lettered instead, with the
 -- reason of its last loss. A lease increments deliveries and the fence.
 --
@@ -34,7 +37,6 @@ local function promote(b)
   if #due == 0 then
     return
   end
-  bulk('ZREM', KEYS[b + SCHEDULED], due)
   local raws = bulk_get('HMGET', KEYS[b + STATE], due)
   local ready = {}
   for k, id in ipairs(due) do
@@ -42,11 +44,15 @@ local function promote(b)
     if where then
       ready[#ready + 1] = ready_score(priority, seq)
       ready[#ready + 1] = id
-    else
-      bury_unreadable(b, id, raws[k] or nil, now)
     end
   end
   bulk('ZADD', KEYS[b + READY], ready)
+  for k, id in ipairs(due) do
+    if not parse_state(raws[k] or nil) then
+      bury_unreadable(b, id, raws[k] or nil, now)
+    end
+  end
+  bulk('ZREM', KEYS[b + SCHEDULED], due)
 end
 
 local function recover(b)
@@ -54,10 +60,10 @@ local function recover(b)
   if #expired == 0 then
     return
   end
-  -- The calls that can fail (a counter that is not a number) before the first write.
+  -- The calls that can fail (a counter that is not a number) before the first write, and the
+  -- leases removed last.
   local raws = bulk_get('HMGET', KEYS[b + STATE], expired)
   local seq = redis.call('INCRBY', KEYS[b + SEQ], #expired) - #expired
-  bulk('ZREM', KEYS[b + LEASED], expired)
   local states, ready = {}, {}
   for k, id in ipairs(expired) do
     local where, fence, deliveries, priority, _, enqueued = parse_state(raws[k] or nil)
@@ -74,28 +80,28 @@ local function recover(b)
   end
   bulk('HSET', KEYS[b + STATE], states)
   bulk('ZADD', KEYS[b + READY], ready)
+  bulk('ZREM', KEYS[b + LEASED], expired)
 end
 
--- Lease the popped ids: a handful of calls for the whole batch.
+-- Lease the ids taken from the head of ready (removed from it last): a handful of calls for
+-- the whole batch.
 local function lease_all(b, q, ids)
   local raws = bulk_get('HMGET', KEYS[b + STATE], ids)
   local states, leases, kept, slots = {}, {}, {}, {}
   local expiry = now + lease
   for k, id in ipairs(ids) do
     local raw = raws[k] or nil
-    local fence, deliveries, tail
-    if raw then
-      fence, deliveries, tail = string.match(raw, '^W(%d+)|(%d+)|(.*)$')
-    end
-    if not fence then
+    -- Parsed in full before anything is decided: a state only partly readable is dead-lettered
+    -- as unreadable (which cannot fail), never half-handled after its id left the ready set.
+    local where, fence, deliveries, priority, seq, enqueued, reason = parse_state(raw)
+    if where ~= 'W' then
       bury_unreadable(b, id, raw, now)
-    elseif tonumber(deliveries) >= max_deliveries then
-      local _, f, d, priority, _, enqueued, reason = parse_state(raw)
-      bury(b, id, f, d, priority, enqueued, reason ~= '' and reason or 'max_deliveries',
-        'handed out ' .. d .. ' times without being settled', now)
+    elseif deliveries >= max_deliveries then
+      bury(b, id, fence, deliveries, priority, enqueued,
+        reason ~= '' and reason or 'max_deliveries',
+        'handed out ' .. deliveries .. ' times without being settled', now)
     else
-      -- Only the counters change: the rest of the state is copied as it is.
-      local state = string.format('L%d|%d|', fence + 1, deliveries + 1) .. tail
+      local state = format_state('L', fence + 1, deliveries + 1, priority, seq, enqueued, reason)
       local n = #states
       states[n + 1] = id
       states[n + 2] = state
@@ -111,11 +117,14 @@ local function lease_all(b, q, ids)
       got = got + 1
     end
   end
+  if #kept > 0 then
+    bulk('ZADD', KEYS[b + LEASED], leases)
+    bulk('HSET', KEYS[b + STATE], states)
+  end
+  bulk('ZREM', KEYS[b + READY], ids)
   if #kept == 0 then
     return
   end
-  bulk('HSET', KEYS[b + STATE], states)
-  bulk('ZADD', KEYS[b + LEASED], leases)
   local bodies = bulk_get('HMGET', KEYS[b + BODY], kept)
   for k = 1, #kept do
     out[slots[k]] = bodies[k]
@@ -147,13 +156,9 @@ local function serve(q)
   promote(b)
   recover(b)
   while got < limit do
-    local popped = redis.call('ZPOPMIN', KEYS[b + READY], limit - got)
-    if #popped == 0 then
+    local ids = redis.call('ZRANGE', KEYS[b + READY], 0, limit - got - 1)
+    if #ids == 0 then
       break
-    end
-    local ids = {}
-    for i = 1, #popped, 2 do
-      ids[#ids + 1] = popped[i]
     end
     lease_all(b, q, ids)
   end
@@ -163,11 +168,21 @@ local function serve(q)
   end
 end
 
+-- Errors of a server that cannot take writes now (out of memory, a replica, loading): an
+-- outage of the whole server, not of one queue, so the script fails as a whole.
+local OUTAGES = {'OOM', 'READONLY', 'LOADING', 'MASTERDOWN', 'BUSY'}
+
 local function refused(q, err)
+  local message = type(err) == 'table' and tostring(err.err) or tostring(err)
+  for _, prefix in ipairs(OUTAGES) do
+    if string.find(message, prefix, 1, true) == 1 or string.find(message, ': ' .. prefix, 1, true) then
+      error(err)
+    end
+  end
   broken[q] = true
   local errors = out[3]
   errors[#errors + 1] = q
-  errors[#errors + 1] = type(err) == 'table' and tostring(err.err) or tostring(err)
+  errors[#errors + 1] = message
 end
 
 local queues = #KEYS / QUEUE_KEYS

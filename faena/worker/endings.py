@@ -97,23 +97,26 @@ class Endings:
             delivery.id,
             cause,
         )
-        record = None
-        if started is not None:
-            now = self.app.settings.clock.time()
-            record = msgspec.structs.replace(
-                started,
-                state=states.FAILURE,
-                finished_at=now,
-                updated_at=now,
-                reason="ack_unknown",
-                error=ErrorInfo(
-                    type="faena.AcknowledgementUnknown",
-                    message=f"the acknowledgement before the run got no answer ({cause}); "
-                    "acks_late=False jobs run at most once, so it was not run; if the "
-                    "acknowledgement did not apply, the message runs again",
-                ),
-            )
+        error = ErrorInfo(
+            type="faena.AcknowledgementUnknown",
+            message=f"the acknowledgement before the run got no answer ({cause}); "
+            "acks_late=False jobs run at most once, so it was not run; if the "
+            "acknowledgement did not apply, the message runs again",
+        )
+        record = None if started is None else self._failed(started, "ack_unknown", error)
         self.settle(Settlement(delivery=delivery, action="release"), record)
+
+    def _failed(self, started: JobRecord, reason: str, error: ErrorInfo) -> JobRecord:
+        """The ``STARTED`` record of an early-acked job that ends here, for good."""
+        now = self.app.settings.clock.time()
+        return msgspec.structs.replace(
+            started,
+            state=states.FAILURE,
+            finished_at=now,
+            updated_at=now,
+            reason=reason,
+            error=error,
+        )
 
     async def after_early_ack(self, delivery: Delivery, decision: Decision, job: Admitted) -> None:
         """Carry out a decision for a message acknowledged before its job ran (acks_late=False):
@@ -281,16 +284,7 @@ class Endings:
                     message="the worker stopped before the job's end was carried out; "
                     "acks_late=False jobs run at most once",
                 )
-                self.outbox.record(
-                    msgspec.structs.replace(
-                        started,
-                        state=states.FAILURE,
-                        finished_at=now,
-                        updated_at=now,
-                        reason="interrupted",
-                        error=error,
-                    )
-                )
+                self.outbox.record(self._failed(started, "interrupted", error))
             return
         if started is not None:
             record = msgspec.structs.replace(

@@ -16,6 +16,7 @@ from faena import (
     Faena,
     FakeClock,
     JobContext,
+    Task,
     TaskFailed,
 )
 from faena.backends.memory import broker as memory_broker
@@ -188,11 +189,8 @@ def _ack_without_answer(monkeypatch: pytest.MonkeyPatch, applied: bool) -> list[
     return calls
 
 
-def test_an_early_ack_whose_reply_was_lost_ends_the_job_failed_not_waiting_for_ever(
-    app: Faena, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given an at-most-once job whose acknowledgement before the run deletes its message but
-    # loses its reply
+def _at_most_once(app: Faena) -> tuple[Task[[int], int], list[int]]:
+    """An ``acks_late=False`` task, and the arguments of its runs."""
     ran: list[int] = []
 
     @app.task(acks_late=False)
@@ -200,6 +198,15 @@ def test_an_early_ack_whose_reply_was_lost_ends_the_job_failed_not_waiting_for_e
         ran.append(i)
         return i
 
+    return once, ran
+
+
+def test_an_early_ack_whose_reply_was_lost_ends_the_job_failed_not_waiting_for_ever(
+    app: Faena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an at-most-once job whose acknowledgement before the run deletes its message but
+    # loses its reply
+    once, ran = _at_most_once(app)
     _ack_without_answer(monkeypatch, applied=True)
     r = once.delay(1)
     # When a worker takes it
@@ -217,13 +224,7 @@ def test_an_early_ack_the_broker_never_got_hands_the_message_back_uncounted(
     app: Faena, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given an at-most-once job whose acknowledgement before the run never reached the broker
-    ran: list[int] = []
-
-    @app.task(acks_late=False)
-    def once(i: int) -> int:
-        ran.append(i)
-        return i
-
+    once, ran = _at_most_once(app)
     _ack_without_answer(monkeypatch, applied=False)
     r = once.delay(2)
     # When a worker drains the queue

@@ -274,7 +274,7 @@ class TestRedisOnly:
         # nobody and dead-lettered
         assert sorted(d.id for d in run(consume(["a", "b"], 3))) == ["a0", "a1", "a2"]
         assert run(broker.dead_letters(queue="a")) == []
-        with contextlib.closing(self.raw()) as raw:  # (locate and stats read queue b too)
+        with contextlib.closing(self.raw()) as raw:
             assert raw.hlen(f"{self.prefix}:{{a}}:state") == 0
         # And the refused queue is named once in the log, with Redis's reason
         refusals = [r for r in caplog.records if "refused claiming from queue b" in r.message]
@@ -349,6 +349,22 @@ class TestRedisOnly:
             assert await consumer.settle([Settlement(delivery=a0, action="ack")]) == [True]
         finally:
             await consumer.close()
+
+    def test_status_and_locate_show_the_queues_redis_does_not_refuse(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        broker = self.broker()
+        broker.enqueue([out("a0", "a"), out("b0", "b")])
+        # Given one queue under another program's value
+        with contextlib.closing(self.raw()) as raw:
+            raw.delete(f"{self.prefix}:{{b}}:ready")
+            raw.rpush(f"{self.prefix}:{{b}}:ready", "not ours")
+        # When the queues are counted and a message looked for, Then the healthy queue shows
+        stats = run(broker.stats())
+        assert [(st.queue, st.ready) for st in stats] == [("a", 1)]
+        assert broker.locate("a0") == "queued"
+        # And the refused queue is named in the log
+        assert any("queue b" in r.message and "WRONGTYPE" in r.message for r in caplog.records)
 
     @async_test
     async def test_a_consumer_whose_every_queue_is_refused_raises(self) -> None:

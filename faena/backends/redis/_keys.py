@@ -139,15 +139,16 @@ class Batch:
                 raise reply
         return [ops[i] for i in again], again
 
-    def run(self, sender: SyncSender) -> list[Any]:
-        """Send everything (one round trip, two if a script had to be loaded)."""
+    def run(self, sender: SyncSender, keep_errors: bool = False) -> list[Any]:
+        """Send everything (one round trip, two if a script had to be loaded); ``keep_errors``
+        as in :meth:`arun`."""
         replies = self._send(sender, [self._first_try(op) for op in self.ops])
-        retry, where = self._sort(replies, self.ops)
+        retry, where = self._sort(replies, self.ops, keep_errors)
         if retry:
             again = self._send(sender, [self._second_try(op) for op in retry])
             for i, reply in zip(where, again, strict=True):
                 replies[i] = reply
-            self._sort(replies, self.ops)
+            self._sort(replies, self.ops, keep_errors)
         return replies
 
     async def arun(self, sender: AsyncSender, keep_errors: bool = False) -> list[Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -47,6 +48,8 @@ from faena.contracts.broker import (
 )
 from faena.foundation.exceptions import BrokerError, ConfigurationError
 from faena.model.options import MAX_PRIORITY, MIN_PRIORITY
+
+log = logging.getLogger("faena.broker")
 
 T = TypeVar("T")
 
@@ -90,9 +93,9 @@ class RedisBroker(Broker):
                 self._sync = SyncSender(sync_client(self._target, self.url))
             return self._sync
 
-    def _run(self, batch: Batch, doing: str) -> list[Any]:
+    def _run(self, batch: Batch, doing: str, keep_errors: bool = False) -> list[Any]:
         with translated(self._target, doing):
-            return batch.run(self._client())
+            return batch.run(self._client(), keep_errors)
 
     async def _arun(self, call: Callable[[], T]) -> T:
         return await asyncio.to_thread(call)
@@ -174,9 +177,37 @@ class RedisBroker(Broker):
             batch.script(script, self._keys.queue(queue), args)
         return self._run(batch, doing)
 
+    def _read_queues(
+        self, script: _keys.Script, queues: Sequence[str], args: Sequence[Any], doing: str
+    ) -> list[tuple[str, Any]]:
+        """A read-only ``script`` once per queue: the queues that answered, with their reply.
+        A queue whose keys Redis refuses (another program's value under one of them) is left
+        out with an error in the log, so one such queue cannot hide all the others."""
+        if not queues:
+            return []
+        batch = Batch()
+        for queue in queues:
+            batch.script(script, self._keys.queue(queue), args)
+        replies = self._run(batch, doing, keep_errors=True)
+        answered = []
+        for queue, reply in zip(queues, replies, strict=True):
+            if isinstance(reply, Exception):
+                log.error(
+                    "Redis at %s refused %s in queue %s (%s): is another program writing "
+                    "under its keys? It is left out",
+                    self._target.display,
+                    doing,
+                    queue,
+                    reply,
+                )
+            else:
+                answered.append((queue, reply))
+        return answered
+
     def locate(self, message_id: str) -> Location | None:
         doing = "locating a message"
-        answers = self._on_queues(_keys.LOCATE, self._known_queues(doing), [message_id], doing)
+        queues = self._known_queues(doing)
+        answers = [a for _, a in self._read_queues(_keys.LOCATE, queues, [message_id], doing)]
         # A dead letter answers first, as a newer message with its id may also be live.
         found = [_LOCATIONS[a] for a in answers if a]
         if "dead" in found:
@@ -231,10 +262,10 @@ class RedisBroker(Broker):
     def _stats(self) -> list[QueueStats]:
         doing = "counting messages"
         queues = self._known_queues(doing)
-        rows = self._on_queues(_keys.STATS, queues, [now_arg(self.config.clock)], doing)
+        rows = self._read_queues(_keys.STATS, queues, [now_arg(self.config.clock)], doing)
         return [
             QueueStats(queue=q, ready=r[0], scheduled=r[1], leased=r[2], dead=r[3])
-            for q, r in zip(queues, rows, strict=True)
+            for q, r in rows
             if any(r)
         ]
 

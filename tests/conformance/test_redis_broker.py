@@ -405,13 +405,19 @@ class TestRedisOnly:
         assert (letter.id, letter.reason) == ("broken", "corrupt_state")
         assert state in letter.detail
 
-    def test_a_claim_on_a_server_out_of_memory_loses_nothing(
-        self, private_redis: RedisServer
-    ) -> None:
+    def test_a_server_out_of_memory_can_still_be_drained(self, private_redis: RedisServer) -> None:
         async def claim() -> list[Delivery]:
             consumer = await broker.open_consumer(["jobs"], "w1")
             try:
-                return await consumer.receive(10, 0)
+                got = await consumer.receive(10, 0)
+                acks = [Settlement(delivery=d, action="ack") for d in got if d.id != "retried"]
+                retry = [
+                    Settlement(delivery=d, action="retry", body=b"again", due=self.clock.time())
+                    for d in got
+                    if d.id == "retried" and d.deliveries == 1
+                ]
+                assert await consumer.settle(acks + retry) == [True] * len(acks + retry)
+                return got
             finally:
                 await consumer.close()
 
@@ -420,24 +426,38 @@ class TestRedisOnly:
         self.brokers.append(broker)
         admin = redis.Redis(port=private_redis.port)
         try:
-            # (and one scheduled message that has fallen due, and an expired lease: a claim
-            # promotes and recovers them before it leases)
+            # Given an expired lease, a scheduled message that has fallen due and ready ones
             broker.enqueue([out("lost", "jobs")])
-            assert [d.id for d in run(claim())] == ["lost"]
-            broker.enqueue([out(f"m{i}", "jobs") for i in range(5)])
+
+            async def lease_and_die() -> list[str]:
+                consumer = await broker.open_consumer(["jobs"], "w0")
+                try:
+                    return [d.id for d in await consumer.receive(1, 0)]
+                finally:
+                    await consumer.close()
+
+            assert run(lease_and_die()) == ["lost"]
+            broker.enqueue([out(f"m{i}", "jobs") for i in range(5)] + [out("retried", "jobs")])
             broker.enqueue([out("later", "jobs", due=self.clock.time() + 10)])
             self.clock.advance(31)
-
-            # Given a server that refuses writes that need memory (maxmemory reached)
+            # And a server that refuses every write that needs memory (maxmemory reached)
             admin.config_set("maxmemory", 1)
-            # When a worker claims, Then it hears of the outage
             with pytest.raises(BrokerError, match="maxmemory"):
-                run(claim())
-            # And once the server takes writes again, every message is there, handed out once
-            admin.config_set("maxmemory", 0)
+                broker.enqueue([out("refused", "jobs")])
+            # When a worker claims and settles, Then every message is handed out, promoted and
+            # recovered ones included, and acknowledged or retried, while memory is still full
             got = run(claim())
-            assert sorted(d.id for d in got) == ["later", "lost", "m0", "m1", "m2", "m3", "m4"]
-            assert {d.id: d.deliveries for d in got if d.deliveries != 1} == {"lost": 2}
+            assert sorted(d.id for d in got) == [
+                "later",
+                "lost",
+                "m0",
+                "m1",
+                "m2",
+                "m3",
+                "m4",
+                "retried",
+            ]
+            assert [d.id for d in run(claim())] == ["retried"]
         finally:
             admin.config_set("maxmemory", 0)
             admin.close()

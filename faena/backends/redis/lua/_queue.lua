@@ -104,18 +104,16 @@ local function wake(b)
   end
 end
 
--- Move a live message to the dead letters (its caller takes it out of ready, scheduled or
--- leased). The dead letter is written before the live entries go: a server that refuses a
--- write half-way (out of memory) leaves the message where it was, never nowhere.
+-- Move a live message, already taken out of ready, scheduled and leased, to the dead letters.
 local function bury(b, id, fence, deliveries, priority, enqueued, reason, detail, now)
   local body = redis.call('HGET', KEYS[b + BODY], id) or ''
+  redis.call('HDEL', KEYS[b + STATE], id)
+  redis.call('HDEL', KEYS[b + BODY], id)
   redis.call('ZADD', KEYS[b + DEAD], now, id)
   redis.call('HSET', KEYS[b + DEAD_STATE], id,
     string.format('%d|%d|%d|%d|%d|', fence, deliveries, priority, enqueued, #reason)
       .. reason .. detail)
   redis.call('HSET', KEYS[b + DEAD_BODY], id, body)
-  redis.call('HDEL', KEYS[b + STATE], id)
-  redis.call('HDEL', KEYS[b + BODY], id)
 end
 
 -- A message whose state entry is missing or unreadable (written by something other than

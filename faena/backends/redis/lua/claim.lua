@@ -6,10 +6,7 @@
 --
 -- For each queue, in order: promote scheduled messages that are due (keeping their place in
 -- line), recover expired leases (to the back of the line, counted, last reason
--- `lease_expired`), then take ready messages, best first, until the batch is full. Each move
--- writes a message's new place before it removes the old one: a server that refuses a write
--- half-way (out of memory) leaves a message in two places at worst (the next claim settles
--- it), never in none. A popped
+-- `lease_expired`), then pop ready messages, best first, until the batch is full. A popped
 -- message that was already handed out max_deliveries times is dead-lettered instead, with the
 -- reason of its last loss. A lease increments deliveries and the fence.
 --
@@ -37,6 +34,7 @@ local function promote(b)
   if #due == 0 then
     return
   end
+  bulk('ZREM', KEYS[b + SCHEDULED], due)
   local raws = bulk_get('HMGET', KEYS[b + STATE], due)
   local ready = {}
   for k, id in ipairs(due) do
@@ -44,15 +42,11 @@ local function promote(b)
     if where then
       ready[#ready + 1] = ready_score(priority, seq)
       ready[#ready + 1] = id
-    end
-  end
-  bulk('ZADD', KEYS[b + READY], ready)
-  for k, id in ipairs(due) do
-    if not parse_state(raws[k] or nil) then
+    else
       bury_unreadable(b, id, raws[k] or nil, now)
     end
   end
-  bulk('ZREM', KEYS[b + SCHEDULED], due)
+  bulk('ZADD', KEYS[b + READY], ready)
 end
 
 local function recover(b)
@@ -60,8 +54,7 @@ local function recover(b)
   if #expired == 0 then
     return
   end
-  -- The calls that can fail (a counter that is not a number) before the first write, and the
-  -- leases removed last.
+  bulk('ZREM', KEYS[b + LEASED], expired)
   local raws = bulk_get('HMGET', KEYS[b + STATE], expired)
   local seq = redis.call('INCRBY', KEYS[b + SEQ], #expired) - #expired
   local states, ready = {}, {}
@@ -80,11 +73,9 @@ local function recover(b)
   end
   bulk('HSET', KEYS[b + STATE], states)
   bulk('ZADD', KEYS[b + READY], ready)
-  bulk('ZREM', KEYS[b + LEASED], expired)
 end
 
--- Lease the ids taken from the head of ready (removed from it last): a handful of calls for
--- the whole batch.
+-- Lease the popped ids: a handful of calls for the whole batch.
 local function lease_all(b, q, ids)
   local raws = bulk_get('HMGET', KEYS[b + STATE], ids)
   local states, leases, kept, slots = {}, {}, {}, {}
@@ -117,14 +108,11 @@ local function lease_all(b, q, ids)
       got = got + 1
     end
   end
-  if #kept > 0 then
-    bulk('ZADD', KEYS[b + LEASED], leases)
-    bulk('HSET', KEYS[b + STATE], states)
-  end
-  bulk('ZREM', KEYS[b + READY], ids)
   if #kept == 0 then
     return
   end
+  bulk('HSET', KEYS[b + STATE], states)
+  bulk('ZADD', KEYS[b + LEASED], leases)
   local bodies = bulk_get('HMGET', KEYS[b + BODY], kept)
   for k = 1, #kept do
     out[slots[k]] = bodies[k]
@@ -156,9 +144,13 @@ local function serve(q)
   promote(b)
   recover(b)
   while got < limit do
-    local ids = redis.call('ZRANGE', KEYS[b + READY], 0, limit - got - 1)
-    if #ids == 0 then
+    local popped = redis.call('ZPOPMIN', KEYS[b + READY], limit - got)
+    if #popped == 0 then
       break
+    end
+    local ids = {}
+    for i = 1, #popped, 2 do
+      ids[#ids + 1] = popped[i]
     end
     lease_all(b, q, ids)
   end
@@ -168,8 +160,10 @@ local function serve(q)
   end
 end
 
--- Errors of a server that cannot take writes now (out of memory, a replica, loading): an
--- outage of the whole server, not of one queue, so the script fails as a whole.
+-- Errors of a server that cannot take writes now (a replica, loading, busy): an outage of the
+-- whole server, not of one queue, so the script fails as a whole. (Out of memory cannot cut a
+-- claim short: each queue's first write is a removal, which Redis always allows, and a script
+-- that has written may write on past maxmemory; so a full server can still be drained.)
 local OUTAGES = {'OOM', 'READONLY', 'LOADING', 'MASTERDOWN', 'BUSY'}
 
 local function refused(q, err)

@@ -72,7 +72,7 @@ for k, record in ipairs(records) do
       changed[id] = false
     else
       local _, f, deliveries, priority, seq, enqueued, reason = parse_state(raw)
-      -- The new place is written before the lease goes (see claim.lua).
+      redis.call('ZREM', KEYS[LEASED], id)
       if action == 'd' then
         bury(0, id, f, deliveries, priority, enqueued, record[4], record[5], now)
         changed[id] = false
@@ -115,7 +115,6 @@ for k, record in ipairs(records) do
         changed[id] = state
         news = true
       end
-      redis.call('ZREM', KEYS[LEASED], id)
     end
   end
   done[k] = applied

@@ -350,7 +350,7 @@ class TestRedisOnly:
         finally:
             await consumer.close()
 
-    def test_status_and_locate_show_the_queues_redis_does_not_refuse(
+    def test_status_locate_and_dead_letters_show_the_queues_redis_does_not_refuse(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
         broker = self.broker()
@@ -363,6 +363,7 @@ class TestRedisOnly:
         stats = run(broker.stats())
         assert [(st.queue, st.ready) for st in stats] == [("a", 1)]
         assert broker.locate("a0") == "queued"
+        assert run(broker.dead_letters()) == []
         # And the refused queue is named in the log
         assert any("queue b" in r.message and "WRONGTYPE" in r.message for r in caplog.records)
 

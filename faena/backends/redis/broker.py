@@ -285,7 +285,7 @@ class RedisBroker(Broker):
     def _dead_letters(self, limit: int, queue: str | None) -> list[DeadLetter]:
         doing = "listing dead letters"
         queues = [queue] if queue is not None else self._known_queues(doing)
-        rows = self._on_queues(_keys.DEAD_LETTERS, queues, [limit], doing)
+        rows = self._read_queues(_keys.DEAD_LETTERS, queues, [limit], doing)
         letters = [
             DeadLetter(
                 id=r[i].decode(),
@@ -296,7 +296,7 @@ class RedisBroker(Broker):
                 deliveries=r[i + 2],
                 body=r[i + 5],
             )
-            for q, r in zip(queues, rows, strict=True)
+            for q, r in rows
             for i in range(0, len(r), 6)
         ]
         letters.sort(key=lambda x: x.dead_at, reverse=True)

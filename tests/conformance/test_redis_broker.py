@@ -679,6 +679,9 @@ def test_a_cluster_consumer_of_several_queues_wakes_for_any_of_them(
     async def scenario() -> None:
         consumer = await broker.open_consumer(queues, "w1")
         try:
+            # (both sides connected to the cluster first: the wait is what is timed)
+            assert await consumer.receive(1, 0) == []
+            assert await broker.stats() == []
             waiting = asyncio.create_task(consumer.receive(1, 20.0))
             # When one of them gets a message from another thread
             producer = threading.Timer(0.1, broker.enqueue, ([out("m1", target)],))

@@ -431,15 +431,22 @@ class BrokerConformance(_Suite):
         # Then it is ready at once and its next hand-out is still the first
         assert (again.id, again.deliveries, again.last_reason) == ("m1", 1, None)
 
+    @staticmethod
+    async def _lost_once(consumer: Consumer) -> Delivery:
+        """Lease the one waiting message, hand it back as lost (counted, ``worker_lost``), and
+        return its next delivery."""
+        (d,) = await consumer.receive(1, 0)
+        lost = settle(d, "release", reason="worker_lost")
+        assert await consumer.settle([lost]) == [True]
+        (again,) = await consumer.receive(1, 0)
+        return again
+
     @async_test
     async def test_release_with_reason_counts_and_records_it(self) -> None:
         broker = self.broker()
         broker.enqueue([out("m1")])
         async with self.consumer(broker) as consumer:
-            (d,) = await consumer.receive(1, 0)
-            lost = settle(d, "release", reason="worker_lost")
-            assert await consumer.settle([lost]) == [True]
-            (again,) = await consumer.receive(1, 0)
+            again = await self._lost_once(consumer)
         assert (again.deliveries, again.last_reason) == (2, "worker_lost")
 
     @async_test
@@ -448,10 +455,7 @@ class BrokerConformance(_Suite):
         broker.enqueue([out("m1")])
         async with self.consumer(broker) as consumer:
             # Given a message lost once (a worker died holding it)
-            (d,) = await consumer.receive(1, 0)
-            lost = settle(d, "release", reason="worker_lost")
-            assert await consumer.settle([lost]) == [True]
-            (d,) = await consumer.receive(1, 0)
+            d = await self._lost_once(consumer)
             # When it is handed back due later, uncounted (a job postponed by its limits)
             due = self.clock.time() + 30
             assert await consumer.settle([settle(d, "release", due=due)]) == [True]

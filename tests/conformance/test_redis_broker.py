@@ -21,6 +21,7 @@ from redis.crc import key_slot
 
 from faena.backends.redis import consumer as redis_consumer
 from faena.backends.redis._client import refusal
+from faena.backends.redis._keys import QUEUE_KEY_NAMES
 from faena.backends.redis.broker import RedisBroker
 from faena.contracts.broker import Broker, BrokerConfig, Delivery, Settlement, WorkerInfo
 from faena.foundation.clock import SYSTEM_CLOCK, FakeClock
@@ -68,6 +69,15 @@ class TestRedisClusterBroker(BrokerConformance):
 
 
 # -- what only the Redis broker promises ----------------------------------------------------
+# The keys each write to a queue uses, where not all ten (see lua/*.lua)
+USES = {
+    "enqueue": ("seq", "state", "body", "ready", "scheduled", "wake"),
+    "remove": ("ready", "scheduled", "state", "body"),
+    "purge": ("ready", "scheduled", "leased", "state", "body"),
+    "purge_dead": ("dead", "dead:state", "dead:body"),
+}
+
+
 class TestRedisOnly:
     url: str
 
@@ -291,6 +301,70 @@ class TestRedisOnly:
         (b0,) = run(consume(["b"], 1))
         assert (b0.id, b0.deliveries) == ("b0", 1)
 
+    @pytest.mark.parametrize("broken_key", QUEUE_KEY_NAMES)
+    @pytest.mark.parametrize(
+        "write",
+        ["enqueue", "ack", "release", "retry", "dead", "remove", "purge", "requeue", "purge_dead"],
+    )
+    def test_a_write_redis_refuses_leaves_the_queue_as_it_was(
+        self, write: str, broken_key: str
+    ) -> None:
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        names = [f"{self.prefix}:{{q}}:{name}" for name in QUEUE_KEY_NAMES]
+        foreign = f"{self.prefix}:{{q}}:{broken_key}"
+
+        async def scenario() -> None:
+            broker.enqueue([out("l0", "q"), out("gone", "q"), out("w0", "q")])
+            broker.enqueue([out("s0", "q", due=SYSTEM_CLOCK.time() + 3600)])
+            consumer = await broker.open_consumer(["q"], "w1")
+            try:
+                # Given a queue with a waiting, a scheduled, a leased message and a dead letter
+                held, gone = await consumer.receive(2, 0)
+                assert (held.id, gone.id) == ("l0", "gone")
+                dead = Settlement(delivery=gone, action="dead", reason="boom")
+                assert await consumer.settle([dead]) == [True]
+                # And another program's value under one of its keys
+                with contextlib.closing(self.raw()) as raw:
+                    raw.delete(foreign)
+                    if broken_key == "wake":  # (a list: anything else is the wrong type)
+                        raw.set(foreign, "not ours")
+                    else:
+                        raw.rpush(foreign, "not ours")
+                    before = {name: raw.dump(name) for name in names}
+                # When a write to that queue is sent
+                actions = {"ack": {}, "release": {}, "retry": {"body": b"b"}, "dead": {}}
+
+                async def write_once() -> None:
+                    if write == "enqueue":
+                        broker.enqueue([out("n1", "q")])
+                    elif write in actions:
+                        settle = Settlement(delivery=held, action=write, **actions[write])
+                        await consumer.settle([settle])
+                    elif write == "remove":
+                        broker.remove("w0")
+                    elif write == "purge":
+                        await broker.purge(["q"])
+                    elif write == "requeue":
+                        await broker.requeue_dead()
+                    else:
+                        await broker.purge_dead()
+
+                if broken_key in USES.get(write, QUEUE_KEY_NAMES):
+                    # Then, refused, it changed nothing: no message is half moved
+                    with pytest.raises(BrokerError, match=r"WRONGTYPE|not a counter"):
+                        await write_once()
+                    with contextlib.closing(self.raw()) as raw:
+                        assert {name: raw.dump(name) for name in names} == before
+                else:
+                    await write_once()  # (a key it does not use)
+                # And the other program's value is still there, whatever the write did
+                with contextlib.closing(self.raw()) as raw:
+                    assert raw.type(foreign) == (b"string" if broken_key == "wake" else b"list")
+            finally:
+                await consumer.close()
+
+        run(scenario())
+
     @async_test
     async def test_a_queue_whose_counter_is_not_a_number_loses_no_expired_lease(self) -> None:
         broker = self.broker(lease_s=5.0)
@@ -366,6 +440,73 @@ class TestRedisOnly:
         assert run(broker.dead_letters()) == []
         # And the refused queue is named in the log
         assert any("queue b" in r.message and "WRONGTYPE" in r.message for r in caplog.records)
+
+    @async_test
+    async def test_a_settlement_sent_again_after_a_refusal_is_answered_not_applied_twice(
+        self,
+    ) -> None:
+        broker = self.broker()
+        broker.enqueue([out("a0", "a"), out("b0", "b")])
+        consumer = await broker.open_consumer(["a", "b"], "w1")
+        try:
+            held = sorted(await consumer.receive(10, 0), key=lambda d: d.queue)
+            acks = [Settlement(delivery=d, action="ack") for d in held]
+            # Given another program's value under one of queue b's keys while its message is held
+            dead = f"{self.prefix}:{{b}}:dead"
+            with contextlib.closing(self.raw()) as raw:
+                raw.set(dead, "not ours")
+            # When both are acknowledged in one write, Then b is refused and a acknowledged
+            with pytest.raises(BrokerError, match="WRONGTYPE") as refused:
+                await consumer.settle(acks)
+            assert "{b}" in str(refused.value)
+            assert broker.locate("a0") is None
+            assert broker.locate("b0") == "leased"
+            # And once the value is gone, the same settlements sent again are all applied
+            with contextlib.closing(self.raw()) as raw:
+                raw.delete(dead)
+            assert await consumer.settle(acks) == [True, True]
+            assert broker.locate("b0") is None
+        finally:
+            await consumer.close()
+
+    def test_admin_writes_do_the_queues_redis_accepts_and_name_the_one_it_refuses(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out(f"{q}{n}", q) for q in "ab" for n in range(3)])
+
+        async def bury(queue: str, mid: str) -> None:
+            consumer = await broker.open_consumer([queue], "w1")
+            try:
+                (d,) = await consumer.receive(1, 0)
+                assert d.id == mid
+                settle = Settlement(delivery=d, action="dead", reason="boom")
+                assert await consumer.settle([settle]) == [True]
+            finally:
+                await consumer.close()
+
+        # Given a dead letter in each of two queues, the second under another program's value
+        run(bury("a", "a0"))
+        run(bury("b", "b0"))
+        body = f"{self.prefix}:{{b}}:body"
+        with contextlib.closing(self.raw()) as raw:
+            kept = raw.dump(body)
+            raw.delete(body)
+            raw.rpush(body, "not ours")
+        # When dead letters are requeued and a message removed from every queue
+        with pytest.raises(BrokerError, match=r"queue b: WRONGTYPE.*1 requeued"):
+            run(broker.requeue_dead())
+        with pytest.raises(BrokerError, match=r"queue b: WRONGTYPE.*it was removed"):
+            broker.remove("a2")
+        # Then the healthy queue's letter is back in line and its message removed
+        assert [d.id for d in run(broker.dead_letters(queue="a"))] == []
+        assert broker.locate("a0") == "queued"
+        assert broker.locate("a2") is None
+        # And the refused queue is as it was, once the other program's value is gone
+        with contextlib.closing(self.raw()) as raw:
+            raw.delete(body)
+            raw.restore(body, 0, kept)
+        assert [d.id for d in run(broker.dead_letters(queue="b"))] == ["b0"]
+        assert broker.locate("b2") == "queued"
+        assert run(broker.requeue_dead()) == 1
 
     @async_test
     async def test_a_consumer_whose_every_queue_is_refused_raises(self) -> None:

@@ -166,16 +166,35 @@ class RedisBroker(Broker):
         (names,) = self._run(batch, doing)
         return sorted(n.decode() for n in names)
 
-    def _on_queues(
-        self, script: _keys.Script, queues: Sequence[str], args: Sequence[Any], doing: str
+    def _write_queues(
+        self,
+        script: _keys.Script,
+        queues: Sequence[str],
+        args: Sequence[Any],
+        doing: str,
+        done: Callable[[list[Any]], str],
     ) -> list[Any]:
-        """``script`` once per queue, in one pipeline; the replies in the queues' order."""
+        """A writing ``script`` once per queue, in one pipeline; the replies in the queues'
+        order. Every queue Redis accepts is written; a queue it refuses (another program's
+        value under one of its keys) then fails the call, named, with what was done in the
+        others (``done`` of their replies). The scripts check their keys before they write, so
+        a refused queue is left as it was."""
         if not queues:
             return []
         batch = Batch()
         for queue in queues:
             batch.script(script, self._keys.queue(queue), args)
-        return self._run(batch, doing)
+        replies = self._run(batch, doing, keep_errors=True)
+        refused = [(q, r) for q, r in zip(queues, replies, strict=True) if isinstance(r, Exception)]
+        if refused:
+            answered = [r for r in replies if not isinstance(r, Exception)]
+            reasons = "; ".join(f"queue {q}: {r}" for q, r in refused)
+            others = f"; in the other queues, {done(answered)}" if answered else ""
+            raise BrokerError(
+                f"Redis at {self._target.display} refused {doing} ({reasons}): is another "
+                f"program writing under its keys? Nothing was changed there{others}"
+            )
+        return replies
 
     def _read_queues(
         self, script: _keys.Script, queues: Sequence[str], args: Sequence[Any], doing: str
@@ -215,8 +234,9 @@ class RedisBroker(Broker):
         return found[0] if found else None
 
     def remove(self, message_id: str) -> bool:
-        doing = "removing a message"
-        answers = self._on_queues(_keys.REMOVE, self._known_queues(doing), [message_id], doing)
+        doing = f"removing message {message_id!r}"
+        queues = self._known_queues(doing)
+        answers = self._write_queues(_keys.REMOVE, queues, [message_id], doing, _removed)
         return any(answers)
 
     # -- workers ----------------------------------------------------------------------------
@@ -279,7 +299,9 @@ class RedisBroker(Broker):
     async def purge(self, queues: Sequence[str]) -> int:
         chosen = list(queues)
         now = [now_arg(self.config.clock)]
-        counts = await self._arun(lambda: self._on_queues(_keys.PURGE, chosen, now, "purging"))
+        counts = await self._arun(
+            lambda: self._write_queues(_keys.PURGE, chosen, now, "purging", _count("deleted"))
+        )
         return sum(counts)
 
     def _dead_letters(self, limit: int, queue: str | None) -> list[DeadLetter]:
@@ -308,9 +330,11 @@ class RedisBroker(Broker):
         return await self._arun(lambda: self._dead_letters(limit, queue))
 
     def _on_dead(self, script: _keys.Script, head: list[Any], ids: Sequence[str] | None) -> int:
-        doing = "requeuing dead letters" if script is _keys.REQUEUE_DEAD else "purging dead letters"
+        requeue = script is _keys.REQUEUE_DEAD
+        doing = "requeuing dead letters" if requeue else "purging dead letters"
         args = [*head, "all"] if ids is None else [*head, "ids", *ids]
-        return sum(self._on_queues(script, self._known_queues(doing), args, doing))
+        done = _count("requeued" if requeue else "deleted")
+        return sum(self._write_queues(script, self._known_queues(doing), args, doing, done))
 
     async def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
         if ids is not None and not ids:
@@ -332,3 +356,11 @@ class RedisBroker(Broker):
             client.close()
         if connections is not None:
             connections.close()
+
+
+def _count(verb: str) -> Callable[[list[Any]], str]:
+    return lambda counts: f"{sum(counts)} {verb}"
+
+
+def _removed(answers: list[Any]) -> str:
+    return "it was removed" if any(answers) else "it was not found"

@@ -78,6 +78,7 @@ class RedisConsumer(Consumer):
         self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True)
         self._turn = 0
         self._set_aside: dict[int, float] = {}  # queue index -> until (monotonic)
+        self._applied: dict[int, tuple[Settlement, bool]] = {}  # see settle
         self._woken_by: int | None = None
         # Set by a claim that emptied every queue (see the module docstring): when the next
         # scheduled message or lease falls due (monotonic), None for nothing due.
@@ -361,22 +362,50 @@ class RedisConsumer(Consumer):
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         if not settlements:
             return []
+        # Settlements applied by a write that failed on another queue's refusal, sent again
+        # with the refused ones: answered as they were, not sent twice (a second ack would
+        # find the message gone and report the lease lost).
+        applied = self._applied  # (kept until a write goes through: it may fail again)
+        done = [False] * len(settlements)
         per_queue: dict[str, tuple[list[bytes], list[int]]] = {}
         for position, s in enumerate(settlements):
+            earlier = applied.get(id(s))
+            if earlier is not None and earlier[0] is s:
+                done[position] = earlier[1]
+                continue
             group = per_queue.get(s.delivery.queue)
             if group is None:
                 group = per_queue[s.delivery.queue] = ([], [])
             group[0].append(_record(s))
             group[1].append(position)
+        if not per_queue:
+            self._applied = {}
+            return done
         now = now_arg(self._config.clock)
         batch = Batch()
         for queue, (records, _) in per_queue.items():
             batch.script(_keys.SETTLE, self._keys.queue(queue), [now, b"".join(records)])
-        replies = await self._run(batch, f"settling {len(settlements)} message(s)")
-        done = [False] * len(settlements)
-        for (_, positions), reply in zip(per_queue.values(), replies, strict=True):
-            for position, applied in zip(positions, reply, strict=True):
-                done[position] = applied == 1
+        doing = f"settling {len(settlements)} message(s)"
+        replies = await self._run(batch, doing, keep_errors=True)
+        self._applied = {}
+        refused, refused_at = [], set()
+        for (queue, (_, positions)), reply in zip(per_queue.items(), replies, strict=True):
+            if isinstance(reply, Exception):
+                refused.append(f"queue {queue}: {reply}")
+                refused_at.update(positions)
+                continue
+            for position, answer in zip(positions, reply, strict=True):
+                done[position] = answer == 1
+        if refused:
+            # The refused queue was left as it was (the script checks before it writes); the
+            # caller sends its settlements again, with the others, which are kept to answer.
+            self._applied = {
+                id(s): (s, done[p]) for p, s in enumerate(settlements) if p not in refused_at
+            }
+            raise BrokerError(
+                f"Redis at {self._target.display} refused {doing} ({'; '.join(refused)}): "
+                "is another program writing under its keys? Nothing was changed there"
+            )
         return done
 
     async def extend(self, deliveries: Sequence[Delivery], lease_s: float) -> set[str]:

@@ -104,6 +104,32 @@ local function wake(b)
   end
 end
 
+-- The type each of a queue's keys must have (or none, when absent).
+local TYPES = {
+  [READY] = 'zset', [SCHEDULED] = 'zset', [LEASED] = 'zset', [STATE] = 'hash', [BODY] = 'hash',
+  [DEAD] = 'zset', [DEAD_STATE] = 'hash', [DEAD_BODY] = 'hash', [SEQ] = 'string', [WAKE] = 'list',
+}
+local ALL_KEYS = {READY, SCHEDULED, LEASED, STATE, BODY, DEAD, DEAD_STATE, DEAD_BODY, SEQ, WAKE}
+
+-- Refuse a queue one of whose keys (every key, or those listed in `which`) holds another
+-- program's value, before the script writes anything. Redis keeps what a failed script wrote
+-- before its error: a script that met the wrong type part way could leave a message half
+-- moved (its state deleted and no dead letter written, or waiting in no line), or delete the
+-- other program's value. A script checks the keys it writes before it reads or writes in one
+-- that fails on its own first.
+local function check_types(b, which)
+  for _, k in ipairs(which or ALL_KEYS) do
+    local key = KEYS[b + k]
+    local found = redis.call('TYPE', key)['ok']
+    if found ~= TYPES[k] and found ~= 'none' then
+      error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. TYPES[k]})
+    end
+    if k == SEQ and found == 'string' and not string.match(redis.call('GET', key), '^%-?%d+$') then
+      error({err = 'ERR ' .. key .. ' holds a string that is not a counter'})
+    end
+  end
+end
+
 -- Move a live message, already taken out of ready, scheduled and leased, to the dead letters.
 local function bury(b, id, fence, deliveries, priority, enqueued, reason, detail, now)
   local body = redis.call('HGET', KEYS[b + BODY], id) or ''

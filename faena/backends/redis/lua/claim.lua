@@ -119,25 +119,6 @@ local function lease_all(b, q, ids)
   end
 end
 
--- The type each of a queue's keys must have (or none, when absent).
-local TYPES = {
-  [READY] = 'zset', [SCHEDULED] = 'zset', [LEASED] = 'zset', [STATE] = 'hash', [BODY] = 'hash',
-  [DEAD] = 'zset', [DEAD_STATE] = 'hash', [DEAD_BODY] = 'hash', [SEQ] = 'string', [WAKE] = 'list',
-}
-
-local function check_types(b)
-  for which, wanted in pairs(TYPES) do
-    local found = redis.call('TYPE', KEYS[b + which])['ok']
-    if found ~= wanted and found ~= 'none' then
-      error({err = 'WRONGTYPE ' .. KEYS[b + which] .. ' holds a ' .. found .. ', not a ' .. wanted})
-    end
-  end
-  local seq = redis.call('GET', KEYS[b + SEQ])
-  if seq and not string.match(seq, '^%-?%d+$') then
-    error({err = 'ERR ' .. KEYS[b + SEQ] .. ' holds a string that is not a counter'})
-  end
-end
-
 local function serve(q)
   local b = q * QUEUE_KEYS
   check_types(b)

@@ -8,6 +8,7 @@
 -- Returns how many were deleted. Takes time in proportion to the backlog.
 local CHUNK = 1000
 local now = now_ms(ARGV[1])
+check_types(0, {READY, SCHEDULED, LEASED, STATE, BODY}) -- before the first write
 local deleted = 0
 
 local function forget(ids)

@@ -4,6 +4,8 @@
 -- ARGV: 'all', or 'ids' followed by the ids.
 --
 -- Returns how many were deleted.
+-- Before the first write (and before DEL, which would take another program's value too)
+check_types(0, {DEAD, DEAD_STATE, DEAD_BODY})
 if ARGV[1] == 'all' then
   local count = redis.call('ZCARD', KEYS[DEAD])
   redis.call('DEL', KEYS[DEAD], KEYS[DEAD_STATE], KEYS[DEAD_BODY])

@@ -5,6 +5,7 @@
 --
 -- Returns 1 if removed, else 0.
 local id = ARGV[1]
+check_types(0, {READY, SCHEDULED, STATE, BODY}) -- before the first write
 if redis.call('ZREM', KEYS[READY], id) + redis.call('ZREM', KEYS[SCHEDULED], id) == 0 then
   return 0
 end

@@ -8,6 +8,7 @@
 -- anew, maybe running) stays: putting it back would overwrite the newer message.
 -- Returns how many were requeued.
 local now = now_ms(ARGV[1])
+check_types(0) -- before the first write: a queue Redis refuses is left as it was
 local chosen = {}
 if ARGV[2] == 'all' then
   chosen = redis.call('ZRANGE', KEYS[DEAD], 0, -1)

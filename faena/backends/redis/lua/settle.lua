@@ -53,6 +53,7 @@ if #records == 0 then
   return {}
 end
 
+check_types(0) -- before the first write: a queue Redis refuses is left as it was
 local raws = bulk_get('HMGET', KEYS[STATE], ids)
 local changed = {} -- id -> its state after an earlier settlement of this batch (false: gone)
 local acked = {}

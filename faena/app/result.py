@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, ca
 
 from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import (
+    BrokerError,
+    BrokerUnavailable,
     ChordError,
     ResultError,
     SerializationError,
@@ -273,8 +275,18 @@ class AsyncResult(Generic[R]):
         ``terminate=True`` within its worker's ``revoke_check_s`` (process pool: the child is
         killed; async tasks: cancelled; threads: see ``docs/workers.md``). Returns ``True`` if
         the message was still waiting and is now gone.
+
+        A broker that refuses one of its queues (Redis, another program's value under its
+        keys) raises :class:`BrokerError` after the record is written: the job is revoked all
+        the same, and its message is removed from every queue the broker took.
         """
-        removed = self.app.broker.remove(self.id)
+        refused: BrokerError | None = None
+        try:
+            removed = self.app.broker.remove(self.id)
+        except BrokerUnavailable:
+            raise
+        except BrokerError as error:
+            refused, removed = error, False
         now = self.app.settings.clock.time()
         # Unless its message was waiting (a send again after an earlier run), a job whose
         # outcome is stored has finished: that outcome stands, even one written a moment ago,
@@ -293,4 +305,6 @@ class AsyncResult(Generic[R]):
             ),
             unless_ready=not removed,
         )
+        if refused is not None:
+            raise refused
         return removed

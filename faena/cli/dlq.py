@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import click
 from rich.console import Console
@@ -27,7 +27,7 @@ from faena.cli.common import (
     yes_option,
 )
 from faena.contracts.broker import DeadLetter
-from faena.foundation.exceptions import SerializationError
+from faena.foundation.exceptions import BrokerError, BrokerUnavailable, SerializationError
 from faena.model.message import decode_message
 
 
@@ -195,10 +195,11 @@ def dlq_retry(
                     "running again (`faena dlq list` shows them)."
                 )
             return
-        done, missing = asyncio.run(_each(app, chosen, retry=True))
+        done, missing, failed = asyncio.run(_each(app, chosen, retry=True))
         # Still dead: a letter left as its id is in use again (maybe beside others requeued).
-        in_use = [i for i in chosen if app.broker.locate(i) == "dead"]
-    _report(done, [i for i in missing if i not in in_use], "Requeued", in_use)
+        tried = [i for i in chosen if i not in failed]
+        in_use = [i for i in tried if app.broker.locate(i) == "dead"]
+    _report(done, [i for i in missing if i not in in_use], "Requeued", in_use, failed)
 
 
 @dlq.command("purge")
@@ -237,28 +238,51 @@ def dlq_purge(
             return
         if not yes:
             click.confirm(f"Delete {len(chosen)} dead letter(s) for good?", abort=True)
-        done, missing = asyncio.run(_each(app, chosen, retry=False))
-    _report(done, missing, "Deleted")
+        done, missing, failed = asyncio.run(_each(app, chosen, retry=False))
+    _report(done, missing, "Deleted", failed=failed)
 
 
-async def _each(app: Faena, ids: Sequence[str], *, retry: bool) -> tuple[int, list[str]]:
-    """Requeue or delete each id on its own, so the ones not done can be named; how many
-    letters were (an id may be dead in several queues), and the ids of none."""
+async def _each(
+    app: Faena, ids: Sequence[str], *, retry: bool
+) -> tuple[int, list[str], dict[str, str]]:
+    """Requeue or delete each id on its own, so the ones not done can be named: how many
+    letters were (an id may be dead in several queues), the ids of none, and the ids the
+    broker refused (in some queue: the others were done), each with its error. A broker that
+    does not answer ends the command."""
     total = 0
     missing: list[str] = []
+    failed: dict[str, str] = {}
     for job_id in ids:
-        if retry:
-            done = await app.broker.requeue_dead([job_id])
-        else:
-            done = await app.broker.purge_dead([job_id])
+        try:
+            if retry:
+                done = await app.broker.requeue_dead([job_id])
+            else:
+                done = await app.broker.purge_dead([job_id])
+        except BrokerUnavailable:
+            raise
+        except BrokerError as error:
+            failed[job_id] = str(error)
+            continue
         total += done
         if not done:
             missing.append(job_id)
-    return total, missing
+    return total, missing, failed
 
 
-def _report(done: int, missing: Sequence[str], verb: str, in_use: Sequence[str] = ()) -> None:
-    click.echo(f"{verb} {done} dead letter(s).")
+def _report(
+    done: int,
+    missing: Sequence[str],
+    verb: str,
+    in_use: Sequence[str] = (),
+    failed: Mapping[str, str] | None = None,
+) -> None:
+    if failed:
+        click.echo(
+            f"{verb} {done} dead letter(s), besides what the errors below say of "
+            f"{len(failed)} id(s) the broker refused in some queue."
+        )
+    else:
+        click.echo(f"{verb} {done} dead letter(s).")
     problems = []
     if in_use:
         problems.append(
@@ -269,5 +293,7 @@ def _report(done: int, missing: Sequence[str], verb: str, in_use: Sequence[str] 
         problems.append(
             f"not in the dead-letter queue: {', '.join(missing)} (see `faena dlq list`)"
         )
+    for job_id, error in (failed or {}).items():
+        problems.append(f"{job_id}: {error}")
     if problems:
         raise CommandFailed("; ".join(problems))

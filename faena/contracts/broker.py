@@ -158,7 +158,12 @@ class Consumer(ABC):
 
     @abstractmethod
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """Apply the settlements in one step. ``False`` where the lease was no longer ours."""
+        """Apply the settlements in one step. ``False`` where the lease was no longer ours.
+
+        A broker that can refuse some settlements for good while applying the others (Redis,
+        one queue under another program's value) raises
+        :class:`~faena.foundation.exceptions.SettlementsRefused` saying
+        which were applied; the refused ones changed nothing and may be sent again."""
 
     @abstractmethod
     async def extend(self, deliveries: Sequence[Delivery], lease_s: float) -> set[str]:

@@ -73,6 +73,23 @@ class RecordRefused(BrokerError):
     program's value sits where the store keeps it."""
 
 
+class SettlementsRefused(BrokerError):
+    """Some settlements of one ``settle`` call were refused for good as things stand (another
+    program's value under a queue's keys) and changed nothing; the others were applied.
+
+    ``applied`` has one entry per settlement, in order: what ``settle`` would have returned
+    for it (``True``, or ``False`` when the lease was no longer held), or ``None`` when it was
+    refused and may be sent again later.
+    """
+
+    def __init__(self, message: str, applied: list[bool | None]) -> None:
+        super().__init__(message)
+        self.applied = applied
+
+    def __reduce__(self) -> tuple[type[SettlementsRefused], tuple[str, list[bool | None]]]:
+        return (type(self), (str(self), self.applied))
+
+
 class MessageTooLarge(BrokerError):
     """The encoded message is larger than ``max_message_size``."""
 

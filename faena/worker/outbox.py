@@ -11,7 +11,11 @@ that fails stays pending with its settlement and runs again, told that it is a s
 
 A record the result store refuses for good (:class:`RecordRefused`: another program's value
 under the job's key) is dropped with an error, so it cannot hold back every other job's result
-and acknowledgement; any other failure leaves the whole batch for the next try.
+and acknowledgement; any other failure leaves the whole batch for the next try. Settlements the
+broker refuses while it applies the others (:class:`SettlementsRefused`: one queue under
+another program's value) are set aside and sent again on their own back-off, from
+:data:`PARK_FIRST_S` doubling to :data:`PARK_MAX_S`, so one such queue does not hold back the
+settlements of the others.
 
 A job's ``STARTED`` record waits up to :data:`LINGER_S` before it is written, unless
 something else is written first: most jobs end within that time, and
@@ -31,7 +35,12 @@ from typing import Final
 
 from faena.contracts.broker import Consumer, Settlement
 from faena.contracts.results import ResultStore
-from faena.foundation.exceptions import BrokerError, BrokerUnavailable, RecordRefused
+from faena.foundation.exceptions import (
+    BrokerError,
+    BrokerUnavailable,
+    RecordRefused,
+    SettlementsRefused,
+)
 from faena.model.outcome import JobRecord
 from faena.model.states import STARTED
 from faena.worker.outage import Outage
@@ -40,6 +49,10 @@ log = logging.getLogger("faena.worker")
 
 LINGER_S: Final = 0.005
 """How long a ``STARTED`` record may wait for its job's end, or for other writes to join."""
+
+PARK_FIRST_S: Final = 0.5
+PARK_MAX_S: Final = 10.0
+"""Refused settlements are sent again after 0.5 s, then twice as long each time, up to 10 s."""
 
 
 def log_refused(record: JobRecord, refusal: RecordRefused) -> None:
@@ -77,6 +90,10 @@ class Outbox:
         self._flushing = asyncio.Lock()
         self._linger_s = linger_s
         self._linger: asyncio.TimerHandle | None = None
+        self._parked: list[Settlement] = []  # refused by the broker, sent again later
+        self._park_timer: asyncio.TimerHandle | None = None
+        self._park_refusals = 0
+        self._unparked = False  # set-aside settlements are in line again
 
     def record(self, record: JobRecord) -> None:
         self._records[record.id] = record
@@ -103,12 +120,18 @@ class Outbox:
         self._idle.clear()
         self._wake.set()
 
+    def set_aside(self) -> int:
+        """How many settlements the broker refused are waiting to be sent again."""
+        return len(self._parked)
+
     def pending(self) -> bool:
-        return bool(self._records or self._settlements or self._followups)
+        return bool(self._records or self._settlements or self._followups or self._parked)
 
     async def flush(self) -> None:
-        """Write everything pending now: records first, then settlements."""
+        """Write everything pending now: records first, then settlements (set-aside ones
+        included)."""
         async with self._flushing:
+            self._unpark()
             await self._flush()
 
     async def _flush(self) -> None:
@@ -144,14 +167,57 @@ class Outbox:
                     self._followups = followups + self._followups
                     raise
             if settlements:
-                try:
-                    done = await self._consumer.settle(settlements)
-                except BaseException:
-                    self._settlements = settlements + self._settlements
-                    raise
-                for settlement, ok in zip(settlements, done, strict=True):
-                    self._on_settled(settlement, ok)
-        self._idle.set()
+                await self._settle(settlements)
+        if not self._parked:
+            self._idle.set()
+
+    async def _settle(self, settlements: list[Settlement]) -> None:
+        """Send ``settlements``; those the broker refuses while it applies the others are set
+        aside (see :meth:`_park`), and any other failure puts them all back."""
+        try:
+            done: list[bool | None] = list(await self._consumer.settle(settlements))
+        except SettlementsRefused as refusal:
+            done = refusal.applied
+            self._unparked = False
+            self._park([s for s, ok in zip(settlements, done, strict=True) if ok is None])
+            log.error(
+                "%d settlement(s) refused by the broker, sent again in %.1fs: %s",
+                done.count(None),
+                self._park_delay(),
+                refusal,
+            )
+        except BaseException:
+            self._settlements = settlements + self._settlements
+            raise
+        else:
+            if self._unparked:  # they went through: the next refusal starts the pauses over
+                self._park_refusals, self._unparked = 0, False
+        for settlement, ok in zip(settlements, done, strict=True):
+            if ok is not None:
+                self._on_settled(settlement, ok)
+
+    def _park(self, settlements: list[Settlement]) -> None:
+        """Set refused settlements aside, to be sent again after a pause of their own."""
+        self._parked.extend(settlements)
+        self._park_refusals += 1
+        if self._park_timer is None:
+            loop = asyncio.get_running_loop()
+            self._park_timer = loop.call_later(self._park_delay(), self._unpark_later)
+
+    def _park_delay(self) -> float:
+        return min(PARK_MAX_S, PARK_FIRST_S * 2.0 ** min(max(self._park_refusals - 1, 0), 16))
+
+    def _unpark_later(self) -> None:
+        self._park_timer = None
+        self._unpark()
+        self._wake.set()
+
+    def _unpark(self) -> None:
+        """Put the set-aside settlements back in line, ahead of newer ones."""
+        if self._parked:
+            self._settlements = self._parked + self._settlements
+            self._parked = []
+            self._unparked = True
 
     async def _store(self, records: list[JobRecord]) -> list[bool | None]:
         """Write ``records``; per record, whether it was written (``False``: a higher fence

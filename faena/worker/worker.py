@@ -546,6 +546,13 @@ class Worker:
             await self._outbox.flush()
         except Exception:
             log.exception("could not write the last results and settlements")
+        else:
+            if refused := self._outbox.set_aside():
+                log.warning(
+                    "%d settlement(s) still refused by the broker are not written; their "
+                    "messages are delivered again when their leases run out",
+                    refused,
+                )
 
     async def _wait_cold(self) -> None:
         while not self._cold:

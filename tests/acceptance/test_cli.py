@@ -10,6 +10,7 @@ or polling ``faena status`` until a condition holds, with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -24,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import redis
 
 from faena.backends.redis.broker import RedisBroker
 from faena.contracts.broker import BrokerConfig, Settlement
@@ -436,6 +438,50 @@ def test_dlq_counts_every_letter_of_an_id_dead_in_two_redis_queues(
         assert partly.returncode == 1
         assert "Requeued 1 dead letter(s)." in partly.stdout
         assert "waiting or running again: dup" in partly.stderr
+    finally:
+        broker.close()
+        drop_prefix(url)
+
+
+@pytest.mark.timeout(60)
+def test_dlq_retry_of_ids_goes_on_past_a_queue_redis_refuses(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    cli, _ = project
+    require("redis", "127.0.0.1", 6379)
+    url = redis_url()
+    broker = RedisBroker(url, BrokerConfig())
+    try:
+        broker.enqueue([out("a0", "a"), out("a1", "a"), out("b0", "b")])
+
+        async def bury() -> None:
+            consumer = await broker.open_consumer(["a", "b"], "w1")
+            try:
+                got = await consumer.receive(3, 0)
+                dead = [Settlement(delivery=d, action="dead", reason="rejected") for d in got]
+                assert await consumer.settle(dead) == [True] * 3
+            finally:
+                await consumer.close()
+
+        # Given dead letters in two queues, the second under another program's value
+        asyncio.run(bury())
+        prefix = url.rsplit("prefix=", 1)[1]
+        with contextlib.closing(redis.Redis.from_url(url.split("?")[0])) as raw:
+            raw.delete(f"{prefix}:{{b}}:body")
+            raw.rpush(f"{prefix}:{{b}}:body", "not ours")
+            # When two ids of the healthy queue are retried
+            retried = cli.run("dlq", "retry", "a0", "a1", "--broker", url)
+            raw.delete(f"{prefix}:{{b}}:body")
+        # Then both are requeued, and the command fails naming the refusal for each
+        assert retried.returncode == 1
+        assert (broker.locate("a0"), broker.locate("a1")) == ("queued", "queued")
+        assert "Requeued 0 dead letter(s), besides what the errors below say of 2 id(s)" in (
+            retried.stdout
+        )
+        for job_id in ("a0", "a1"):
+            assert f"{job_id}: Redis at" in retried.stderr
+        assert "queue b: WRONGTYPE" in retried.stderr
+        assert "in the other queues, 1 requeued" in retried.stderr
     finally:
         broker.close()
         drop_prefix(url)

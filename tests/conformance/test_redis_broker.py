@@ -23,9 +23,21 @@ from faena.backends.redis import consumer as redis_consumer
 from faena.backends.redis._client import refusal
 from faena.backends.redis._keys import QUEUE_KEY_NAMES
 from faena.backends.redis.broker import RedisBroker
-from faena.contracts.broker import Broker, BrokerConfig, Delivery, Settlement, WorkerInfo
+from faena.contracts.broker import (
+    Broker,
+    BrokerConfig,
+    Delivery,
+    QueueStats,
+    Settlement,
+    WorkerInfo,
+)
 from faena.foundation.clock import SYSTEM_CLOCK, FakeClock
-from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
+from faena.foundation.exceptions import (
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    SettlementsRefused,
+)
 from faena.testing.conformance import PROMPT_S, BrokerConformance, async_test, out, run
 from tests.integration.redis_servers import (
     RedisServer,
@@ -441,30 +453,102 @@ class TestRedisOnly:
         # And the refused queue is named in the log
         assert any("queue b" in r.message and "WRONGTYPE" in r.message for r in caplog.records)
 
+    @pytest.mark.parametrize("counter", ["007", "-0", "99999999999999999999", "1.5", " 1"])
+    @pytest.mark.parametrize("action", ["retry", "release"])
+    def test_a_counter_redis_cannot_add_to_refuses_the_write_before_it_starts(
+        self, counter: str, action: str
+    ) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m0", "q")])
+        names = [f"{self.prefix}:{{q}}:{name}" for name in QUEUE_KEY_NAMES]
+
+        async def scenario() -> None:
+            consumer = await broker.open_consumer(["q"], "w1")
+            try:
+                (d,) = await consumer.receive(1, 0)
+                # Given another program's text under the queue's counter, which INCR refuses
+                with contextlib.closing(self.raw()) as raw:
+                    raw.set(f"{self.prefix}:{{q}}:seq", counter)
+                    before = {name: raw.dump(name) for name in names}
+                # When the held message is sent back to the line (which counts)
+                due = {"release": {"due": self.clock.time() + 60}, "retry": {}}[action]
+                settle = Settlement(delivery=d, action=action, **due)  # type: ignore[arg-type]
+                with pytest.raises(SettlementsRefused, match="not a counter") as refused:
+                    await consumer.settle([settle])
+                # Then nothing of the queue was touched, and the caller is told so
+                assert "Nothing was changed there" in str(refused.value)
+                with contextlib.closing(self.raw()) as raw:
+                    assert {name: raw.dump(name) for name in names} == before
+            finally:
+                await consumer.close()
+
+        run(scenario())
+
+    @pytest.mark.parametrize("counter", ["0", "-3", "123456789012345678"])
+    def test_every_counter_redis_can_add_to_is_accepted(self, counter: str) -> None:
+        broker = self.broker()
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(f"{self.prefix}:{{q}}:seq", counter)
+        broker.enqueue([out("m0", "q")])
+        assert broker.locate("m0") == "queued"
+
     @async_test
-    async def test_a_settlement_sent_again_after_a_refusal_is_answered_not_applied_twice(
+    async def test_a_held_message_whose_state_is_unreadable_past_its_fence_is_dead_lettered(
         self,
     ) -> None:
         broker = self.broker()
-        broker.enqueue([out("a0", "a"), out("b0", "b")])
+        broker.enqueue([out("m0", "q"), out("m1", "q")])
+        consumer = await broker.open_consumer(["q"], "w1")
+        try:
+            m0, m1 = await consumer.receive(2, 0)
+            # Given held messages whose state entries keep their fence but are garbage past it
+            with contextlib.closing(self.raw()) as raw:
+                for d in (m0, m1):
+                    raw.hset(f"{self.prefix}:{{q}}:state", d.id, f"L{d.fence}|garbage")
+            # When they are retried or dead-lettered
+            settle = [
+                Settlement(delivery=m0, action="retry"),
+                Settlement(delivery=m1, action="dead", reason="boom"),
+            ]
+            assert await consumer.settle(settle) == [True, True]
+        finally:
+            await consumer.close()
+        # Then both are dead letters with what is known, none left in no line
+        letters = await broker.dead_letters()
+        assert sorted((x.id, x.reason, x.body) for x in letters) == [
+            ("m0", "corrupt_state", b"m0"),
+            ("m1", "corrupt_state", b"m1"),
+        ]
+        assert await broker.stats() == [
+            QueueStats(queue="q", ready=0, scheduled=0, leased=0, dead=2)
+        ]
+
+    @async_test
+    async def test_a_settle_refused_in_one_queue_applies_and_reports_the_others(self) -> None:
+        broker = self.broker()
+        broker.enqueue([out("a0", "a"), out("b0", "b"), out("a1", "a")])
         consumer = await broker.open_consumer(["a", "b"], "w1")
         try:
-            held = sorted(await consumer.receive(10, 0), key=lambda d: d.queue)
-            acks = [Settlement(delivery=d, action="ack") for d in held]
+            held = {d.id: d for d in await consumer.receive(10, 0)}
             # Given another program's value under one of queue b's keys while its message is held
             dead = f"{self.prefix}:{{b}}:dead"
             with contextlib.closing(self.raw()) as raw:
                 raw.set(dead, "not ours")
-            # When both are acknowledged in one write, Then b is refused and a acknowledged
-            with pytest.raises(BrokerError, match="WRONGTYPE") as refused:
+            # When messages of both queues are settled in one write
+            acks = [Settlement(delivery=held[m], action="ack") for m in ("a0", "b0", "a1")]
+            with pytest.raises(SettlementsRefused, match="queue b: WRONGTYPE") as refused:
                 await consumer.settle(acks)
-            assert "{b}" in str(refused.value)
-            assert broker.locate("a0") is None
-            assert broker.locate("b0") == "leased"
-            # And once the value is gone, the same settlements sent again are all applied
+            # Then queue a's are applied and reported so, and b's refused, changing nothing
+            assert refused.value.applied == [True, None, True]
+            assert (broker.locate("a0"), broker.locate("a1"), broker.locate("b0")) == (
+                None,
+                None,
+                "leased",
+            )
+            # And once the value is gone, the refused one sent again is applied
             with contextlib.closing(self.raw()) as raw:
                 raw.delete(dead)
-            assert await consumer.settle(acks) == [True, True]
+            assert await consumer.settle([acks[1]]) == [True]
             assert broker.locate("b0") is None
         finally:
             await consumer.close()

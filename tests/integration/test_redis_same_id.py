@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -87,3 +87,93 @@ def test_a_refused_queue_does_not_keep_the_other_queues_leases_from_renewing(app
             await consumer.close()
 
     asyncio.run(scenario())
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_a_queue_redis_refuses_holds_back_only_its_own_settlements(
+    app: Faena, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = redis.Redis.from_url(app.broker_url.split("?")[0])
+    prefix = app.broker_url.rsplit("prefix=", 1)[1]
+    dead, leased_b = f"{prefix}:{{b}}:dead", f"{prefix}:{{b}}:leased"
+    running, finish = threading.Event(), threading.Event()
+
+    @app.task(queue="b", max_retries=0)
+    def doomed() -> None:
+        running.set()
+        finish.wait(10)
+        raise RuntimeError("boom")
+
+    @app.task(queue="a")
+    def quick(i: int) -> int:
+        return i
+
+    # Given a worker of two queues (at most 4 + 8 messages held) running a job of queue b
+    # that will fail, for good
+    sent = doomed.delay()
+    worker = Worker(app, WorkerOptions(queues=("a", "b"), concurrency=4, prefetch=8))
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
+    thread.start()
+    try:
+        assert running.wait(10)
+        # When another program's value takes queue b's dead set before the job's end
+        raw.set(dead, "not ours")
+        finish.set()
+        # Then the job's dead-lettering is refused, and queue a is served and acknowledged
+        # all the same, far past what the worker can hold at once
+        results = [quick.delay(i) for i in range(60)]
+        assert [r.get(timeout=10) for r in results] == list(range(60))
+        # (queue b is left out of the counts while it is refused)
+        wait_for(lambda: asyncio.run(app.broker.stats()) == [], 10, "queue a acknowledged")
+        assert raw.zrange(leased_b, 0, -1) == [sent.id.encode()]
+        assert any("refused by the broker" in r.message for r in caplog.records)
+        # And once the value is gone, the job's message is dead-lettered (once, no lease lost)
+        raw.delete(dead)
+        wait_for(lambda: bool(asyncio.run(app.broker.dead_letters())), 15, "the dead letter")
+        (letter,) = asyncio.run(app.broker.dead_letters())
+        assert letter.id == sent.id
+        stats = asyncio.run(app.broker.stats())
+        assert [(s.queue, s.ready, s.scheduled, s.leased, s.dead) for s in stats] == [
+            ("b", 0, 0, 0, 1)
+        ]
+        assert not any("lease lost" in r.message for r in caplog.records)
+    finally:
+        finish.set()
+        raw.delete(dead)
+        worker.request_stop()
+        thread.join(30)
+        raw.close()
+
+
+def test_a_revoke_is_written_even_when_a_queue_redis_refuses_stops_the_removal(
+    app: Faena,
+) -> None:
+    @app.task(queue="a")
+    def later() -> None:
+        raise AssertionError("a revoked job ran")
+
+    # Given a waiting job, and another queue under another program's value
+    app.broker.enqueue([Outgoing(id="b0", queue="b", body=b"x")])
+    raw = redis.Redis.from_url(app.broker_url.split("?")[0])
+    ready_b = f"{app.broker_url.rsplit('prefix=', 1)[1]}:{{b}}:ready"
+    raw.delete(ready_b)
+    raw.set(ready_b, "not ours")
+    try:
+        sent = later.delay()
+        # When it is revoked, Then the refusal is raised, after the job was revoked all the
+        # same: its message removed from its queue, its record REVOKED for good
+        with pytest.raises(BrokerError, match="queue b: WRONGTYPE"):
+            sent.revoke()
+        assert app.broker.locate(sent.id) is None
+        assert sent.state == "REVOKED"
+    finally:
+        raw.delete(ready_b)
+        raw.close()

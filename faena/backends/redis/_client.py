@@ -460,6 +460,22 @@ def refusal(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, transient)
 
 
+_SCRIPT_PLACE = re.compile(r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?$")
+
+
+def script_error(exc: BaseException) -> str:
+    """Redis's message for a script's error, without the script's hash and line."""
+    return _SCRIPT_PLACE.sub("", str(exc))
+
+
+def checked_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is a queue script's own key check refusing it (another program's value
+    under a key, a counter that is not one), which it does before it writes anything; any
+    other error of a script may come after some of its writes."""
+    text = str(exc)
+    return refusal(exc) and (text.startswith("WRONGTYPE") or "is not a counter" in text)
+
+
 def _unreachable(exc: BaseException) -> bool:
     if isinstance(exc, _UNREACHABLE + _CLUSTER_UNAVAILABLE):
         return True

@@ -30,7 +30,15 @@ from typing import Any, TypeVar
 import msgspec
 
 from faena.backends.redis import _keys
-from faena.backends.redis._client import SyncSender, now_arg, parse_url, sync_client, translated
+from faena.backends.redis._client import (
+    SyncSender,
+    checked_refusal,
+    now_arg,
+    parse_url,
+    script_error,
+    sync_client,
+    translated,
+)
 from faena.backends.redis._health import server_warnings
 from faena.backends.redis._keys import Batch, Keys, ms
 from faena.backends.redis._stores import Connections
@@ -188,11 +196,14 @@ class RedisBroker(Broker):
         refused = [(q, r) for q, r in zip(queues, replies, strict=True) if isinstance(r, Exception)]
         if refused:
             answered = [r for r in replies if not isinstance(r, Exception)]
-            reasons = "; ".join(f"queue {q}: {r}" for q, r in refused)
+            reasons = "; ".join(f"queue {q}: {script_error(r)}" for q, r in refused)
             others = f"; in the other queues, {done(answered)}" if answered else ""
+            untouched = all(checked_refusal(r) for _, r in refused)
             raise BrokerError(
                 f"Redis at {self._target.display} refused {doing} ({reasons}): is another "
-                f"program writing under its keys? Nothing was changed there{others}"
+                "program writing under its keys? "
+                + ("Nothing was changed there" if untouched else "That queue may be part done")
+                + others
             )
         return replies
 
@@ -217,7 +228,7 @@ class RedisBroker(Broker):
                     self._target.display,
                     doing,
                     queue,
-                    reply,
+                    script_error(reply),
                 )
             else:
                 answered.append((queue, reply))

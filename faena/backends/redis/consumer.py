@@ -32,11 +32,19 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from faena.backends.redis import _keys
-from faena.backends.redis._client import AsyncSender, Target, async_client, now_arg, translated
+from faena.backends.redis._client import (
+    AsyncSender,
+    Target,
+    async_client,
+    checked_refusal,
+    now_arg,
+    script_error,
+    translated,
+)
 from faena.backends.redis._keys import WAKE, Batch, Keys, ms
 from faena.contracts.broker import BrokerConfig, Consumer, Delivery, Settlement
 from faena.foundation.clock import SYSTEM_CLOCK
-from faena.foundation.exceptions import BrokerError
+from faena.foundation.exceptions import BrokerError, SettlementsRefused
 
 SET_ASIDE_S: Final = 30.0
 """How long a queue whose keys Redis refused (another program's value under one of them) is
@@ -78,7 +86,6 @@ class RedisConsumer(Consumer):
         self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True)
         self._turn = 0
         self._set_aside: dict[int, float] = {}  # queue index -> until (monotonic)
-        self._applied: dict[int, tuple[Settlement, bool]] = {}  # see settle
         self._woken_by: int | None = None
         # Set by a claim that emptied every queue (see the module docstring): when the next
         # scheduled message or lease falls due (monotonic), None for nothing due.
@@ -362,51 +369,42 @@ class RedisConsumer(Consumer):
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         if not settlements:
             return []
-        # Settlements applied by a write that failed on another queue's refusal, sent again
-        # with the refused ones: answered as they were, not sent twice (a second ack would
-        # find the message gone and report the lease lost).
-        applied = self._applied  # (kept until a write goes through: it may fail again)
-        done = [False] * len(settlements)
         per_queue: dict[str, tuple[list[bytes], list[int]]] = {}
         for position, s in enumerate(settlements):
-            earlier = applied.get(id(s))
-            if earlier is not None and earlier[0] is s:
-                done[position] = earlier[1]
-                continue
             group = per_queue.get(s.delivery.queue)
             if group is None:
                 group = per_queue[s.delivery.queue] = ([], [])
             group[0].append(_record(s))
             group[1].append(position)
-        if not per_queue:
-            self._applied = {}
-            return done
         now = now_arg(self._config.clock)
         batch = Batch()
         for queue, (records, _) in per_queue.items():
             batch.script(_keys.SETTLE, self._keys.queue(queue), [now, b"".join(records)])
         doing = f"settling {len(settlements)} message(s)"
         replies = await self._run(batch, doing, keep_errors=True)
-        self._applied = {}
-        refused, refused_at = [], set()
+        done: list[bool | None] = [None] * len(settlements)
+        refused: list[Exception] = []
+        names: list[str] = []
         for (queue, (_, positions)), reply in zip(per_queue.items(), replies, strict=True):
             if isinstance(reply, Exception):
-                refused.append(f"queue {queue}: {reply}")
-                refused_at.update(positions)
+                refused.append(reply)
+                names.append(f"queue {queue}: {script_error(reply)}")
                 continue
             for position, answer in zip(positions, reply, strict=True):
                 done[position] = answer == 1
         if refused:
-            # The refused queue was left as it was (the script checks before it writes); the
-            # caller sends its settlements again, with the others, which are kept to answer.
-            self._applied = {
-                id(s): (s, done[p]) for p, s in enumerate(settlements) if p not in refused_at
-            }
-            raise BrokerError(
-                f"Redis at {self._target.display} refused {doing} ({'; '.join(refused)}): "
-                "is another program writing under its keys? Nothing was changed there"
+            # A queue's own key check refuses before it writes: that queue was left as it
+            # was. The others' settlements were applied, and are reported so they are not
+            # sent again; the refused ones are sent again later (a fenced settlement that did
+            # go through is then answered as no longer held).
+            untouched = all(checked_refusal(r) for r in refused)
+            raise SettlementsRefused(
+                f"Redis at {self._target.display} refused {doing} ({'; '.join(names)}): "
+                "is another program writing under its keys? "
+                + ("Nothing was changed there" if untouched else "That queue may be part done"),
+                done,
             )
-        return done
+        return [bool(d) for d in done]
 
     async def extend(self, deliveries: Sequence[Delivery], lease_s: float) -> set[str]:
         if not deliveries:

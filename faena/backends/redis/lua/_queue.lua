@@ -117,6 +117,14 @@ local ALL_KEYS = {READY, SCHEDULED, LEASED, STATE, BODY, DEAD, DEAD_STATE, DEAD_
 -- moved (its state deleted and no dead letter written, or waiting in no line), or delete the
 -- other program's value. A script checks the keys it writes before it reads or writes in one
 -- that fails on its own first.
+--
+-- The counter must be text INCR takes and can still add to: '0', or an integer of at most 18
+-- digits without leading zeros ('007', '-0' and numbers past 64 bits are refused by INCR).
+local function is_counter(text)
+  return text == '0' or (string.match(text, '^%-?[1-9]%d*$') ~= nil
+    and #text - (string.sub(text, 1, 1) == '-' and 1 or 0) <= 18)
+end
+
 local function check_types(b, which)
   for _, k in ipairs(which or ALL_KEYS) do
     local key = KEYS[b + k]
@@ -124,7 +132,7 @@ local function check_types(b, which)
     if found ~= TYPES[k] and found ~= 'none' then
       error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. TYPES[k]})
     end
-    if k == SEQ and found == 'string' and not string.match(redis.call('GET', key), '^%-?%d+$') then
+    if k == SEQ and found == 'string' and not is_counter(redis.call('GET', key)) then
       error({err = 'ERR ' .. key .. ' holds a string that is not a counter'})
     end
   end

@@ -74,7 +74,12 @@ for k, record in ipairs(records) do
     else
       local _, f, deliveries, priority, seq, enqueued, reason = parse_state(raw)
       redis.call('ZREM', KEYS[LEASED], id)
-      if action == 'd' then
+      if not f then
+        -- Its state entry is ours by its fence but unreadable past it (another program's
+        -- write): dead-lettered with what is known, as a claim does, never left in no line.
+        bury_unreadable(0, id, raw, now)
+        changed[id] = false
+      elseif action == 'd' then
         bury(0, id, f, deliveries, priority, enqueued, record[4], record[5], now)
         changed[id] = false
       elseif action == 'r' or action == 'R' or action == 'p' or action == 'P' then

@@ -93,7 +93,7 @@ class Outbox:
         self._parked: list[Settlement] = []  # refused by the broker, sent again later
         self._park_timer: asyncio.TimerHandle | None = None
         self._park_refusals = 0
-        self._unparked = False  # set-aside settlements are in line again
+        self._unparked = 0  # set-aside settlements in line again
 
     def record(self, record: JobRecord) -> None:
         self._records[record.id] = record
@@ -127,11 +127,13 @@ class Outbox:
     def pending(self) -> bool:
         return bool(self._records or self._settlements or self._followups or self._parked)
 
-    async def flush(self) -> None:
-        """Write everything pending now: records first, then settlements (set-aside ones
-        included)."""
+    async def flush(self, *, set_aside_too: bool = False) -> None:
+        """Write everything pending now: records first, then settlements; with
+        ``set_aside_too``, the settlements the broker refused as well, without waiting for
+        their pause to end (a last try, at shutdown)."""
         async with self._flushing:
-            self._unpark()
+            if set_aside_too:
+                self._unpark()
             await self._flush()
 
     async def _flush(self) -> None:
@@ -178,7 +180,7 @@ class Outbox:
             done: list[bool | None] = list(await self._consumer.settle(settlements))
         except SettlementsRefused as refusal:
             done = refusal.applied
-            self._unparked = False
+            self._unparked = 0
             self._park([s for s, ok in zip(settlements, done, strict=True) if ok is None])
             log.error(
                 "%d settlement(s) refused by the broker, sent again in %.1fs: %s",
@@ -191,7 +193,8 @@ class Outbox:
             raise
         else:
             if self._unparked:  # they went through: the next refusal starts the pauses over
-                self._park_refusals, self._unparked = 0, False
+                log.info("%d settlement(s) the broker had refused are written", self._unparked)
+                self._park_refusals, self._unparked = 0, 0
         for settlement, ok in zip(settlements, done, strict=True):
             if ok is not None:
                 self._on_settled(settlement, ok)
@@ -216,8 +219,8 @@ class Outbox:
         """Put the set-aside settlements back in line, ahead of newer ones."""
         if self._parked:
             self._settlements = self._parked + self._settlements
+            self._unparked += len(self._parked)
             self._parked = []
-            self._unparked = True
 
     async def _store(self, records: list[JobRecord]) -> list[bool | None]:
         """Write ``records``; per record, whether it was written (``False``: a higher fence

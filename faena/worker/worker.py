@@ -543,7 +543,7 @@ class Worker:
         """Flush at shutdown; a failure is logged (leases then expire and redeliver)."""
         assert self._outbox
         try:
-            await self._outbox.flush()
+            await self._outbox.flush(set_aside_too=True)
         except Exception:
             log.exception("could not write the last results and settlements")
         else:

@@ -58,7 +58,9 @@ class Endings:
     def attach(self, consumer: Consumer) -> Outbox:
         """Settle through ``consumer``; returns the outbox the worker runs."""
         self.consumer = consumer
-        self.outbox = Outbox(self.app.results, consumer, self.on_settled)
+        self.outbox = Outbox(
+            self.app.results, consumer, self.on_settled, on_set_aside=self.on_set_aside
+        )
         return self.outbox
 
     async def ack_first(self, delivery: Delivery, started: JobRecord | None) -> bool:
@@ -308,6 +310,11 @@ class Endings:
                 mid,
                 settlement.action,
             )
+        assert self.room is not None
+        self.room.set()
+
+    def on_set_aside(self) -> None:
+        """Settlements the broker refused wait apart: their messages no longer take room."""
         assert self.room is not None
         self.room.set()
 

@@ -75,10 +75,12 @@ class Outbox:
         consumer: Consumer,
         on_settled: Callable[[Settlement, bool], None],
         linger_s: float = LINGER_S,
+        on_set_aside: Callable[[], None] | None = None,
     ) -> None:
         self._results = results
         self._consumer = consumer
         self._on_settled = on_settled
+        self._on_set_aside = on_set_aside
         self._records: dict[str, JobRecord] = {}
         self._settlements: list[Settlement] = []
         self._followups: list[Callable[[], Awaitable[None]]] = []
@@ -92,8 +94,9 @@ class Outbox:
         self._linger: asyncio.TimerHandle | None = None
         self._parked: list[Settlement] = []  # refused by the broker, sent again later
         self._park_timer: asyncio.TimerHandle | None = None
-        self._park_refusals = 0
-        self._unparked = 0  # set-aside settlements in line again
+        self._park_at = 0.0  # when the timer fires (the loop's time)
+        self._park_pauses = 0  # pauses in a row: each twice the last
+        self._unparked: set[int] = set()  # id() of set-aside settlements in line again
 
     def record(self, record: JobRecord) -> None:
         self._records[record.id] = record
@@ -176,39 +179,45 @@ class Outbox:
     async def _settle(self, settlements: list[Settlement]) -> None:
         """Send ``settlements``; those the broker refuses while it applies the others are set
         aside (see :meth:`_park`), and any other failure puts them all back."""
+        retried = [s for s in settlements if id(s) in self._unparked]
         try:
             done: list[bool | None] = list(await self._consumer.settle(settlements))
         except SettlementsRefused as refusal:
             done = refusal.applied
-            self._unparked = 0
-            self._park([s for s, ok in zip(settlements, done, strict=True) if ok is None])
+            self._unparked.difference_update(id(s) for s in retried)
+            pause = self._park([s for s, ok in zip(settlements, done, strict=True) if ok is None])
             log.error(
                 "%d settlement(s) refused by the broker, sent again in %.1fs: %s",
                 done.count(None),
-                self._park_delay(),
+                pause,
                 refusal,
             )
         except BaseException:
             self._settlements = settlements + self._settlements
             raise
         else:
-            if self._unparked:  # they went through: the next refusal starts the pauses over
-                log.info("%d settlement(s) the broker had refused are written", self._unparked)
-                self._park_refusals, self._unparked = 0, 0
+            if retried:  # they went through: the next refusal starts the pauses over
+                self._unparked.difference_update(id(s) for s in retried)
+                log.info("%d settlement(s) the broker had refused are written", len(retried))
+                if not self._parked and not self._unparked:
+                    self._park_pauses = 0
         for settlement, ok in zip(settlements, done, strict=True):
             if ok is not None:
                 self._on_settled(settlement, ok)
 
-    def _park(self, settlements: list[Settlement]) -> None:
-        """Set refused settlements aside, to be sent again after a pause of their own."""
+    def _park(self, settlements: list[Settlement]) -> float:
+        """Set refused settlements aside, to be sent again when the pause under way ends, or
+        one twice as long as the last starts; returns the seconds until they go."""
         self._parked.extend(settlements)
-        self._park_refusals += 1
+        loop = asyncio.get_running_loop()
         if self._park_timer is None:
-            loop = asyncio.get_running_loop()
-            self._park_timer = loop.call_later(self._park_delay(), self._unpark_later)
-
-    def _park_delay(self) -> float:
-        return min(PARK_MAX_S, PARK_FIRST_S * 2.0 ** min(max(self._park_refusals - 1, 0), 16))
+            pause = min(PARK_MAX_S, PARK_FIRST_S * 2.0 ** min(self._park_pauses, 16))
+            self._park_pauses += 1
+            self._park_at = loop.time() + pause
+            self._park_timer = loop.call_later(pause, self._unpark_later)
+        if self._on_set_aside is not None:
+            self._on_set_aside()
+        return max(0.0, self._park_at - loop.time())
 
     def _unpark_later(self) -> None:
         self._park_timer = None
@@ -219,7 +228,7 @@ class Outbox:
         """Put the set-aside settlements back in line, ahead of newer ones."""
         if self._parked:
             self._settlements = self._parked + self._settlements
-            self._unparked += len(self._parked)
+            self._unparked.update(id(s) for s in self._parked)
             self._parked = []
 
     async def _store(self, records: list[JobRecord]) -> list[bool | None]:

@@ -219,7 +219,11 @@ class Worker:
     async def _fetch_once(self) -> None:
         assert self._consumer
         assert self._queue
-        room = self.concurrency + self.prefetch - len(self._ends.held) - len(self._ends.early_acked)
+        # (a message whose settlement the broker refused waits apart, taking no room: its
+        # queue is set aside for claims meanwhile, so their number cannot grow)
+        set_aside = self._outbox.set_aside() if self._outbox is not None else 0
+        waiting = len(self._ends.held) + len(self._ends.early_acked) - set_aside
+        room = self.concurrency + self.prefetch - waiting
         if room <= 0:
             self._ends.room.clear()
             await self._ends.room.wait()

@@ -453,7 +453,9 @@ class TestRedisOnly:
         # And the refused queue is named in the log
         assert any("queue b" in r.message and "WRONGTYPE" in r.message for r in caplog.records)
 
-    @pytest.mark.parametrize("counter", ["007", "-0", "99999999999999999999", "1.5", " 1"])
+    @pytest.mark.parametrize(
+        "counter", ["007", "-0", "-5", "99999999999999999999", "137438953473", "1.5", " 1"]
+    )
     @pytest.mark.parametrize("action", ["retry", "release"])
     def test_a_counter_redis_cannot_add_to_refuses_the_write_before_it_starts(
         self, counter: str, action: str
@@ -484,13 +486,31 @@ class TestRedisOnly:
 
         run(scenario())
 
-    @pytest.mark.parametrize("counter", ["0", "-3", "123456789012345678"])
-    def test_every_counter_redis_can_add_to_is_accepted(self, counter: str) -> None:
+    @pytest.mark.parametrize("counter", ["0", "7", "137438953471"])
+    def test_every_counter_the_scripts_can_go_on_from_is_accepted(self, counter: str) -> None:
         broker = self.broker()
         with contextlib.closing(self.raw()) as raw:
             raw.set(f"{self.prefix}:{{q}}:seq", counter)
         broker.enqueue([out("m0", "q")])
-        assert broker.locate("m0") == "queued"
+
+        async def claim() -> list[Delivery]:
+            consumer = await broker.open_consumer(["q"], "w1")
+            try:
+                return await consumer.receive(1, 0)
+            finally:
+                await consumer.close()
+
+        (m0,) = run(claim())
+        assert (m0.id, m0.deliveries) == ("m0", 1)
+
+    @pytest.mark.parametrize("counter", ["-5", "137438953473"])
+    def test_a_send_to_a_queue_whose_counter_cannot_go_on_is_refused(self, counter: str) -> None:
+        broker = self.broker()
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(f"{self.prefix}:{{q}}:seq", counter)
+        with pytest.raises(BrokerError, match="not a counter"):
+            broker.enqueue([out("m0", "q")])
+        assert broker.locate("m0") is None
 
     @async_test
     async def test_a_held_message_whose_state_is_unreadable_past_its_fence_is_dead_lettered(

@@ -99,8 +99,9 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize(("concurrency", "prefetch"), [(4, 8), (1, 0)])
 def test_a_queue_redis_refuses_holds_back_only_its_own_settlements(
-    app: Faena, caplog: pytest.LogCaptureFixture
+    app: Faena, caplog: pytest.LogCaptureFixture, concurrency: int, prefetch: int
 ) -> None:
     caplog.set_level(logging.INFO, "faena.worker")
     raw = redis.Redis.from_url(app.broker_url.split("?")[0])
@@ -118,10 +119,11 @@ def test_a_queue_redis_refuses_holds_back_only_its_own_settlements(
     def quick(i: int) -> int:
         return i
 
-    # Given a worker of two queues (at most 4 + 8 messages held) running a job of queue b
-    # that will fail, for good
+    # Given a worker of two queues (at most 4 + 8, or 1, messages held) running a job of
+    # queue b that will fail, for good
     sent = doomed.delay()
-    worker = Worker(app, WorkerOptions(queues=("a", "b"), concurrency=4, prefetch=8))
+    options = WorkerOptions(queues=("a", "b"), concurrency=concurrency, prefetch=prefetch)
+    worker = Worker(app, options)
     thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
     thread.start()
     try:
@@ -137,9 +139,19 @@ def test_a_queue_redis_refuses_holds_back_only_its_own_settlements(
         # (queue b is left out of the counts while it is refused)
         wait_for(lambda: asyncio.run(app.broker.stats()) == [], 10, "queue a acknowledged")
         assert raw.zrange(leased_b, 0, -1) == [sent.id.encode()]
-        # (sent again on a back-off of their own, not with every other queue's write)
-        refusals = [r for r in caplog.records if "refused by the broker" in r.message]
-        assert 1 <= len(refusals) < 10
+
+        # And the refused settlement is sent again on a pause of its own, twice as long each
+        # time, whatever the other queue's writes do meanwhile
+        def pauses() -> list[float]:
+            refusals = [r for r in caplog.records if "refused by the broker" in r.message]
+            return [float(r.getMessage().split(" in ", 1)[1].split("s:", 1)[0]) for r in refusals]
+
+        n = 0
+        while len(pauses()) < 3:
+            assert quick.delay(n).get(timeout=10) == n
+            n += 1
+            assert n < 10_000, "the refused settlement was not sent again"
+        assert pauses()[:3] == [0.5, 1.0, 2.0]
         # And once the value is gone, the job's message is dead-lettered (once, no lease lost)
         raw.delete(dead)
         wait_for(lambda: bool(asyncio.run(app.broker.dead_letters())), 15, "the dead letter")

@@ -393,17 +393,19 @@ class RedisConsumer(Consumer):
             for position, answer in zip(positions, reply, strict=True):
                 done[position] = answer == 1
         if refused:
-            # A queue's own key check refuses before it writes: that queue was left as it
-            # was. The others' settlements were applied, and are reported so they are not
-            # sent again; the refused ones are sent again later (a fenced settlement that did
-            # go through is then answered as no longer held).
-            untouched = all(checked_refusal(r) for r in refused)
-            raise SettlementsRefused(
+            message = (
                 f"Redis at {self._target.display} refused {doing} ({'; '.join(names)}): "
-                "is another program writing under its keys? "
-                + ("Nothing was changed there" if untouched else "That queue may be part done"),
-                done,
+                "is another program writing under its keys?"
             )
+            if not all(checked_refusal(r) for r in refused):
+                # An error past the scripts' own key checks may come after some of a queue's
+                # writes: the whole batch is sent again (a settlement that went through is
+                # then answered as no longer held).
+                raise BrokerError(f"{message} That queue may be part done")
+            # The scripts' own key checks refuse before they write: the refused queue was left
+            # as it was. The others' settlements were applied, and are reported so they are
+            # not sent again.
+            raise SettlementsRefused(f"{message} Nothing was changed there", done)
         return [bool(d) for d in done]
 
     async def extend(self, deliveries: Sequence[Delivery], lease_s: float) -> set[str]:

@@ -118,11 +118,15 @@ local ALL_KEYS = {READY, SCHEDULED, LEASED, STATE, BODY, DEAD, DEAD_STATE, DEAD_
 -- other program's value. A script checks the keys it writes before it reads or writes in one
 -- that fails on its own first.
 --
--- The counter must be text INCR takes and can still add to: '0', or an integer of at most 18
--- digits without leading zeros ('007', '-0' and numbers past 64 bits are refused by INCR).
+-- The counter must be a number the scripts can go on from: '0' or a positive integer without
+-- leading zeros ('007' and '-0' are refused by INCR) of at most 2^37, so that a send's fence
+-- (seq * SEND_FENCE_STEP) stays exact in Lua's numbers and a state entry stays readable (a
+-- negative seq is not).
+local MAX_SEQ = 137438953472 -- 2^37
+
 local function is_counter(text)
-  return text == '0' or (string.match(text, '^%-?[1-9]%d*$') ~= nil
-    and #text - (string.sub(text, 1, 1) == '-' and 1 or 0) <= 18)
+  return text == '0'
+    or (#text <= 12 and string.match(text, '^[1-9]%d*$') ~= nil and tonumber(text) <= MAX_SEQ)
 end
 
 local function check_types(b, which)

@@ -17,9 +17,9 @@ local ids = {}
 for i = 2, #ARGV, 4 do
   ids[#ids + 1] = ARGV[i]
 end
--- Nothing is written in a queue Redis refuses: the state read and the counter's increment
--- (the first write) fail on their own keys; the others are checked first.
-check_types(0, {BODY, READY, SCHEDULED, WAKE})
+-- Nothing is written in a queue Redis refuses: the state read fails on its own key; the others
+-- are checked first.
+check_types(0, {SEQ, BODY, READY, SCHEDULED, WAKE})
 local old = bulk_get('HMGET', KEYS[STATE], ids)
 local seq = redis.call('INCRBY', KEYS[SEQ], count) - count
 local states, bodies, ready, scheduled = {}, {}, {}, {}

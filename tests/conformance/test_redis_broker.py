@@ -512,36 +512,46 @@ class TestRedisOnly:
             broker.enqueue([out("m0", "q")])
         assert broker.locate("m0") is None
 
-    @async_test
-    async def test_a_held_message_whose_state_is_unreadable_past_its_fence_is_dead_lettered(
-        self,
+    def test_a_held_message_whose_state_is_unreadable_past_its_fence_is_dead_lettered(
+        self, caplog: pytest.LogCaptureFixture
     ) -> None:
         broker = self.broker()
         broker.enqueue([out("m0", "q"), out("m1", "q")])
-        consumer = await broker.open_consumer(["q"], "w1")
-        try:
-            m0, m1 = await consumer.receive(2, 0)
-            # Given held messages whose state entries keep their fence but are garbage past it
-            with contextlib.closing(self.raw()) as raw:
-                for d in (m0, m1):
-                    raw.hset(f"{self.prefix}:{{q}}:state", d.id, f"L{d.fence}|garbage")
-            # When they are retried or dead-lettered
-            settle = [
-                Settlement(delivery=m0, action="retry"),
-                Settlement(delivery=m1, action="dead", reason="boom"),
-            ]
-            assert await consumer.settle(settle) == [True, True]
-        finally:
-            await consumer.close()
+
+        async def scenario() -> list[bool]:
+            consumer = await broker.open_consumer(["q"], "w1")
+            try:
+                m0, m1 = await consumer.receive(2, 0)
+                # Given held messages whose state entries keep their fence but are garbage
+                # past it
+                with contextlib.closing(self.raw()) as raw:
+                    for d in (m0, m1):
+                        raw.hset(f"{self.prefix}:{{q}}:state", d.id, f"L{d.fence}|garbage")
+                # When they are retried or dead-lettered
+                return await consumer.settle(
+                    [
+                        Settlement(delivery=m0, action="retry"),
+                        Settlement(delivery=m1, action="dead", reason="boom"),
+                    ]
+                )
+            finally:
+                await consumer.close()
+
+        assert run(scenario()) == [True, True]
         # Then both are dead letters with what is known, none left in no line
-        letters = await broker.dead_letters()
+        letters = run(broker.dead_letters())
         assert sorted((x.id, x.reason, x.body) for x in letters) == [
             ("m0", "corrupt_state", b"m0"),
             ("m1", "corrupt_state", b"m1"),
         ]
-        assert await broker.stats() == [
-            QueueStats(queue="q", ready=0, scheduled=0, leased=0, dead=2)
-        ]
+        stats = run(broker.stats())
+        assert stats == [QueueStats(queue="q", ready=0, scheduled=0, leased=0, dead=2)]
+        # And the log says so for each, with the settlement it replaced
+        for mid, action in (("m0", "retry"), ("m1", "dead")):
+            assert any(
+                f"message {mid} of queue q" in r.message and f"instead of the {action}" in r.message
+                for r in caplog.records
+            )
 
     @async_test
     async def test_a_settle_refused_in_one_queue_applies_and_reports_the_others(self) -> None:

@@ -391,7 +391,17 @@ class RedisConsumer(Consumer):
                 names.append(f"queue {queue}: {script_error(reply)}")
                 continue
             for position, answer in zip(positions, reply, strict=True):
-                done[position] = answer == 1
+                done[position] = answer != 0
+                if answer == 2:
+                    s = settlements[position]
+                    log.error(
+                        "message %s of queue %s: its state entry in Redis is unreadable (is "
+                        "another program writing under faena's keys?); it is dead-lettered "
+                        "as corrupt_state instead of the %s asked for",
+                        s.delivery.id,
+                        queue,
+                        s.action,
+                    )
         if refused:
             message = (
                 f"Redis at {self._target.display} refused {doing} ({'; '.join(names)}): "

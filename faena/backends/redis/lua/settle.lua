@@ -19,7 +19,8 @@
 -- A retry starts counting deliveries afresh and goes to the back of the line; a release keeps
 -- the count (less this delivery when uncounted) and the last reason, and its place in line,
 -- unless it is due later (a postponed job): it had its turn, so it goes to the back of the line.
--- Returns one 1 (applied) or 0 (the lease was no longer ours) per settlement.
+-- Returns one 1 (applied), 0 (the lease was no longer ours) or 2 (the message was ours but its
+-- state unreadable: dead-lettered instead, as corrupt_state) per settlement.
 local EXTRA = {a = 0, r = 0, R = 1, p = 1, P = 2, t = 1, T = 2, d = 2}
 local now = now_ms(ARGV[1])
 local blob = ARGV[2]
@@ -79,6 +80,7 @@ for k, record in ipairs(records) do
         -- write): dead-lettered with what is known, as a claim does, never left in no line.
         bury_unreadable(0, id, raw, now)
         changed[id] = false
+        applied = 2
       elseif action == 'd' then
         bury(0, id, f, deliveries, priority, enqueued, record[4], record[5], now)
         changed[id] = false

@@ -185,6 +185,9 @@ class Outbox:
         except SettlementsRefused as refusal:
             done = refusal.applied
             self._unparked.difference_update(id(s) for s in retried)
+            at = {id(s): k for k, s in enumerate(settlements)}
+            through = [s for s in retried if done[at[id(s)]] is not None]
+            self._retried_through(through, start_over=len(through) == len(retried))
             pause = self._park([s for s, ok in zip(settlements, done, strict=True) if ok is None])
             log.error(
                 "%d settlement(s) refused by the broker, sent again in %.1fs: %s",
@@ -196,14 +199,20 @@ class Outbox:
             self._settlements = settlements + self._settlements
             raise
         else:
-            if retried:  # they went through: the next refusal starts the pauses over
-                self._unparked.difference_update(id(s) for s in retried)
-                log.info("%d settlement(s) the broker had refused are written", len(retried))
-                if not self._parked and not self._unparked:
-                    self._park_pauses = 0
+            self._unparked.difference_update(id(s) for s in retried)
+            self._retried_through(retried)
         for settlement, ok in zip(settlements, done, strict=True):
             if ok is not None:
                 self._on_settled(settlement, ok)
+
+    def _retried_through(self, retried: list[Settlement], start_over: bool = True) -> None:
+        """Set-aside settlements went through: say so, and, when none of them was refused
+        again and no others wait, let the next refusal's pauses start over."""
+        if not retried:
+            return
+        log.info("%d settlement(s) the broker had refused are written", len(retried))
+        if start_over and not self._parked and not self._unparked:
+            self._park_pauses = 0
 
     def _park(self, settlements: list[Settlement]) -> float:
         """Set refused settlements aside, to be sent again when the pause under way ends, or

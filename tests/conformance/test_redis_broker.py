@@ -454,7 +454,7 @@ class TestRedisOnly:
         assert any("queue b" in r.message and "WRONGTYPE" in r.message for r in caplog.records)
 
     @pytest.mark.parametrize(
-        "counter", ["007", "-0", "-5", "99999999999999999999", "137438953473", "1.5", " 1"]
+        "counter", ["007", "-0", "-5", "99999999999999999999", "562949953421312", "1.5", " 1"]
     )
     @pytest.mark.parametrize("action", ["retry", "release"])
     def test_a_counter_redis_cannot_add_to_refuses_the_write_before_it_starts(
@@ -486,7 +486,7 @@ class TestRedisOnly:
 
         run(scenario())
 
-    @pytest.mark.parametrize("counter", ["0", "7", "137438953471"])
+    @pytest.mark.parametrize("counter", ["0", "7", "137438953470"])
     def test_every_counter_the_scripts_can_go_on_from_is_accepted(self, counter: str) -> None:
         broker = self.broker()
         with contextlib.closing(self.raw()) as raw:
@@ -503,7 +503,7 @@ class TestRedisOnly:
         (m0,) = run(claim())
         assert (m0.id, m0.deliveries) == ("m0", 1)
 
-    @pytest.mark.parametrize("counter", ["-5", "137438953473"])
+    @pytest.mark.parametrize("counter", ["-5", "562949953421312"])
     def test_a_send_to_a_queue_whose_counter_cannot_go_on_is_refused(self, counter: str) -> None:
         broker = self.broker()
         with contextlib.closing(self.raw()) as raw:
@@ -552,6 +552,40 @@ class TestRedisOnly:
                 f"message {mid} of queue q" in r.message and f"instead of the {action}" in r.message
                 for r in caplog.records
             )
+
+    def test_a_queue_takes_sends_while_their_fences_stay_exact(self) -> None:
+        broker = self.broker()
+        counter = f"{self.prefix}:{{q}}:seq"
+        names = [f"{self.prefix}:{{q}}:{name}" for name in QUEUE_KEY_NAMES]
+        # Given a queue one send short of its lifetime's 2^37 - 1 sends
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(counter, str(2**37 - 2))
+            before = {name: raw.dump(name) for name in names}
+        # When two messages are sent at once, Then they are refused, nothing written
+        with pytest.raises(BrokerError, match="limit of 137438953471 sends"):
+            broker.enqueue([out("m0", "q"), out("m1", "q")])
+        with contextlib.closing(self.raw()) as raw:
+            assert {name: raw.dump(name) for name in names} == before
+        # And the last send is taken, and its deliveries' fences still grow one by one
+        broker.enqueue([out("m0", "q")])
+
+        async def deliver_twice() -> tuple[Delivery, Delivery]:
+            consumer = await broker.open_consumer(["q"], "w1")
+            try:
+                (first,) = await consumer.receive(1, 0)
+                again = Settlement(delivery=first, action="release")
+                assert await consumer.settle([again]) == [True]
+                (second,) = await consumer.receive(1, 0)
+                ack = Settlement(delivery=first, action="ack")
+                assert await consumer.settle([ack]) == [False]  # the older fence is refused
+                return first, second
+            finally:
+                await consumer.close()
+
+        first, second = run(deliver_twice())
+        assert second.fence == first.fence + 1 < 2**53
+        with pytest.raises(BrokerError, match="limit of 137438953471 sends"):
+            broker.enqueue([out("m2", "q")])
 
     @async_test
     async def test_a_settle_refused_in_one_queue_applies_and_reports_the_others(self) -> None:

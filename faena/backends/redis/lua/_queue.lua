@@ -33,6 +33,9 @@ local PRIORITY_STEP = 562949953421312 -- 2^49: room for 2^49 seqs per priority i
 -- fences stay exact in a double up to seq 2^37. Write them with %d, never `..` (which would
 -- print a large one as 1.4e+14).
 local SEND_FENCE_STEP = 65536
+-- A send's fence must stay exact in Lua's numbers (below 2^53) through all its deliveries:
+-- a queue takes at most this many sends in its life (2^37 - 1), then refuses more.
+local MAX_SEND_SEQ = 137438953471
 -- The most scheduled messages promoted, or expired leases recovered, per queue by one claim:
 -- a backlog that falls due at once is moved over several claims, never in one long script.
 local MOVE_BATCH = 1000
@@ -119,14 +122,13 @@ local ALL_KEYS = {READY, SCHEDULED, LEASED, STATE, BODY, DEAD, DEAD_STATE, DEAD_
 -- that fails on its own first.
 --
 -- The counter must be a number the scripts can go on from: '0' or a positive integer without
--- leading zeros ('007' and '-0' are refused by INCR) of at most 2^37, so that a send's fence
--- (seq * SEND_FENCE_STEP) stays exact in Lua's numbers and a state entry stays readable (a
--- negative seq is not).
-local MAX_SEQ = 137438953472 -- 2^37
+-- leading zeros ('007' and '-0' are refused by INCR; a negative seq would make state entries
+-- unreadable) below 2^49, so that places in line (ready_score) stay exact in Lua's numbers.
+local MAX_SEQ = 562949953421311 -- 2^49 - 1
 
 local function is_counter(text)
   return text == '0'
-    or (#text <= 12 and string.match(text, '^[1-9]%d*$') ~= nil and tonumber(text) <= MAX_SEQ)
+    or (#text <= 15 and string.match(text, '^[1-9]%d*$') ~= nil and tonumber(text) <= MAX_SEQ)
 end
 
 local function check_types(b, which)

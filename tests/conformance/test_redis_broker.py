@@ -562,7 +562,7 @@ class TestRedisOnly:
             raw.set(counter, str(2**37 - 2))
             before = {name: raw.dump(name) for name in names}
         # When two messages are sent at once, Then they are refused, nothing written
-        with pytest.raises(BrokerError, match="limit of 137438953471 sends"):
+        with pytest.raises(BrokerError, match="would pass 137438953471, the most entries"):
             broker.enqueue([out("m0", "q"), out("m1", "q")])
         with contextlib.closing(self.raw()) as raw:
             assert {name: raw.dump(name) for name in names} == before
@@ -584,8 +584,33 @@ class TestRedisOnly:
 
         first, second = run(deliver_twice())
         assert second.fence == first.fence + 1 < 2**53
-        with pytest.raises(BrokerError, match="limit of 137438953471 sends"):
+        with pytest.raises(BrokerError, match="would pass 137438953471") as refused:
             broker.enqueue([out("m2", "q")])
+        assert "user_script" not in str(refused.value)
+
+    def test_a_message_whose_next_hand_out_would_pass_the_exact_fences_is_dead_lettered(
+        self,
+    ) -> None:
+        broker = self.broker()
+        broker.enqueue([out("m0", "q"), out("m1", "q")])
+        # Given a waiting message whose fence is one short of the last exact one (a send of
+        # the queue's last seqs, handed out 65,535 times), beside a healthy one
+        state = f"{self.prefix}:{{q}}:state"
+        with contextlib.closing(self.raw()) as raw:
+            rest = raw.hget(state, "m0").split(b"|", 1)[1]
+            raw.hset(state, "m0", b"W%d|" % (2**53 - 2) + rest)
+
+        async def claim() -> list[Delivery]:
+            consumer = await broker.open_consumer(["q"], "w1")
+            try:
+                return await consumer.receive(10, 0)
+            finally:
+                await consumer.close()
+
+        # When it is claimed, Then it is dead-lettered, and the other one handed out
+        assert [d.id for d in run(claim())] == ["m1"]
+        (letter,) = run(broker.dead_letters())
+        assert (letter.id, letter.reason) == ("m0", "fences_exhausted")
 
     @async_test
     async def test_a_settle_refused_in_one_queue_applies_and_reports_the_others(self) -> None:

@@ -498,7 +498,9 @@ def translated(target: Target, doing: str) -> Iterator[None]:
                 f"{target.timeout_s:g} s): {str(exc).rstrip('.')}. Check that the server runs "
                 "and the URL is right; the call may or may not have taken effect"
             ) from exc
-        raise BrokerError(f"Redis at {target.display} refused {doing}: {exc}") from exc
+        raise BrokerError(
+            f"Redis at {target.display} refused {doing}: {script_error(exc)}"
+        ) from exc
 
 
 def now_arg(clock: Clock) -> str:

@@ -29,13 +29,16 @@ local READY, SCHEDULED, LEASED, STATE, BODY = 1, 2, 3, 4, 5
 local DEAD, DEAD_STATE, DEAD_BODY, SEQ, WAKE = 6, 7, 8, 9, 10
 local QUEUE_KEYS = 10
 local PRIORITY_STEP = 562949953421312 -- 2^49: room for 2^49 seqs per priority in a double
--- 2^16: a send's first fence is its seq times this (faena.contracts.broker.SEND_FENCE_STEP);
--- fences stay exact in a double up to seq 2^37. Write them with %d, never `..` (which would
--- print a large one as 1.4e+14).
+-- 2^16: a send's first fence is its seq times this (faena.contracts.broker.SEND_FENCE_STEP),
+-- and each hand-out adds one. Write them with %d, never `..` (which would print a large one as
+-- 1.4e+14).
 local SEND_FENCE_STEP = 65536
--- A send's fence must stay exact in Lua's numbers (below 2^53) through all its deliveries:
--- a queue takes at most this many sends in its life (2^37 - 1), then refuses more.
+-- Fences must stay exact in Lua's numbers, below 2^53 (MAX_FENCE). So a send's seq is at most
+-- 2^37 - 1: the counter, which also grows by one with every retry, postponement, recovered
+-- lease and requeued letter, refuses sends past it; and a message whose next hand-out would
+-- reach MAX_FENCE (a send of the last seqs handed out 65,536 times) is dead-lettered instead.
 local MAX_SEND_SEQ = 137438953471
+local MAX_FENCE = 9007199254740991 -- 2^53 - 1
 -- The most scheduled messages promoted, or expired leases recovered, per queue by one claim:
 -- a backlog that falls due at once is moved over several claims, never in one long script.
 local MOVE_BATCH = 1000

@@ -91,6 +91,9 @@ local function lease_all(b, q, ids)
       bury(b, id, fence, deliveries, priority, enqueued,
         reason ~= '' and reason or 'max_deliveries',
         'handed out ' .. deliveries .. ' times without being settled', now)
+    elseif fence + 1 >= MAX_FENCE then
+      bury(b, id, fence, deliveries, priority, enqueued, 'fences_exhausted',
+        'its next hand-out would pass the fences Redis scripts can count exactly', now)
     else
       local state = format_state('L', fence + 1, deliveries + 1, priority, seq, enqueued, reason)
       local n = #states

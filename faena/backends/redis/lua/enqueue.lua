@@ -22,9 +22,10 @@ end
 check_types(0, {SEQ, BODY, READY, SCHEDULED, WAKE})
 local old = bulk_get('HMGET', KEYS[STATE], ids)
 if tonumber(redis.call('GET', KEYS[SEQ]) or '0') + count > MAX_SEND_SEQ then
-  error({err = 'ERR ' .. KEYS[SEQ] .. ' has reached the limit of ' .. MAX_SEND_SEQ
-    .. ' sends a queue takes in its life (its fences must stay exact): send to a queue of '
-    .. 'another name'})
+  error({err = 'ERR ' .. KEYS[SEQ] .. ' would pass ' .. MAX_SEND_SEQ
+    .. ', the most entries into its line (sends, retries, postponements, recovered leases, '
+    .. 'requeued letters) a queue takes in its life, its fences having to stay exact: send '
+    .. 'to a queue of another name'})
 end
 local seq = redis.call('INCRBY', KEYS[SEQ], count) - count
 local states, bodies, ready, scheduled = {}, {}, {}, {}

@@ -642,6 +642,29 @@ class TestRedisOnly:
         finally:
             await consumer.close()
 
+    @pytest.mark.parametrize("flavour", ["sync", "async"])
+    def test_a_send_to_several_queues_names_the_one_redis_refuses_and_those_sent(
+        self, flavour: str
+    ) -> None:
+        broker = self.broker()
+        # Given a queue under another program's value, beside a healthy one
+        with contextlib.closing(self.raw()) as raw:
+            raw.rpush(f"{self.prefix}:{{b}}:ready", "not ours")
+        messages = [out("a0", "a"), out("b0", "b"), out("a1", "a")]
+        # When one send carries messages of both
+        send = {"sync": broker.enqueue, "async": lambda m: run(broker.aenqueue(m))}[flavour]
+        with pytest.raises(BrokerError, match=r"queue b: WRONGTYPE") as refused:
+            send(messages)
+        # Then the error says what was sent, and it was
+        assert "nothing was written there; the messages of queue(s) a were sent" in str(
+            refused.value
+        )
+        assert (broker.locate("a0"), broker.locate("a1"), broker.locate("b0")) == (
+            "queued",
+            "queued",
+            None,
+        )
+
     def test_admin_writes_do_the_queues_redis_accepts_and_name_the_one_it_refuses(self) -> None:
         broker = self.broker()
         broker.enqueue([out(f"{q}{n}", q) for q in "ab" for n in range(3)])

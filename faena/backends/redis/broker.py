@@ -112,19 +112,40 @@ class RedisBroker(Broker):
     def enqueue(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        batch, new = self._enqueue_batch(messages)
-        self._run(batch, f"enqueueing {len(messages)} message(s)")
-        self._remember(new)
+        batch, new, queues = self._enqueue_batch(messages)
+        doing = f"enqueueing {len(messages)} message(s)"
+        self._sent(queues, new, self._run(batch, doing, keep_errors=True), doing)
 
     async def aenqueue(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        batch, new = self._enqueue_batch(messages)
+        batch, new, queues = self._enqueue_batch(messages)
         connections = self._connections()
         doing = f"enqueueing {len(messages)} message(s)"
         async with connections.using(doing) as sender:
-            await batch.arun(sender)
+            replies = await batch.arun(sender, keep_errors=True)
+        self._sent(queues, new, replies, doing)
+
+    def _sent(self, queues: list[str], new: list[str], replies: list[Any], doing: str) -> None:
+        """Check an enqueue's replies: a queue Redis refused (another program's value under
+        its keys, or past its limit) took nothing, and fails the call, naming the queues that
+        took their messages (one script per queue: those are sent)."""
+        if new and isinstance(replies[0], Exception):
+            # (the set of known queues: its refusal stops the whole send, as it comes first)
+            with translated(self._target, doing):
+                raise replies[0]
+        answers = replies[1:] if new else replies
+        refused = [(q, r) for q, r in zip(queues, answers, strict=True) if isinstance(r, Exception)]
         self._remember(new)
+        if not refused:
+            return
+        reasons = "; ".join(f"queue {q}: {script_error(r)}" for q, r in refused)
+        took = [q for q, r in zip(queues, answers, strict=True) if not isinstance(r, Exception)]
+        sent = f"; the messages of queue(s) {', '.join(took)} were sent" if took else ""
+        raise BrokerError(
+            f"Redis at {self._target.display} refused {doing} ({reasons}); nothing was written "
+            f"there{sent}"
+        )
 
     def _remember(self, queues: list[str]) -> None:
         moment = self.config.clock.monotonic()
@@ -140,8 +161,9 @@ class RedisBroker(Broker):
                 self._async = Connections(self.url, self.config.clock)
             return self._async
 
-    def _enqueue_batch(self, messages: Sequence[Outgoing]) -> tuple[Batch, list[str]]:
-        """The calls that enqueue ``messages``, and the queues they make known."""
+    def _enqueue_batch(self, messages: Sequence[Outgoing]) -> tuple[Batch, list[str], list[str]]:
+        """The calls that enqueue ``messages``, the queues they make known, and the queues in
+        the order of their calls (after the known queues' one, when there is one)."""
         now = now_arg(self.config.clock)
         per_queue: dict[str, list[Any]] = {}
         for m in messages:
@@ -166,7 +188,7 @@ class RedisBroker(Broker):
             batch.command("SADD", self._keys.queues, *new)
         for queue, args in per_queue.items():
             batch.script(_keys.ENQUEUE, self._keys.queue(queue), args)
-        return batch, new
+        return batch, new, list(per_queue)
 
     def _known_queues(self, doing: str) -> list[str]:
         batch = Batch()

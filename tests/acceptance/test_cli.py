@@ -403,6 +403,17 @@ def test_demo_runs_a_real_worker_and_exits_0(project: tuple[Cli, ModuleType]) ->
     assert not list(cli.cwd.glob("faena-demo.sqlite3"))  # nothing left behind without --keep
 
 
+async def bury_all(broker: RedisBroker, queues: list[str], count: int) -> None:
+    """Take ``count`` messages from ``queues`` and dead-letter them."""
+    consumer = await broker.open_consumer(queues, "w1")
+    try:
+        got = await consumer.receive(count, 0)
+        dead = [Settlement(delivery=d, action="dead", reason="rejected") for d in got]
+        assert await consumer.settle(dead) == [True] * count
+    finally:
+        await consumer.close()
+
+
 @pytest.mark.timeout(60)
 def test_dlq_counts_every_letter_of_an_id_dead_in_two_redis_queues(
     project: tuple[Cli, ModuleType],
@@ -415,14 +426,8 @@ def test_dlq_counts_every_letter_of_an_id_dead_in_two_redis_queues(
     try:
         broker.enqueue([out("dup", "a"), out("dup", "b")])
 
-        async def bury() -> None:
-            consumer = await broker.open_consumer(["a", "b"], "w1")
-            try:
-                got = await consumer.receive(2, 0)
-                dead = [Settlement(delivery=d, action="dead", reason="rejected") for d in got]
-                assert await consumer.settle(dead) == [True, True]
-            finally:
-                await consumer.close()
+        def bury() -> Any:
+            return bury_all(broker, ["a", "b"], 2)
 
         asyncio.run(bury())
         # When the id is retried, Then both letters are requeued, and counted
@@ -454,14 +459,8 @@ def test_dlq_retry_of_ids_goes_on_past_a_queue_redis_refuses(
     try:
         broker.enqueue([out("a0", "a"), out("a1", "a"), out("b0", "b")])
 
-        async def bury() -> None:
-            consumer = await broker.open_consumer(["a", "b"], "w1")
-            try:
-                got = await consumer.receive(3, 0)
-                dead = [Settlement(delivery=d, action="dead", reason="rejected") for d in got]
-                assert await consumer.settle(dead) == [True] * 3
-            finally:
-                await consumer.close()
+        def bury() -> Any:
+            return bury_all(broker, ["a", "b"], 3)
 
         # Given dead letters in two queues, the second under another program's value
         asyncio.run(bury())

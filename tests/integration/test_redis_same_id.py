@@ -7,7 +7,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -15,6 +15,7 @@ import redis
 from faena import BrokerError, Faena
 from faena.contracts.broker import Outgoing
 from faena.worker.worker import Worker, WorkerOptions
+from tests.integration.conftest import wait_until
 from tests.services import drop_prefix, redis_url, require
 
 pytestmark = pytest.mark.timeout(60)
@@ -90,15 +91,6 @@ def test_a_refused_queue_does_not_keep_the_other_queues_leases_from_renewing(app
     asyncio.run(scenario())
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until true; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize(("concurrency", "prefetch"), [(4, 8), (1, 0)])
 def test_a_queue_redis_refuses_holds_back_only_its_own_settlements(
     app: Faena, caplog: pytest.LogCaptureFixture, concurrency: int, prefetch: int
@@ -137,7 +129,7 @@ def test_a_queue_redis_refuses_holds_back_only_its_own_settlements(
         assert [r.get(timeout=10) for r in results] == list(range(60))
         assert [quick.delay(i).get(timeout=10) for i in range(20)] == list(range(20))
         # (queue b is left out of the counts while it is refused)
-        wait_for(lambda: asyncio.run(app.broker.stats()) == [], 10, "queue a acknowledged")
+        wait_until(lambda: asyncio.run(app.broker.stats()) == [], 10, "queue a acknowledged")
         assert raw.zrange(leased_b, 0, -1) == [sent.id.encode()]
 
         # And the refused settlement is sent again on a pause of its own, twice as long each
@@ -154,7 +146,7 @@ def test_a_queue_redis_refuses_holds_back_only_its_own_settlements(
         assert pauses()[:3] == [0.5, 1.0, 2.0]
         # And once the value is gone, the job's message is dead-lettered (once, no lease lost)
         raw.delete(dead)
-        wait_for(lambda: bool(asyncio.run(app.broker.dead_letters())), 15, "the dead letter")
+        wait_until(lambda: bool(asyncio.run(app.broker.dead_letters())), 15, "the dead letter")
         (letter,) = asyncio.run(app.broker.dead_letters())
         assert letter.id == sent.id
         assert any("had refused are written" in r.message for r in caplog.records)

@@ -46,6 +46,15 @@ def ack(queue: str, n: int) -> Settlement:
     return Settlement(delivery=delivery, action="ack")
 
 
+def outbox_of(queues: Queues, settled: list[str]) -> Outbox:
+    """An outbox settling through ``queues``, noting each settled id in ``settled``."""
+    return Outbox(
+        NoRecords(),  # type: ignore[arg-type]
+        queues,  # type: ignore[arg-type]
+        lambda s, ok: settled.append(s.delivery.id),
+    )
+
+
 def pause_ends(outbox: Outbox) -> None:
     """End the pause under way now, as its timer would."""
     timer = outbox._park_timer
@@ -66,15 +75,11 @@ def test_refused_settlements_wait_pauses_twice_as_long_each_time(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "faena.worker")
-    queues, settled = Queues(), []
+    queues, settled = Queues(), list[str]()
     queues.refused = {"b"}
 
     async def scenario() -> None:
-        outbox = Outbox(
-            NoRecords(),  # type: ignore[arg-type]
-            queues,  # type: ignore[arg-type]
-            lambda s, ok: settled.append(s.delivery.id),
-        )
+        outbox = outbox_of(queues, settled)
         # Given a settlement of a refused queue, and others of a healthy one
         outbox.settle(ack("b", 0))
         outbox.settle(ack("a", 0))
@@ -104,15 +109,11 @@ def test_set_aside_settlements_that_go_through_beside_a_new_refusal_start_the_pa
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, "faena.worker")
-    queues, settled = Queues(), []
+    queues, settled = Queues(), list[str]()
     queues.refused = {"b"}
 
     async def scenario() -> None:
-        outbox = Outbox(
-            NoRecords(),  # type: ignore[arg-type]
-            queues,  # type: ignore[arg-type]
-            lambda s, ok: settled.append(s.delivery.id),
-        )
+        outbox = outbox_of(queues, settled)
         # Given a settlement of queue b refused twice
         outbox.settle(ack("b", 0))
         await outbox.flush()
@@ -136,15 +137,11 @@ def test_set_aside_settlements_that_go_through_beside_a_new_refusal_start_the_pa
 def test_a_set_aside_settlement_refused_again_beside_one_that_went_through_keeps_its_pauses(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    queues, settled = Queues(), []
+    queues, settled = Queues(), list[str]()
     queues.refused = {"b", "c"}
 
     async def scenario() -> None:
-        outbox = Outbox(
-            NoRecords(),  # type: ignore[arg-type]
-            queues,  # type: ignore[arg-type]
-            lambda s, ok: settled.append(s.delivery.id),
-        )
+        outbox = outbox_of(queues, settled)
         # Given settlements of two refused queues, set aside together
         outbox.settle(ack("b", 0))
         outbox.settle(ack("c", 0))
@@ -161,15 +158,11 @@ def test_a_set_aside_settlement_refused_again_beside_one_that_went_through_keeps
 
 
 def test_the_last_flush_sends_set_aside_settlements_without_waiting() -> None:
-    queues, settled = Queues(), []
+    queues, settled = Queues(), list[str]()
     queues.refused = {"b"}
 
     async def scenario() -> None:
-        outbox = Outbox(
-            NoRecords(),  # type: ignore[arg-type]
-            queues,  # type: ignore[arg-type]
-            lambda s, ok: settled.append(s.delivery.id),
-        )
+        outbox = outbox_of(queues, settled)
         outbox.settle(ack("b", 0))
         await outbox.flush()
         queues.refused = set()

@@ -209,12 +209,7 @@ class RedisBroker(Broker):
         value under one of its keys) then fails the call, named, with what was done in the
         others (``done`` of their replies). The scripts check their keys before they write, so
         a refused queue is left as it was."""
-        if not queues:
-            return []
-        batch = Batch()
-        for queue in queues:
-            batch.script(script, self._keys.queue(queue), args)
-        replies = self._run(batch, doing, keep_errors=True)
+        replies = self._per_queue(script, queues, args, doing)
         refused = [(q, r) for q, r in zip(queues, replies, strict=True) if isinstance(r, Exception)]
         if refused:
             answered = [r for r in replies if not isinstance(r, Exception)]
@@ -229,18 +224,25 @@ class RedisBroker(Broker):
             )
         return replies
 
+    def _per_queue(
+        self, script: _keys.Script, queues: Sequence[str], args: Sequence[Any], doing: str
+    ) -> list[Any]:
+        """``script`` once per queue, in one pipeline: the replies in the queues' order, a
+        lasting refusal as its exception (see ``Batch.run``)."""
+        if not queues:
+            return []
+        batch = Batch()
+        for queue in queues:
+            batch.script(script, self._keys.queue(queue), args)
+        return self._run(batch, doing, keep_errors=True)
+
     def _read_queues(
         self, script: _keys.Script, queues: Sequence[str], args: Sequence[Any], doing: str
     ) -> list[tuple[str, Any]]:
         """A read-only ``script`` once per queue: the queues that answered, with their reply.
         A queue whose keys Redis refuses (another program's value under one of them) is left
         out with an error in the log, so one such queue cannot hide all the others."""
-        if not queues:
-            return []
-        batch = Batch()
-        for queue in queues:
-            batch.script(script, self._keys.queue(queue), args)
-        replies = self._run(batch, doing, keep_errors=True)
+        replies = self._per_queue(script, queues, args, doing)
         answered = []
         for queue, reply in zip(queues, replies, strict=True):
             if isinstance(reply, Exception):

@@ -665,6 +665,26 @@ class TestRedisOnly:
             None,
         )
 
+    def test_a_send_stands_when_redis_refuses_the_set_of_known_queues(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        broker = self.broker()
+        # Given another program's value where the broker lists the queues it has sent to
+        with contextlib.closing(self.raw()) as raw:
+            raw.set(f"{self.prefix}:queues", "not ours")
+        # When messages are sent, twice within a minute
+        broker.enqueue([out("a0", "a"), out("b0", "b")])
+        broker.enqueue([out("a1", "a")])
+        # Then they are sent (the list is only for finding queues), and the refusal is said
+        # once, naming the queues the list misses
+        with contextlib.closing(self.raw()) as raw:
+            for queue, mid in (("a", "a0"), ("b", "b0"), ("a", "a1")):
+                assert raw.zscore(f"{self.prefix}:{{{queue}}}:ready", mid) is not None
+        said = [r.message for r in caplog.records if "set of known queues" in r.message]
+        assert len(said) == 1
+        assert "queue(s) a, b" in said[0]
+        assert "WRONGTYPE" in said[0]
+
     def test_admin_writes_do_the_queues_redis_accepts_and_name_the_one_it_refuses(self) -> None:
         broker = self.broker()
         broker.enqueue([out(f"{q}{n}", q) for q in "ab" for n in range(3)])

@@ -131,9 +131,17 @@ class RedisBroker(Broker):
         its keys, or past its limit) took nothing, and fails the call, naming the queues that
         took their messages (one script per queue: those are sent)."""
         if new and isinstance(replies[0], Exception):
-            # (the set of known queues: its refusal stops the whole send, as it comes first)
-            with translated(self._target, doing):
-                raise replies[0]
+            # The set of known queues is only a list for `faena status`, `purge`, `dlq` and
+            # finding a message by id: the messages were sent all the same (the calls are not
+            # a transaction), so the send stands, and the refusal is said once a minute.
+            log.error(
+                "Redis at %s refused adding queue(s) %s to the set of known queues (%s): is "
+                "another program writing under its keys? Their messages are sent, but "
+                "`faena status`, `purge`, `dlq` and finding a message by id do not see them",
+                self._target.display,
+                ", ".join(new),
+                script_error(replies[0]),
+            )
         answers = replies[1:] if new else replies
         refused = [(q, r) for q, r in zip(queues, answers, strict=True) if isinstance(r, Exception)]
         self._remember(new)

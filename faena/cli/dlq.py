@@ -293,7 +293,10 @@ def _report(
         problems.append(
             f"not in the dead-letter queue: {', '.join(missing)} (see `faena dlq list`)"
         )
+    by_error: dict[str, list[str]] = {}
     for job_id, error in (failed or {}).items():
-        problems.append(f"{job_id}: {error}")
+        by_error.setdefault(error, []).append(job_id)
+    for error, job_ids in by_error.items():  # (one refused queue fails every id alike)
+        problems.append(f"{', '.join(job_ids)}: {error}")
     if problems:
         raise CommandFailed("; ".join(problems))

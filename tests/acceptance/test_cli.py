@@ -477,9 +477,8 @@ def test_dlq_retry_of_ids_goes_on_past_a_queue_redis_refuses(
         assert "Requeued 0 dead letter(s), besides what the errors below say of 2 id(s)" in (
             retried.stdout
         )
-        for job_id in ("a0", "a1"):
-            assert f"{job_id}: Redis at" in retried.stderr
-        assert "queue b: WRONGTYPE" in retried.stderr
+        assert "a0, a1: Redis at" in retried.stderr  # (the same refusal, said once)
+        assert retried.stderr.count("queue b: WRONGTYPE") == 1
         assert "in the other queues, 1 requeued" in retried.stderr
     finally:
         broker.close()

@@ -414,72 +414,65 @@ async def bury_all(broker: RedisBroker, queues: list[str], count: int) -> None:
         await consumer.close()
 
 
-@pytest.mark.timeout(60)
-def test_dlq_counts_every_letter_of_an_id_dead_in_two_redis_queues(
-    project: tuple[Cli, ModuleType],
-) -> None:
-    # Given one id dead-lettered in two queues of a Redis broker (two messages there)
-    cli, _ = project
+@pytest.fixture
+def on_redis() -> Iterator[tuple[str, RedisBroker]]:
+    """A broker on the local Redis under a prefix of its own, dropped afterwards."""
     require("redis", "127.0.0.1", 6379)
     url = redis_url()
     broker = RedisBroker(url, BrokerConfig())
     try:
-        broker.enqueue([out("dup", "a"), out("dup", "b")])
-
-        def bury() -> Any:
-            return bury_all(broker, ["a", "b"], 2)
-
-        asyncio.run(bury())
-        # When the id is retried, Then both letters are requeued, and counted
-        retried = cli.run("dlq", "retry", "dup", "--broker", url)
-        assert retried.returncode == 0, retried.stderr
-        assert "Requeued 2 dead letter(s)." in retried.stdout
-        assert broker.locate("dup") == "queued"
-        # When it dies in both again, and is sent anew to one queue, Then a retry requeues the
-        # other letter, and names the one it left
-        asyncio.run(bury())
-        broker.enqueue([out("dup", "a")])
-        partly = cli.run("dlq", "retry", "dup", "--broker", url)
-        assert partly.returncode == 1
-        assert "Requeued 1 dead letter(s)." in partly.stdout
-        assert "waiting or running again: dup" in partly.stderr
+        yield url, broker
     finally:
         broker.close()
         drop_prefix(url)
+
+
+@pytest.mark.timeout(60)
+def test_dlq_counts_every_letter_of_an_id_dead_in_two_redis_queues(
+    project: tuple[Cli, ModuleType], on_redis: tuple[str, RedisBroker]
+) -> None:
+    # Given one id dead-lettered in two queues of a Redis broker (two messages there)
+    cli, _ = project
+    url, broker = on_redis
+    broker.enqueue([out("dup", "a"), out("dup", "b")])
+    asyncio.run(bury_all(broker, ["a", "b"], 2))
+    # When the id is retried, Then both letters are requeued, and counted
+    retried = cli.run("dlq", "retry", "dup", "--broker", url)
+    assert retried.returncode == 0, retried.stderr
+    assert "Requeued 2 dead letter(s)." in retried.stdout
+    assert broker.locate("dup") == "queued"
+    # When it dies in both again, and is sent anew to one queue, Then a retry requeues the
+    # other letter, and names the one it left
+    asyncio.run(bury_all(broker, ["a", "b"], 2))
+    broker.enqueue([out("dup", "a")])
+    partly = cli.run("dlq", "retry", "dup", "--broker", url)
+    assert partly.returncode == 1
+    assert "Requeued 1 dead letter(s)." in partly.stdout
+    assert "waiting or running again: dup" in partly.stderr
 
 
 @pytest.mark.timeout(60)
 def test_dlq_retry_of_ids_goes_on_past_a_queue_redis_refuses(
-    project: tuple[Cli, ModuleType],
+    project: tuple[Cli, ModuleType], on_redis: tuple[str, RedisBroker]
 ) -> None:
     cli, _ = project
-    require("redis", "127.0.0.1", 6379)
-    url = redis_url()
-    broker = RedisBroker(url, BrokerConfig())
-    try:
-        broker.enqueue([out("a0", "a"), out("a1", "a"), out("b0", "b")])
-
-        def bury() -> Any:
-            return bury_all(broker, ["a", "b"], 3)
-
-        # Given dead letters in two queues, the second under another program's value
-        asyncio.run(bury())
-        prefix = url.rsplit("prefix=", 1)[1]
-        with contextlib.closing(redis.Redis.from_url(url.split("?")[0])) as raw:
-            raw.delete(f"{prefix}:{{b}}:body")
-            raw.rpush(f"{prefix}:{{b}}:body", "not ours")
-            # When two ids of the healthy queue are retried
-            retried = cli.run("dlq", "retry", "a0", "a1", "--broker", url)
-            raw.delete(f"{prefix}:{{b}}:body")
-        # Then both are requeued, and the command fails naming the refusal for each
-        assert retried.returncode == 1
-        assert (broker.locate("a0"), broker.locate("a1")) == ("queued", "queued")
-        assert "Requeued 0 dead letter(s), besides what the errors below say of 2 id(s)" in (
-            retried.stdout
-        )
-        assert "a0, a1: Redis at" in retried.stderr  # (the same refusal, said once)
-        assert retried.stderr.count("queue b: WRONGTYPE") == 1
-        assert "in the other queues, 1 requeued" in retried.stderr
-    finally:
-        broker.close()
-        drop_prefix(url)
+    url, broker = on_redis
+    broker.enqueue([out("a0", "a"), out("a1", "a"), out("b0", "b")])
+    # Given dead letters in two queues, the second under another program's value
+    asyncio.run(bury_all(broker, ["a", "b"], 3))
+    prefix = url.rsplit("prefix=", 1)[1]
+    with contextlib.closing(redis.Redis.from_url(url.split("?")[0])) as raw:
+        raw.delete(f"{prefix}:{{b}}:body")
+        raw.rpush(f"{prefix}:{{b}}:body", "not ours")
+        # When two ids of the healthy queue are retried
+        retried = cli.run("dlq", "retry", "a0", "a1", "--broker", url)
+        raw.delete(f"{prefix}:{{b}}:body")
+    # Then both are requeued, and the command fails naming the refusal for each
+    assert retried.returncode == 1
+    assert (broker.locate("a0"), broker.locate("a1")) == ("queued", "queued")
+    assert "Requeued 0 dead letter(s), besides what the errors below say of 2 id(s)" in (
+        retried.stdout
+    )
+    assert "a0, a1: Redis at" in retried.stderr  # (the same refusal, said once)
+    assert retried.stderr.count("queue b: WRONGTYPE") == 1
+    assert "in the other queues, 1 requeued" in retried.stderr

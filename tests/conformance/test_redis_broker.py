@@ -65,6 +65,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield ",".join(f"127.0.0.1:{n.port}" for n in nodes)
 
 
+async def claim_once(broker: Broker, queues: list[str], n: int) -> list[Delivery]:
+    """One consumer's claim of up to ``n`` messages, without waiting."""
+    consumer = await broker.open_consumer(queues, "w1")
+    try:
+        return await consumer.receive(n, 0)
+    finally:
+        await consumer.close()
+
+
 def cluster_url(hosts: str) -> str:
     return f"redis+cluster://{hosts}/0?prefix=t{uuid.uuid4().hex[:12]}"
 
@@ -492,15 +501,7 @@ class TestRedisOnly:
         with contextlib.closing(self.raw()) as raw:
             raw.set(f"{self.prefix}:{{q}}:seq", counter)
         broker.enqueue([out("m0", "q")])
-
-        async def claim() -> list[Delivery]:
-            consumer = await broker.open_consumer(["q"], "w1")
-            try:
-                return await consumer.receive(1, 0)
-            finally:
-                await consumer.close()
-
-        (m0,) = run(claim())
+        (m0,) = run(claim_once(broker, ["q"], 1))
         assert (m0.id, m0.deliveries) == ("m0", 1)
 
     @pytest.mark.parametrize("counter", ["-5", "562949953421312"])
@@ -599,16 +600,8 @@ class TestRedisOnly:
         with contextlib.closing(self.raw()) as raw:
             rest = raw.hget(state, "m0").split(b"|", 1)[1]
             raw.hset(state, "m0", b"W%d|" % (2**53 - 2) + rest)
-
-        async def claim() -> list[Delivery]:
-            consumer = await broker.open_consumer(["q"], "w1")
-            try:
-                return await consumer.receive(10, 0)
-            finally:
-                await consumer.close()
-
         # When it is claimed, Then it is dead-lettered, and the other one handed out
-        assert [d.id for d in run(claim())] == ["m1"]
+        assert [d.id for d in run(claim_once(broker, ["q"], 10))] == ["m1"]
         (letter,) = run(broker.dead_letters())
         assert (letter.id, letter.reason) == ("m0", "fences_exhausted")
 

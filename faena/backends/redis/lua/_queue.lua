@@ -134,17 +134,24 @@ local function is_counter(text)
     or (#text <= 15 and string.match(text, '^[1-9]%d*$') ~= nil and tonumber(text) <= MAX_SEQ)
 end
 
+-- Returns the counter's value (0 when absent) when the counter was among the keys checked.
 local function check_types(b, which)
+  local seq = nil
   for _, k in ipairs(which or ALL_KEYS) do
     local key = KEYS[b + k]
     local found = redis.call('TYPE', key)['ok']
     if found ~= TYPES[k] and found ~= 'none' then
       error({err = 'WRONGTYPE ' .. key .. ' holds a ' .. found .. ', not a ' .. TYPES[k]})
     end
-    if k == SEQ and found == 'string' and not is_counter(redis.call('GET', key)) then
-      error({err = 'ERR ' .. key .. ' holds a string that is not a counter'})
+    if k == SEQ then
+      local text = found == 'string' and redis.call('GET', key) or '0'
+      if not is_counter(text) then
+        error({err = 'ERR ' .. key .. ' holds a string that is not a counter'})
+      end
+      seq = tonumber(text)
     end
   end
+  return seq
 end
 
 -- Move a live message, already taken out of ready, scheduled and leased, to the dead letters.

@@ -19,9 +19,9 @@ for i = 2, #ARGV, 4 do
 end
 -- Nothing is written in a queue Redis refuses: the state read fails on its own key; the others
 -- are checked first.
-check_types(0, {SEQ, BODY, READY, SCHEDULED, WAKE})
+local counter = check_types(0, {SEQ, BODY, READY, SCHEDULED, WAKE})
 local old = bulk_get('HMGET', KEYS[STATE], ids)
-if tonumber(redis.call('GET', KEYS[SEQ]) or '0') + count > MAX_SEND_SEQ then
+if counter + count > MAX_SEND_SEQ then
   error({err = 'ERR ' .. KEYS[SEQ] .. ' would pass ' .. MAX_SEND_SEQ
     .. ', the most entries into its line (sends, retries, postponements, recovered leases, '
     .. 'requeued letters) a queue takes in its life, its fences having to stay exact: send '

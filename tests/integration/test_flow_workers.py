@@ -192,8 +192,11 @@ def test_terminate_stops_a_running_process_pool_job_within_a_second(
             os.kill(child, 0)
         except ProcessLookupError:
             return True
-        with open(f"/proc/{child}/stat") as f:  # a zombie is gone too: it runs nothing
-            return f.read().split()[2] == "Z"
+        try:
+            with open(f"/proc/{child}/stat") as f:  # a zombie is gone too: it runs nothing
+                return f.read().split()[2] == "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return True  # reaped between the two looks
 
     # Then its child process is stopped within a second, and the job reads REVOKED
     wait_until(child_gone, 1.0, "the child to be killed")

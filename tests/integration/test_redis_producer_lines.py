@@ -1,6 +1,8 @@
 """The connections single commands travel on, a sync producer's (``SyncSender``) and an event
 loop's (``AsyncSender``): they survive a server restart, are never shared with a forked child
-or reused after a cancelled call, and stay within ``max_connections``."""
+or reused after a cancelled call, and stay within ``max_connections``; an event loop's call
+fails at its timeout, is sent again after a cut only when its sender says so, and a pipeline
+keeps each reply in its place."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from faena.backends.redis._client import (
 from faena.backends.redis.broker import RedisBroker
 from faena.contracts.broker import BrokerConfig
 from faena.testing.conformance import out
+from tests.integration.cut_proxy import CutProxy
 from tests.integration.redis_servers import RedisServer, private_redis
 
 __all__ = ["private_redis"]
@@ -183,6 +186,101 @@ def test_async_lines_stay_within_max_connections(private_redis: RedisServer) -> 
             # Then every call is answered, and the sender opened at most 3 lines of its own
             assert sorted(replies) == list(range(1, 21))  # type: ignore[type-var]
             assert sender._lines.made <= 3
+        finally:
+            await sender.aclose()
+
+    asyncio.run(scenario())
+
+
+def _through(proxy: CutProxy, query: str = "") -> str:
+    return f"redis://127.0.0.1:{proxy.port}/0{query}"
+
+
+def test_an_async_call_without_an_answer_fails_within_its_timeout(
+    private_redis: RedisServer,
+) -> None:
+    proxy = CutProxy(("127.0.0.1", private_redis.port))
+
+    async def scenario() -> None:
+        sender = _async_sender(_through(proxy, "?timeout=0.5"))
+        try:
+            await sender.execute("SET", "slow", "x")
+            # Given a server whose answer to the next call comes 3 s late
+            proxy.arm(b"slow", late_s=3)
+            started = asyncio.get_running_loop().time()
+            # When the call waits for it, with a timeout of 0.5 s
+            with pytest.raises(redis.exceptions.TimeoutError):
+                await sender.execute("GET", "slow")
+            # Then it fails at its timeout, not when the answer comes
+            assert asyncio.get_running_loop().time() - started < 2.5
+            # And the next call goes on a fresh line and reads its own answer
+            assert await sender.execute("GET", "slow") == b"x"
+        finally:
+            await sender.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        proxy.close()
+
+
+def test_an_async_pipeline_keeps_each_reply_in_its_place(private_redis: RedisServer) -> None:
+    async def scenario() -> list[object]:
+        sender = _async_sender(private_redis.url)
+        try:
+            # Given one write of three commands, the second refused by the server
+            return await sender.execute_many([("SET", "k", "v"), ("LPUSH", "k", "x"), ("GET", "k")])
+        finally:
+            await sender.aclose()
+
+    # Then every command got its own reply, the refusal as an error in its place
+    ok, refused, value = asyncio.run(scenario())
+    assert (ok, value) == (b"OK", b"v")
+    assert isinstance(refused, redis.exceptions.ResponseError)
+    assert "WRONGTYPE" in str(refused)
+
+
+@pytest.mark.parametrize("resend", [0, 2])
+def test_an_async_sender_resends_after_a_cut_only_when_told(
+    private_redis: RedisServer, resend: int
+) -> None:
+    proxy = CutProxy(("127.0.0.1", private_redis.port))
+
+    async def scenario() -> object:
+        sender = AsyncSender(async_client(parse_url(url), url), resend=resend)
+        try:
+            await sender.execute("PING")
+            # Given a wait whose answer is cut off on its way back
+            proxy.arm(b"BLPOP")
+            # When the wait ends
+            return await sender.execute("BLPOP", "empty", 0.2)
+        finally:
+            await sender.aclose()
+
+    url = _through(proxy)
+    try:
+        if resend:
+            # Then a sender told to resend waits again on a fresh line, and that wait's answer
+            # (nothing came) is the call's
+            assert asyncio.run(scenario()) is None
+        else:
+            # Then any other sender reports the broken connection
+            with pytest.raises(redis.exceptions.ConnectionError):
+                asyncio.run(scenario())
+        assert proxy.cut.is_set()
+    finally:
+        proxy.close()
+
+
+def test_an_argument_redis_cannot_take_is_refused_by_name(private_redis: RedisServer) -> None:
+    async def scenario() -> None:
+        sender = _async_sender(private_redis.url)
+        try:
+            # Given a value neither packer takes
+            with pytest.raises(redis.exceptions.DataError, match="NoneType"):
+                await sender.execute("SET", "k", None)
+            # Then nothing was sent, and the sender goes on
+            assert await sender.execute("EXISTS", "k") == 0
         finally:
             await sender.aclose()
 

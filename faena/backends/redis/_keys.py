@@ -189,7 +189,4 @@ class Batch:
                 return [await sender.execute(*commands[0])]
             except redis.exceptions.ResponseError as exc:
                 return [exc]
-        pipe = sender.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        return list(await pipe.execute(raise_on_error=False))
+        return await sender.execute_many(commands)

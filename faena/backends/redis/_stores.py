@@ -121,25 +121,25 @@ class Script:
         """Every call in one pipeline (one round trip); the replies in order."""
         if len(calls) == 1:  # a pipeline of one costs twice the plain call in redis-py
             return [await self.arun(sender, calls[0])]
-        client = sender.client
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for attempt in range(2):
-            pipe = client.pipeline(transaction=False)
-            self._queue(pipe, calls, pending)
-            answers = await pipe.execute(raise_on_error=False)
+            commands = [self._command(calls[i]) for i in pending]
+            answers = await sender.execute_many(commands)
             pending = self._sort(pending, answers, replies, attempt)
             if not pending:
                 break
-            await client.script_load(self.source)
+            await sender.client.script_load(self.source)
         return replies
 
     def _queue(self, pipe: Any, calls: Sequence[Call], pending: list[int]) -> None:
         for i in pending:
             # Through execute_command: redis-py's cluster pipeline refuses ``evalsha()``
             # itself, yet routes EVALSHA by its keys like any command.
-            call = calls[i]
-            pipe.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
+            pipe.execute_command(*self._command(calls[i]))
+
+    def _command(self, call: Call) -> tuple[Any, ...]:
+        return ("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
 
     @staticmethod
     def _sort(

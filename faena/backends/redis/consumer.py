@@ -83,7 +83,11 @@ class RedisConsumer(Consumer):
         self._wake_keys = [k[WAKE] for k in self._queue_keys]
         self._broker_closed = broker_closed
         self._sender = AsyncSender(async_client(target, url))
-        self._blocking = async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True)
+        # A wait's BLPOP may be sent again after a broken connection: a lost token costs a
+        # wait (see the module docstring).
+        self._blocking = AsyncSender(
+            async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True), resend=2
+        )
         self._turn = 0
         self._set_aside: dict[int, float] = {}  # queue index -> until (monotonic)
         self._woken_by: int | None = None
@@ -127,7 +131,7 @@ class RedisConsumer(Consumer):
 
     async def _discover(self) -> None:
         with translated(self._target, "connecting to the cluster"):
-            for client in (self._sender.client, self._blocking):
+            for client in (self._sender.client, self._blocking.client):
                 await client.initialize()
 
     async def _run(self, batch: Batch, doing: str, keep_errors: bool = False) -> list[Any]:
@@ -331,7 +335,7 @@ class RedisConsumer(Consumer):
             return  # close() cancels the waits it knows of: start none after it
         keys = [self._wake_keys[q] for q in sorted(self._live_queues())]
         groups = [[k] for k in keys] if self._target.cluster and len(keys) > 1 else [keys]
-        waits = [asyncio.ensure_future(self._blocking.blpop(keys, block)) for keys in groups]
+        waits = [asyncio.ensure_future(self._blocking.execute("BLPOP", *k, block)) for k in groups]
         self._waits.update(waits)
         until = None if timer is None else SYSTEM_CLOCK.monotonic() + timer
         try:

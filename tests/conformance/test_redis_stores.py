@@ -484,6 +484,26 @@ def test_a_server_that_does_not_answer_is_broker_unavailable_within_the_timeout(
             silent.close()
 
 
+def test_a_call_beyond_the_loops_connections_waits_at_most_the_timeout(shared: str) -> None:
+    store = RedisResultStore(shared + "&max_connections=1&timeout=0.5")
+
+    async def scenario() -> None:
+        # Given the loop's only connection taken by a call that does not end
+        async with store._io.limited():
+            started = time.monotonic()
+            # When another call needs a connection, Then it gives up at the URL's timeout
+            with pytest.raises(BrokerUnavailable, match="every connection of this event loop"):
+                await store.afetch("other")
+            assert 0.5 <= time.monotonic() - started < 0.5 + PROMPT_S
+        # And once the connection is free, a call takes it at once
+        assert await store.afetch("other") is None
+
+    try:
+        run(scenario())
+    finally:
+        store.close()
+
+
 # -- sets of members (add_member) -------------------------------------------------------------
 class TestMembers:
     """Where a set lives in Redis; the set semantics are in the conformance suite."""

@@ -237,9 +237,13 @@ class Connections:
         as its pool has connections (a burst beyond that waits its turn)."""
         entry = await self._entry()
         # A burst beyond the pool waits its turn, but no longer than the URL's timeout: a
-        # caller hears back within it, as from the server itself.
+        # caller hears back within it, as from the server itself. A free slot is taken at
+        # once, without the timer.
         try:
-            async with asyncio.timeout(self.target.timeout_s):
+            if entry.slots.locked():
+                async with asyncio.timeout(self.target.timeout_s):
+                    await entry.slots.acquire()
+            else:
                 await entry.slots.acquire()
         except TimeoutError:
             raise BrokerUnavailable(

@@ -285,3 +285,63 @@ def test_an_argument_redis_cannot_take_is_refused_by_name(private_redis: RedisSe
             await sender.aclose()
 
     asyncio.run(scenario())
+
+
+def test_a_cancel_in_the_same_turn_as_the_timeout_wins(private_redis: RedisServer) -> None:
+    async def scenario() -> asyncio.Task[object]:
+        sender = _async_sender(private_redis.url + "?timeout=0.3")
+        expire = sender._expire
+        call: asyncio.Task[object] | None = None
+
+        def expire_then_cancel(line: object) -> None:
+            expire(line)
+            assert call is not None
+            call.cancel()  # a shutdown or an outer timeout, in the same turn as the expiry
+
+        sender._expire = expire_then_cancel  # type: ignore[method-assign]
+        try:
+            await sender.execute("PING")
+            # Given a call that waits past its timeout, and a cancel that comes in that turn
+            call = asyncio.ensure_future(sender.execute("BLPOP", "empty", 5))
+            await asyncio.gather(call, return_exceptions=True)
+            return call
+        finally:
+            await sender.aclose()
+
+    # Then the call ends cancelled, as its caller asked, not with a timeout error
+    assert asyncio.run(scenario()).cancelled()
+
+
+def test_a_sender_closed_while_it_waits_to_resend_opens_no_connection(
+    private_redis: RedisServer,
+) -> None:
+    async def scenario() -> None:
+        sender = AsyncSender(
+            async_client(parse_url(private_redis.url), private_redis.url, resend=True), resend=2
+        )
+        exchange = sender._exchange
+        cuts = 0
+        closing: list[asyncio.Future[None]] = []
+
+        async def cut_once(line: object, commands: object) -> object:
+            nonlocal cuts
+            cuts += 1
+            if cuts == 1:
+                # Given a call whose connection breaks, and the sender closed in its pause
+                closing.append(asyncio.ensure_future(sender.aclose()))
+                sender._drop(line)
+                raise redis.exceptions.ConnectionError("cut")
+            return await exchange(line, commands)  # type: ignore[arg-type]
+
+        sender._exchange = cut_once  # type: ignore[method-assign]
+        # When the pause ends, Then the call reports the break instead of sending again
+        with pytest.raises(redis.exceptions.ConnectionError, match="cut"):
+            await sender.execute("BLPOP", "empty", 0.05)
+        assert cuts == 1
+        await asyncio.gather(*closing)
+        # And the closed client holds no open connection
+        pool = sender.client.connection_pool
+        assert not [c for c in pool._available_connections if c.is_connected]
+        assert not [c for c in pool._in_use_connections if c.is_connected]
+
+    asyncio.run(scenario())

@@ -399,6 +399,8 @@ class AsyncSender:
                 if attempt == self._resend or self._closed:
                     raise
                 await asyncio.sleep(0.01 * 2**attempt)
+                if self._closed:  # closed during the pause: no new connection for it
+                    raise
                 continue
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise reply
@@ -440,8 +442,11 @@ class AsyncSender:
                 expiry.cancel()
         except BaseException as exc:
             self._drop(line)
-            if line in self._expired:
-                self._expired.discard(line)
+            expired = line in self._expired
+            self._expired.discard(line)
+            if isinstance(exc, asyncio.CancelledError):
+                raise  # a cancel wins over a timeout that came in the same turn
+            if expired:
                 raise redis.exceptions.TimeoutError(
                     f"Timeout reading from {line._host_error()}"
                 ) from exc

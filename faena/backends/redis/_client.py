@@ -389,23 +389,24 @@ class AsyncSender:
         With ``resend``, a command whose connection broke is sent again on a fresh line, up
         to that many times, after 10 ms, then 20 ms...: only for a sender whose commands may
         run twice (see :func:`async_client`)."""
-        for attempt in range(self._resend + 1):
+        attempt = 0
+        while True:
             line = self._take()
             if line is None:
                 return await self.client.execute_command(*args)
             try:
                 reply = (await self._exchange(line, (args,)))[0]
             except redis.exceptions.ConnectionError:
-                if attempt == self._resend or self._closed:
+                if attempt >= self._resend or self._closed:
                     raise
                 await asyncio.sleep(0.01 * 2**attempt)
+                attempt += 1
                 if self._closed:  # closed during the pause: no new connection for it
                     raise
                 continue
             if isinstance(reply, redis.exceptions.ResponseError):
                 raise reply
             return reply
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """Send ``commands`` in one write (a pipeline, not a transaction) and return their raw

@@ -24,7 +24,9 @@ from typing import Final, Literal
 
 import msgspec
 
+from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
+from faena.model.outcome import JobRecord
 
 Location = Literal["queued", "scheduled", "leased", "dead"]
 
@@ -73,6 +75,10 @@ class Delivery(msgspec.Struct, kw_only=True):
     fence: int
     enqueued_at: float
     last_reason: str | None = None
+    record: JobRecord | msgspec.UnsetType | None = msgspec.UNSET
+    """The job's result record as the claim found it (``None``: none), when the consumer was
+    opened with a result store it can read in the same call (see :meth:`Broker.open_consumer`);
+    ``UNSET`` otherwise: the worker looks it up itself."""
 
 
 SettleAction = Literal["ack", "retry", "dead", "release"]
@@ -202,8 +208,16 @@ class Broker(ABC):
 
     # -- workers ----------------------------------------------------------------------------
     @abstractmethod
-    async def open_consumer(self, queues: Sequence[str], worker_id: str) -> Consumer:
-        """A consumer of ``queues`` for ``worker_id``."""
+    async def open_consumer(
+        self, queues: Sequence[str], worker_id: str, *, records: ResultStore | None = None
+    ) -> Consumer:
+        """A consumer of ``queues`` for ``worker_id``.
+
+        ``records``: the worker's result store. A broker that can read its records in the
+        same call as a claim (Redis, when the store lives on the same server) hands each
+        delivery out with its record (:attr:`Delivery.record`), which saves the worker a round
+        trip before it starts the batch; any other broker ignores it.
+        """
 
     @abstractmethod
     async def register_worker(self, info: WorkerInfo) -> None:

@@ -18,6 +18,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Sequence
 
+from msgspec import UNSET
+
 from faena.contracts.broker import Delivery, Settlement
 from faena.contracts.pool import Pool
 from faena.contracts.results import ResultStore
@@ -51,15 +53,20 @@ class Revokes:
         self._stopping = stopping
         self._terminated: set[str] = set()
 
-    async def in_batch(self, ids: Sequence[str]) -> set[str]:
-        """Which of a fetched batch's messages are revoked."""
+    async def in_batch(self, batch: Sequence[Delivery]) -> set[str]:
+        """Which of a fetched batch's messages are revoked: by the records their claim read
+        (:attr:`Delivery.record`), the others looked up in one call."""
+        revoked = {d.id for d in batch if isinstance(d.record, JobRecord) and _revoked(d.record)}
+        ids = [d.id for d in batch if d.record is UNSET]
+        if not ids:
+            return revoked
         try:
             records = await self._results().fetch_many(ids)
         except Exception:
             # Cannot tell now: run them; a revoke still wins over their records (its fence).
             log.exception("could not check %d message(s) for revokes", len(ids))
-            return set()
-        return {i for i, r in records.items() if _revoked(r)}
+            return revoked
+        return revoked | {i for i, r in records.items() if _revoked(r)}
 
     def was_terminated(self, job_id: str) -> bool:
         """Whether the pool stopped job ``job_id`` because of a revoke (asked once, at its end)."""

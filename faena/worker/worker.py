@@ -161,7 +161,7 @@ class Worker:
             }
         self._pool = make_pool(self.options.pool, self.concurrency, app.registry, **options)
         await self._pool.start()
-        self._consumer = await app.broker.open_consumer(self.queues, self.id)
+        self._consumer = await app.broker.open_consumer(self.queues, self.id, records=app.results)
         self._outbox = self._ends.attach(self._consumer)
         await app.broker.register_worker(self._info())
         for warning in await app.broker.warnings():
@@ -238,9 +238,7 @@ class Worker:
                 log.info("queues are empty: burst worker stopping")
                 self._begin_stop(False)
             return
-        revoked = (
-            await self._revokes.in_batch([d.id for d in batch]) if not self.stopping() else set()
-        )
+        revoked = await self._revokes.in_batch(batch) if not self.stopping() else set()
         for delivery in batch:
             if not self._ends.waiting(delivery):
                 continue  # revoked while the batch was looked up: settled already

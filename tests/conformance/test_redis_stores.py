@@ -16,15 +16,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import pytest
 import redis
 from redis.crc import key_slot
 
-from faena import Faena, chain, chord
+from faena import AsyncResult, Faena, chain, chord
 from faena.backends.redis._client import parse_url
+from faena.backends.redis.broker import RedisBroker
 from faena.backends.redis.coordination import RedisCoordinationStore
 from faena.backends.redis.results import RedisResultStore
-from faena.contracts.broker import Consumer
+from faena.contracts.broker import BrokerConfig, Consumer
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock, FakeClock
@@ -35,13 +37,16 @@ from faena.testing.conformance import (
     PROMPT_S,
     CoordinationConformance,
     ResultStoreConformance,
+    out,
     record,
     run,
 )
 from faena.testing.drain import adrain
 from faena.worker.outbox import Outbox
-from tests.integration.redis_servers import RedisServer, free_port
+from tests.integration.redis_servers import RedisServer, free_port, private_redis
 from tests.services import OnRedis, drop_prefix, redis_url
+
+__all__ = ["private_redis"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -502,6 +507,102 @@ def test_a_call_beyond_the_loops_connections_waits_at_most_the_timeout(shared: s
         run(scenario())
     finally:
         store.close()
+
+
+# -- records read with a claim ---------------------------------------------------------------
+_ODD_IDS = ["plain", "}starts-with-brace", "a%b}c", "{tagged}", "percent%"]
+
+
+def _claimed(broker: RedisBroker, records: ResultStore | None, n: int) -> dict[str, object]:
+    async def claim() -> dict[str, object]:
+        consumer = await broker.open_consumer(["q"], "w", records=records)
+        try:
+            return {d.id: d.record for d in await consumer.receive(n, 0)}
+        finally:
+            await consumer.close()
+
+    return run(claim())
+
+
+def test_a_claim_reads_each_jobs_record_from_a_store_on_the_same_server(shared: str) -> None:
+    broker = RedisBroker(shared, BrokerConfig())
+    store = RedisResultStore(shared)
+    try:
+        # Given jobs with and without a record, ids that the store's key names escape included
+        broker.enqueue([out(i, "q") for i in [*_ODD_IDS, "no-record"]])
+        for job_id in _ODD_IDS:
+            store.store(record(job_id, SUCCESS, fence=FINAL_FENCE))
+        # When a consumer opened with that store claims them
+        found = _claimed(broker, store, 10)
+        # Then each delivery carries its job's record as the store reads it, and None for none
+        assert found == {**{i: store.fetch(i) for i in _ODD_IDS}, "no-record": None}
+        assert all(found[i] is not None for i in _ODD_IDS)
+    finally:
+        broker.close()
+        store.close()
+
+
+def test_a_claim_leaves_records_it_cannot_read_to_the_worker(shared: str, foreign: Foreign) -> None:
+    other_db = shared.replace("/0?", "/1?", 1)
+    broker = RedisBroker(shared, BrokerConfig())
+    here, elsewhere = RedisResultStore(shared), RedisResultStore(other_db)
+    try:
+        # Given another program's values under three jobs' record keys (a string that is no
+        # record, an empty one, and a list), and a fourth job's record in the store
+        broker.enqueue([out(i, "q") for i in ("garbage", "empty", "listed", "kept", "again")])
+        foreign.plant("garbage")
+        foreign.raw.set(foreign.key("empty"), b"")
+        foreign.raw.rpush(foreign.key("listed"), b"x")
+        here.store(record("kept", SUCCESS, fence=FINAL_FENCE))
+        # When a consumer opened with that store claims four, Then the claim goes through and
+        # the three it cannot read are left UNSET (the worker's own look-up reports them)
+        found = _claimed(broker, here, 4)
+        assert found["garbage"] is msgspec.UNSET
+        assert found["empty"] is msgspec.UNSET
+        assert found["listed"] is msgspec.UNSET
+        assert found["kept"] == here.fetch("kept")
+        # And a store in another database, or none, is never read by a claim
+        assert _claimed(broker, elsewhere, 1) == {"again": msgspec.UNSET}
+        broker.enqueue([out("last", "q")])
+        assert _claimed(broker, None, 1) == {"last": msgspec.UNSET}
+    finally:
+        broker.close()
+        here.close()
+        elsewhere.close()
+
+
+def test_a_worker_skips_a_job_revoked_before_its_claim_without_a_look_up(
+    private_redis: RedisServer,
+) -> None:
+    url = private_redis.url
+    app = Faena("revoked-at-claim", broker=url, results=url)
+    ran: list[int] = []
+
+    @app.task
+    def note(i: int) -> int:
+        ran.append(i)
+        return i
+
+    admin = redis.Redis.from_url(url)
+    try:
+        # Given three jobs, the second with an id revoked before it was sent (its message is
+        # queued; only its record says it is revoked)
+        AsyncResult("revoked-first", app).revoke()
+        sent = [note.apply_async((i,), task_id=f"job-{i}") for i in (0, 2)]
+        note.apply_async((1,), task_id="revoked-first")
+        before = admin.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+        # When a worker drains the queue
+        run(adrain(app), timeout_s=30)
+        # Then the revoked job never ran, the others did, and the claim's own read of their
+        # records replaced the worker's look-up (no MGET sent)
+        assert sorted(ran) == [0, 2]
+        assert AsyncResult("revoked-first", app).state == "REVOKED"
+        assert [r.get(timeout=5) for r in sent] == [0, 2]
+        after = admin.info("commandstats").get("cmdstat_mget", {}).get("calls", 0)
+        assert after == before
+    finally:
+        admin.close()
+        app.close()
 
 
 # -- sets of members (add_member) -------------------------------------------------------------

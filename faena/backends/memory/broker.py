@@ -25,6 +25,7 @@ from faena.contracts.broker import (
     Settlement,
     WorkerInfo,
 )
+from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 
 
@@ -228,7 +229,9 @@ class MemoryBroker(Broker):
         return True
 
     # -- workers ----------------------------------------------------------------------------
-    async def open_consumer(self, queues: Sequence[str], worker_id: str) -> Consumer:
+    async def open_consumer(
+        self, queues: Sequence[str], worker_id: str, *, records: ResultStore | None = None
+    ) -> Consumer:
         return _MemoryConsumer(self, list(queues), worker_id)
 
     async def register_worker(self, info: WorkerInfo) -> None:

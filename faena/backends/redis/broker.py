@@ -43,6 +43,7 @@ from faena.backends.redis._health import server_warnings
 from faena.backends.redis._keys import Batch, Keys, ms
 from faena.backends.redis._stores import Connections
 from faena.backends.redis.consumer import RedisConsumer
+from faena.backends.redis.results import RedisResultStore
 from faena.contracts.broker import (
     Broker,
     BrokerConfig,
@@ -54,8 +55,10 @@ from faena.contracts.broker import (
     QueueStats,
     WorkerInfo,
 )
+from faena.contracts.results import ResultStore
 from faena.foundation.exceptions import BrokerError, ConfigurationError
 from faena.model.options import MAX_PRIORITY, MIN_PRIORITY
+from faena.model.outcome import JobRecord
 
 log = logging.getLogger("faena.broker")
 
@@ -283,14 +286,35 @@ class RedisBroker(Broker):
         return any(answers)
 
     # -- workers ----------------------------------------------------------------------------
-    async def open_consumer(self, queues: Sequence[str], worker_id: str) -> Consumer:
+    async def open_consumer(
+        self, queues: Sequence[str], worker_id: str, *, records: ResultStore | None = None
+    ) -> Consumer:
         if self._closed:
             raise BrokerError(f"the Redis broker for {self._target.display} is closed")
         if not queues:
             raise ConfigurationError("a consumer needs at least one queue to read from")
         return RedisConsumer(
-            self.url, self._target, self._keys, self.config, list(queues), lambda: self._closed
+            self.url,
+            self._target,
+            self._keys,
+            self.config,
+            list(queues),
+            lambda: self._closed,
+            self._records(records),
         )
+
+    def _records(
+        self, store: ResultStore | None
+    ) -> tuple[str, Callable[[bytes], JobRecord | None]] | None:
+        """How a claim reads ``store``'s records: only a Redis store on this very server and
+        database, and not on a cluster (a claim's script may read there keys it does not
+        declare)."""
+        if not isinstance(store, RedisResultStore):
+            return None
+        theirs = store.target
+        if self._target.cluster or theirs.cluster or theirs.url != self._target.url:
+            return None
+        return theirs.prefix, store.decode_stored
 
     async def _asend(self, batch: Batch, doing: str) -> list[Any]:
         async with self._connections().using(doing) as sender:

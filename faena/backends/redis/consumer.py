@@ -31,6 +31,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
+from msgspec import UNSET, UnsetType
+
 from faena.backends.redis import _keys
 from faena.backends.redis._client import (
     AsyncSender,
@@ -45,6 +47,7 @@ from faena.backends.redis._keys import WAKE, Batch, Keys, ms
 from faena.contracts.broker import BrokerConfig, Consumer, Delivery, Settlement
 from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import BrokerError, SettlementsRefused
+from faena.model.outcome import JobRecord
 
 SET_ASIDE_S: Final = 30.0
 """How long a queue whose keys Redis refused (another program's value under one of them) is
@@ -64,6 +67,10 @@ class RedisConsumer(Consumer):
 
     Its asyncio clients belong to the event loop that first uses them: open, use and close a
     consumer on one loop.
+
+    With ``records`` (a result store's key prefix, and how to read one of its stored values),
+    each claim also reads the result record of every job it leases, and the deliveries carry
+    it (see :attr:`~faena.contracts.broker.Delivery.record`).
     """
 
     def __init__(
@@ -74,8 +81,10 @@ class RedisConsumer(Consumer):
         config: BrokerConfig,
         queues: list[str],
         broker_closed: Callable[[], bool],
+        records: tuple[str, Callable[[bytes], JobRecord | None]] | None = None,
     ) -> None:
         self._target = target
+        self._records = records
         self._keys = keys
         self._config = config
         self._queues = queues
@@ -214,7 +223,7 @@ class RedisConsumer(Consumer):
         live = self._live_queues()
         order = [q for i in range(count) if (q := (start + i) % count) in live]
         fixed = [now_arg(self._config.clock), "", ms(self._config.lease_s)]
-        fixed.append(self._config.max_deliveries)
+        fixed += [self._config.max_deliveries, self._records[0] if self._records else ""]
         # One call for every queue where Redis allows it; a cluster keeps each queue's keys in
         # a slot of their own, so it gets one call per queue, until the batch is full.
         rounds = [order] if not self._target.cluster else [[i] for i in order]
@@ -295,23 +304,39 @@ class RedisConsumer(Consumer):
     def _decode(self, reply: list[Any], queues: list[int], into: list[Delivery]) -> float | None:
         """Append the claimed deliveries to ``into``; seconds until the next due time."""
         names = self._queues
-        for j in range(3, len(reply), 4):
+        records = reply[3]
+        for n, j in enumerate(range(4, len(reply), 4)):
             # The state after the lease: L<fence>|<deliveries>|<priority>|<seq>|<ms>|<reason>
             fence, deliveries, priority, _, enqueued, reason = reply[j + 2][1:].split(b"|", 5)
-            into.append(
-                Delivery(
-                    id=reply[j].decode(),
-                    queue=names[queues[reply[j + 1]]],
-                    body=reply[j + 3] or b"",
-                    priority=int(priority),
-                    deliveries=int(deliveries),
-                    fence=int(fence),
-                    enqueued_at=int(enqueued) / 1000,
-                    last_reason=reason.decode() if reason else None,
-                )
+            delivery = Delivery(
+                id=reply[j].decode(),
+                queue=names[queues[reply[j + 1]]],
+                body=reply[j + 3] or b"",
+                priority=int(priority),
+                deliveries=int(deliveries),
+                fence=int(fence),
+                enqueued_at=int(enqueued) / 1000,
+                last_reason=reason.decode() if reason else None,
             )
+            if records:
+                delivery.record = self._record(records[n])
+            into.append(delivery)
         now, next_due = reply[0], reply[1]
         return None if next_due < 0 else max(0.0, (next_due - now) / 1000)
+
+    def _record(self, value: bytes | int | None) -> JobRecord | UnsetType | None:
+        """A record read with the claim: ``None`` for none, ``UNSET`` when it cannot be told
+        here (Redis refused the read, or the value is not a record: the worker's own look-up
+        then reports it)."""
+        assert self._records is not None
+        if value is None:
+            return None
+        if isinstance(value, int):
+            return UNSET
+        try:
+            return self._records[1](value)
+        except BrokerError:
+            return UNSET
 
     async def _pass_token(self, queue: int) -> None:
         """Give back a wake token of a queue this round did not visit (batch full first)."""

@@ -28,6 +28,7 @@ from typing import cast
 
 import msgspec
 
+from faena.backends.redis._client import Target
 from faena.backends.redis._stores import TEST_CLOCK_EXPIRY_MS, Call, Connections, Script
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
@@ -132,6 +133,16 @@ class RedisResultStore(ResultStore):
             "1" if unless_ready else "0",
         )
         return Call(self._keys(record.id), args)
+
+    @property
+    def target(self) -> Target:
+        """Where the records live (for a broker on the same server: see its consumer)."""
+        return self._io.target
+
+    def decode_stored(self, value: bytes) -> JobRecord | None:
+        """The record in a value read from a record's key by someone else (a claim that
+        reads records), or ``None`` if expired; a value that is no record is a BrokerError."""
+        return self._decode(value)
 
     def _decode(self, value: bytes | None) -> JobRecord | None:
         """The record in a stored value, or ``None`` if absent or expired."""

@@ -29,6 +29,7 @@ from faena.contracts.broker import (
     QueueStats,
     WorkerInfo,
 )
+from faena.contracts.results import ResultStore
 
 # Re-sending an id that is waiting replaces it (new body, new place in line); one that is
 # leased is running now, so the duplicate is dropped rather than run twice. A send's fences
@@ -134,7 +135,9 @@ class SQLiteBroker(Broker):
             return write(conn, lambda c: c.execute(sql, (message_id,)).rowcount == 1, "remove")
 
     # -- workers ----------------------------------------------------------------------------
-    async def open_consumer(self, queues: Sequence[str], worker_id: str) -> Consumer:
+    async def open_consumer(
+        self, queues: Sequence[str], worker_id: str, *, records: ResultStore | None = None
+    ) -> Consumer:
         return SQLiteConsumer(self._db, self.config, list(queues), worker_id)
 
     async def register_worker(self, info: WorkerInfo) -> None:

@@ -2,7 +2,7 @@
 --
 -- KEYS: ten keys per queue (see _queue.lua), queue after queue. All queues in one call only
 --       where Redis allows it (not a cluster); a cluster client calls once per queue.
--- ARGV: now ('' for the server's TIME), limit, lease in ms, max_deliveries.
+-- ARGV: now ('' for the server's TIME), limit, lease in ms, max_deliveries, records prefix.
 --
 -- For each queue, in order: promote scheduled messages that are due (keeping their place in
 -- line), recover expired leases (to the back of the line, counted, last reason
@@ -10,10 +10,16 @@
 -- message that was already handed out max_deliveries times is dead-lettered instead, with the
 -- reason of its last loss. A lease increments deliveries and the fence.
 --
--- Returns {now, next_due, errors, then four per message: id, queue index (0-based), state (as
--- in _queue.lua, after the lease), body}. next_due is -1 if the batch is full; else every
--- queue was emptied, and it is the earliest due time or lease expiry of these queues (-1 if
--- none), so the caller knows how long it may sleep.
+-- Returns {now, next_due, errors, records, then four per message: id, queue index (0-based),
+-- state (as in _queue.lua, after the lease), body}. next_due is -1 if the batch is full; else
+-- every queue was emptied, and it is the earliest due time or lease expiry of these queues (-1
+-- if none), so the caller knows how long it may sleep.
+--
+-- records: empty unless a records prefix is given (the result store's, when it lives on this
+-- server and not on a cluster); then, per message in order, the value under the job's record
+-- key `<prefix>:{<id>}:r` (the same name the result store gives it, escaped alike), nil for
+-- none, or 0 if Redis refused the read. These keys are not among KEYS: they are read only,
+-- after every write, with errors caught, so a refusal costs the worker its own look-up.
 --
 -- A queue with another program's value under one of its keys costs only itself: each queue's
 -- key types are checked before anything of it is written, and a queue that fails the check
@@ -25,7 +31,8 @@ local now = now_ms(ARGV[1])
 local limit = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local max_deliveries = tonumber(ARGV[4])
-local out = {now, -1, {}}
+local records_prefix = ARGV[5] or ''
+local out = {now, -1, {}, {}}
 local got = 0
 local broken = {}
 
@@ -192,5 +199,30 @@ if got < limit then
     end
   end
   out[2] = next_due or -1
+end
+
+-- The result store's key of job `id`: faena.backends.redis._client.Target.key(id, 'r').
+local function record_key(id)
+  if id ~= '' and string.sub(id, 1, 1) ~= '}' then
+    return records_prefix .. ':{' .. id .. '}:r'
+  end
+  local escaped = string.gsub(string.gsub(id, '%%', '%%25'), '}', '%%7D')
+  if escaped == '' then
+    escaped = '%'
+  end
+  return records_prefix .. ':~{' .. escaped .. '}:r'
+end
+
+if records_prefix ~= '' then
+  local records = out[4]
+  for j = 5, #out, 4 do
+    local ok, value = pcall(redis.call, 'GET', record_key(out[j]))
+    if not ok then
+      value = 0
+    end
+    -- false for no such key, kept as false (a nil reply): never nil, whose hole would end
+    -- the array early and shift every later record.
+    records[#records + 1] = value
+  end
 end
 return out

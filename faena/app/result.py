@@ -276,35 +276,57 @@ class AsyncResult(Generic[R]):
         killed; async tasks: cancelled; threads: see ``docs/workers.md``). Returns ``True`` if
         the message was still waiting and is now gone.
 
-        A broker that refuses one of its queues (Redis, another program's value under its
-        keys) raises :class:`BrokerError` after the record is written: the job is revoked all
-        the same, and its message is removed from every queue the broker took.
+        The record is written before the message is removed, so a worker that takes the
+        message in between skips the job. A job that already has a stored outcome and was sent
+        again with the same id is the exception: the old outcome stands until the message is
+        removed, and a worker that takes the message before that runs the job.
+
+        Errors: a broker that refuses one of its queues (Redis, another program's value under
+        its keys) raises :class:`BrokerError` once the record is written: the job is revoked
+        all the same, and its message is removed from every queue the broker took. A broker
+        that does not answer raises :class:`BrokerUnavailable` once the record is written: the
+        message may still be queued, and a worker that takes it skips the job. A result store
+        that fails to write the record has its error raised after the message is removed: the
+        job does not run, but its record does not read ``REVOKED``; if the broker failed too,
+        the error's notes say so, and the message may still be queued and run.
         """
+        now = self.app.settings.clock.time()
+        revoked = JobRecord(
+            id=self.id,
+            state=states.REVOKED,
+            reason=reason,
+            terminate=terminate,
+            revoked_by=by if by is not None else revoker_identity(),
+            updated_at=now,
+            finished_at=now,
+            fence=FINAL_FENCE,
+            expires_at=now + self.app.settings.result_ttl,
+        )
+        # The record goes first: a worker that claims the message between the two steps reads
+        # REVOKED and skips the job. An outcome already stored stands (a job that finished a
+        # moment ago), so the check is part of the write; but when the message was waiting
+        # after all (a send again after an earlier run), the revoke replaces that outcome.
+        written = False
+        failed: Exception | None = None
+        try:
+            written = self.app.results.store(revoked, unless_ready=True)
+        except Exception as error:  # the message must go all the same: the job never runs
+            failed = error
         refused: BrokerError | None = None
         try:
             removed = self.app.broker.remove(self.id)
-        except BrokerUnavailable:
-            raise
-        except BrokerError as error:
+        except BrokerError as error:  # BrokerUnavailable included
+            if failed is None and isinstance(error, BrokerUnavailable):
+                raise  # the record is written: a worker that takes the message skips it
             refused, removed = error, False
-        now = self.app.settings.clock.time()
-        # Unless its message was waiting (a send again after an earlier run), a job whose
-        # outcome is stored has finished: that outcome stands, even one written a moment ago,
-        # so the check is part of the write.
-        self.app.results.store(
-            JobRecord(
-                id=self.id,
-                state=states.REVOKED,
-                reason=reason,
-                terminate=terminate,
-                revoked_by=by if by is not None else revoker_identity(),
-                updated_at=now,
-                finished_at=now,
-                fence=FINAL_FENCE,
-                expires_at=now + self.app.settings.result_ttl,
-            ),
-            unless_ready=not removed,
-        )
+        if failed is not None:
+            if refused is not None:
+                failed.add_note(
+                    f"Removing its message failed as well, so it may still be queued: {refused}"
+                )
+            raise failed
+        if removed and not written:
+            self.app.results.store(revoked)
         if refused is not None:
             raise refused
         return removed

@@ -26,12 +26,12 @@ from faena.backends.redis._client import parse_url
 from faena.backends.redis.broker import RedisBroker
 from faena.backends.redis.coordination import RedisCoordinationStore
 from faena.backends.redis.results import RedisResultStore
-from faena.contracts.broker import BrokerConfig, Consumer
+from faena.contracts.broker import BrokerConfig, Consumer, Delivery
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import Clock, FakeClock
 from faena.foundation.exceptions import BrokerError, BrokerUnavailable, RecordRefused
-from faena.model.outcome import FINAL_FENCE
+from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.model.states import STARTED, SUCCESS
 from faena.testing.conformance import (
     PROMPT_S,
@@ -602,6 +602,43 @@ def test_a_worker_skips_a_job_revoked_before_its_claim_without_a_look_up(
         assert after == before
     finally:
         admin.close()
+        app.close()
+
+
+def test_a_claim_during_a_revoke_reads_the_revoked_record(private_redis: RedisServer) -> None:
+    url = private_redis.url
+    app = Faena("revoked-mid-way", broker=url, results=url)
+
+    @app.task
+    def note(i: int) -> int:
+        raise AssertionError("a revoked job ran")
+
+    sent = note.delay(1)
+    real_remove = app.broker.remove
+    claimed: list[Delivery] = []
+
+    def remove(job_id: str) -> bool:
+        # a worker's claim lands between the revoke's two steps
+        async def claim() -> list[Delivery]:
+            consumer = await app.broker.open_consumer(["default"], "racer", records=app.results)
+            try:
+                return await consumer.receive(1, 0)
+            finally:
+                await consumer.close()
+
+        claimed.extend(run(claim(), timeout_s=10))
+        return real_remove(job_id)
+
+    app.broker.remove = remove  # type: ignore[method-assign]
+    try:
+        # When the job is revoked while a worker claims its message
+        assert sent.revoke() is False
+        # Then the claim read the REVOKED record with the message: the worker skips the job
+        (delivery,) = claimed
+        assert delivery.id == sent.id
+        assert isinstance(delivery.record, JobRecord)
+        assert delivery.record.state == "REVOKED"
+    finally:
         app.close()
 
 

@@ -19,6 +19,7 @@ from faena import (
     REVOKED,
     STARTED,
     SUCCESS,
+    BrokerUnavailable,
     Faena,
     FakeClock,
     JobContext,
@@ -279,6 +280,141 @@ def test_revoke_before_start_means_it_never_runs(app: Faena) -> None:
     with pytest.raises(TaskRevoked) as caught:
         r.get(timeout=5)
     assert caught.value.reason == "revoked"
+
+
+def test_a_worker_that_takes_the_message_during_a_revoke_reads_it_revoked(app: Faena) -> None:
+    # Given a queued job
+    @app.task
+    def work(x: int) -> None:
+        raise AssertionError("a revoked job ran")
+
+    r = work.delay(1)
+    # And a worker that claims its message just as the revoke comes to remove it
+    real_remove = app.broker.remove
+    seen: list[tuple[list[str], str]] = []
+
+    def remove(job_id: str) -> bool:
+        async def claim() -> list[str]:
+            consumer = await app.broker.open_consumer(["default"], "racer")
+            got = [d.id for d in await consumer.receive(1, 0)]
+            await consumer.close()
+            return got
+
+        seen.append((asyncio.run(claim()), r.state))
+        return real_remove(job_id)
+
+    app.broker.remove = remove  # type: ignore[method-assign]
+    # When the job is revoked
+    assert r.revoke() is False  # the message was leased by then
+    # Then the worker that took it already read REVOKED, the record it skips a job on
+    assert seen == [([r.id], REVOKED)]
+
+
+def test_a_revoke_removes_the_message_even_when_the_result_store_fails(app: Faena) -> None:
+    # Given a queued job, and a result store that does not answer
+    ran: list[int] = []
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    r = work.delay(1)
+    real_store = app.results.store
+
+    def store(record: JobRecord, **options: bool) -> bool:
+        raise BrokerUnavailable("result store down")
+
+    app.results.store = store  # type: ignore[method-assign]
+    # When the job is revoked, Then the store's error is raised
+    with pytest.raises(BrokerUnavailable, match="result store down"):
+        r.revoke()
+    app.results.store = real_store  # type: ignore[method-assign]
+    # And the message is gone all the same: the job never runs
+    assert app.broker.locate(r.id) is None
+    assert drain(app).processed == 0
+    assert ran == []
+
+
+def test_a_revoke_the_broker_does_not_answer_is_recorded_and_the_job_skipped(
+    app: Faena,
+) -> None:
+    # Given a queued job, and a broker that does not answer the revoke's removal
+    ran: list[int] = []
+
+    @app.task
+    def work(x: int) -> None:
+        ran.append(x)
+
+    r = work.delay(1)
+    real_remove = app.broker.remove
+
+    def remove(job_id: str) -> bool:
+        raise BrokerUnavailable("broker down")
+
+    app.broker.remove = remove  # type: ignore[method-assign]
+    # When the job is revoked, Then the broker's error is raised
+    with pytest.raises(BrokerUnavailable, match="broker down"):
+        r.revoke()
+    app.broker.remove = real_remove  # type: ignore[method-assign]
+    # And the record was written first: the message still waits, and the worker skips it
+    assert r.state == REVOKED
+    assert app.broker.locate(r.id) == "queued"
+    drain(app)
+    assert ran == []
+    assert app.broker.locate(r.id) is None
+
+
+def test_a_revoke_both_stores_fail_raises_the_records_error_naming_the_brokers(
+    app: Faena,
+) -> None:
+    # Given a queued job, a result store that refuses the record and a broker that does not
+    # answer
+    @app.task
+    def work(x: int) -> None:
+        pass
+
+    r = work.delay(1)
+    cause = OSError("connection reset")
+
+    def store(record: JobRecord, **options: bool) -> bool:
+        raise BrokerUnavailable("result store down") from cause
+
+    def remove(job_id: str) -> bool:
+        raise BrokerUnavailable("broker down")
+
+    app.results.store = store  # type: ignore[method-assign]
+    app.broker.remove = remove  # type: ignore[method-assign]
+    # When the job is revoked, Then the store's error is raised with its own cause, and its
+    # notes say the message may still be queued
+    with pytest.raises(BrokerUnavailable, match="result store down") as caught:
+        r.revoke()
+    assert caught.value.__cause__ is cause
+    assert caught.value.__notes__ == [
+        "Removing its message failed as well, so it may still be queued: broker down"
+    ]
+
+
+def test_a_revoke_of_a_job_sent_again_after_it_finished_replaces_its_outcome(
+    app: Faena,
+) -> None:
+    # Given a job that ran and succeeded, then was sent again with the same id
+    ran: list[int] = []
+
+    @app.task
+    def work(x: int) -> int:
+        ran.append(x)
+        return x
+
+    first = work.apply_async((1,), task_id="again")
+    drain(app)
+    assert first.get(timeout=WAIT_S) == 1
+    work.apply_async((2,), task_id="again")
+    # When it is revoked while its new message waits
+    assert app.AsyncResult("again").revoke() is True
+    # Then the second run never happens and the record reads REVOKED
+    assert drain(app).processed == 0
+    assert ran == [1]
+    assert app.AsyncResult("again").state == REVOKED
 
 
 def test_revoke_of_a_scheduled_job(app: Faena, clock: FakeClock) -> None:

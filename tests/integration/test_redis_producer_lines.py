@@ -285,6 +285,17 @@ def test_an_argument_redis_cannot_take_is_refused_by_name(private_redis: RedisSe
             await sender.aclose()
 
     asyncio.run(scenario())
+    # And a sync producer's lines alike, which pack with hiredis too (floats and ints as well)
+    sync = SyncSender(sync_client(parse_url(private_redis.url), private_redis.url))
+    try:
+        with pytest.raises(redis.exceptions.DataError):
+            sync.execute("SET", "k", None)
+        assert sync.execute("EXISTS", "k") == 0
+        assert sync.execute("SET", "k", 1.5) == b"OK"
+        assert sync.execute("INCRBYFLOAT", "k", 1) == b"2.5"
+        assert sync.execute("GET", "k") == b"2.5"
+    finally:
+        sync.close()
 
 
 def test_a_cancel_in_the_same_turn_as_the_timeout_wins(private_redis: RedisServer) -> None:

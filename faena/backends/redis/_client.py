@@ -325,7 +325,7 @@ class SyncSender:
                 stale = True
             if stale:
                 line.disconnect()
-            line.send_command(*args)  # connects first if it has to
+            line.send_packed_command([_pack(line, args)])  # connects first if it has to
             reply = line.read_response()
         except redis.exceptions.ResponseError:
             self._give(line)  # the server answered: the line is fine

@@ -23,6 +23,7 @@ from faena.model.serialization import loads_json, loads_pickle
 
 if TYPE_CHECKING:
     from faena.app.core import Faena
+    from faena.contracts.broker import Location
 
 R = TypeVar("R")
 
@@ -35,6 +36,31 @@ def _slice(deadline: float | None) -> float:
     if deadline is None:
         return _LOOK_S
     return max(0.0, min(_LOOK_S, deadline - SYSTEM_CLOCK.monotonic()))
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and SYSTEM_CLOCK.monotonic() >= deadline
+
+
+def _ready(record: JobRecord | None) -> bool:
+    return record is not None and record.state in states.READY_STATES
+
+
+def _state_of(record: JobRecord | None, where: Location | None) -> str:
+    """A job's state from a record that is not ready (or none) and where its message is."""
+    if record is not None:
+        # A message whose worker died on its last allowed delivery is dead-lettered by the
+        # broker itself; its record still says how far it got.
+        return states.FAILURE if where == "dead" else record.state
+    if where == "queued":
+        return states.QUEUED
+    if where == "scheduled":
+        return states.SCHEDULED
+    if where == "leased":
+        return states.STARTED
+    if where == "dead":
+        return states.FAILURE
+    return states.PENDING
 
 
 class Progress(NamedTuple):
@@ -81,20 +107,7 @@ class AsyncResult(Generic[R]):
         record = self.record
         if record is not None and record.state in states.READY_STATES:
             return record.state
-        where = self.app.broker.locate(self.id)
-        if record is not None:
-            # A message whose worker died on its last allowed delivery is dead-lettered by
-            # the broker itself; its record still says how far it got.
-            return states.FAILURE if where == "dead" else record.state
-        if where == "queued":
-            return states.QUEUED
-        if where == "scheduled":
-            return states.SCHEDULED
-        if where == "leased":
-            return states.STARTED
-        if where == "dead":
-            return states.FAILURE
-        return states.PENDING
+        return _state_of(record, self.app.broker.locate(self.id))
 
     status = state
 
@@ -155,8 +168,11 @@ class AsyncResult(Generic[R]):
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
         while True:
             record = self.app.results.wait(self.id, _slice(deadline))
-            if self._settled(record, deadline):
-                return self._outcome(record, timeout, propagate)
+            if _ready(record):
+                return self._outcome(record, None, timeout, propagate)
+            where = self.app.broker.locate(self.id)
+            if where == "dead" or _past(deadline):
+                return self._outcome(record, where, timeout, propagate)
 
     @overload
     async def aget(self, timeout: float | None = None, propagate: Literal[True] = True) -> R: ...
@@ -172,40 +188,39 @@ class AsyncResult(Generic[R]):
         deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
         while True:
             record = await self.app.results.await_ready(self.id, _slice(deadline))
-            if self._settled(record, deadline):
-                return self._outcome(record, timeout, propagate)
+            if _ready(record):
+                return self._outcome(record, None, timeout, propagate)
+            where = await self.app.broker.alocate(self.id)
+            if where == "dead" or _past(deadline):
+                return self._outcome(record, where, timeout, propagate)
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.aget().__await__()
 
-    def _settled(self, record: JobRecord | None, deadline: float | None) -> bool:
-        """Whether waiting is over: the job is ready, its message died, or time is up."""
-        if record is not None and record.state in states.READY_STATES:
-            return True
-        if self.app.broker.locate(self.id) == "dead":
-            return True
-        return deadline is not None and SYSTEM_CLOCK.monotonic() >= deadline
-
     def _outcome(
-        self, record: JobRecord | None, timeout: float | None, propagate: bool
+        self,
+        record: JobRecord | None,
+        where: Location | None,
+        timeout: float | None,
+        propagate: bool,
     ) -> R | ResultError:
-        if (record is None or record.state not in states.READY_STATES) and (
-            self.app.broker.locate(self.id) == "dead"
-        ):
-            # Its worker died on the last delivery allowed: the broker dead-lettered it.
-            dead = TaskFailed(
-                self.id,
-                "faena.DeadLettered",
-                "the message is in the dead-letter queue; `faena dlq list` says why",
-            )
-            if propagate:
-                raise dead
-            return dead
+        """What waiting ends with: ``record`` is ready, or the message is where ``where``
+        says (read after the record) and time is up or the message died."""
         if record is None or record.state not in states.READY_STATES:
-            state = record.state if record else self.state
+            if where == "dead":
+                # Its worker died on the last delivery allowed: the broker dead-lettered it.
+                dead = TaskFailed(
+                    self.id,
+                    "faena.DeadLettered",
+                    "the message is in the dead-letter queue; `faena dlq list` says why",
+                )
+                if propagate:
+                    raise dead
+                return dead
             raise TimeoutError(
-                f"job {self.id} did not finish within {timeout} s (state {state}); is a worker "
-                "consuming its queue? `faena status` shows queues and workers"
+                f"job {self.id} did not finish within {timeout} s (state "
+                f"{_state_of(record, where)}); is a worker consuming its queue? `faena status` "
+                "shows queues and workers"
             )
         if record.state == states.SUCCESS:
             return cast(R, self._value(record))

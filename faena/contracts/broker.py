@@ -17,6 +17,7 @@ hand-outs within one send.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -201,6 +202,11 @@ class Broker(ABC):
     @abstractmethod
     def locate(self, message_id: str) -> Location | None:
         """Where the message is now, or ``None`` if the broker does not hold it."""
+
+    async def alocate(self, message_id: str) -> Location | None:
+        """``locate`` for async callers, in a thread unless a broker has a better way: the
+        event loop goes on meanwhile."""
+        return await asyncio.to_thread(self.locate, message_id)
 
     @abstractmethod
     def remove(self, message_id: str) -> bool:

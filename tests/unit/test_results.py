@@ -28,6 +28,7 @@ from faena import (
     TaskRevoked,
     TimeoutError,
 )
+from faena.contracts.broker import Location
 from faena.model.outcome import JobRecord
 from faena.worker.options import WorkerOptions
 
@@ -257,6 +258,39 @@ def test_forget_deletes_the_result(app: Faena) -> None:
     # Then nothing is known about it any more
     assert r.state == PENDING
     assert r.result is None
+
+
+def test_aget_keeps_the_event_loop_running_while_it_asks_the_broker(app: Faena) -> None:
+    # Given a job no worker runs, and a broker whose answer needs the event loop to turn
+    @app.task
+    def work() -> None:
+        pass
+
+    r = work.delay()
+    real_locate = app.broker.locate
+    asked: list[bool] = []
+
+    def locate(message_id: str) -> Location | None:
+        answered = threading.Event()
+        loop.call_soon_threadsafe(answered.set)
+        asked.append(answered.wait(5))
+        return real_locate(message_id)
+
+    app.broker.locate = locate  # type: ignore[method-assign]
+
+    async def wait() -> None:
+        # When an async caller waits for it
+        with pytest.raises(TimeoutError, match="state QUEUED"):
+            await r.aget(timeout=0.2)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(wait())
+    finally:
+        loop.close()
+    # Then every look at the broker left the loop free to run meanwhile
+    assert asked
+    assert all(asked)
 
 
 def test_revoke_before_start_means_it_never_runs(app: Faena) -> None:

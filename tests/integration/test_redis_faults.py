@@ -3,6 +3,7 @@ a worker killed or paused while holding leases, and Redis itself crashing mid-ru
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections import Counter
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from faena import BrokerUnavailable, Faena
+from faena import BrokerError, BrokerUnavailable, Faena
 from tests.integration.conftest import WorkerProcess, ledger_lines, wait_until
 from tests.integration.redis_servers import RedisServer, private_redis
 
@@ -187,3 +188,41 @@ def test_a_worker_whose_user_may_not_run_info_starts_says_so_and_works(
             producer.close()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("credentials", [":wrong@", ""])
+def test_refused_credentials_are_a_fault_to_fix_not_an_outage(
+    private_redis: RedisServer, credentials: str
+) -> None:
+    # Given a server that wants a password, and an app with a wrong one or none
+    admin = redis.Redis(port=private_redis.port)
+    admin.config_set("requirepass", "secret")
+    admin.close()
+    url = f"redis://{credentials}127.0.0.1:{private_redis.port}/0"
+    app = Faena("credentials", broker=url, results=url)
+
+    @app.task
+    def work() -> None:
+        pass
+
+    async def receive() -> None:
+        consumer = await app.broker.open_consumer(["default"], "w1")
+        try:
+            await consumer.receive(1, 0)
+        finally:
+            await consumer.close()
+
+    try:
+        # When it sends, waits for a result or claims
+        for call in (work.delay, lambda: app.AsyncResult("x").get(timeout=1)):
+            with pytest.raises(BrokerError) as caught:
+                call()
+            # Then each says the credentials were refused: not BrokerUnavailable, which a
+            # caller waits out as if the server were down
+            assert not isinstance(caught.value, BrokerUnavailable)
+            assert "refused the connection's credentials" in str(caught.value)
+        with pytest.raises(BrokerError, match="credentials") as claimed:
+            asyncio.run(receive())
+        assert not isinstance(claimed.value, BrokerUnavailable)
+    finally:
+        app.close()

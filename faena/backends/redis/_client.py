@@ -396,8 +396,8 @@ class AsyncSender:
                 return await self.client.execute_command(*args)
             try:
                 reply = (await self._exchange(line, (args,)))[0]
-            except redis.exceptions.ConnectionError:
-                if attempt >= self._resend or self._closed:
+            except redis.exceptions.ConnectionError as exc:
+                if attempt >= self._resend or self._closed or isinstance(exc, _CREDENTIALS):
                     raise
                 await asyncio.sleep(0.01 * 2**attempt)
                 attempt += 1
@@ -562,7 +562,17 @@ def checked_refusal(exc: BaseException) -> bool:
     return refusal(exc) and (text.startswith("WRONGTYPE") or "is not a counter" in text)
 
 
+# Redis's own answers that redis-py raises as connection errors: wrong credentials (or a
+# disabled user), a user the ACL does not let connect. Faults to fix, not an outage to wait out.
+_CREDENTIALS: Final = (
+    redis.exceptions.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+)
+
+
 def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, _CREDENTIALS):
+        return False
     if isinstance(exc, _UNREACHABLE + _CLUSTER_UNAVAILABLE):
         return True
     # A cluster client that reaches none of its nodes says so with its own exception type,
@@ -583,6 +593,11 @@ def translated(target: Target, doing: str) -> Iterator[None]:
                 f"Redis at {target.display} did not answer while {doing} (timeout "
                 f"{target.timeout_s:g} s): {str(exc).rstrip('.')}. Check that the server runs "
                 "and the URL is right; the call may or may not have taken effect"
+            ) from exc
+        if isinstance(exc, _CREDENTIALS):
+            raise BrokerError(
+                f"Redis at {target.display} refused the connection's credentials while {doing}:"
+                f" {str(exc).rstrip('.')}. Check the user and password in the URL"
             ) from exc
         raise BrokerError(
             f"Redis at {target.display} refused {doing}: {script_error(exc)}"

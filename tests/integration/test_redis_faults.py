@@ -14,6 +14,9 @@ import pytest
 import redis
 
 from faena import BrokerError, BrokerUnavailable, Faena
+from faena.backends.redis.broker import RedisBroker
+from faena.contracts.broker import BrokerConfig
+from faena.testing.conformance import out
 from tests.integration.conftest import WorkerProcess, ledger_lines, wait_until
 from tests.integration.redis_servers import RedisServer, private_redis
 
@@ -226,3 +229,62 @@ def test_refused_credentials_are_a_fault_to_fix_not_an_outage(
         assert not isinstance(claimed.value, BrokerUnavailable)
     finally:
         app.close()
+
+
+def test_a_busy_server_during_a_lease_renewal_does_not_set_its_queue_aside(
+    private_redis: RedisServer,
+) -> None:
+    # Given a worker's consumer holding a lease in queue q, with more messages waiting there
+    admin = redis.Redis(port=private_redis.port)
+    admin.config_set("busy-reply-threshold", 100)
+    broker = RedisBroker(private_redis.url, BrokerConfig(lease_s=30))
+    broker.enqueue([out(f"m{i}", "q") for i in range(3)])
+    runner = redis.Redis(port=private_redis.port)
+    busy = threading.Thread(
+        target=lambda: _killed(runner, "while true do redis.call('TIME') end"), daemon=True
+    )
+
+    async def scenario() -> tuple[str, list[str]]:
+        consumer = await broker.open_consumer(["q", "other"], "w1")
+        try:
+            held = await consumer.receive(1, 0)
+            # When another client's script holds the server past busy-reply-threshold while
+            # the lease is renewed
+            busy.start()
+            wait_until(lambda: _answers_busy(admin), 10, "the server to answer BUSY")
+            with pytest.raises(BrokerError) as caught:
+                await consumer.extend(held, 30)
+            admin.script_kill()
+            busy.join(10)
+            # Then the renewal fails as a whole, and once the server is free again the queue
+            # is claimed from at once: it was not taken for another program's keys
+            return str(caught.value), [d.id for d in await consumer.receive(2, 0)]
+        finally:
+            await consumer.close()
+
+    try:
+        error, claimed = asyncio.run(scenario())
+        assert "BUSY" in error
+        assert claimed == ["m1", "m2"]
+    finally:
+        if busy.is_alive():
+            admin.script_kill()
+            busy.join(10)
+        broker.close()
+        runner.close()
+        admin.close()
+
+
+def _killed(client: redis.Redis, script: str) -> None:
+    with pytest.raises(redis.exceptions.ResponseError, match="killed"):
+        client.eval(script, 0)
+
+
+def _answers_busy(client: redis.Redis) -> bool:
+    try:
+        client.ping()
+    except redis.exceptions.BusyLoadingError:
+        raise
+    except redis.exceptions.ResponseError as error:
+        return str(error).startswith("BUSY")
+    return False

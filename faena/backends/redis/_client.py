@@ -543,7 +543,21 @@ def refusal(exc: BaseException) -> bool:
         redis.exceptions.MovedError,
         redis.exceptions.AskError,
     )
-    return isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, transient)
+    return (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and not isinstance(exc, transient)
+        and not _server_wide(str(exc))
+    )
+
+
+# Errors of the whole server, for a while, that redis-py has no class for (a long script or
+# MULTI holds it: BUSY; its snapshots fail: MISCONF; too few replicas take writes: NOREPLICAS),
+# also as a script reports them when one of its calls meets them (`...: BUSY ...`).
+_SERVER_WIDE: Final = ("BUSY", "MISCONF", "NOREPLICAS")
+
+
+def _server_wide(text: str) -> bool:
+    return any(text.startswith(code) or f": {code} " in text for code in _SERVER_WIDE)
 
 
 _SCRIPT_PLACE = re.compile(r"\s*script: [0-9a-f]{40}, on @user_script:\d+\.?$")

@@ -467,6 +467,13 @@ class RedisConsumer(Consumer):
         refused: dict[int, str] = {}
         for queue, reply in zip(per_queue, replies, strict=True):
             if isinstance(reply, Exception):
+                if not checked_refusal(reply):
+                    # Not another program's value under the queue's keys (what sets a queue
+                    # aside): the renewal fails as a whole, and is tried again next beat.
+                    raise BrokerError(
+                        f"Redis at {self._target.display} refused {doing}: queue {queue}: "
+                        f"{script_error(reply)}"
+                    )
                 refused[self._queues.index(queue)] = str(reply)
             else:
                 lost.update(mid.decode() for mid in reply)

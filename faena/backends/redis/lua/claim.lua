@@ -155,7 +155,7 @@ end
 -- whole server, not of one queue, so the script fails as a whole. (Out of memory cannot cut a
 -- claim short: each queue's first write is a removal, which Redis always allows, and a script
 -- that has written may write on past maxmemory; so a full server can still be drained.)
-local OUTAGES = {'OOM', 'READONLY', 'LOADING', 'MASTERDOWN', 'BUSY'}
+local OUTAGES = {'OOM', 'READONLY', 'LOADING', 'MASTERDOWN', 'BUSY', 'MISCONF', 'NOREPLICAS'}
 
 local function refused(q, err)
   local message = type(err) == 'table' and tostring(err.err) or tostring(err)

@@ -100,6 +100,12 @@ class Faena:
     def __repr__(self) -> str:
         return f"<Faena {self.name} broker={self.broker_url}>"
 
+    def __copy__(self) -> Faena:
+        return self  # an app is one service, shared: a copied canvas keeps its app
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Faena:
+        return self
+
     # -- backends -----------------------------------------------------------------------------
     @property
     def broker(self) -> Broker:

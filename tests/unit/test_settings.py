@@ -3,6 +3,7 @@ environment, then the default."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -199,3 +200,12 @@ def test_app_coordination_store_lives_on_the_broker_url(tmp_path) -> None:
     finally:
         first.close()
         second.close()
+
+
+def test_a_copied_app_is_the_app_itself() -> None:
+    # An app is one service with its connections (and a lock): a canvas cloned with
+    # copy.deepcopy keeps sending through it rather than through a copy
+    app = Faena("copied", broker="memory://", results="memory://")
+    assert copy.copy(app) is app
+    assert copy.deepcopy({"app": app})["app"] is app
+    app.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
@@ -90,6 +91,10 @@ class Faena:
         self._broker: Broker | None = None
         self._results: ResultStore | None = None
         self._coordination: CoordinationStore | None = None
+        # Backends are made on first use, perhaps by several threads at once (a worker's and a
+        # producer's): one makes each, the others wait and share it. Two made at once would
+        # leak one's connections, and a memory:// one would hold messages nobody reads.
+        self._connecting = threading.RLock()
         for task in _shared_tasks:
             self.registry.register(task)
             task.bind_dispatcher(self)
@@ -110,34 +115,48 @@ class Faena:
     @property
     def broker(self) -> Broker:
         """The broker, connected on first use."""
-        if self._broker is None:
-            s = self.settings
-            self._broker = make_broker(
-                self.broker_url,
-                BrokerConfig(
-                    lease_s=s.lease_s,
-                    max_deliveries=s.max_deliveries,
-                    poll_interval_s=s.poll_interval_s,
-                    clock=s.clock,
-                ),
-            )
-        return self._broker
+        broker = self._broker
+        if broker is None:
+            with self._connecting:
+                if self._broker is None:
+                    s = self.settings
+                    self._broker = make_broker(
+                        self.broker_url,
+                        BrokerConfig(
+                            lease_s=s.lease_s,
+                            max_deliveries=s.max_deliveries,
+                            poll_interval_s=s.poll_interval_s,
+                            clock=s.clock,
+                        ),
+                    )
+                broker = self._broker
+        return broker
 
     @property
     def results(self) -> ResultStore:
         """The result store, connected on first use."""
-        if self._results is None:
-            self._results = make_result_store(
-                self.results_url, self.settings.clock, self.settings.poll_interval_s
-            )
-        return self._results
+        results = self._results
+        if results is None:
+            with self._connecting:
+                if self._results is None:
+                    self._results = make_result_store(
+                        self.results_url, self.settings.clock, self.settings.poll_interval_s
+                    )
+                results = self._results
+        return results
 
     @property
     def coordination(self) -> CoordinationStore:
         """The coordination store (atomic keys, counters, tokens), on the broker's URL."""
-        if self._coordination is None:
-            self._coordination = make_coordination_store(self.broker_url, self.settings.clock)
-        return self._coordination
+        coordination = self._coordination
+        if coordination is None:
+            with self._connecting:
+                if self._coordination is None:
+                    self._coordination = make_coordination_store(
+                        self.broker_url, self.settings.clock
+                    )
+                coordination = self._coordination
+        return coordination
 
     def lock(
         self,
@@ -169,18 +188,19 @@ class Faena:
         In-memory backends hold the data itself, so they are kept (closing them only wakes
         their waiters): a ``memory://`` app keeps its messages and results across ``close``.
         """
-        if self._broker is not None:
-            self._broker.close()
-            if self._broker.capabilities.shared_between_processes:
-                self._broker = None
-        if self._results is not None:
-            self._results.close()
-            if not self.results_url.startswith("memory:"):
-                self._results = None
-        if self._coordination is not None:
-            self._coordination.close()
-            if not self.broker_url.startswith("memory:"):
-                self._coordination = None
+        with self._connecting:
+            if self._broker is not None:
+                self._broker.close()
+                if self._broker.capabilities.shared_between_processes:
+                    self._broker = None
+            if self._results is not None:
+                self._results.close()
+                if not self.results_url.startswith("memory:"):
+                    self._results = None
+            if self._coordination is not None:
+                self._coordination.close()
+                if not self.broker_url.startswith("memory:"):
+                    self._coordination = None
 
     def __enter__(self) -> Faena:
         return self

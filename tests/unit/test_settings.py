@@ -4,11 +4,13 @@ environment, then the default."""
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
 import pytest
 
 from faena import ConfigurationError, Faena, Settings
+from faena.app import core
 from faena.app.settings import SETTING_NAMES
 
 from .support import AppFactory
@@ -200,6 +202,45 @@ def test_app_coordination_store_lives_on_the_broker_url(tmp_path) -> None:
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("backend", ["broker", "results", "coordination"])
+def test_a_backend_asked_for_by_two_threads_at_once_is_made_once(
+    monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    # Given an app whose backend is slow to make, and a thread that is making it
+    app = Faena("race", broker="memory://", results="memory://")
+    maker = {"broker": "make_broker", "results": "make_result_store"}.get(
+        backend, "make_coordination_store"
+    )
+    real = getattr(core, maker)
+    made: list[object] = []
+    first_inside = threading.Event()
+    second_done = threading.Event()
+
+    def slow_make(*args: object) -> object:
+        made.append(real(*args))
+        if len(made) == 1:
+            first_inside.set()
+            # a second maker, if one could start, finishes meanwhile
+            second_done.wait(0.5)
+        return made[-1]
+
+    monkeypatch.setattr(core, maker, slow_make)
+    got: list[object] = []
+    first = threading.Thread(target=lambda: got.append(getattr(app, backend)))
+    first.start()
+    assert first_inside.wait(5)
+    # When a second thread asks for it meanwhile
+    second = threading.Thread(target=lambda: (got.append(getattr(app, backend)), second_done.set()))
+    second.start()
+    first.join(5)
+    second.join(5)
+    # Then it was made once, and both threads have that one
+    assert len(made) == 1
+    assert len(got) == 2
+    assert got[0] is got[1] is made[0]
+    app.close()
 
 
 def test_a_copied_app_is_the_app_itself() -> None:

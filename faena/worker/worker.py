@@ -90,6 +90,9 @@ class Worker:
         self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None
         self._idle: asyncio.Event | None = None
         self._started_records: dict[Key, JobRecord] = {}
+        # Running jobs whose end is handed over (to the outbox): a stop that cancels their runner
+        # while it still waits (to free a concurrency or unique slot) must not hand them back.
+        self._decided: set[Key] = set()
         self._stopping = False
         self._cold = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -268,13 +271,22 @@ class Worker:
             try:
                 await self._handle(delivery, revoked)
             except asyncio.CancelledError:
-                self._ends.release(delivery, self._started_records.get(key))
+                if key not in self._decided:
+                    self._ends.release(delivery, self._started_records.get(key))
                 raise
             except Exception:  # a fault of ours or of a backend: the runner must live on
-                log.exception("job %s could not be carried through; handing it back", delivery.id)
-                # Counted, so a message that always breaks the worker ends in the DLQ.
-                self._ends.release(delivery, self._started_records.get(key), reason="worker_error")
+                if key in self._decided:
+                    log.exception("job %s ended, but freeing its slots failed", delivery.id)
+                else:
+                    log.exception(
+                        "job %s could not be carried through; handing it back", delivery.id
+                    )
+                    # Counted, so a message that always breaks the worker ends in the DLQ.
+                    self._ends.release(
+                        delivery, self._started_records.get(key), reason="worker_error"
+                    )
             finally:
+                self._decided.discard(key)
                 self._ends.early_acked.discard(key)
                 self._running.pop(key, None)
                 self._started_records.pop(key, None)
@@ -375,6 +387,7 @@ class Worker:
         if self._revokes.was_terminated(message.id):
             log.info("job %s was terminated by a revoke", message.id)
             self._ends.settle(Settlement(delivery=delivery, action="ack"))
+            self._decided.add(key_of(delivery))
             self._ends.emit(states.REVOKED, job)
             return
         decision = decide(task.defaults, message, outcome, info)
@@ -382,9 +395,11 @@ class Worker:
             decision = after_job(self.app, self._outbox, delivery, message, outcome, decision)
         if not task.defaults.acks_late:
             await self._ends.after_early_ack(delivery, decision, job)
+            self._decided.add(key_of(delivery))
             return
         _log_outcome(message, task.name, outcome, decision, info.now)
         self._ends.apply(delivery, decision, job)
+        self._decided.add(key_of(delivery))
         if decision.action in ("ack", "dead"):
             await self._flow.finished(message, task.defaults, job.args, job.kwargs)
 
@@ -514,12 +529,14 @@ class Worker:
             )
             idle.cancel()
             cold.cancel()
-            if self._running:
+            if self._running.keys() - self._decided:
                 log.warning(
-                    "%d job(s) still running: handing their messages back", len(self._running)
+                    "%d job(s) still running: handing their messages back",
+                    len(self._running.keys() - self._decided),
                 )
                 self._cold = True
-        code = EXIT_COLD if self._running else EXIT_OK
+        # (a job whose end is handed over may still wait to free its slots: it is not stopped)
+        code = EXIT_COLD if self._running.keys() - self._decided else EXIT_OK
         for runner in self._runners:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,6 +25,7 @@ from faena import (
     TaskFailed,
 )
 from faena.contracts.broker import Outgoing
+from faena.features.flow import FlowGate
 from faena.model.message import Message, encode_message
 from faena.model.serialization import dumps_pickle
 from faena.worker.logs import JobIdFilter
@@ -226,6 +229,46 @@ def test_job_handed_back_at_a_cold_stop_reads_as_queued(app: Faena) -> None:
     _, job_id = _cold_stop_while_running(app)
     # Then it reads as QUEUED, not as running on a stopped worker
     assert app.AsyncResult(job_id).state == QUEUED
+
+
+@pytest.mark.parametrize("acks_late", [True, False])
+def test_a_cold_stop_while_a_finished_job_frees_its_slot_keeps_its_outcome(
+    app: Faena, monkeypatch: pytest.MonkeyPatch, acks_late: bool
+) -> None:
+    # Given a job with a concurrency limit whose slot is slow to free (a slow coordination
+    # store), after its SUCCESS was written and its message acknowledged
+    @app.task(concurrency_limit=1, acks_late=acks_late)
+    def double(x: int) -> int:
+        return 2 * x
+
+    freeing = threading.Event()
+
+    async def slow_leave(self: FlowGate, run: str) -> None:
+        freeing.set()
+        await asyncio.Event().wait()  # never frees: only a stop ends it
+
+    monkeypatch.setattr(FlowGate, "leave", slow_leave)
+    worker = WorkerThread(app).start()
+    r = double.delay(21)
+    assert r.get(timeout=WAIT_S) == 42
+    assert freeing.wait(WAIT_S)
+    _wait(lambda: app.broker.locate(r.id) is None, "the acknowledgement")
+    # When the worker is stopped cold meanwhile
+    worker.worker.request_stop(cold=True)
+    code = worker.join()
+    # Then the outcome stands (not QUEUED or "interrupted"), nothing is handed back, and the
+    # worker stopped no job
+    assert r.state == SUCCESS
+    assert r.get(timeout=1) == 42
+    assert app.broker.locate(r.id) is None
+    assert code == 0
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
 
 
 def test_stop_requested_before_run_exits_at_once(app: Faena) -> None:

@@ -359,10 +359,15 @@ class Worker:
             self._started_records[key_of(delivery)] = record
             self._outbox.record(record)
         self._ends.emit(states.STARTED, job)
-        if not task.defaults.acks_late and not await self._ends.ack_first(
-            delivery, self._started_records.get(key_of(delivery))
-        ):
-            return
+        if not task.defaults.acks_late:
+            if not task.defaults.ignore_result:
+                # The STARTED record is written before the message is gone: a worker that dies
+                # now leaves the job reading STARTED, not unknown.
+                await self._outbox.flush()
+            if not await self._ends.ack_first(
+                delivery, self._started_records.get(key_of(delivery))
+            ):
+                return
         request = job.request(delivery.deliveries, self.id)
         try:
             outcome = await self._pool.run(

@@ -271,6 +271,35 @@ def _wait(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.005)
 
 
+def test_an_early_acked_jobs_started_record_is_written_before_its_ack(
+    app: Faena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a task acknowledged before it runs
+    @app.task(acks_late=False)
+    def double(x: int) -> int:
+        return 2 * x
+
+    seen: list[str | None] = []
+    consumer_class = type(asyncio.run(app.broker.open_consumer(["default"], "probe")))
+    real_settle = consumer_class.settle
+
+    async def settle(self: Any, settlements: Any) -> list[bool]:
+        for s in settlements:
+            if s.action == "ack":
+                record = app.results.fetch(s.delivery.id)
+                seen.append(record.state if record else None)
+        return await real_settle(self, settlements)
+
+    monkeypatch.setattr(consumer_class, "settle", settle)
+    r = double.delay(21)
+    # When a worker runs it
+    drain(app)
+    # Then its record read STARTED when the acknowledgement went: a worker that died right
+    # after it would leave the job reading STARTED, as docs/guarantees.md says
+    assert seen == [STARTED]
+    assert r.get(timeout=WAIT_S) == 42
+
+
 def test_stop_requested_before_run_exits_at_once(app: Faena) -> None:
     # Given a queued job
     @app.task

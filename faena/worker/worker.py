@@ -401,6 +401,8 @@ class Worker:
         if not task.defaults.acks_late:
             await self._ends.after_early_ack(delivery, decision, job)
             self._decided.add(key_of(delivery))
+            if decision.action != "retry":  # ended for good: nothing holds its message
+                await self._flow.finished(message, task.defaults, job.args, job.kwargs)
             return
         _log_outcome(message, task.name, outcome, decision, info.now)
         self._ends.apply(delivery, decision, job)

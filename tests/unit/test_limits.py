@@ -176,9 +176,11 @@ def test_a_unique_key_function_and_many_concurrent_senders(make_app: AppFactory)
     assert sum(s.ready for s in queue_stats(app)) == 1
 
 
-def test_the_worker_frees_a_unique_key_when_the_job_ends(app: Faena) -> None:
-    # Given a unique task whose outcome is not recorded
-    @app.task(unique=True, ignore_result=True)
+@pytest.mark.parametrize("acks_late", [True, False])
+def test_the_worker_frees_a_unique_key_when_the_job_ends(app: Faena, acks_late: bool) -> None:
+    # Given a unique task whose outcome is not recorded (acknowledged after its run, or
+    # before it)
+    @app.task(unique=True, ignore_result=True, acks_late=acks_late)
     def ping(host: str) -> None: ...
 
     first = ping.delay("a")

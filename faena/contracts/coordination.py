@@ -70,6 +70,14 @@ def check_ttl(ttl_s: float) -> float:
     return ttl_s
 
 
+def check_amount(amount: int) -> int:
+    """``amount`` if it is a valid increment (an ``int`` that fits 64 bits); else
+    ``ValueError``, before anything is written."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not -(2**63) <= amount < 2**63:
+        raise ValueError(f"a counter's increment is a whole number (64 bits); got {amount!r}")
+    return amount
+
+
 def check_limit(limit: int) -> int:
     """``limit`` if it is a valid window limit (an ``int`` of at least 1); else ``ValueError``."""
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
@@ -144,7 +152,8 @@ class CoordinationStore(ABC):
         Counters have no floor: they go below zero if asked to.
 
         Raises:
-            ValueError: ``key`` holds text (from ``set_if_absent``), or ``ttl_s`` is invalid.
+            ValueError: ``key`` holds text (from ``set_if_absent``), ``amount`` is not a whole
+                number, or ``ttl_s`` is invalid; nothing is written then.
         """
 
     @abstractmethod

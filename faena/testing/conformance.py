@@ -1126,6 +1126,18 @@ class CoordinationConformance(_Suite):
         self.clock.advance(10)
         assert store.get("held") is None
 
+    @pytest.mark.parametrize("amount", [1.5, "2", True, None, 2**63])
+    def test_an_increment_that_is_no_whole_number_is_a_value_error_and_writes_nothing(
+        self, amount: Any
+    ) -> None:
+        store = self.store()
+        with pytest.raises(ValueError, match="increment"):
+            store.incr("n", amount)
+        with pytest.raises(ValueError, match="increment"):
+            asyncio.run(store.aincr("n", amount))
+        assert store.get("n") is None
+        assert store.incr("n", 2) == 2
+
     # -- ownership --------------------------------------------------------------------------
     def test_compare_and_delete_deletes_only_the_expected_value(self) -> None:
         store = self.store()

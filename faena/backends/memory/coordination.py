@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from faena.contracts.coordination import (
     CoordinationStore,
+    check_amount,
     check_limit,
     check_ttl,
     not_a_counter,
@@ -105,6 +106,7 @@ class MemoryCoordinationStore(CoordinationStore):
         return self.compare_and_expire(key, expected, ttl_s)
 
     def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        check_amount(amount)
         if ttl_s is not None:
             check_ttl(ttl_s)
         with self._lock:

@@ -26,6 +26,7 @@ from typing import Any, cast
 from faena.backends.redis._stores import TEST_CLOCK_EXPIRY_MS, Call, Connections, Script, ttl_ms
 from faena.contracts.coordination import (
     CoordinationStore,
+    check_amount,
     check_limit,
     check_ttl,
     not_a_counter,
@@ -87,6 +88,7 @@ class RedisCoordinationStore(CoordinationStore):
         return self._call("compare_and_expire", key, expected, ttl_ms(check_ttl(ttl_s)))
 
     def _incr(self, key: str, amount: int, ttl_s: float | None) -> Call:
+        check_amount(amount)
         ttl = "" if ttl_s is None else ttl_ms(check_ttl(ttl_s))
         return self._call("incr", key, amount, ttl)
 

@@ -19,6 +19,7 @@ from faena.backends.sqlite._connection import read, write
 from faena.backends.sqlite._database import SharedDatabase
 from faena.contracts.coordination import (
     CoordinationStore,
+    check_amount,
     check_limit,
     check_ttl,
     not_a_counter,
@@ -177,6 +178,7 @@ class SQLiteCoordinationStore(CoordinationStore):
         return self._write("extend a coordination key", body)
 
     def _incr(self, key: str, amount: int, ttl_s: float | None) -> _Op[int]:
+        check_amount(amount)
         if ttl_s is not None:
             check_ttl(ttl_s)
 

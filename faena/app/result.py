@@ -107,7 +107,7 @@ class AsyncResult(Generic[R]):
         record = self.record
         if record is not None and record.state in states.READY_STATES:
             return record.state
-        return _state_of(record, self.app.broker.locate(self.id))
+        return _state_of(record, self.app.broker.locate(self.id, live_first=True))
 
     status = state
 
@@ -170,7 +170,7 @@ class AsyncResult(Generic[R]):
             record = self.app.results.wait(self.id, _slice(deadline))
             if _ready(record):
                 return self._outcome(record, None, timeout, propagate)
-            where = self.app.broker.locate(self.id)
+            where = self.app.broker.locate(self.id, live_first=True)
             if where == "dead" or _past(deadline):
                 return self._outcome(record, where, timeout, propagate)
 
@@ -190,7 +190,7 @@ class AsyncResult(Generic[R]):
             record = await self.app.results.await_ready(self.id, _slice(deadline))
             if _ready(record):
                 return self._outcome(record, None, timeout, propagate)
-            where = await self.app.broker.alocate(self.id)
+            where = await self.app.broker.alocate(self.id, live_first=True)
             if where == "dead" or _past(deadline):
                 return self._outcome(record, where, timeout, propagate)
 

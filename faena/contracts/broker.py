@@ -200,13 +200,17 @@ class Broker(ABC):
         """``enqueue`` for async callers."""
 
     @abstractmethod
-    def locate(self, message_id: str) -> Location | None:
-        """Where the message is now, or ``None`` if the broker does not hold it."""
+    def locate(self, message_id: str, *, live_first: bool = False) -> Location | None:
+        """Where the message is now, or ``None`` if the broker does not hold it.
 
-    async def alocate(self, message_id: str) -> Location | None:
+        A dead letter and a newer message with the same id (sent again) can both be held: the
+        dead letter answers first, unless ``live_first`` (then ``dead`` only when no live
+        message has the id)."""
+
+    async def alocate(self, message_id: str, *, live_first: bool = False) -> Location | None:
         """``locate`` for async callers, in a thread unless a broker has a better way: the
         event loop goes on meanwhile."""
-        return await asyncio.to_thread(self.locate, message_id)
+        return await asyncio.to_thread(self.locate, message_id, live_first=live_first)
 
     @abstractmethod
     def remove(self, message_id: str) -> bool:

@@ -728,8 +728,13 @@ class BrokerConformance(_Suite):
         await self._bury(broker, "d1")
         # Given the same id sent anew and now leased to a worker
         broker.enqueue([out("d1", body=b"newer")])
+        # (it is found as a dead letter first, and as the newer message when asked so)
+        assert broker.locate("d1") == "dead"
+        assert broker.locate("d1", live_first=True) == "queued"
         async with self.consumer(broker) as consumer:
             (newer,) = await consumer.receive(1, 0)
+            assert broker.locate("d1", live_first=True) == "leased"
+            assert await broker.alocate("d1", live_first=True) == "leased"
             # When the dead letter is requeued
             assert await broker.requeue_dead(["d1"]) == 0
             # Then the newer message is untouched (still ours to ack) and the letter waits

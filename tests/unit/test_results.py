@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import logging
 import threading
+import time
 from typing import Any
 
 import msgspec
@@ -270,11 +271,11 @@ def test_aget_keeps_the_event_loop_running_while_it_asks_the_broker(app: Faena) 
     real_locate = app.broker.locate
     asked: list[bool] = []
 
-    def locate(message_id: str) -> Location | None:
+    def locate(message_id: str, *, live_first: bool = False) -> Location | None:
         answered = threading.Event()
         loop.call_soon_threadsafe(answered.set)
         asked.append(answered.wait(5))
-        return real_locate(message_id)
+        return real_locate(message_id, live_first=live_first)
 
     app.broker.locate = locate  # type: ignore[method-assign]
 
@@ -291,6 +292,48 @@ def test_aget_keeps_the_event_loop_running_while_it_asks_the_broker(app: Faena) 
     # Then every look at the broker left the loop free to run meanwhile
     assert asked
     assert all(asked)
+
+
+def test_a_job_sent_again_after_it_was_dead_lettered_reads_as_the_new_run(
+    make_app: AppFactory,
+) -> None:
+    # Given a job that failed for good (its message dead-lettered), sent again with its id
+    app = make_app(max_deliveries=1)
+    release = threading.Event()
+    calls: list[int] = []
+
+    @app.task(max_retries=0)
+    def flaky(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            raise RuntimeError("first run fails")
+        assert release.wait(WAIT_S)
+        return x
+
+    first = flaky.apply_async((1,), task_id="again")
+    drain(app)
+    assert first.state == FAILURE
+    assert app.broker.locate("again") == "dead"
+    worker = WorkerThread(app).start()
+    try:
+        second = flaky.apply_async((2,), task_id="again")
+        _wait_state(second, STARTED)
+        # When it is read while its new run goes on
+        # Then it reads as that run (not as the dead letter's failure), and get() waits for it
+        assert second.state == STARTED
+        release.set()
+        assert second.get(timeout=WAIT_S) == 2
+    finally:
+        release.set()
+        worker.stop()
+    assert calls == [1, 2]
+
+
+def _wait_state(result: Any, state: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while (record := result.record) is None or record.state != state:
+        assert time.monotonic() < deadline, f"{result.id} never read {state}"
+        time.sleep(0.005)
 
 
 def test_revoke_before_start_means_it_never_runs(app: Faena) -> None:

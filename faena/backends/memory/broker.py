@@ -107,11 +107,11 @@ class MemoryBroker(Broker):
                 self._ready.setdefault(entry.queue, []), (-entry.priority, entry.seq, entry.id)
             )
 
-    def locate(self, message_id: str) -> Location | None:
+    def locate(self, message_id: str, *, live_first: bool = False) -> Location | None:
         with self._lock:
-            if message_id in self._dead:
-                return "dead"
             entry = self._entries.get(message_id)
+            if message_id in self._dead and not (live_first and entry is not None):
+                return "dead"
             return entry.location if entry else None
 
     def remove(self, message_id: str) -> bool:

@@ -269,15 +269,17 @@ class RedisBroker(Broker):
                 answered.append((queue, reply))
         return answered
 
-    def locate(self, message_id: str) -> Location | None:
+    def locate(self, message_id: str, *, live_first: bool = False) -> Location | None:
         doing = "locating a message"
         queues = self._known_queues(doing)
         answers = [a for _, a in self._read_queues(_keys.LOCATE, queues, [message_id], doing)]
-        # A dead letter answers first, as a newer message with its id may also be live.
-        found = [_LOCATIONS[a] for a in answers if a]
-        if "dead" in found:
+        # A dead letter answers first (unless live_first), as a newer message with its id may
+        # also be live.
+        dead = any(d for d, _ in answers)
+        live = [_LOCATIONS[a] for _, a in answers if a]
+        if dead and not (live_first and live):
             return "dead"
-        return found[0] if found else None
+        return live[0] if live else None
 
     def remove(self, message_id: str) -> bool:
         doing = f"removing message {message_id!r}"

@@ -118,12 +118,14 @@ class SQLiteBroker(Broker):
         )
         self._db.notifier.notify()
 
-    def locate(self, message_id: str) -> Location | None:
+    def locate(self, message_id: str, *, live_first: bool = False) -> Location | None:
         def find(c: sqlite3.Connection) -> Location | None:
-            if c.execute("SELECT 1 FROM faena_dead WHERE id = ?", (message_id,)).fetchone():
-                return "dead"
             row = c.execute("SELECT state FROM faena_messages WHERE id = ?", (message_id,))
             found = row.fetchone()
+            if found and live_first:
+                return _LOCATIONS[found[0]]
+            if c.execute("SELECT 1 FROM faena_dead WHERE id = ?", (message_id,)).fetchone():
+                return "dead"
             return _LOCATIONS[found[0]] if found else None
 
         with self._db.connection() as conn:

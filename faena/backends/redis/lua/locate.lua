@@ -3,19 +3,17 @@
 -- KEYS: the queue's ten keys (see _queue.lua).
 -- ARGV: id.
 --
--- Returns 'dead', 'leased', 'scheduled', 'queued' or false. A dead letter answers first, as
--- a newer message with its id may also be live.
+-- Returns {dead, live}: dead is 'dead' if a dead letter has the id, else false; live is
+-- 'leased', 'scheduled', 'queued' or false. Both can be set: a message sent again with the id
+-- of a dead letter lives beside it.
 local id = ARGV[1]
-if redis.call('HEXISTS', KEYS[DEAD_STATE], id) == 1 then
-  return 'dead'
-end
+local dead = redis.call('HEXISTS', KEYS[DEAD_STATE], id) == 1 and 'dead' or false
+local live = false
 if redis.call('ZSCORE', KEYS[LEASED], id) then
-  return 'leased'
+  live = 'leased'
+elseif redis.call('ZSCORE', KEYS[SCHEDULED], id) then
+  live = 'scheduled'
+elseif redis.call('ZSCORE', KEYS[READY], id) then
+  live = 'queued'
 end
-if redis.call('ZSCORE', KEYS[SCHEDULED], id) then
-  return 'scheduled'
-end
-if redis.call('ZSCORE', KEYS[READY], id) then
-  return 'queued'
-end
-return false
+return {dead, live}

@@ -30,7 +30,7 @@ from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import Decision, base_record, decide, expired
-from faena.foundation.exceptions import ConfigurationError
+from faena.foundation.exceptions import ConfigurationError, RecordRefused
 from faena.foundation.util import worker_identity
 from faena.model import states
 from faena.model.message import Message
@@ -40,7 +40,7 @@ from faena.worker.endings import Endings, Key, key_of
 from faena.worker.logs import current_job
 from faena.worker.options import WorkerOptions, default_queues
 from faena.worker.outage import Outage
-from faena.worker.outbox import Outbox
+from faena.worker.outbox import Outbox, log_refused
 from faena.worker.pools import POOL_NAMES, make_pool
 from faena.worker.revokes import Revokes
 
@@ -354,20 +354,15 @@ class Worker:
         task, message = job.task, job.message
         started = self.app.settings.clock.time()
         info = self._ends.run_info(delivery, started, message)
+        record: JobRecord | None = None
         if not task.defaults.ignore_result:
             record = base_record(message, info, states.STARTED, task.defaults)
             self._started_records[key_of(delivery)] = record
-            self._outbox.record(record)
+            if task.defaults.acks_late:
+                self._outbox.record(record)
         self._ends.emit(states.STARTED, job)
-        if not task.defaults.acks_late:
-            if not task.defaults.ignore_result:
-                # The STARTED record is written before the message is gone: a worker that dies
-                # now leaves the job reading STARTED, not unknown.
-                await self._outbox.flush()
-            if not await self._ends.ack_first(
-                delivery, self._started_records.get(key_of(delivery))
-            ):
-                return
+        if not task.defaults.acks_late and not await self._early_ack(delivery, record):
+            return
         request = job.request(delivery.deliveries, self.id)
         try:
             outcome = await self._pool.run(
@@ -409,6 +404,42 @@ class Worker:
         self._decided.add(key_of(delivery))
         if decision.action in ("ack", "dead"):
             await self._flow.finished(message, task.defaults, job.args, job.kwargs)
+
+    async def _early_ack(self, delivery: Delivery, record: JobRecord | None) -> bool:
+        """acks_late=False: the STARTED record, then the acknowledgement, before the run.
+        ``False`` if the job is not to run here; its end is then handed over."""
+        if record is not None and not await self._started_first(delivery, record):
+            return False
+        try:
+            acked = await self._ends.ack_first(delivery, record)
+        except asyncio.CancelledError:
+            self._decided.add(key_of(delivery))  # ack_first handed it back itself
+            raise
+        if not acked:
+            self._decided.add(key_of(delivery))
+        return acked
+
+    async def _started_first(self, delivery: Delivery, record: JobRecord) -> bool:
+        """acks_late=False: write the job's STARTED record before its message is gone, so a
+        worker that dies afterwards leaves it reading STARTED, not unknown. A store that
+        refuses this record for good (another program's value under its key) costs the record
+        only; one that fails otherwise costs the start: the message goes back, uncounted, to
+        run later."""
+        try:
+            await self.app.results.store_many([record])
+        except RecordRefused as refusal:
+            log_refused(record, refusal)
+        except Exception as exc:
+            log.warning(
+                "job %s: its STARTED record could not be written (%s); not running it now, "
+                "handing it back",
+                delivery.id,
+                exc,
+            )
+            self._ends.release(delivery)
+            self._decided.add(key_of(delivery))
+            return False
+        return True
 
     def _progress_sink(self, job_id: Key) -> Any:
         loop = self._loop

@@ -18,6 +18,7 @@ from faena import (
     RETRY,
     STARTED,
     SUCCESS,
+    BrokerUnavailable,
     ConfigurationError,
     Faena,
     JobEvent,
@@ -298,6 +299,80 @@ def test_an_early_acked_jobs_started_record_is_written_before_its_ack(
     # after it would leave the job reading STARTED, as docs/guarantees.md says
     assert seen == [STARTED]
     assert r.get(timeout=WAIT_S) == 42
+
+
+def test_an_early_acked_job_whose_started_record_fails_runs_later_uncounted(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a task acknowledged before it runs, one delivery allowed, and a result store that
+    # fails the first write (its STARTED record)
+    app = make_app(max_deliveries=1)
+    ran: list[int] = []
+
+    @app.task(acks_late=False)
+    def double(x: int) -> int:
+        ran.append(x)
+        return 2 * x
+
+    real = type(app.results).store_many
+    failures = [BrokerUnavailable("result store down")]
+
+    async def store_many(self: Any, records: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real(self, records)
+
+    monkeypatch.setattr(type(app.results), "store_many", store_many)
+    r = double.delay(21)
+    # When a worker takes it
+    drain(app)
+    # Then it was not run without its record, but handed back uncounted and run once after
+    assert failures == []
+    assert ran == [21]
+    assert r.get(timeout=WAIT_S) == 42
+    assert dead_letters(app) == {}
+
+
+def test_a_cold_stop_keeps_the_record_of_a_job_whose_early_ack_got_no_answer(
+    app: Faena, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a job acknowledged before it runs whose acknowledgement applied but got no answer
+    # (so it is not run, and its record says why), and whose concurrency slot is slow to free
+    @app.task(concurrency_limit=1, acks_late=False)
+    def double(x: int) -> int:
+        return 2 * x
+
+    consumer_class = type(asyncio.run(app.broker.open_consumer(["default"], "probe")))
+    real_settle = consumer_class.settle
+    lost = [True]
+
+    async def settle(self: Any, settlements: Any) -> list[bool]:
+        done = await real_settle(self, settlements)
+        if lost and [s.action for s in settlements] == ["ack"]:
+            lost.pop()
+            raise BrokerUnavailable("the reply was lost")
+        return done
+
+    freeing = threading.Event()
+
+    async def slow_leave(self: FlowGate, run: str) -> None:
+        freeing.set()
+        await asyncio.Event().wait()  # never frees: only a stop ends it
+
+    monkeypatch.setattr(consumer_class, "settle", settle)
+    monkeypatch.setattr(FlowGate, "leave", slow_leave)
+    worker = WorkerThread(app).start()
+    r = double.delay(21)
+    assert freeing.wait(WAIT_S)
+    _wait(lambda: (rec := r.record) is not None and rec.state == FAILURE, "its FAILURE record")
+    # When the worker is stopped cold meanwhile
+    worker.worker.request_stop(cold=True)
+    code = worker.join()
+    # Then the record still says why it did not run, and no job was stopped
+    record = r.record
+    assert record is not None
+    assert (record.state, record.reason) == (FAILURE, "ack_unknown")
+    assert code == 0
 
 
 def test_stop_requested_before_run_exits_at_once(app: Faena) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -61,6 +62,16 @@ class BoundTaskDecorator(Protocol):
 _shared_tasks: list[Task[..., Any]] = []
 _apps: weakref.WeakSet[Faena] = weakref.WeakSet()
 _latest: list[weakref.ref[Faena]] = []
+
+
+def _fresh_locks_in_child() -> None:
+    # A fork while another thread makes a backend would leave the child a lock no thread of
+    # its own can release.
+    for app in list(_apps):
+        app._connecting = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 class Faena:

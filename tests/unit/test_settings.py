@@ -4,7 +4,10 @@ environment, then the default."""
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -250,3 +253,36 @@ def test_a_copied_app_is_the_app_itself() -> None:
     assert copy.copy(app) is app
     assert copy.deepcopy({"app": app})["app"] is app
     app.close()
+
+
+def test_a_child_forked_while_a_backend_is_being_made_can_make_its_own() -> None:
+    # Given an app whose lock another thread holds (making a backend) at the moment of a fork
+    app = Faena("forked", broker="memory://", results="memory://")
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with app._connecting:
+            holding.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: that thread does not exist here
+            code = 0 if app.broker is not None else 1
+            os._exit(code)
+        # Then the child makes its broker (its lock is its own) and exits, rather than hang
+        deadline = time.monotonic() + 10
+        while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError("the forked child hung on the app's lock")
+            time.sleep(0.01)
+        assert os.waitstatus_to_exitcode(waited[1]) == 0
+    finally:
+        done.set()
+        holder.join(5)
+        app.close()

@@ -291,7 +291,7 @@ class Faena:
             key,
             message.id,
             options.unique_for,
-            lambda holder: self.broker.locate(holder) == "dead",
+            lambda holder: self.broker.locate(holder, live_first=True) == "dead",
         )
 
     async def asend(

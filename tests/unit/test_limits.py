@@ -270,6 +270,37 @@ def test_a_unique_job_the_broker_dead_lettered_is_replaced(app: Faena, clock: Fa
     assert again.get(timeout=1) == "mon"
 
 
+def test_a_unique_job_sent_again_with_its_dead_letters_id_holds_its_key(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given a unique job the broker dead-lettered (no record of its end), sent again with
+    # the same id
+    @app.task(unique=True)
+    def report(day: str) -> str:
+        return day
+
+    first = report.delay("mon")
+
+    async def lose_every_lease() -> None:
+        consumer = await app.broker.open_consumer(["default"], "dying-worker")
+        try:
+            for _ in range(app.settings.max_deliveries + 1):
+                await consumer.receive(1, 0.01)
+                clock.advance(app.settings.lease_s + 1)
+        finally:
+            await consumer.close()
+
+    asyncio.run(lose_every_lease())
+    again = report.apply_async(("mon",), task_id=first.id)
+    assert app.broker.locate(first.id, live_first=True) == "queued"
+    # When the same call is sent once more while that one waits
+    third = report.delay("mon")
+    # Then it is the waiting job (the dead letter beside it is the earlier send's): one runs
+    assert third.id == again.id == first.id
+    assert drain(app).processed == 1
+    assert third.get(timeout=1) == "mon"
+
+
 def test_a_unique_key_that_keeps_changing_hands_is_an_error_not_a_false_claim(
     app: Faena,
 ) -> None:

@@ -64,6 +64,8 @@ def test_child_that_kills_itself_is_retried_then_dead_lettered_as_worker_lost(
     pids = [line[1] for line in started(env, "suicide")]
     assert len(pids) == 3
     assert len(set(pids)) == 3  # a new child each time
+    # (the record is written before the message is settled: the letter follows it)
+    wait_until(lambda: client.broker.locate(result.id) == "dead", 10, "the message's dead letter")
     dead = asyncio.run(client.broker.dead_letters())
     assert [(d.id, d.reason) for d in dead] == [(result.id, "worker_lost")]
     # and the pool is back to its full size: two jobs can meet inside it at the same time

@@ -252,16 +252,7 @@ def test_a_unique_job_the_broker_dead_lettered_is_replaced(app: Faena, clock: Fa
 
     first = report.delay("mon")
 
-    async def lose_every_lease() -> None:
-        consumer = await app.broker.open_consumer(["default"], "dying-worker")
-        try:
-            for _ in range(app.settings.max_deliveries + 1):
-                await consumer.receive(1, 0.01)
-                clock.advance(app.settings.lease_s + 1)
-        finally:
-            await consumer.close()
-
-    asyncio.run(lose_every_lease())
+    _lose_every_lease(app, clock)
     assert app.broker.locate(first.id) == "dead"
     # When the same call is sent again, Then it is a new job that runs
     again = report.delay("mon")
@@ -281,16 +272,7 @@ def test_a_unique_job_sent_again_with_its_dead_letters_id_holds_its_key(
 
     first = report.delay("mon")
 
-    async def lose_every_lease() -> None:
-        consumer = await app.broker.open_consumer(["default"], "dying-worker")
-        try:
-            for _ in range(app.settings.max_deliveries + 1):
-                await consumer.receive(1, 0.01)
-                clock.advance(app.settings.lease_s + 1)
-        finally:
-            await consumer.close()
-
-    asyncio.run(lose_every_lease())
+    _lose_every_lease(app, clock)
     again = report.apply_async(("mon",), task_id=first.id)
     assert app.broker.locate(first.id, live_first=True) == "queued"
     # When the same call is sent once more while that one waits
@@ -299,6 +281,22 @@ def test_a_unique_job_sent_again_with_its_dead_letters_id_holds_its_key(
     assert third.id == again.id == first.id
     assert drain(app).processed == 1
     assert third.get(timeout=1) == "mon"
+
+
+def _lose_every_lease(app: Faena, clock: FakeClock) -> None:
+    """Hand the first waiting message out to workers that all die (leases run out), until
+    the broker dead-letters it."""
+
+    async def lose() -> None:
+        consumer = await app.broker.open_consumer(["default"], "dying-worker")
+        try:
+            for _ in range(app.settings.max_deliveries + 1):
+                await consumer.receive(1, 0.01)
+                clock.advance(app.settings.lease_s + 1)
+        finally:
+            await consumer.close()
+
+    asyncio.run(lose())
 
 
 def test_a_unique_key_that_keeps_changing_hands_is_an_error_not_a_false_claim(

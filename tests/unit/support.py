@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from faena import Faena, JobEvent
@@ -121,3 +122,12 @@ class LogLine(logging.Handler):
 
     def wait(self, timeout: float = WAIT_S) -> None:
         assert self._seen.wait(timeout), f"no log line starting {self._prefix!r}"
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    """Poll ``condition`` until it holds (a state another thread brings about); fail naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.005)

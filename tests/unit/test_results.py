@@ -7,7 +7,6 @@ import asyncio
 import builtins
 import logging
 import threading
-import time
 from typing import Any
 
 import msgspec
@@ -33,7 +32,7 @@ from faena.contracts.broker import Location
 from faena.model.outcome import JobRecord
 from faena.worker.options import WorkerOptions
 
-from .support import WAIT_S, AppFactory, Events, WorkerThread, drain
+from .support import WAIT_S, AppFactory, Events, WorkerThread, drain, wait_until
 
 
 def test_states_from_unknown_to_queued_to_started_to_success(app: Faena) -> None:
@@ -317,7 +316,10 @@ def test_a_job_sent_again_after_it_was_dead_lettered_reads_as_the_new_run(
     worker = WorkerThread(app).start()
     try:
         second = flaky.apply_async((2,), task_id="again")
-        _wait_state(second, STARTED)
+        wait_until(
+            lambda: (record := second.record) is not None and record.state == STARTED,
+            "the new run's STARTED record",
+        )
         # When it is read while its new run goes on
         # Then it reads as that run (not as the dead letter's failure), and get() waits for it
         assert second.state == STARTED
@@ -327,13 +329,6 @@ def test_a_job_sent_again_after_it_was_dead_lettered_reads_as_the_new_run(
         release.set()
         worker.stop()
     assert calls == [1, 2]
-
-
-def _wait_state(result: Any, state: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while (record := result.record) is None or record.state != state:
-        assert time.monotonic() < deadline, f"{result.id} never read {state}"
-        time.sleep(0.005)
 
 
 def test_revoke_before_start_means_it_never_runs(app: Faena) -> None:

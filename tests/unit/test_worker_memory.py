@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -41,6 +39,7 @@ from .support import (
     dead_letters,
     drain,
     queue_stats,
+    wait_until,
 )
 
 THREAD_POOLS = ["async", "threads", "solo"]
@@ -253,7 +252,7 @@ def test_a_cold_stop_while_a_finished_job_frees_its_slot_keeps_its_outcome(
     r = double.delay(21)
     assert r.get(timeout=WAIT_S) == 42
     assert freeing.wait(WAIT_S)
-    _wait(lambda: app.broker.locate(r.id) is None, "the acknowledgement")
+    wait_until(lambda: app.broker.locate(r.id) is None, "the acknowledgement")
     # When the worker is stopped cold meanwhile
     worker.worker.request_stop(cold=True)
     code = worker.join()
@@ -263,13 +262,6 @@ def test_a_cold_stop_while_a_finished_job_frees_its_slot_keeps_its_outcome(
     assert r.get(timeout=1) == 42
     assert app.broker.locate(r.id) is None
     assert code == 0
-
-
-def _wait(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def test_an_early_acked_jobs_started_record_is_written_before_its_ack(
@@ -364,7 +356,7 @@ def test_a_cold_stop_keeps_the_record_of_a_job_whose_early_ack_got_no_answer(
     worker = WorkerThread(app).start()
     r = double.delay(21)
     assert freeing.wait(WAIT_S)
-    _wait(lambda: (rec := r.record) is not None and rec.state == FAILURE, "its FAILURE record")
+    wait_until(lambda: (rec := r.record) is not None and rec.state == FAILURE, "its FAILURE record")
     # When the worker is stopped cold meanwhile
     worker.worker.request_stop(cold=True)
     code = worker.join()

@@ -567,11 +567,8 @@ class Worker:
             )
             idle.cancel()
             cold.cancel()
-            if self._running.keys() - self._decided:
-                log.warning(
-                    "%d job(s) still running: handing their messages back",
-                    len(self._running.keys() - self._decided),
-                )
+            if unfinished := self._running.keys() - self._decided:
+                log.warning("%d job(s) still running: handing their messages back", len(unfinished))
                 self._cold = True
         # (a job whose end is handed over may still wait to free its slots: it is not stopped)
         code = EXIT_COLD if self._running.keys() - self._decided else EXIT_OK

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from faena.foundation.exceptions import SerializationError
+from faena.foundation.exceptions import MessageTooLarge, SerializationError
 from faena.model import states
 from faena.model.flow import (
     ChordRef,
@@ -79,10 +79,26 @@ def _send(io: FlowIO, messages: list[Message], again: bool) -> None:
 
 
 def after_success(io: FlowIO, message: Message, value: Any, again: bool) -> None:
-    """Send what follows the successful job ``message``, whose result is ``value``."""
-    flow = message.flow
-    if flow is None:
+    """Send what follows the successful job ``message``, whose result is ``value``.
+
+    A follow-up that can never be sent — its message over ``max_message_size`` (a chain's next
+    step carries the result, a chord's body every member's), or a result its serializer cannot
+    carry — ends the workflow there: the failure rules run for ``message`` with that error, so
+    the jobs that will never run are recorded ``FAILURE`` and the error callbacks run, instead
+    of the send failing again on every try.
+    """
+    if message.flow is None:
         return
+    try:
+        _after_success(io, message, value, again)
+    except (MessageTooLarge, SerializationError) as exc:
+        error = ErrorInfo.from_exception(exc)
+        after_failure(io, message, error, again)
+
+
+def _after_success(io: FlowIO, message: Message, value: Any, again: bool) -> None:
+    flow = message.flow
+    assert flow is not None
     now, root = io.now(), message.root_id
     out = [job_message(j, now, message.id, root, [value]) for j in flow.link + flow.next]
     chord = flow.chord

@@ -303,6 +303,54 @@ def test_links_get_the_result_and_errbacks_the_failure(flows: Flows) -> None:
         bad.get(timeout=5)
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["worker", "eager"])
+def test_a_next_job_too_large_to_send_fails_the_workflow_and_holds_nothing_back(
+    make_app: Any, eager: bool
+) -> None:
+    # Given a small message size limit, and results that fit in a record but not in the
+    # message of the job they go to next
+    app = make_app("large", max_message_size=20_000, eager=eager)
+    ran: list[Any] = []
+
+    @app.task(name="large.text")
+    def text(size: int) -> str:
+        return "x" * size
+
+    @app.task(name="large.length")
+    def length(values: Any) -> int:
+        ran.append(("length", values))
+        return len(values)
+
+    @app.task(name="large.errback")
+    def errback(job_id: str, error: dict[str, str]) -> None:
+        ran.append(("errback", error["type"]))
+
+    @app.task(name="large.plain")
+    def plain() -> str:
+        return "ok"
+
+    # When a chain's second step would carry 30 KB, and a chord's body three results of 8 KB
+    # (each member's own message fits), and an unrelated job is sent after them
+    chained = (text.s(30_000) | length.s()).apply_async(link_error=errback.s())
+    chorded = chord([text.s(8_000)] * 3, length.s()).apply_async(link_error=errback.s())
+    other = plain.delay()
+    if not eager:
+        drain(app)  # a burst worker ends only once every message is settled
+    # Then both workflows failed with the reason, their bodies never ran, and the error
+    # callbacks ran once each
+    with pytest.raises(TaskFailed, match="over max_message_size"):
+        chained.get(timeout=5)
+    with pytest.raises(ChordError, match=r"MessageTooLarge: .* over max_message_size"):
+        chorded.get(timeout=5)
+    assert ran == [("errback", "faena.MessageTooLarge")] * 2
+    # And the unrelated job ran, and every message was settled
+    assert other.get(timeout=5) == "ok"
+    if not eager:
+        from .support import queue_stats
+
+        assert queue_stats(app) == []
+
+
 def test_workflows_carry_pickled_arguments_and_results(make_app: Any) -> None:
     # Given an app that sends and accepts pickle
     app = make_app("pickled", serializer="pickle", accept=["json", "pickle"])

@@ -3,7 +3,8 @@
 Every pool calls these, in the worker process or in a child, so a job ends the same way
 whatever runs it: a return value is encoded with the job's serializer (an unencodable value
 is a failure, not a crash), ``Retry`` and ``Reject`` become their outcomes, an exception in
-``retry_for`` asks for a retry, anything else is a failure with type, message and traceback.
+``retry_for`` asks for a retry, anything else is a failure with type, message and traceback —
+``SystemExit`` included: a task's ``sys.exit()`` ends its job, not the process running it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,18 @@ def from_exception(task: Task[..., Any], exc: BaseException, runtime_s: float) -
             error=ErrorInfo.from_exception(exc),
             runtime_s=runtime_s,
         )
+    if isinstance(exc, SystemExit):
+        # sys.exit() in a task (argparse or click on bad input, a script's main() called as a
+        # task) ends that job, never the worker and the other jobs it runs.
+        return Outcome(
+            status="failure",
+            error=ErrorInfo(
+                type="SystemExit",
+                message=f"the task called sys.exit({exc.code!r})",
+                traceback=ErrorInfo.from_exception(exc).traceback,
+            ),
+            runtime_s=runtime_s,
+        )
     error = ErrorInfo.from_exception(exc)
     if task.defaults.retry_for and isinstance(exc, task.defaults.retry_for):
         return Outcome(status="retry", error=error, runtime_s=runtime_s)
@@ -94,7 +107,7 @@ def run_sync(
         if task.is_async:
             value = _run_coroutine(value)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt | SystemExit):
+        if isinstance(exc, KeyboardInterrupt):
             raise
         return from_exception(task, exc, time.perf_counter() - started)
     finally:
@@ -118,7 +131,7 @@ async def run_async(
         value = await task.run(context, args, kwargs)
     except BaseException as exc:
         # Cancellation belongs to whoever cancelled (a time limit, a cold shutdown).
-        if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
+        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
             raise
         return from_exception(task, exc, time.perf_counter() - started)
     finally:

@@ -40,6 +40,8 @@ import math
 import numbers
 from datetime import datetime
 
+from faena.foundation.util import utf8_safe
+
 
 class FaenaError(Exception):
     """Something went wrong in faena."""
@@ -238,8 +240,10 @@ class Reject(TaskSignal):
     """Send this message to the dead-letter queue now, without retrying."""
 
     def __init__(self, reason: str = "rejected") -> None:
-        self.reason = reason
-        super().__init__(reason)
+        if not isinstance(reason, str):
+            raise TypeError(f"a rejection's reason is text (str), got {type(reason).__name__}")
+        self.reason = utf8_safe(reason)  # it is stored with the dead letter
+        super().__init__(self.reason)
 
 
 def _default_message(exc: BaseException, message: str | None) -> str:

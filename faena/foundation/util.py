@@ -1,4 +1,4 @@
-"""Small helpers with no faena knowledge: ids, dotted-path imports."""
+"""Small helpers with no faena knowledge: ids, text, dotted-path imports."""
 
 from __future__ import annotations
 
@@ -16,6 +16,16 @@ def new_id() -> str:
     b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = b.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def utf8_safe(text: str) -> str:
+    """``text``, with anything UTF-8 cannot encode (lone surrogates, as in a file name that
+    ``os.listdir`` decoded with ``surrogateescape``) turned into backslash escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def import_string(path: str) -> Any:

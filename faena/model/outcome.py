@@ -7,6 +7,8 @@ from typing import Literal
 
 import msgspec
 
+from faena.foundation.util import utf8_safe
+
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A failure as stored: type name, message and traceback text, never a pickled object."""
@@ -17,6 +19,9 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """``exc`` as stored. Whatever its text holds, the result can be encoded: an exception
+        whose ``str()`` fails is named instead, and text that is not valid UTF-8 (a file name
+        decoded with ``surrogateescape``) keeps the odd characters as escapes."""
         kind = type(exc)
         if kind.__module__ == "builtins":
             name = kind.__qualname__
@@ -24,8 +29,12 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
             name = f"faena.{kind.__qualname__}"  # the public name: faena.SoftTimeLimitExceeded
         else:
             name = f"{kind.__module__}.{kind.__qualname__}"
+        try:
+            message = str(exc)
+        except Exception as failure:
+            message = f"<str() of this {name} raised {failure!r}>"
         text = "".join(tb.format_exception(kind, exc, exc.__traceback__))
-        return cls(type=name, message=str(exc), traceback=text)
+        return cls(type=utf8_safe(name), message=utf8_safe(message), traceback=utf8_safe(text))
 
 
 OutcomeStatus = Literal["success", "failure", "retry", "reject", "lost"]

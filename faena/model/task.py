@@ -21,7 +21,7 @@ from faena.foundation.exceptions import (
     Retry,
     finite_seconds,
 )
-from faena.foundation.util import new_id
+from faena.foundation.util import new_id, utf8_safe
 from faena.model.options import TaskOptions, validate_priority, validate_queue
 from faena.model.retry import may_retry
 from faena.model.signature import Chunks, Signature
@@ -156,7 +156,9 @@ class JobContext:
         """Report how far the job is (0.0 to 1.0), with an optional short message."""
         if not 0.0 <= float(fraction) <= 1.0:
             raise ValueError(f"progress is a fraction from 0.0 to 1.0, got {fraction!r}")
-        self._progress(float(fraction), message)
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"a progress message is text (str), got {type(message).__name__}")
+        self._progress(float(fraction), None if message is None else utf8_safe(message))
 
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(

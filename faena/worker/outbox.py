@@ -33,6 +33,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+import msgspec
+
 from faena.contracts.broker import Consumer, Settlement
 from faena.contracts.results import ResultStore
 from faena.foundation.exceptions import (
@@ -63,6 +65,22 @@ def log_refused(record: JobRecord, refusal: RecordRefused) -> None:
         record.id,
         record.state,
         refusal,
+    )
+
+
+_UNENCODABLE = (UnicodeError, msgspec.EncodeError)
+"""What a record that can never be encoded fails with (text with lone surrogates, a value of
+a type the encoder refuses): retrying it would hold back every write behind it for ever."""
+
+
+def log_unencodable(record: JobRecord, error: Exception) -> None:
+    log.error(
+        "record of job %s (%s) cannot be encoded and was dropped, so other jobs' results and "
+        "acknowledgements go on: %s: %s",
+        record.id,
+        record.state,
+        type(error).__name__,
+        error,
     )
 
 
@@ -257,6 +275,10 @@ class Outbox:
             if len(records) == 1:
                 log_refused(records[0], refusal)
                 return [None]
+        except _UNENCODABLE as exc:
+            if len(records) == 1:
+                log_unencodable(records[0], exc)
+                return [None]
         except BrokerUnavailable:
             raise
         except BrokerError:
@@ -268,6 +290,9 @@ class Outbox:
                 outcomes.extend(await self._results.store_many([record]))
             except RecordRefused as refusal:
                 log_refused(record, refusal)
+                outcomes.append(None)
+            except _UNENCODABLE as exc:
+                log_unencodable(record, exc)
                 outcomes.append(None)
         return outcomes
 

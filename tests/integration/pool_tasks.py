@@ -91,3 +91,24 @@ def hog(mib: int) -> int:
     """Keeps ``mib`` MiB resident (written, so the pages are really there)."""
     _hoard.append(b"\x01" * (mib * 1024 * 1024))
     return len(_hoard)
+
+
+@app.task
+def exits(code: int) -> None:
+    raise SystemExit(code)
+
+
+@app.task
+def bad_text() -> None:
+    name = b"caf\xe9.csv".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    raise ValueError(f"cannot import {name}")
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+@app.task
+def unprintable() -> None:
+    raise Unprintable()

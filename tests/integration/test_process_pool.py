@@ -137,6 +137,32 @@ def test_an_exception_is_a_failure_with_its_traceback() -> None:
     scenario(body)
 
 
+def test_exit_and_odd_error_text_are_failures_that_keep_the_child() -> None:
+    async def body() -> None:
+        async with running_pool() as pool:
+            # When tasks call sys.exit(), fail with text UTF-8 cannot encode, and fail with an
+            # exception whose str() fails
+            exited = await pool.run(make_job(pool_tasks.exits, 2))
+            odd = await pool.run(make_job(pool_tasks.bad_text))
+            broken = await pool.run(make_job(pool_tasks.unprintable))
+            # Then each is a failure saying what happened, and the same child goes on
+            assert exited.status == odd.status == broken.status == "failure"
+            assert exited.error is not None
+            assert odd.error is not None
+            assert broken.error is not None
+            assert (exited.error.type, exited.error.message) == (
+                "SystemExit",
+                "the task called sys.exit(2)",
+            )
+            assert odd.error.message == "cannot import caf\\udce9.csv"
+            assert broken.error.type == "tests.integration.pool_tasks.Unprintable"
+            assert "str() of this" in broken.error.message
+            assert value(await pool.run(make_job(pool_tasks.add, 1, 1))) == 2
+            assert pool.health().restarts == 0
+
+    scenario(body)
+
+
 def test_a_child_killed_mid_job_is_lost_and_replaced() -> None:
     async def body() -> None:
         async with running_pool(2) as pool:

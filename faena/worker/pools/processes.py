@@ -28,7 +28,8 @@ Honest limits:
   In an ``async def`` task it surfaces wherever the child's event loop is (often its
   ``select``), so the coroutine itself cannot catch it; the job fails with it.
 - A hard time limit kills the whole child; cleanup in the task does not run.
-- A task that calls ``sys.exit`` or ``os._exit`` ends its child: the job is reported lost.
+- A task that calls ``os._exit`` ends its child: the job is reported lost. (``sys.exit`` is an
+  exception like any other: the job fails with it, and the child goes on.)
 - ``terminate`` is meant to be called on the event loop thread, like every other method.
 """
 

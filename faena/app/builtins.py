@@ -7,10 +7,10 @@ way ``task.map(items)`` and ``task.chunks(items, n)`` send them.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from faena.features.execution import run_coroutine
 from faena.foundation.exceptions import UnknownTaskError
 from faena.model.options import build_options
 from faena.model.task import Task
@@ -33,7 +33,7 @@ def register_builtins(app: Faena) -> None:
                 "chunks run tasks of the app that sends them"
             )
         value = task.run(None, args, {})
-        return asyncio.run(value) if inspect.iscoroutine(value) else value
+        return run_coroutine(value) if inspect.iscoroutine(value) else value
 
     def map_(name: str, items: list[Any]) -> list[Any]:
         return [call(name, (item,)) for item in items]

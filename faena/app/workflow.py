@@ -56,10 +56,19 @@ class GroupResult:
         [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
     """
 
-    def __init__(self, group_id: str, results: list[AsyncResult[Any]], app: Faena) -> None:
+    def __init__(
+        self,
+        group_id: str,
+        results: list[AsyncResult[Any]],
+        app: Faena,
+        ids: list[str] | None = None,
+    ) -> None:
         self.id = group_id
         self.results = results
         self.app = app
+        self.ids = ids if ids is not None else [r.id for r in results]
+        """Every job id of the group's members (a member chain's steps, a member chord's
+        members and body), for :meth:`revoke`."""
 
     def __repr__(self) -> str:
         return f"<GroupResult {self.id} of {len(self.results)}>"
@@ -118,8 +127,10 @@ class GroupResult:
     def revoke(
         self, terminate: bool = False, reason: str = "revoked", by: str | None = None
     ) -> int:
-        """Revoke the members that have not finished; how many were still waiting."""
-        return sum(r.revoke(terminate, reason, by) for r in self.results)
+        """Revoke every part of every member that has not finished (a member chain's later
+        steps, a member chord's members and body too); how many were still waiting in the
+        broker. Parts that ended keep their outcome."""
+        return sum(AsyncResult(i, self.app).revoke(terminate, reason, by) for i in self.ids)
 
 
 def send_canvas(
@@ -173,13 +184,17 @@ def _prepare(
         if not canvas.members:
             raise ConfigurationError("an empty group has nothing to send; give it members")
         entries, finals = [], []
-        for member in canvas.members:
-            jobs, final = freezer.freeze(member, After(), None, None, errbacks, 0)
+        for n, member in enumerate(canvas.members):
+            # Each member's error callbacks are jobs of their own: with one set shared, the
+            # broker would take the second failure's callback for the first's, sent again.
+            own = errbacks if n == 0 else freezer.callbacks(link_error, 2)
+            jobs, final = freezer.freeze(member, After(), None, None, own, 0)
             entries += jobs
             finals.append(final)
         group_id = freezer.task_id or finals[0]
         members: list[AsyncResult[Any]] = [AsyncResult(f, app) for f in finals]
-        return _messages(app, entries, options), GroupResult(group_id, members, app)
+        result = GroupResult(group_id, members, app, freezer.ids)
+        return _messages(app, entries, options), result
     entries, final = freezer.freeze(canvas, After(), freezer.task_id, None, errbacks, 0)
     return _messages(app, entries, options), WorkflowResult(final, app, freezer.ids)
 

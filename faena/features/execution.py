@@ -79,7 +79,7 @@ def from_exception(task: Task[..., Any], exc: BaseException, runtime_s: float) -
     return Outcome(status="failure", error=error, runtime_s=runtime_s)
 
 
-def _run_coroutine(coro: Any) -> Any:
+def run_coroutine(coro: Any) -> Any:
     """Run a coroutine to completion from sync code, even under a running event loop (then on
     a short-lived thread of its own, as ``asyncio.run`` cannot nest)."""
     try:
@@ -105,7 +105,7 @@ def run_sync(
     try:
         value = task.run(context, args, kwargs)
         if task.is_async:
-            value = _run_coroutine(value)
+            value = run_coroutine(value)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt):
             raise

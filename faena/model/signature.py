@@ -245,6 +245,17 @@ class Signature(Canvas):
         }
 
 
+def _parts(kind: str, given: Any) -> list[Any]:
+    """The parts in ``given``, an iterable of canvases (text is not one: ``chain(sig, "x")``
+    would otherwise take each letter for a step)."""
+    if isinstance(given, str | bytes | Mapping) or not isinstance(given, Iterable):
+        raise ConfigurationError(
+            f"{kind} takes signatures (task.s(...)) or other canvases, or an iterable of them; "
+            f"got {given!r}"
+        )
+    return list(given)
+
+
 class Chain(Canvas):
     """Run steps one after the other, each given the previous result: ``a | b | c``."""
 
@@ -256,7 +267,7 @@ class Chain(Canvas):
             elif isinstance(step, Canvas):
                 flat.append(step)
             else:
-                flat += Chain(*step).steps
+                flat += Chain(*_parts("a chain", step)).steps
         if not flat:
             raise ConfigurationError("a chain needs at least one step")
         self.steps: list[Canvas] = flat
@@ -280,7 +291,7 @@ class Group(Canvas):
     def __init__(self, *members: Canvas | Iterable[Canvas]) -> None:
         flat: list[Canvas] = []
         for member in members:
-            flat += [member] if isinstance(member, Canvas) else list(member)
+            flat += [member] if isinstance(member, Canvas) else _parts("a group", member)
         for item in flat:
             if not isinstance(item, Canvas):
                 raise ConfigurationError(
@@ -345,6 +356,15 @@ def from_dict(data: Mapping[str, Any], app: CanvasSender | None = None) -> Canva
         ConfigurationError: ``data`` is not a canvas in JSON form.
     """
     kind = data.get("kind") if isinstance(data, Mapping) else None
+    try:
+        return _from_dict(kind, data, app)
+    except KeyError as missing:
+        raise ConfigurationError(
+            f"not a canvas in JSON form: a {kind} needs {missing.args[0]!r}: {data!r}"
+        ) from None
+
+
+def _from_dict(kind: Any, data: Mapping[str, Any], app: CanvasSender | None) -> Canvas:
     if kind == "signature":
         sig = Signature(
             data["task"],
@@ -363,7 +383,8 @@ def from_dict(data: Mapping[str, Any], app: CanvasSender | None = None) -> Canva
         return Group(from_dict(d, app) for d in data["members"])
     if kind == "chord":
         header = from_dict(data["header"], app)
-        assert isinstance(header, Group)
+        if not isinstance(header, Group):
+            raise ConfigurationError(f"a chord's header is a group, got {header!r}")
         return Chord(header, from_dict(data["body"], app))
     raise ConfigurationError(
         f"not a canvas in JSON form (expected a 'kind' of signature, chain, group or chord): "

@@ -291,24 +291,46 @@ class Task(Generic[P, R]):
         return Signature(self, args, kwargs, immutable=True)
 
     def map(self, items: Iterable[Any]) -> Signature:
-        """One job calling this task on each item in turn; its result is the list of results."""
-        return Signature("faena.map", (self.name, list(items)), app=self.dispatcher)  # type: ignore[arg-type]
+        """One job calling this task on each item in turn; its result is the list of results.
+
+        Raises:
+            TypeError: an item is not an argument this task takes (as ``delay`` would).
+        """
+        values = list(items)
+        for item in values:
+            self.check_arguments_or_raise((item,), {})
+        return Signature("faena.map", (self.name, values), app=self.dispatcher)  # type: ignore[arg-type]
 
     def starmap(self, items: Iterable[Iterable[Any]]) -> Signature:
-        """Like :meth:`map`, each item being the argument tuple: ``add.starmap([(1, 2)])``."""
-        rows = [list(i) for i in items]
+        """Like :meth:`map`, each item being the argument tuple: ``add.starmap([(1, 2)])``.
+
+        Raises:
+            TypeError: an item is not a sequence of arguments this task takes.
+        """
+        rows = [_row(i) for i in items]
+        for row in rows:
+            self.check_arguments_or_raise(tuple(row), {})
         return Signature("faena.starmap", (self.name, rows), app=self.dispatcher)  # type: ignore[arg-type]
 
     def chunks(self, items: Iterable[Iterable[Any]], n: int) -> Chunks:
         """Argument tuples split into jobs of ``n`` calls each (a group of starmaps)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigurationError(f"chunks takes a chunk size of at least 1, got {n!r}")
-        rows = [list(i) for i in items]
+        rows = [_row(i) for i in items]
         return Chunks(self.starmap(rows[i : i + n]) for i in range(0, len(rows), n))
 
     def options(self, **options: Any) -> BoundCall[P, R]:
         """Fix call options, then ``delay``: ``task.options(queue="high").delay(1, 2)``."""
         return BoundCall(self, _call_options(self, options))
+
+
+def _row(item: Any) -> list[Any]:
+    """One call's arguments in ``starmap`` or ``chunks``: a tuple or list of them."""
+    if isinstance(item, str | bytes | Mapping) or not isinstance(item, Iterable):
+        raise TypeError(
+            f"starmap and chunks take one sequence of arguments per call, e.g. (1, 2); got {item!r}"
+        )
+    return list(item)
 
 
 def _positional_range(signature: inspect.Signature) -> tuple[int, float] | None:

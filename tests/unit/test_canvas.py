@@ -123,6 +123,36 @@ def test_bad_signatures_are_refused_with_the_valid_choices(flows: Flows) -> None
         from_dict({"task": "x"})
 
 
+@pytest.mark.parametrize(
+    ("build", "error", "message"),
+    [
+        (lambda f: chain(f.add.s(1, 1), "flows.mul"), ConfigurationError, "a chain takes"),
+        (lambda f: chain(f.add.s(1, 1), 5), ConfigurationError, "a chain takes"),
+        (lambda f: group(f.add.s(1, 1), "flows.mul"), ConfigurationError, "a group takes"),
+        (lambda f: f.add.chunks([1, 2, 3], 2), TypeError, "one sequence of arguments"),
+        (lambda f: f.add.starmap(["ab"]), TypeError, "one sequence of arguments"),
+        (lambda f: f.add.starmap([(1,)]), TypeError, r"flows\.add.*missing"),
+        (lambda f: f.add.chunks([(1,), (2,)], 1), TypeError, r"flows\.add.*missing"),
+        (lambda f: f.add.map([1]), TypeError, r"flows\.add.*missing"),
+        (
+            lambda f: from_dict({"kind": "chord", "header": f.add.s(1, 1).to_dict(), "body": {}}),
+            ConfigurationError,
+            "a chord's header is a group",
+        ),
+        (lambda f: from_dict({"kind": "signature"}), ConfigurationError, "needs 'task'"),
+        (lambda f: from_dict({"kind": "chain"}), ConfigurationError, "needs 'steps'"),
+    ],
+)
+def test_malformed_canvases_are_refused_when_built_saying_what_is_wrong(
+    make_app: Any, build: Any, error: type[Exception], message: str
+) -> None:
+    flows = Flows(make_app())
+    with pytest.raises(error, match=message):
+        build(flows)
+    flows.run()
+    assert flows.ran == []  # nothing was sent
+
+
 def test_a_signature_sends_like_its_task(flows: Flows) -> None:
     # Given a partial signature, When it is sent with more arguments, they go first
     result = flows.add.s(10).delay(5)
@@ -201,6 +231,33 @@ def test_revoking_a_group_or_chain_revokes_what_has_not_started(flows: Flows) ->
     assert flows.ran == []
     assert [r.state for r in members] == ["REVOKED"] * 3
     assert steps.state == "REVOKED"
+
+
+def test_revoking_a_group_revokes_every_part_of_its_members(flows: Flows) -> None:
+    if flows.app.settings.eager:
+        pytest.skip("eager mode runs a workflow when it is sent: nothing is left to revoke")
+    # Given a group of a chain and a chord, sent but not run
+    nested = group(
+        flows.add.s(1, 1) | flows.mul.s(2),
+        chord([flows.add.s(2, 2), flows.add.s(3, 3)], flows.total.s()),
+    ).delay()
+    # When the group is revoked
+    assert nested.revoke() == 3  # the chain's first step and the chord's two members waited
+    flows.run()
+    # Then no part of any member ran, and each member's result reads REVOKED
+    assert flows.ran == []
+    assert [r.state for r in nested] == ["REVOKED", "REVOKED"]
+
+
+def test_each_failed_member_of_a_group_runs_the_error_callback(flows: Flows) -> None:
+    # Given a group of three failing members and one that succeeds, with an error callback
+    members = group(flows.boom.s(1), flows.add.s(1, 1), flows.boom.s(2), flows.boom.s(3))
+    result = members.apply_async(link_error=flows.errback.s())
+    flows.run()
+    # Then the callback ran once for each failed member, with that member's id
+    failed = {result[n].id for n in (0, 2, 3)}
+    assert {job_id for job_id, _ in flows.runs("errback")} == failed
+    assert len(flows.runs("errback")) == 3
 
 
 # -- chords -----------------------------------------------------------------------------------

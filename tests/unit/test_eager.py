@@ -331,3 +331,19 @@ def test_job_already_expired_when_sent_is_revoked_not_run(
     # Then, as on a worker, it never runs and reads REVOKED
     assert ran == []
     assert r.state == REVOKED
+
+
+def test_map_of_an_async_task_runs_inside_a_running_event_loop(eager_app: Faena) -> None:
+    @eager_app.task(name="eager.double")
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    async def caller() -> tuple[Any, Any, Any]:
+        # An async web handler sending map, starmap and chunks of an async task, in eager mode
+        mapped = await double.map([1, 2]).adelay()
+        starred = await double.starmap([(3,), (4,)]).adelay()
+        chunked = await double.chunks([(5,), (6,), (7,)], 2).adelay()
+        return mapped.get(timeout=1), starred.get(timeout=1), chunked.get(timeout=1)
+
+    assert asyncio.run(caller()) == ([2, 4], [6, 8], [[10, 12], [14]])

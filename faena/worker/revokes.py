@@ -66,6 +66,9 @@ class Revokes:
             # Cannot tell now: run them; a revoke still wins over their records (its fence).
             log.exception("could not check %d message(s) for revokes", len(ids))
             return revoked
+        for d in batch:
+            if d.record is UNSET:
+                d.record = records.get(d.id)  # as a claim that reads them would have it
         return revoked | {i for i, r in records.items() if _revoked(r)}
 
     def was_terminated(self, job_id: str) -> bool:

@@ -16,6 +16,7 @@ out) stops running jobs and hands their messages back. A clean stop exits 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -29,12 +30,12 @@ from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
 from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
-from faena.features.lifecycle import Decision, base_record, decide, expired
+from faena.features.lifecycle import Decision, RunInfo, base_record, decide, expired
 from faena.foundation.exceptions import ConfigurationError, RecordRefused
 from faena.foundation.util import worker_identity
 from faena.model import states
 from faena.model.message import Message
-from faena.model.outcome import ErrorInfo, JobRecord, Outcome
+from faena.model.outcome import FINAL_FENCE, ErrorInfo, JobRecord, Outcome
 from faena.worker.canvas import after_job
 from faena.worker.endings import Endings, Key, key_of
 from faena.worker.logs import current_job
@@ -354,6 +355,9 @@ class Worker:
         task, message = job.task, job.message
         started = self.app.settings.clock.time()
         info = self._ends.run_info(delivery, started, message)
+        if task.defaults.acks_late and _succeeded_before(delivery, message):
+            await self._succeeded_again(delivery, job, info)
+            return
         record: JobRecord | None = None
         if not task.defaults.ignore_result:
             record = base_record(message, info, states.STARTED, task.defaults)
@@ -404,6 +408,30 @@ class Worker:
         self._decided.add(key_of(delivery))
         if decision.action in ("ack", "dead"):
             await self._flow.finished(message, task.defaults, job.args, job.kwargs)
+
+    async def _succeeded_again(self, delivery: Delivery, job: Admitted, info: RunInfo) -> None:
+        """A delivery of a job whose earlier run of the same send succeeded: that worker died
+        after the result and before the acknowledgement. It is not run again; what follows it
+        is carried through (a second run sends only what was not sent) and it is acknowledged,
+        its record left as that run wrote it."""
+        assert self._outbox
+        task, message = job.task, job.message
+        prior = delivery.record
+        assert isinstance(prior, JobRecord)
+        log.info(
+            "job %s (%s) already succeeded (delivery %d; its acknowledgement was lost): "
+            "not run again",
+            message.id,
+            task.name,
+            delivery.deliveries,
+        )
+        outcome = Outcome(status="success", value=prior.value)
+        decision = dataclasses.replace(decide(task.defaults, message, outcome, info), record=None)
+        if message.flow is not None:
+            decision = after_job(self.app, self._outbox, delivery, message, outcome, decision)
+        self._ends.apply(delivery, decision, job)
+        self._decided.add(key_of(delivery))
+        await self._flow.finished(message, task.defaults, job.args, job.kwargs)
 
     async def _early_ack(self, delivery: Delivery, record: JobRecord | None) -> bool:
         """acks_late=False: the STARTED record, then the acknowledgement, before the run.
@@ -632,6 +660,22 @@ def _run_of(delivery: Delivery) -> str:
     """Names one run in the limits' slots: the same job id may run twice at once (a lost
     lease, or the id sent to two queues), and each run holds and frees its own slot."""
     return f"{delivery.id}@{delivery.queue}#{delivery.fence}"
+
+
+def _succeeded_before(delivery: Delivery, message: Message) -> bool:
+    """Whether the record the worker read for ``delivery`` (with its claim, or in its revoke
+    check) is a success of an earlier run of this very send: same send time in its fence
+    (see :func:`~faena.features.lifecycle.record_fence`), not a revoke's."""
+    prior = delivery.record
+    return (
+        isinstance(prior, JobRecord)
+        and prior.state == states.SUCCESS
+        and message.sent_at is not None
+        and delivery.deliveries > 1
+        and 0 < prior.fence < FINAL_FENCE
+        and prior.fence >> 16 == round(message.sent_at * 1000)
+        and prior.serializer == message.serializer
+    )
 
 
 def _log_outcome(

@@ -18,6 +18,7 @@ from faena import (
     JobContext,
     Task,
     TaskFailed,
+    chord,
 )
 from faena.backends.memory import broker as memory_broker
 from faena.contracts.broker import Delivery, Outgoing, WorkerInfo
@@ -304,3 +305,55 @@ def test_a_lease_renewal_the_broker_refuses_does_not_stop_the_rest_of_the_heartb
         release.set()
         runner.stop()
     assert r.get(timeout=WAIT_S) == "done"
+
+
+def _first_ack_lost(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first acknowledgement never reaches the broker, as when its worker dies right after
+    writing the job's result: the message stays leased until its lease ends. Returns the id
+    whose acknowledgement was lost, once it is."""
+    real = memory_broker._MemoryConsumer.settle
+    lost: list[str] = []
+
+    async def settle(self, settlements):  # type: ignore[no-untyped-def]
+        if not lost and settlements[0].action == "ack":
+            lost.append(settlements[0].delivery.id)
+            return [True, *await real(self, settlements[1:])]
+        return await real(self, settlements)
+
+    monkeypatch.setattr(memory_broker._MemoryConsumer, "settle", settle)
+    return lost
+
+
+def test_a_job_whose_acknowledgement_was_lost_is_not_run_again(
+    app: Faena, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a chord whose first member ran and was counted, but whose acknowledgement was lost
+    # (its worker died after the result), while the other member waited on another queue
+    ran: list[tuple[str, object]] = []
+
+    @app.task(name="lost.add")
+    def add(x: int, y: int) -> int:
+        ran.append(("add", (x, y)))
+        return x + y
+
+    @app.task(name="lost.total")
+    def total(values: list[int]) -> list[int]:
+        ran.append(("total", values))
+        return values
+
+    result = chord([add.s(1, 1), add.s(2, 2).set(queue="later")], total.s()).delay()
+    lost = _first_ack_lost(monkeypatch)
+    drain(app)
+    assert ran == [("add", (1, 1))]
+    assert [(q.queue, q.leased) for q in asyncio.run(app.broker.stats())] == [
+        ("default", 1),
+        ("later", 0),
+    ]
+    # When its lease ends and a worker takes it again, with the other member
+    clock.advance(app.settings.lease_s + 1)
+    drain(app, ["default", "later"])
+    # Then it did not run again; the body got both members' results; nothing is left
+    assert ran == [("add", (1, 1)), ("add", (2, 2)), ("total", [2, 4])]
+    assert result.get(timeout=WAIT_S) == [2, 4]
+    assert app.AsyncResult(lost[0]).get(timeout=WAIT_S) == 2
+    assert asyncio.run(app.broker.stats()) == []

@@ -16,6 +16,7 @@ out) stops running jobs and hands their messages back. A clean stop exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -145,6 +146,7 @@ class Worker:
                 self._loop.add_signal_handler(sig, self._begin_stop, False)
             except (NotImplementedError, RuntimeError, ValueError):
                 return  # not the main thread (tests run workers in threads)
+        _forget_signals_in_forked_children()
 
     # -- main ---------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -660,6 +662,42 @@ def _run_of(delivery: Delivery) -> str:
     """Names one run in the limits' slots: the same job id may run twice at once (a lost
     lease, or the id sent to two queues), and each run holds and frees its own slot."""
     return f"{delivery.id}@{delivery.queue}#{delivery.fence}"
+
+
+_FORK_HOOK: list[bool] = []
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _forget_signals_in_forked_children() -> None:
+    """Have a child a task forks (``multiprocessing`` with ``fork``, ``os.fork``) drop the
+    worker's signal set-up: the event loop's handlers write the signal's number to the loop's
+    wake-up pipe, which the child shares, so a ``terminate()`` of the child would reach the
+    worker as a SIGTERM of its own and stop it, while the child ignored it. The forking thread
+    holds SIGTERM and SIGINT back across the fork, so one sent to the child before its reset
+    waits for it. Once per process."""
+    if not _FORK_HOOK:
+        _FORK_HOOK.append(True)
+        os.register_at_fork(
+            before=_hold_stop_signals,
+            after_in_parent=_release_stop_signals,
+            after_in_child=_default_signals,
+        )
+
+
+def _hold_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _release_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _default_signals() -> None:
+    with contextlib.suppress(ValueError):  # (only the main thread may; the forking one is)
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    _release_stop_signals()
 
 
 def _succeeded_before(delivery: Delivery, message: Message) -> bool:

@@ -104,3 +104,15 @@ def flaky_member(i: int) -> int:
 @app.task
 def chord_errback(job_id: str, error: dict[str, str]) -> None:
     ledger(f"errback {job_id} {error['type']}")
+
+
+@app.task
+def fork_and_terminate() -> list[object]:
+    """The run-with-a-timeout idiom: a forked child, terminated; is it gone, and how?"""
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    child.start()
+    child.terminate()
+    child.join(10)
+    return [child.is_alive(), child.exitcode]

@@ -165,3 +165,18 @@ def test_a_job_longer_than_its_lease_is_never_handed_out_twice(client, env, star
     record = result.record
     assert record is not None
     assert record.deliveries == 1
+
+
+@pytest.mark.parametrize("pool", ["async", "threads"])
+def test_a_task_that_terminates_a_child_it_forked_does_not_stop_the_worker(
+    client, env, start_worker, pool
+):
+    # Given a worker whose task forks a child (multiprocessing's fork) and terminates it
+    worker = start_worker("--pool", pool, "-c", "2")
+    # When the task runs
+    alive, exitcode = client.enqueue(f"{TASKS}.fork_and_terminate").get(timeout=30)
+    # Then the child ended by SIGTERM, and the worker, which shares no signal with it, runs on
+    assert (alive, exitcode) == (False, -signal.SIGTERM)
+    assert client.enqueue(f"{TASKS}.work", 7).get(timeout=30) == 7
+    assert worker.proc.poll() is None
+    assert "shutdown" not in worker.output()

@@ -159,9 +159,14 @@ def worker(
         grace_s=grace_s,
     )
     runner = Worker(app, options)
+    loop = asyncio.Runner()
     try:
-        code = asyncio.run(runner.run())
+        code = loop.run(runner.run())
     finally:
+        if not runner.leftover:
+            # (as asyncio.run: cancel what is left and wait for it; a job that never ends is
+            # not waited for, and the process leaves below)
+            loop.close()
         app.close()
     if runner.leftover:
         # A thread cannot be killed and Python would wait for it at exit: everything is

@@ -604,17 +604,33 @@ class Worker:
         code = EXIT_COLD if self._running.keys() - self._decided else EXIT_OK
         for runner in self._runners:
             runner.cancel()
-        await asyncio.gather(*self._runners, return_exceptions=True)
+        stuck: set[asyncio.Task[None]] = set()
+        if self._runners:
+            _, stuck = await asyncio.wait(self._runners, timeout=_RUNNERS_STOP_S)
+        self._hand_back_stuck(stuck)
         await self._pool.stop(graceful=not self._cold, timeout_s=1.0)
         await self._flush_logged()
-        self.leftover = self._pool.leftover()
+        self.leftover = self._pool.leftover() + len(stuck)
         if self.leftover:
             log.warning(
-                "%d job thread(s) never returned (abandoned at a hard time limit, or stopped at "
-                "shutdown); their messages are settled or handed back",
+                "%d job(s) never returned (a thread abandoned at a hard time limit or stopped "
+                "at shutdown, or an async def task that ignores cancellation); their messages "
+                "are settled or handed back",
                 self.leftover,
             )
         return code
+
+    def _hand_back_stuck(self, stuck: set[asyncio.Task[None]]) -> None:
+        """Hand back the messages of jobs whose runner did not end when cancelled (an
+        ``async def`` task that swallows the cancellation): the job may go on, but the worker
+        is stopping, and ``faena worker`` then leaves without waiting for it."""
+        for key, runner in list(self._running.items()):
+            if runner in stuck and key not in self._decided:
+                delivery = self._ends.held.get((key[0], key[1]))
+                if delivery is not None and key_of(delivery) == key:
+                    log.warning("job %s ignores cancellation: handing its message back", key[1])
+                    self._ends.release(delivery, self._started_records.get(key))
+                    self._decided.add(key)
 
     def _hand_back_queued(self) -> None:
         assert self._queue
@@ -663,6 +679,10 @@ def _run_of(delivery: Delivery) -> str:
     lease, or the id sent to two queues), and each run holds and frees its own slot."""
     return f"{delivery.id}@{delivery.queue}#{delivery.fence}"
 
+
+_RUNNERS_STOP_S = 2.0
+"""How long a stopping worker waits for its cancelled runners: a job's ``async def`` code may
+clean up on ``CancelledError``, but one that swallows it is not waited for."""
 
 _FORK_HOOK: list[bool] = []
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

@@ -180,3 +180,33 @@ def test_a_task_that_terminates_a_child_it_forked_does_not_stop_the_worker(
     assert client.enqueue(f"{TASKS}.work", 7).get(timeout=30) == 7
     assert worker.proc.poll() is None
     assert "shutdown" not in worker.output()
+
+
+def test_a_worker_exits_after_abandoning_an_async_job_that_ignores_cancellation(
+    client, env, start_worker
+):
+    # Given an async def job that ignores cancellation, abandoned at its hard time limit
+    worker = start_worker("--pool", "async")
+    result = client.enqueue(f"{TASKS}.stubborn", 1)
+    with pytest.raises(TaskFailed, match="time limit"):
+        result.get(timeout=30)
+    # When the worker is asked to stop
+    worker.signal(signal.SIGTERM)
+    # Then it exits 0 without waiting for that coroutine, saying so
+    assert worker.wait(15) == 0
+    assert "1 job(s) never returned" in worker.output()
+
+
+def test_a_cold_stop_hands_back_an_async_job_that_ignores_cancellation_and_exits(
+    client, env, start_worker
+):
+    # Given a running async def job, without a time limit, that ignores cancellation
+    worker = start_worker("--pool", "async", "--grace", "0.5")
+    result = client.enqueue(f"{TASKS}.stubborn_forever", 2)
+    wait_until(lambda: len(started(env)) == 1, 30, "the job running")
+    # When the worker is stopped and its grace runs out
+    worker.signal(signal.SIGTERM)
+    # Then it hands the job's message back and exits 3, without waiting for the job
+    assert worker.wait(15) == 3
+    assert "ignores cancellation: handing its message back" in worker.output()
+    assert result.state == "QUEUED"

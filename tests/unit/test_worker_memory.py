@@ -224,6 +224,37 @@ def test_second_stop_request_is_a_cold_stop(app: Faena) -> None:
     assert app.broker.locate(job_id) == "queued"
 
 
+@pytest.mark.parametrize("time_limit", [None, 30.0], ids=["no limit", "with a limit"])
+def test_a_cold_stop_cancels_a_running_async_job(
+    app: Faena, time_limit: float | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a running async def job (one with a time limit runs as a task of its own)
+    caplog.set_level(logging.INFO)
+
+    @app.task(time_limit=time_limit)
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(WAIT_S)
+        except asyncio.CancelledError:
+            logging.getLogger("tests.job").info("job cancelled")
+            raise
+
+    events = Events(app)
+    runner = WorkerThread(app).start()
+    r = waits.delay()
+    events.wait_for(STARTED, r.id)
+    # When the worker is stopped twice
+    with LogLine("faena.worker", "graceful shutdown") as stopping:
+        runner.worker.request_stop()
+        stopping.wait()
+    runner.worker.request_stop()
+    # Then the job was cancelled before the worker stopped, and its message handed back
+    assert runner.join() == 3
+    said = [m for m in caplog.messages if m == "job cancelled" or " stopped after " in m]
+    assert said == ["job cancelled", said[1]]
+    assert app.AsyncResult(r.id).state == QUEUED
+
+
 def test_job_handed_back_at_a_cold_stop_reads_as_queued(app: Faena) -> None:
     # Given a job handed back at a cold stop
     _, job_id = _cold_stop_while_running(app)

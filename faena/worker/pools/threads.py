@@ -298,6 +298,8 @@ class AsyncPool(ThreadPool):
         super().__init__(size, registry, name="async")
         self._tasks: dict[str, asyncio.Task[Outcome]] = {}
         self._terminating: set[str] = set()
+        self._stuck: set[asyncio.Task[Outcome]] = set()
+        """Coroutines left running past their hard time limit (they ignore cancellation)."""
 
     async def run(self, job: Job) -> Outcome:
         task = self._task(job)
@@ -310,8 +312,14 @@ class AsyncPool(ThreadPool):
         self._tasks[job.request.id] = inner
         try:
             return await self._watch_coroutine(inner, job)
+        except asyncio.CancelledError:
+            inner.cancel()  # the runner is stopped (a cold shutdown): so is its job
+            raise
         finally:
             self._tasks.pop(job.request.id, None)
+            if not inner.done():
+                self._stuck.add(inner)
+                inner.add_done_callback(self._stuck.discard)
 
     async def _watch_coroutine(self, inner: asyncio.Task[Outcome], job: Job) -> Outcome:
         soft, hard = job.soft_time_limit, job.time_limit
@@ -378,12 +386,19 @@ class AsyncPool(ThreadPool):
     def health(self) -> PoolHealth:
         base = super().health()
         return PoolHealth(
-            size=self.size, busy=base.busy + len(self._tasks), abandoned=base.abandoned
+            size=self.size,
+            busy=base.busy + len(self._tasks),
+            abandoned=base.abandoned + len(self._stuck),
         )
 
     async def stop(self, graceful: bool, timeout_s: float) -> None:
         if graceful and self._tasks:
             await asyncio.wait(list(self._tasks.values()), timeout=timeout_s)
-        for inner in list(self._tasks.values()):
+        for inner in [*self._tasks.values(), *self._stuck]:
             inner.cancel()
         await super().stop(graceful, timeout_s)
+
+    def leftover(self) -> int:
+        """Threads that have not returned, and coroutines that ignore cancellation: the
+        process should not wait for either at exit."""
+        return super().leftover() + len(self._stuck)

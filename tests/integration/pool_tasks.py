@@ -112,3 +112,8 @@ class Unprintable(Exception):
 @app.task
 def unprintable() -> None:
     raise Unprintable()
+
+
+@app.task(bind=True)
+def header_types(self: JobContext) -> dict[str, str]:
+    return {k: repr(v) for k, v in self.request.headers.items()}

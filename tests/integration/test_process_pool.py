@@ -7,11 +7,14 @@ running in a child from the job's own progress report, never from a sleep.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import multiprocessing
 import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +24,7 @@ import pytest
 from faena.contracts.pool import Job
 from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import new_id
-from faena.model.message import Message, encode_message, pack_arguments
+from faena.model.message import Message, encode_message, pack_arguments, pack_headers
 from faena.model.outcome import Outcome
 from faena.model.serialization import loads_json
 from faena.model.task import ProgressSink, Request, Task
@@ -161,6 +164,46 @@ def test_exit_and_odd_error_text_are_failures_that_keep_the_child() -> None:
             assert pool.health().restarts == 0
 
     scenario(body)
+
+
+def test_headers_reach_the_task_with_their_types() -> None:
+    headers = {
+        "amount": decimal.Decimal("1.50"),
+        "pair": (1, 2),
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "when_tz": datetime.datetime(
+            2026, 1, 2, 3, 4, 5, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
+        ),
+        "day": datetime.date(2026, 1, 2),
+        "ref": uuid.UUID(int=1),
+    }
+    job_id = new_id()
+    body = encode_message(
+        Message(
+            id=job_id,
+            task=pool_tasks.header_types.name,
+            queue="default",
+            headers=pack_headers(headers),
+            **pack_arguments((), {}, "json"),
+        )
+    )
+    job = Job(
+        request=Request(id=job_id, task=pool_tasks.header_types.name, headers=headers),
+        body=body,
+        args=(),
+        kwargs={},
+        serializer="json",
+        time_limit=None,
+        soft_time_limit=None,
+        progress=_ignore,
+    )
+
+    async def body_() -> None:
+        async with running_pool() as pool:
+            # Then a task in a child sees the same values as in any other pool
+            assert value(await pool.run(job)) == {k: repr(v) for k, v in headers.items()}
+
+    scenario(body_)
 
 
 def test_a_child_killed_mid_job_is_lost_and_replaced() -> None:

@@ -28,7 +28,7 @@ from faena.app.core import Faena
 from faena.features.execution import run_sync
 from faena.features.intake import resolve_task
 from faena.foundation.exceptions import SoftTimeLimitExceeded, UnknownTaskError
-from faena.model.message import decode_message, unpack_arguments
+from faena.model.message import decode_message, unpack_arguments, unpack_headers
 from faena.model.outcome import ErrorInfo, Outcome
 from faena.model.task import Request
 from faena.worker.loader import load_app
@@ -216,6 +216,9 @@ def _run_one(app: Faena, work: Work, channel: _Channel, soft_limit: _SoftLimit) 
     try:
         message = decode_message(work.body)
         args, kwargs = unpack_arguments(message)
+        # The headers as the task would see them in any other pool, with their types (the
+        # request crossed over as msgpack, which has no Decimal, tuple or naive datetime).
+        request = msgspec.structs.replace(work.request, headers=unpack_headers(message))
         task = resolve_task(app.registry, message.task, app.function_modules)
     except Exception as exc:  # the worker admitted it, so this is a bug; report, do not die
         return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
@@ -228,7 +231,7 @@ def _run_one(app: Faena, work: Work, channel: _Channel, soft_limit: _SoftLimit) 
     soft_limit.arm(work.soft_time_limit)
     try:
         try:
-            return run_sync(task, work.request, args, kwargs, work.serializer, channel.progress)
+            return run_sync(task, request, args, kwargs, work.serializer, channel.progress)
         finally:
             soft_limit.disarm()
     except SoftTimeLimitExceeded as exc:

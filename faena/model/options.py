@@ -75,6 +75,11 @@ def validate_priority(priority: int) -> int:
     return priority
 
 
+MAX_SECONDS = 1e9
+"""The longest time limit, expiry or result lifetime a task takes (about 31 years): beyond
+it, timers overflow (``sys.maxsize`` as "no limit" killed a process pool child)."""
+
+
 def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
@@ -86,6 +91,11 @@ def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> None:
         raise ConfigurationError(
             f"task option {name} must be a positive number of seconds (not inf or nan), "
             f"got {value!r}"
+        )
+    if value > MAX_SECONDS:
+        raise ConfigurationError(
+            f"task option {name} must be at most {MAX_SECONDS:g} seconds (about 31 years), got "
+            f"{value!r}; leave it unset (None) for no limit"
         )
 
 

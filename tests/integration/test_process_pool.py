@@ -280,6 +280,21 @@ def test_soft_time_limit_is_raised_inside_the_task() -> None:
     scenario(body)
 
 
+def test_a_task_with_its_own_alarm_handler_does_not_turn_soft_limits_off() -> None:
+    async def body() -> None:
+        async with running_pool() as pool:
+            # Given a child where a task set a SIGALRM handler of its own
+            assert value(await pool.run(make_job(pool_tasks.takes_alarm))) == "mine"
+            # Then the next job's soft limit still fires in that child
+            late = await pool.run(make_job(pool_tasks.sleeper, 30, soft_time_limit=0.2))
+            assert late.status == "failure"
+            assert late.error is not None
+            assert late.error.type.endswith("SoftTimeLimitExceeded")
+            assert pool.health().restarts == 0
+
+    scenario(body)
+
+
 def test_progress_is_delivered_on_the_event_loop_thread() -> None:
     async def body() -> None:
         seen: list[tuple[float, str | None, int]] = []

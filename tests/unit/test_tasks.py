@@ -116,6 +116,8 @@ def test_unknown_task_option_is_an_error_at_declaration_listing_valid_ones(app: 
         ({"default_retry_delay": float("inf")}, "default_retry_delay must be a finite number"),
         ({"retry_backoff_max": float("nan")}, "retry_backoff_max must be a finite number"),
         ({"time_limit": float("inf")}, r"time_limit must be a positive number .*not inf or nan"),
+        ({"soft_time_limit": 2**63 - 1}, r"soft_time_limit must be at most 1e\+09 seconds.*None"),
+        ({"result_ttl": 1e10}, r"result_ttl must be at most"),
         ({"result_ttl": float("nan")}, r"result_ttl must be a positive number .*not inf or nan"),
     ],
 )

@@ -91,6 +91,9 @@ class _SoftLimit:
     def arm(self, limit: float | None) -> None:
         self.pending = False
         if limit is not None and limit > 0:
+            # Installed for every job: a task that set a SIGALRM handler of its own (an
+            # alarm-based timeout helper) turns off soft limits for that job only.
+            signal.signal(signal.SIGALRM, self.on_alarm)
             self.limit, self.armed = limit, True
             signal.setitimer(signal.ITIMER_REAL, limit)
 

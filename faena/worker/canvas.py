@@ -233,9 +233,47 @@ def after_job(
         error = (record.error if record else None) or outcome.error
         detail = error or ErrorInfo(type="faena.Failed", message=decision.detail or "failed")
         rule = after_failure
-    runs = [delivery.deliveries > 1]
     chord = flow.chord if success else None
     count = None if chord is None else (chord_key(chord.group), str(chord.index))
+    _follow(app, outbox, delivery, message, rule, detail, count)
+    return decision
+
+
+def after_ending(
+    app: Faena,
+    outbox: Outbox,
+    delivery: Delivery,
+    message: Message,
+    error: ErrorInfo,
+    decision: Decision,
+) -> Decision:
+    """Queue the failure rules of workflow job ``message``, which ended for good without a run
+    that failed: refused (an unknown task, arguments that do not fit), expired before it ran, or
+    lost after an acknowledgement before its run. Its chain stops, its chord fails and the error
+    callbacks run, as for a failed run. The decision to settle it with."""
+    flow = message.flow
+    if flow is None:
+        return decision
+    if decision.record is not None:
+        children = [j.id for j in flow.link_error]
+        record = msgspec.structs.replace(decision.record, children=children)
+        decision = dataclasses.replace(decision, record=record)
+        outbox.record(record)
+    _follow(app, outbox, delivery, message, after_failure, error, None)
+    return decision
+
+
+def _follow(
+    app: Faena,
+    outbox: Outbox,
+    delivery: Delivery,
+    message: Message,
+    rule: Callable[..., None],
+    detail: Any,
+    count: tuple[str, str] | None,
+) -> None:
+    """Queue ``rule`` for the outbox's next flush, after the records, before the settlements."""
+    runs = [delivery.deliveries > 1]
 
     async def step() -> None:
         again = runs[-1]
@@ -251,4 +289,3 @@ def after_job(
         await _batcher(loop).run(followup)
 
     outbox.follow(step)
-    return decision

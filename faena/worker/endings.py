@@ -21,6 +21,7 @@ from faena.foundation.exceptions import BrokerError
 from faena.model import states
 from faena.model.message import Message, encode_message
 from faena.model.outcome import ErrorInfo, JobRecord
+from faena.worker.canvas import after_ending
 from faena.worker.outbox import Outbox
 
 log = logging.getLogger("faena.worker")
@@ -129,9 +130,9 @@ class Endings:
         if decision.action == "release":  # lost: nothing will run it again
             error = ErrorInfo(type="faena.WorkerLost", message=decision.detail or "process died")
             info = self.run_info(delivery, None, job.message)
-            record = failed(
-                job.task.defaults, job.message, info, error, reason="worker_lost"
-            ).record
+            lost = failed(job.task.defaults, job.message, info, error, reason="worker_lost")
+            lost = after_ending(self.app, self.outbox, delivery, job.message, error, lost)
+            record = lost.record
         if record is not None:
             self.outbox.record(record)
         if decision.action == "retry" and decision.next_message is not None:
@@ -231,6 +232,9 @@ class Endings:
             error,
             reason=refused.reason,
         )
+        message = refused.message
+        if message.flow is not None and self.outbox is not None:
+            decision = after_ending(self.app, self.outbox, delivery, message, error, decision)
         self.emit(states.FAILURE, refused.message)
         self.apply(delivery, decision, None)
 

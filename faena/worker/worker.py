@@ -37,7 +37,7 @@ from faena.foundation.util import worker_identity
 from faena.model import states
 from faena.model.message import Message
 from faena.model.outcome import FINAL_FENCE, ErrorInfo, JobRecord, Outcome
-from faena.worker.canvas import after_job
+from faena.worker.canvas import after_ending, after_job
 from faena.worker.endings import Endings, Key, key_of
 from faena.worker.logs import current_job
 from faena.worker.options import WorkerOptions, default_queues
@@ -319,9 +319,12 @@ class Worker:
             return
         if message.expires is not None and settings.clock.time() >= message.expires:
             log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
-            self._ends.apply(
-                delivery, expired(message, self._ends.run_info(delivery, None, message)), admitted
-            )
+            decision = expired(message, self._ends.run_info(delivery, None, message))
+            if message.flow is not None:
+                assert self._outbox
+                error = ErrorInfo(type="faena.TaskRevoked", message="expired before it could run")
+                decision = after_ending(self.app, self._outbox, delivery, message, error, decision)
+            self._ends.apply(delivery, decision, admitted)
             return
         if not await self._admitted_by_limits(delivery, admitted):
             return

@@ -79,3 +79,14 @@ def sleeper(i: int) -> None:
 @app.task
 def marker(i: int) -> None:
     ledger(f"marker {i} {os.getpid()}")
+
+
+@app.task(acks_late=False)
+def dies_early_acked(i: int) -> None:
+    """Ends its own process: in the processes pool the child dies, and the job is lost."""
+    os._exit(7)
+
+
+@app.task
+def errback(job_id: str, error: dict[str, str]) -> None:
+    ledger(f"errback {job_id} {error['type']}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from faena import REVOKED, Faena
+from faena import REVOKED, Faena, TaskFailed, signature
 from tests.integration.conftest import ROOT, WorkerProcess, wait_until
 from tests.services import drop_prefix, redis_url
 
@@ -201,3 +201,21 @@ def test_terminate_stops_a_running_process_pool_job_within_a_second(
     # Then its child process is stopped within a second, and the job reads REVOKED
     wait_until(child_gone, 1.0, "the child to be killed")
     assert job.state == REVOKED
+
+
+@pytest.mark.timeout(60)
+def test_a_chain_step_lost_after_its_early_ack_ends_the_chain(
+    client: Faena, flow_env: dict[str, str], start: Callable[..., WorkerProcess]
+) -> None:
+    # Given a chain whose first step (acks_late=False) kills the process-pool child running it
+    start("-c", "1", "--pool", "processes")
+    first = signature(f"{TASKS}.dies_early_acked", (1,), app=client)
+    then = signature(f"{TASKS}.free", app=client)
+    result = (first | then).apply_async(link_error=signature(f"{TASKS}.errback", app=client))
+    # Then the chain fails as WorkerLost (nothing will run the step again), and the error
+    # callback runs once
+    with pytest.raises(TaskFailed, match=r"WorkerLost|died"):
+        result.get(timeout=30)
+    wait_until(lambda: len(ledger(flow_env, "errback")) == 1, 30, "the error callback")
+    assert ledger(flow_env, "errback")[0][2] == "faena.WorkerLost"
+    assert ledger(flow_env, "free") == []

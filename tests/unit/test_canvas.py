@@ -446,6 +446,41 @@ def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
     assert result.get(timeout=5) == 4
 
 
+def test_a_part_that_expires_before_it_runs_ends_its_workflow(app: Faena, clock: Any) -> None:
+    flows = Flows(app)
+    # Given a chain and a chord whose first parts expire in 10 s, with error callbacks
+    steps = (flows.add.s(1, 1).set(expires=10) | flows.mul.s(2)).apply_async(
+        link_error=flows.errback.s()
+    )
+    members = chord([flows.add.s(2, 2).set(expires=10), flows.add.s(3, 3)], flows.total.s())
+    chorded = members.apply_async(link_error=flows.errback.s())
+    # When a worker takes them only after that
+    clock.advance(11)
+    drain(app)
+    # Then the expired parts are REVOKED, and each workflow failed once, saying why
+    with pytest.raises(TaskFailed, match="expired before it could run"):
+        steps.get(timeout=5)
+    with pytest.raises(ChordError, match="expired before it could run"):
+        chorded.get(timeout=5)
+    assert flows.runs("mul") == []
+    assert flows.runs("total") == []
+    assert sorted(e["type"] for _, e in flows.runs("errback")) == ["faena.TaskRevoked"] * 2
+
+
+def test_a_step_no_worker_can_run_ends_its_workflow(flows: Flows) -> None:
+    if flows.app.settings.eager:
+        pytest.skip("eager mode refuses an unknown task when the workflow is sent")
+    # Given a chain whose second step is a task of another service, sent by name
+    step = signature("billing.not_here", app=flows.app)
+    result = (flows.add.s(1, 1) | step).apply_async(link_error=flows.errback.s())
+    # When a worker of this app runs it
+    flows.run()
+    # Then the step is refused, the chain fails saying why, and the error callback runs once
+    with pytest.raises(TaskFailed, match=r"unknown_task|not_here"):
+        result.get(timeout=5)
+    assert [e["type"] for _, e in flows.runs("errback")] == ["faena.unknown_task"]
+
+
 def test_the_workflow_graph_of_a_chord_joins_every_member_to_the_body(flows: Flows) -> None:
     # Given a chain that fans out into a chord
     result = (flows.add.s(1, 1) | group(flows.mul.s(i) for i in range(3)) | flows.total.s()).delay()

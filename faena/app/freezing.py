@@ -23,6 +23,7 @@ from faena.app.producer import build_message
 from faena.foundation.exceptions import ConfigurationError
 from faena.foundation.util import new_id
 from faena.model.flow import ChordRef, Flow, Job, member_id
+from faena.model.routing import Route, resolve_destination
 from faena.model.signature import Canvas, Chain, Chord, Group, Signature
 from faena.model.task import CallOptions
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from faena.app.core import Faena
 
 COLLECT_TASK = "faena.collect"
+_MAPPING_TASKS = ("faena.map", "faena.starmap")
 """The built-in task that returns the list of results it is given (the body of a bare group)."""
 
 
@@ -66,6 +68,12 @@ class Freezer:
             extra = () if sig.immutable else (None,) * given
             task.check_arguments_or_raise((*extra, *sig.args), sig.kwargs)
         opts = {**self.options, **sig.options, "task_id": job_id}
+        if sig.name in _MAPPING_TASKS and opts.get("queue") is None and sig.args:
+            # A map or starmap job goes where the task it calls goes (a worker of that queue
+            # only would otherwise never run it); its own options still win.
+            route = self.destination(str(sig.args[0]))
+            opts["queue"] = route.queue
+            opts.setdefault("priority", route.priority)
         call = CallOptions(**opts)
         m = build_message(
             self.app.settings, sig.name, task.defaults if task else None, sig.args, sig.kwargs, call
@@ -86,6 +94,23 @@ class Freezer:
             immutable=sig.immutable,
             flow=flow,
         )
+
+    def destination(self, task_name: str, options: Mapping[str, Any] | None = None) -> Route:
+        """Where a job of ``task_name`` sent with ``options`` (and the canvas's) goes, by the
+        same precedence as a send: call options, the task's, routes, the app's default."""
+        settings = self.app.settings
+        task = self.app.registry.find(task_name)
+        opts = {**self.options, **(options or {})}
+        queue, priority = resolve_destination(
+            settings.routes,
+            task_name,
+            (),
+            {},
+            call=Route(opts.get("queue"), opts.get("priority")),
+            task=Route(task.defaults.queue, task.defaults.priority) if task else Route(),
+            default=Route(settings.default_queue, settings.default_priority),
+        )
+        return Route(queue, priority)
 
     def callbacks(self, sigs: list[Signature], given: int) -> list[Job]:
         return [self.signature(s, After(), None, None, [], given)[0][0] for s in sigs]
@@ -183,13 +208,36 @@ class Freezer:
                 f"a chord needs at least one member; call the body directly: {chord.body!r}"
             )
         group = new_id()
-        body, result = self.freeze(chord.body, after, final, chain_final, errbacks, 1)
+        collector = chord.body
+        if isinstance(collector, Signature) and collector.name == COLLECT_TASK:
+            # The job that gathers a bare group's results goes where its first member goes.
+            first = _first_signature(members[0])
+            if first is not None and collector.options.get("queue") is None:
+                route = self.destination(first.name, first.options)
+                collector = collector.with_args((), {})
+                collector.options = {**collector.options, "queue": route.queue}
+                collector.options.setdefault("priority", route.priority)
+        body, result = self.freeze(collector, after, final, chain_final, errbacks, 1)
         entries: list[Job] = []
         for i, member in enumerate(members):
             ref = ChordRef(id=result, group=group, size=len(members), index=i, body=body)
             jobs, _ = self.freeze(member, After(chord=ref), member_id(group, i), None, [], given)
             entries += jobs
         return entries, result
+
+
+def _first_signature(node: Canvas) -> Signature | None:
+    """The signature a canvas starts with (its first job's), if any."""
+    while not isinstance(node, Signature):
+        if isinstance(node, Chain):
+            node = node.steps[0]
+        elif isinstance(node, Chord):
+            node = node.header
+        elif isinstance(node, Group) and node.members:
+            node = node.members[0]
+        else:
+            return None
+    return node
 
 
 def collect(group: Group) -> Signature:

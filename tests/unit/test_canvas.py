@@ -446,6 +446,32 @@ def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
     assert result.get(timeout=5) == 4
 
 
+def test_workflow_helper_jobs_go_where_their_tasks_go(app: Faena) -> None:
+    # Given tasks declared on the queue "math"
+    @app.task(name="q.add", queue="math")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="q.double", queue="math", priority=7)
+    def double(x: int) -> int:
+        return 2 * x
+
+    # When map, starmap, chunks and a chain ending in a group are sent
+    mapped = double.map([1, 2]).delay()
+    starred = add.starmap([(1, 2), (3, 4)]).delay()
+    chunked = add.chunks([(1, 1), (2, 2), (3, 3)], 2).delay()
+    fanned = (add.s(1, 1) | group(double.s(), double.s())).delay()
+    # Then a worker of that queue alone runs all of them: the jobs that call the task or
+    # gather a group's results go to its queue
+    drain(app, ["math"])
+    assert mapped.get(timeout=5) == [2, 4]
+    assert starred.get(timeout=5) == [3, 7]
+    assert chunked.get(timeout=5) == [[2, 4], [6]]
+    assert fanned.get(timeout=5) == [4, 4]
+    assert mapped.record is not None
+    assert mapped.record.queue == "math"
+
+
 def test_a_part_that_expires_before_it_runs_ends_its_workflow(app: Faena, clock: Any) -> None:
     flows = Flows(app)
     # Given a chain and a chord whose first parts expire in 10 s, with error callbacks

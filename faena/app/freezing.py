@@ -152,7 +152,15 @@ class Freezer:
         errbacks: list[Job],
         given: int,
     ) -> tuple[list[Job], str]:
-        job_id = final or sig.options.get("task_id") or new_id()
+        own = sig.options.get("task_id")
+        if final is not None and own is not None and own != final:
+            raise ConfigurationError(
+                f"task_id {own!r} of {sig!r} cannot be kept: this job's id is fixed by the "
+                "workflow (a chord member's, or the last job's when the whole canvas is sent "
+                "with a task_id); set task_id on the canvas, or on a job that is not a chord "
+                "member"
+            )
+        job_id = final or own or new_id()
         flow = Flow(
             next=after.next,
             chord=after.chord,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -192,13 +193,17 @@ _batchers: dict[asyncio.AbstractEventLoop, _Batcher] = {}
 _running: set[asyncio.Task[None]] = set()
 
 
+_batchers_lock = threading.Lock()  # workers of one process may run in threads of their own
+
+
 def _batcher(loop: asyncio.AbstractEventLoop) -> _Batcher:
-    batcher = _batchers.get(loop)
-    if batcher is None:
-        for old in [other for other in _batchers if other.is_closed()]:
-            del _batchers[old]
-        batcher = _batchers[loop] = _Batcher(loop)
-    return batcher
+    with _batchers_lock:
+        batcher = _batchers.get(loop)
+        if batcher is None:
+            for old in [other for other in _batchers if other.is_closed()]:
+                del _batchers[old]
+            batcher = _batchers[loop] = _Batcher(loop)
+        return batcher
 
 
 def after_job(

@@ -446,6 +446,20 @@ def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
     assert result.get(timeout=5) == 4
 
 
+def test_a_task_id_is_kept_where_it_can_be_and_refused_where_it_cannot(app: Faena) -> None:
+    from .support import queue_stats
+
+    flows = Flows(app)
+    # A chord member's id is the chord's: an id of its own is refused, and nothing is sent
+    with pytest.raises(ConfigurationError, match=r"'mine'.* cannot be kept"):
+        chord([flows.add.s(1, 1).set(task_id="mine"), flows.add.s(2, 2)], flows.total.s()).delay()
+    assert queue_stats(app) == []
+    # A member of a group sent by itself keeps its own
+    group(flows.add.s(1, 1).set(task_id="in-group"), flows.add.s(2, 2)).delay()
+    drain(app)
+    assert app.AsyncResult("in-group").get(timeout=5) == 2
+
+
 def test_workflow_helper_jobs_go_where_their_tasks_go(app: Faena) -> None:
     # Given tasks declared on the queue "math"
     @app.task(name="q.add", queue="math")

@@ -199,7 +199,36 @@ def _prepare(
     return _messages(app, entries, options), WorkflowResult(final, app, freezer.ids)
 
 
+MAX_NESTING = 100
+"""The deepest a workflow's jobs may nest: each message carries what follows it, so step
+*n* of a chain holds steps *n+1* onwards (and chords their bodies); deeper, decoding it would
+pass Python's recursion limit."""
+
+
+def _check_nesting(entries: list[Job]) -> None:
+    """Refuse a workflow nested deeper than :data:`MAX_NESTING` (without recursing itself)."""
+    stack = [(job, 1) for job in entries]
+    while stack:
+        job, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConfigurationError(
+                f"this workflow nests more than {MAX_NESTING} jobs deep (a chain of more than "
+                f"{MAX_NESTING} steps, or chains and chords nested that far): every message "
+                "carries what follows it. Split it into workflows of their own, or use map or "
+                "chunks for many calls of one task"
+            )
+        flow = job.flow
+        if flow is None:
+            continue
+        inner = [*flow.next, *flow.link, *flow.link_error]
+        for ref in (flow.chord, flow.member_of):
+            if ref is not None:
+                inner += ref.body
+        stack += [(j, depth + 1) for j in inner]
+
+
 def _messages(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> list[Message]:
+    _check_nesting(entries)
     now = app.settings.clock.time()
     countdown, eta = options.get("countdown"), options.get("eta")
     if countdown is not None or eta is not None:

@@ -446,6 +446,29 @@ def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
     assert result.get(timeout=5) == 4
 
 
+@pytest.mark.parametrize("eager", [False, True], ids=["worker", "eager"])
+def test_a_chain_of_100_steps_runs_and_a_longer_one_is_refused_when_sent(
+    make_app: Any, eager: bool
+) -> None:
+    from .support import queue_stats
+
+    app = make_app("deep", eager=eager)
+
+    @app.task(name="deep.inc")
+    def inc(x: int) -> int:
+        return x + 1
+
+    # A chain nested as deep as a message may carry runs through
+    result = chain(inc.s(0), *(inc.s() for _ in range(99))).delay()
+    if not eager:
+        drain(app)
+    assert result.get(timeout=5) == 100
+    # One step more is refused when sent, saying why, and nothing is sent
+    with pytest.raises(ConfigurationError, match="nests more than 100 jobs deep"):
+        chain(inc.s(0), *(inc.s() for _ in range(100))).delay()
+    assert queue_stats(app) == []
+
+
 def test_a_task_id_is_kept_where_it_can_be_and_refused_where_it_cannot(app: Faena) -> None:
     from .support import queue_stats
 

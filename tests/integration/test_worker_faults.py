@@ -210,3 +210,24 @@ def test_a_cold_stop_hands_back_an_async_job_that_ignores_cancellation_and_exits
     assert worker.wait(15) == 3
     assert "ignores cancellation: handing its message back" in worker.output()
     assert result.state == "QUEUED"
+
+
+def test_a_pool_child_dies_with_its_worker(client, env, start_worker):
+    # Given a process-pool worker whose child runs a long job
+    worker = start_worker("--pool", "processes", "-c", "1", FAULT_SLEEP_S="600")
+    client.enqueue(f"{TASKS}.work", 1)
+    wait_until(lambda: len(started(env)) == 1, 30, "the job running in a child")
+    child = int(started(env)[0][2])
+    # When the worker is killed outright (the OOM killer, a supervisor's last SIGKILL)
+    worker.signal(signal.SIGKILL)
+    worker.wait(10)
+
+    # Then the child does not run on without the worker that enforces its limits
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{child}/stat") as f:  # a zombie runs nothing either
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+
+    wait_until(gone, 5, "the child to end with its worker")

@@ -163,9 +163,15 @@ class _Channel:
 
 
 def child_main(
-    sock: socket.socket, app_spec: str, max_tasks: int | None, max_memory_kib: int | None
+    sock: socket.socket,
+    app_spec: str,
+    max_tasks: int | None,
+    max_memory_kib: int | None,
+    worker_pid: int | None = None,
 ) -> None:
     """A child's whole life: import the app, then run jobs until told to stop or retiring."""
+    if worker_pid is not None:
+        _die_with(worker_pid)
     # Ctrl-C, or a stop sent to the whole process group (systemd's control-group mode), must
     # not kill running jobs behind the worker's back: the worker decides when children stop.
     # A handler that does nothing rather than SIG_IGN, because an ignored signal stays ignored
@@ -186,6 +192,22 @@ def child_main(
         signal.signal(signal.SIGALRM, soft_limit.on_alarm)
         with contextlib.suppress(EOFError, OSError):  # the worker went away: nobody to report to
             _serve(app, channel, soft_limit, max_tasks, max_memory_kib)
+
+
+def _die_with(worker_pid: int) -> None:
+    """On Linux, have the kernel kill this child when its worker dies (``PR_SET_PDEATHSIG``):
+    only the worker enforces the hard time limit, and a worker killed outright (the OOM killer,
+    a supervisor's last SIGKILL) would otherwise leave a job running on, unbounded, beside its
+    redelivery. Elsewhere the child notices when it next reads from the worker."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # here: a child on another system does without
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != worker_pid:  # the worker died before the request took effect
+        os._exit(1)
 
 
 def _ignore_signal(signum: int, frame: FrameType | None) -> None:

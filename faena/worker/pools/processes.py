@@ -41,6 +41,7 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.util  # imported before our atexit hook is registered: see _kill_orphans
+import os
 import signal
 import socket
 from dataclasses import dataclass
@@ -297,7 +298,13 @@ class ProcessPool(Pool):
         process = _SPAWN.Process(
             target=child_main,
             name="faena-pool-child",
-            args=(theirs, self.app_spec, self.max_tasks_per_child, self.max_memory_per_child),
+            args=(
+                theirs,
+                self.app_spec,
+                self.max_tasks_per_child,
+                self.max_memory_per_child,
+                os.getpid(),
+            ),
         )
         # Not daemonic: a daemonic child may not start processes, and tasks that use
         # multiprocessing themselves are common. _kill_orphans covers an exit without stop().

@@ -234,7 +234,12 @@ def _messages(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> lis
     if countdown is not None or eta is not None:
         call = CallOptions(countdown=countdown, eta=eta)  # checks them as apply_async does
         due = eta_of(call, now)
-        entries = [msgspec.structs.replace(j, countdown=max(0.0, due - now)) for j in entries]
+        wait = max(0.0, due - now)
+        # (a first job that sets its own countdown or eta keeps it, as with every option)
+        entries = [
+            msgspec.structs.replace(j, countdown=wait) if j.countdown is None else j
+            for j in entries
+        ]
     running = current_context()
     parent = running.request.id if running else None
     root = (running.request.root_id or running.request.id) if running else None

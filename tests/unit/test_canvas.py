@@ -544,6 +544,24 @@ def test_a_step_no_worker_can_run_ends_its_workflow(flows: Flows) -> None:
     assert [e["type"] for _, e in flows.runs("errback")] == ["faena.unknown_task"]
 
 
+def test_a_canvas_countdown_delays_only_first_jobs_without_their_own(
+    app: Faena, clock: Any
+) -> None:
+    from .support import queue_stats
+
+    flows = Flows(app)
+    # Given a group sent with countdown=10, one member of which set countdown=3600 itself
+    result = group(flows.add.s(1, 1).set(countdown=3600), flows.add.s(2, 2)).apply_async(
+        countdown=10
+    )
+    # When 11 seconds have passed
+    clock.advance(11)
+    drain(app)
+    # Then only the member without a countdown of its own has run
+    assert [r.state for r in result] == ["SCHEDULED", "SUCCESS"]
+    assert [(s.ready, s.scheduled) for s in queue_stats(app)] == [(0, 1)]
+
+
 def test_the_workflow_graph_of_a_chord_joins_every_member_to_the_body(flows: Flows) -> None:
     # Given a chain that fans out into a chord
     result = (flows.add.s(1, 1) | group(flows.mul.s(i) for i in range(3)) | flows.total.s()).delay()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from faena.app.producer import build_message
@@ -79,6 +80,8 @@ class Freezer:
             self.app.settings, sig.name, task.defaults if task else None, sig.args, sig.kwargs, call
         )
         self.ids.append(job_id)
+        eta_given = opts.get("eta") is not None
+        expiry_given = isinstance(opts.get("expires"), datetime)
         return Job(
             id=job_id,
             task=sig.name,
@@ -88,8 +91,12 @@ class Freezer:
             body=m.body,
             serializer=m.serializer,
             priority=m.priority,
-            countdown=None if m.eta is None else max(0.0, m.eta - m.sent_at),
-            expires_in=None if m.expires is None else m.expires - m.sent_at,
+            # An eta or a datetime expiry stays absolute; a countdown or an expiry in seconds
+            # counts from when the job is sent (a later step: when the one before it ends).
+            countdown=None if m.eta is None or eta_given else max(0.0, m.eta - m.sent_at),
+            eta_at=m.eta if eta_given else None,
+            expires_in=None if m.expires is None or expiry_given else m.expires - m.sent_at,
+            expires_at=m.expires if expiry_given else None,
             headers=m.headers,
             immutable=sig.immutable,
             flow=flow,

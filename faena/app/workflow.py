@@ -237,7 +237,9 @@ def _messages(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> lis
         wait = max(0.0, due - now)
         # (a first job that sets its own countdown or eta keeps it, as with every option)
         entries = [
-            msgspec.structs.replace(j, countdown=wait) if j.countdown is None else j
+            msgspec.structs.replace(j, countdown=wait)
+            if j.countdown is None and j.eta_at is None
+            else j
             for j in entries
         ]
     running = current_context()

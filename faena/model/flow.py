@@ -43,6 +43,10 @@ class Job(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     priority: int = 0
     countdown: float | None = None
     expires_in: float | None = None
+    eta_at: float | None = None
+    """An absolute due time (an ``eta``), kept as it is whenever the job is sent."""
+    expires_at: float | None = None
+    """An absolute expiry (a datetime ``expires``), kept as it is whenever the job is sent."""
     headers: dict[str, Any] = {}
     immutable: bool = False
     flow: Flow | None = None
@@ -125,8 +129,8 @@ def job_message(
         body=body,
         serializer=job.serializer,
         priority=job.priority,
-        eta=None if job.countdown is None else now + job.countdown,
-        expires=None if job.expires_in is None else now + job.expires_in,
+        eta=job.eta_at if job.countdown is None else now + job.countdown,
+        expires=job.expires_at if job.expires_in is None else now + job.expires_in,
         parent_id=parent_id,
         root_id=root_id or job.id,
         headers=job.headers,

@@ -16,6 +16,7 @@ from faena import (
     GroupResult,
     Signature,
     TaskFailed,
+    TaskRevoked,
     chain,
     chord,
     group,
@@ -560,6 +561,45 @@ def test_a_canvas_countdown_delays_only_first_jobs_without_their_own(
     # Then only the member without a countdown of its own has run
     assert [r.state for r in result] == ["SCHEDULED", "SUCCESS"]
     assert [(s.ready, s.scheduled) for s in queue_stats(app)] == [(0, 1)]
+
+
+@pytest.mark.parametrize("option", ["eta", "expires"])
+def test_an_absolute_eta_or_expiry_on_a_later_step_stays_absolute(
+    app: Faena, clock: Any, option: str
+) -> None:
+    import datetime as dt
+
+    from .support import queue_stats
+
+    ran: list[str] = []
+
+    @app.task(name="abs.slow")
+    def slow() -> int:
+        clock.advance(100)  # the first step takes 100 s
+        return 1
+
+    @app.task(name="abs.then")
+    def then(x: int) -> str:
+        ran.append("then")
+        return "then"
+
+    start = dt.datetime.fromtimestamp(clock.time(), dt.UTC)
+    # Given a chain whose second step is due at start + 150 s, or expires at start + 50 s
+    when = start + dt.timedelta(seconds=150 if option == "eta" else 50)
+    result = (slow.s() | then.s().set(**{option: when})).delay()
+    # When the first step has run (at start + 100 s)
+    drain(app)
+    if option == "expires":
+        # Then the second step expired at start + 50 s, and never ran
+        with pytest.raises(TaskRevoked, match="expired"):
+            result.get(timeout=5)
+    else:
+        # Then the second step waits until start + 150 s, not 150 s after it was sent
+        assert [(q.ready, q.scheduled) for q in queue_stats(app)] == [(0, 1)]
+        clock.advance(51)
+        drain(app)
+        assert result.get(timeout=5) == "then"
+    assert ran == (["then"] if option == "eta" else [])
 
 
 def test_the_workflow_graph_of_a_chord_joins_every_member_to_the_body(flows: Flows) -> None:

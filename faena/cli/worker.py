@@ -69,7 +69,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 @click.option(
     "--grace",
     "grace_s",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=1e9),
     envvar="FAENA_GRACE",
     show_envvar=True,
     metavar="SECONDS",

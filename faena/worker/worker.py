@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
 import socket
@@ -87,6 +88,10 @@ class Worker:
         self.grace_s = (
             options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
         )
+        if not 0 <= self.grace_s < math.inf:  # (False for nan too)
+            raise ConfigurationError(
+                f"the shutdown grace period is a number of seconds >= 0, got {self.grace_s!r}"
+            )
         self._running: dict[Key, asyncio.Task[None]] = {}
         self._runners: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None

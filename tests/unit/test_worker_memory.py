@@ -83,6 +83,8 @@ def test_worker_consumes_only_its_queues(app: Faena) -> None:
         ({"pool": "greenlets"}, "unknown pool"),
         ({"concurrency": 0}, "concurrency must be >= 1"),
         ({"prefetch": -1}, "prefetch must be >= 0"),
+        ({"grace_s": float("nan")}, "grace period is a number of seconds >= 0, got nan"),
+        ({"grace_s": -1.0}, "grace period is a number of seconds >= 0"),
     ],
 )
 def test_bad_worker_options_are_refused(app: Faena, options: dict[str, Any], message: str) -> None:

@@ -765,3 +765,53 @@ def test_refused_message_emits_a_failure_event(app: Faena) -> None:
     # Then its FAILURE is recorded and announced
     assert app.AsyncResult("orphan").state == FAILURE
     assert events.kinds("orphan") == [FAILURE]
+
+
+def test_a_limited_job_waiting_for_a_thread_counts_its_time_from_its_start(app: Faena) -> None:
+    from faena.contracts.pool import Job
+    from faena.model.task import Request
+    from faena.worker.pools.threads import SPARE_THREADS, ThreadPool
+
+    release = threading.Event()
+
+    @app.task(name="wait.stuck")
+    def stuck() -> None:
+        release.wait(WAIT_S)  # blocked in C: a hard limit cannot stop it
+
+    @app.task(name="wait.quick")
+    def quick() -> str:
+        return "ran"
+
+    def job(name: str, limit: float) -> Job:
+        return Job(
+            request=Request(id=name, task=name),
+            body=b"",
+            args=(),
+            kwargs={},
+            serializer="json",
+            time_limit=limit,
+            soft_time_limit=None,
+            progress=lambda fraction, message: None,
+        )
+
+    async def scenario() -> None:
+        pool = ThreadPool(1, app.registry)
+        await pool.start()
+        try:
+            # Given every thread the pool may start stuck past its hard limit, abandoned
+            stuck_jobs = [pool.run(job("wait.stuck", 0.05)) for _ in range(1 + SPARE_THREADS)]
+            assert {o.status for o in await asyncio.gather(*stuck_jobs)} == {"failure"}
+            # When a job with a 0.1 s limit waits for a thread longer than that
+            waiting = asyncio.ensure_future(pool.run(job("wait.quick", 0.1)))
+            done, _ = await asyncio.wait({waiting}, timeout=0.3)
+            # Then it is not reported over its limit while it has not started
+            assert not done
+            # And once a thread is free, it runs, within its limit
+            release.set()
+            outcome = await asyncio.wait_for(waiting, WAIT_S)
+            assert outcome.status == "success", outcome
+        finally:
+            release.set()
+            await pool.stop(graceful=False, timeout_s=1.0)
+
+    asyncio.run(scenario())

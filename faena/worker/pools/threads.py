@@ -74,14 +74,21 @@ def _terminated(job: Job) -> Outcome:
 
 
 class _Running:
-    __slots__ = ("abandoned", "future", "job", "terminated", "thread_id")
+    __slots__ = ("abandoned", "future", "job", "started", "terminated", "thread_id")
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.thread_id: int | None = None
         self.future: asyncio.Future[Any] | None = None
+        self.started: asyncio.Future[None] | None = None
+        """Done when a thread takes the job (for jobs with a time limit)."""
         self.abandoned = False
         self.terminated = False
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _JobThreads:
@@ -212,8 +219,16 @@ class ThreadPool(Pool):
         task = self._task(job)
         running = _Running(job)
         context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        if job.soft_time_limit is not None or job.time_limit is not None:
+            # A job's time runs from when a thread takes it, not while it waits for one.
+            running.started = loop.create_future()
+        started = running.started
 
         def body() -> Outcome:
+            if started is not None:
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits
+                    loop.call_soon_threadsafe(_set_once, started)
             with self._threads_lock:
                 running.thread_id = threading.get_ident()
                 self._in_threads.add(running)
@@ -246,6 +261,9 @@ class ThreadPool(Pool):
         if soft is None and hard is None:
             outcome = await future
             return _terminated(job) if running.terminated else outcome
+        if running.started is not None:
+            either: set[asyncio.Future[Any]] = {future, running.started}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if soft is not None:
             done, _ = await asyncio.wait({future}, timeout=soft)
             if not done and running.thread_id is not None:

@@ -172,11 +172,21 @@ class Worker:
             }
         self._pool = make_pool(self.options.pool, self.concurrency, app.registry, **options)
         await self._pool.start()
-        self._consumer = await app.broker.open_consumer(self.queues, self.id, records=app.results)
-        self._outbox = self._ends.attach(self._consumer)
-        await app.broker.register_worker(self._info())
-        for warning in await app.broker.warnings():
-            log.warning("%s", warning)
+        try:
+            self._consumer = await app.broker.open_consumer(
+                self.queues, self.id, records=app.results
+            )
+            self._outbox = self._ends.attach(self._consumer)
+            await app.broker.register_worker(self._info())
+            for warning in await app.broker.warnings():
+                log.warning("%s", warning)
+        except BaseException:
+            # A worker that cannot start leaves nothing running (an embedded worker's process
+            # goes on): the pool's threads or children stop, the consumer closes.
+            await self._pool.stop(graceful=False, timeout_s=1.0)
+            if self._consumer is not None:
+                await self._consumer.close()
+            raise
         log.info(
             "worker %s ready: app %s, queues %s, pool %s x%d, prefetch %d, broker %s",
             self.id,

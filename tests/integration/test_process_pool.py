@@ -466,3 +466,24 @@ def test_a_child_that_never_finishes_importing_fails_start(monkeypatch: pytest.M
         assert multiprocessing.active_children() == []
 
     scenario(body)
+
+
+def test_a_worker_that_cannot_start_stops_its_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    from faena import BrokerUnavailable
+    from faena.worker.worker import Worker, WorkerOptions
+
+    # Given a broker that refuses the worker's registration once the pool has started
+    async def refuse(info: Any) -> None:
+        raise BrokerUnavailable("the broker did not answer (injected)")
+
+    monkeypatch.setattr(pool_tasks.app.broker, "register_worker", refuse)
+    options = WorkerOptions(pool="processes", concurrency=2, app_spec=APP_SPEC)
+
+    async def embedded() -> list[Any]:
+        # When a worker embedded in a running program fails to start
+        with pytest.raises(BrokerUnavailable):
+            await Worker(pool_tasks.app, options).run()
+        # Then, while that program's event loop goes on, no pool child is left behind
+        return multiprocessing.active_children()
+
+    assert asyncio.run(embedded()) == []

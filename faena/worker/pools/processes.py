@@ -345,6 +345,9 @@ class ProcessPool(Pool):
                 _unreaped.discard(child.process)
                 raise
             finally:
+                # Its end of the socket closed: no job may be handed to it from now on, while
+                # the socket closes and the process is reaped.
+                child.gone = True
                 writer.close()
                 with contextlib.suppress(ConnectionError):
                     await writer.wait_closed()

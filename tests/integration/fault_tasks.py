@@ -118,9 +118,7 @@ def fork_and_terminate() -> list[object]:
     return [child.is_alive(), child.exitcode]
 
 
-@app.task(time_limit=1)
-async def stubborn(i: int) -> None:
-    """Ignores cancellation: at its hard limit it is abandoned, still running on the loop."""
+async def _ignore_cancellation(i: int) -> None:
     import asyncio
 
     ledger(f"start {i} {os.getpid()}")
@@ -129,16 +127,15 @@ async def stubborn(i: int) -> None:
             await asyncio.sleep(0.05)
         except asyncio.CancelledError:
             ledger(f"swallowed {i} {os.getpid()}")
+
+
+@app.task(time_limit=1)
+async def stubborn(i: int) -> None:
+    """Ignores cancellation: at its hard limit it is abandoned, still running on the loop."""
+    await _ignore_cancellation(i)
 
 
 @app.task
 async def stubborn_forever(i: int) -> None:
     """No time limit, and ignores cancellation: only the process's end stops it."""
-    import asyncio
-
-    ledger(f"start {i} {os.getpid()}")
-    while True:
-        try:
-            await asyncio.sleep(0.05)
-        except asyncio.CancelledError:
-            ledger(f"swallowed {i} {os.getpid()}")
+    await _ignore_cancellation(i)

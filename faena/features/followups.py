@@ -23,6 +23,7 @@ same rules:
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 from faena.foundation.exceptions import MessageTooLarge, SerializationError
@@ -38,6 +39,8 @@ from faena.model.flow import (
 from faena.model.message import Message
 from faena.model.outcome import ErrorInfo, JobRecord
 from faena.model.serialization import loads_json, loads_pickle
+
+log = logging.getLogger("faena.worker")
 
 
 class FlowIO(Protocol):
@@ -145,7 +148,18 @@ def after_failure(io: FlowIO, message: Message, error: ErrorInfo, again: bool) -
     _fail(io, message.flow, message.id, message.root_id, error, error, records, out, again)
     if records:
         io.store(list(records.values()))
-    _send(io, out, again)
+    try:
+        _send(io, out, again)
+    except (MessageTooLarge, SerializationError) as exc:
+        # The error callbacks cannot be sent (an error message too long for a message, say):
+        # the failure is recorded above; trying again could never succeed, and would hold
+        # back everything queued behind it.
+        log.error(
+            "the error callbacks of job %s (%s) could not be sent and are dropped: %s",
+            message.id,
+            message.task,
+            exc,
+        )
 
 
 def _fail(

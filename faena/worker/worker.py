@@ -32,7 +32,7 @@ from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
 from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
-from faena.features.lifecycle import Decision, RunInfo, base_record, decide, expired
+from faena.features.lifecycle import Decision, base_record, decide, expired
 from faena.foundation.exceptions import ConfigurationError, RecordRefused
 from faena.foundation.util import worker_identity
 from faena.model import states
@@ -332,6 +332,10 @@ class Worker:
             self._ends.settle(Settlement(delivery=delivery, action="ack"))
             self._ends.emit(states.REVOKED, admitted)
             return
+        if admitted.task.defaults.acks_late and _succeeded_before(delivery, message):
+            # (before its expiry and its limits: it ran, only its acknowledgement was lost)
+            await self._succeeded_again(delivery, admitted)
+            return
         if message.expires is not None and settings.clock.time() >= message.expires:
             log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
             decision = expired(message, self._ends.run_info(delivery, None, message))
@@ -375,9 +379,6 @@ class Worker:
         task, message = job.task, job.message
         started = self.app.settings.clock.time()
         info = self._ends.run_info(delivery, started, message)
-        if task.defaults.acks_late and _succeeded_before(delivery, message):
-            await self._succeeded_again(delivery, job, info)
-            return
         record: JobRecord | None = None
         if not task.defaults.ignore_result:
             record = base_record(message, info, states.STARTED, task.defaults)
@@ -429,7 +430,7 @@ class Worker:
         if decision.action in ("ack", "dead"):
             await self._flow.finished(message, task.defaults, job.args, job.kwargs)
 
-    async def _succeeded_again(self, delivery: Delivery, job: Admitted, info: RunInfo) -> None:
+    async def _succeeded_again(self, delivery: Delivery, job: Admitted) -> None:
         """A delivery of a job whose earlier run of the same send succeeded: that worker died
         after the result and before the acknowledgement. It is not run again; what follows it
         is carried through (a second run sends only what was not sent) and it is acknowledged,
@@ -446,6 +447,7 @@ class Worker:
             delivery.deliveries,
         )
         outcome = Outcome(status="success", value=prior.value)
+        info = self._ends.run_info(delivery, self.app.settings.clock.time(), message)
         decision = dataclasses.replace(decide(task.defaults, message, outcome, info), record=None)
         if message.flow is not None:
             decision = after_job(self.app, self._outbox, delivery, message, outcome, decision)

@@ -409,6 +409,37 @@ def test_a_next_job_too_large_to_send_fails_the_workflow_and_holds_nothing_back(
         assert queue_stats(app) == []
 
 
+def test_error_callbacks_too_large_to_send_are_dropped_and_hold_nothing_back(
+    make_app: Any,
+) -> None:
+    # Given a job that fails with an error message longer than a message may be, with an error
+    # callback (which is given that message)
+    app = make_app("long-error", max_message_size=20_000)
+    ran: list[str] = []
+
+    @app.task(name="long.boom")
+    def boom() -> None:
+        raise ValueError("x" * 30_000)
+
+    @app.task(name="long.errback")
+    def errback(job_id: str, error: dict[str, str]) -> None:
+        ran.append("errback")
+
+    @app.task(name="long.plain")
+    def plain() -> str:
+        return "ok"
+
+    failed = boom.s().apply_async(link_error=errback.s())
+    other = plain.delay()
+    # When a worker runs them (a burst worker ends only once every message is settled)
+    drain(app)
+    # Then the failure is recorded, the callback was dropped, and the other job went through
+    with pytest.raises(TaskFailed, match="ValueError"):
+        failed.get(timeout=5)
+    assert ran == []
+    assert other.get(timeout=5) == "ok"
+
+
 def test_workflows_carry_pickled_arguments_and_results(make_app: Any) -> None:
     # Given an app that sends and accepts pickle
     app = make_app("pickled", serializer="pickle", accept=["json", "pickle"])

@@ -324,8 +324,9 @@ def _first_ack_lost(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return lost
 
 
+@pytest.mark.parametrize("expires", [None, 10.0], ids=["no expiry", "expired since"])
 def test_a_job_whose_acknowledgement_was_lost_is_not_run_again(
-    app: Faena, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    app: Faena, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, expires: float | None
 ) -> None:
     # Given a chord whose first member ran and was counted, but whose acknowledgement was lost
     # (its worker died after the result), while the other member waited on another queue
@@ -341,7 +342,10 @@ def test_a_job_whose_acknowledgement_was_lost_is_not_run_again(
         ran.append(("total", values))
         return values
 
-    result = chord([add.s(1, 1), add.s(2, 2).set(queue="later")], total.s()).delay()
+    # (with an expiry that passes before its next delivery: it ran, so it did not expire)
+    result = chord(
+        [add.s(1, 1).set(expires=expires), add.s(2, 2).set(queue="later")], total.s()
+    ).delay()
     lost = _first_ack_lost(monkeypatch)
     drain(app)
     assert ran == [("add", (1, 1))]
@@ -357,3 +361,21 @@ def test_a_job_whose_acknowledgement_was_lost_is_not_run_again(
     assert result.get(timeout=WAIT_S) == [2, 4]
     assert app.AsyncResult(lost[0]).get(timeout=WAIT_S) == 2
     assert asyncio.run(app.broker.stats()) == []
+
+
+def test_a_job_sent_again_with_the_id_of_a_finished_one_runs_again(app: Faena) -> None:
+    # Given a job that ran and succeeded
+    ran: list[int] = []
+
+    @app.task(name="again.note")
+    def note(i: int) -> int:
+        ran.append(i)
+        return i
+
+    note.apply_async((1,), task_id="same")
+    drain(app)
+    # When a new send with the same id is made, Then it runs: its record is an earlier send's
+    note.apply_async((2,), task_id="same")
+    drain(app)
+    assert ran == [1, 2]
+    assert app.AsyncResult("same").get(timeout=WAIT_S) == 2

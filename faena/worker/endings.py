@@ -276,10 +276,15 @@ class Endings:
         self.outbox.settle(settlement, record)
 
     def release(
-        self, delivery: Delivery, started: JobRecord | None = None, reason: str | None = None
+        self,
+        delivery: Delivery,
+        started: JobRecord | None = None,
+        reason: str | None = None,
+        message: Message | None = None,
     ) -> None:
         """Hand an unfinished message back, due now, without counting the delivery. A job
-        that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go."""
+        that had started reads ``QUEUED`` again, not ``STARTED`` on a worker that let go.
+        (``message``: the job's, when known, for the workflow it may end.)"""
         record = None
         now = self.app.settings.clock.time()
         if key_of(delivery) in self.early_acked:
@@ -290,7 +295,11 @@ class Endings:
                     message="the worker stopped before the job's end was carried out; "
                     "acks_late=False jobs run at most once",
                 )
-                self.outbox.record(self._failed(started, "interrupted", error))
+                ended = Decision(action="dead", record=self._failed(started, "interrupted", error))
+                if message is not None and message.flow is not None:
+                    ended = after_ending(self.app, self.outbox, delivery, message, error, ended)
+                assert ended.record is not None
+                self.outbox.record(ended.record)
             return
         if started is not None:
             record = msgspec.structs.replace(

@@ -93,6 +93,9 @@ class Worker:
                 f"the shutdown grace period is a number of seconds >= 0, got {self.grace_s!r}"
             )
         self._running: dict[Key, asyncio.Task[None]] = {}
+        # The running jobs' deliveries and (once decoded) messages, by key.
+        self._deliveries: dict[Key, Delivery] = {}
+        self._messages: dict[Key, Message] = {}
         self._runners: list[asyncio.Task[None]] = []
         self._queue: asyncio.Queue[tuple[Delivery, bool]] | None = None
         self._idle: asyncio.Event | None = None
@@ -285,12 +288,15 @@ class Worker:
                 continue
             key = key_of(delivery)
             self._running[key] = me
+            self._deliveries[key] = delivery
             self._idle.clear()
             try:
                 await self._handle(delivery, revoked)
             except asyncio.CancelledError:
                 if key not in self._decided:
-                    self._ends.release(delivery, self._started_records.get(key))
+                    self._ends.release(
+                        delivery, self._started_records.get(key), message=self._messages.get(key)
+                    )
                 raise
             except Exception:  # a fault of ours or of a backend: the runner must live on
                 if key in self._decided:
@@ -307,6 +313,8 @@ class Worker:
                 self._decided.discard(key)
                 self._ends.early_acked.discard(key)
                 self._running.pop(key, None)
+                self._deliveries.pop(key, None)
+                self._messages.pop(key, None)
                 self._started_records.pop(key, None)
                 if not self._running:
                     self._idle.set()
@@ -327,6 +335,7 @@ class Worker:
             self._ends.refuse(delivery, admitted)
             return
         message = admitted.message
+        self._messages[key_of(delivery)] = message
         if revoked:
             log.info("job %s was revoked before it started; skipped", delivery.id)
             self._ends.settle(Settlement(delivery=delivery, action="ack"))
@@ -646,10 +655,12 @@ class Worker:
         is stopping, and ``faena worker`` then leaves without waiting for it."""
         for key, runner in list(self._running.items()):
             if runner in stuck and key not in self._decided:
-                delivery = self._ends.held.get((key[0], key[1]))
-                if delivery is not None and key_of(delivery) == key:
+                delivery = self._deliveries.get(key)
+                if delivery is not None:
                     log.warning("job %s ignores cancellation: handing its message back", key[1])
-                    self._ends.release(delivery, self._started_records.get(key))
+                    self._ends.release(
+                        delivery, self._started_records.get(key), message=self._messages.get(key)
+                    )
                     self._decided.add(key)
 
     def _hand_back_queued(self) -> None:

@@ -139,3 +139,9 @@ async def stubborn(i: int) -> None:
 async def stubborn_forever(i: int) -> None:
     """No time limit, and ignores cancellation: only the process's end stops it."""
     await _ignore_cancellation(i)
+
+
+@app.task(acks_late=False)
+async def stubborn_early(i: int) -> None:
+    """Acknowledged before it runs, and ignores cancellation."""
+    await _ignore_cancellation(i)

@@ -212,6 +212,22 @@ def test_a_cold_stop_hands_back_an_async_job_that_ignores_cancellation_and_exits
     assert result.state == "QUEUED"
 
 
+def test_a_cold_stop_ends_an_early_acked_job_that_ignores_cancellation_as_interrupted(
+    client, env, start_worker
+):
+    # Given a running acks_late=False async def job that ignores cancellation
+    worker = start_worker("--pool", "async", "--grace", "0.5")
+    result = client.enqueue(f"{TASKS}.stubborn_early", 3)
+    wait_until(lambda: len(started(env)) == 1, 30, "the job running")
+    # When the worker is stopped and its grace runs out
+    worker.signal(signal.SIGTERM)
+    # Then its message being gone, the job ends for good, recorded as interrupted
+    assert worker.wait(15) == 3
+    assert result.state == "FAILURE"
+    assert result.record is not None
+    assert result.record.reason == "interrupted"
+
+
 def test_a_pool_child_dies_with_its_worker(client, env, start_worker):
     # Given a process-pool worker whose child runs a long job
     worker = start_worker("--pool", "processes", "-c", "1", FAULT_SLEEP_S="600")

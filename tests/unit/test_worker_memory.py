@@ -257,6 +257,45 @@ def test_a_cold_stop_cancels_a_running_async_job(
     assert app.AsyncResult(r.id).state == QUEUED
 
 
+def test_a_cold_stop_of_an_early_acked_workflow_step_ends_its_workflow(app: Faena) -> None:
+
+    # Given a chain whose first step (acks_late=False) is running, with an error callback
+    release, running = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    @app.task(name="cold.first", acks_late=False)
+    def first() -> int:
+        running.set()
+        release.wait(WAIT_S)
+        return 1
+
+    @app.task(name="cold.then")
+    def then(x: int) -> None:
+        ran.append("then")
+
+    @app.task(name="cold.errback")
+    def errback(job_id: str, error: dict[str, str]) -> None:
+        ran.append(error["type"])
+
+    runner = WorkerThread(app, WorkerOptions(pool="solo")).start()
+    result = (first.s() | then.s()).apply_async(link_error=errback.s())
+    assert running.wait(WAIT_S)
+    try:
+        # When the worker is stopped twice (a cold stop)
+        with LogLine("faena.worker", "graceful shutdown") as stopping:
+            runner.worker.request_stop()
+            stopping.wait()
+        runner.worker.request_stop()
+        assert runner.join() == 3
+    finally:
+        release.set()
+    # Then the chain failed (the step will never run again), and its error callback runs
+    drain(app)
+    with pytest.raises(TaskFailed, match="WorkerLost"):
+        result.get(timeout=WAIT_S)
+    assert ran == ["faena.WorkerLost"]
+
+
 def test_job_handed_back_at_a_cold_stop_reads_as_queued(app: Faena) -> None:
     # Given a job handed back at a cold stop
     _, job_id = _cold_stop_while_running(app)

@@ -88,7 +88,11 @@ class Worker:
         self.grace_s = (
             options.grace_s if options.grace_s is not None else app.settings.shutdown_grace_s
         )
-        if not 0 <= self.grace_s < math.inf:  # (False for nan too)
+        if (
+            isinstance(self.grace_s, bool)
+            or not isinstance(self.grace_s, int | float)
+            or not 0 <= self.grace_s < math.inf  # (False for nan too)
+        ):
             raise ConfigurationError(
                 f"the shutdown grace period is a number of seconds >= 0, got {self.grace_s!r}"
             )

@@ -85,6 +85,8 @@ def test_worker_consumes_only_its_queues(app: Faena) -> None:
         ({"prefetch": -1}, "prefetch must be >= 0"),
         ({"grace_s": float("nan")}, "grace period is a number of seconds >= 0, got nan"),
         ({"grace_s": -1.0}, "grace period is a number of seconds >= 0"),
+        ({"grace_s": "30"}, "grace period is a number of seconds >= 0, got '30'"),
+        ({"grace_s": True}, "grace period is a number of seconds >= 0, got True"),
     ],
 )
 def test_bad_worker_options_are_refused(app: Faena, options: dict[str, Any], message: str) -> None:

@@ -42,6 +42,10 @@ from faena.model.serialization import loads_json, loads_pickle
 
 log = logging.getLogger("faena.worker")
 
+_UNSENDABLE = (MessageTooLarge, SerializationError)
+"""What a follow-up's send fails with for good (over max_message_size, a value its serializer
+cannot carry): trying it again could never succeed."""
+
 
 class FlowIO(Protocol):
     """The few operations the rules need, on the app's stores and broker (sync: one thread)."""
@@ -94,7 +98,7 @@ def after_success(io: FlowIO, message: Message, value: Any, again: bool) -> None
         return
     try:
         _after_success(io, message, value, again)
-    except (MessageTooLarge, SerializationError) as exc:
+    except _UNSENDABLE as exc:
         error = ErrorInfo.from_exception(exc)
         after_failure(io, message, error, again)
 
@@ -150,7 +154,7 @@ def after_failure(io: FlowIO, message: Message, error: ErrorInfo, again: bool) -
         io.store(list(records.values()))
     try:
         _send(io, out, again)
-    except (MessageTooLarge, SerializationError) as exc:
+    except _UNSENDABLE as exc:
         # The error callbacks cannot be sent (an error message too long for a message, say):
         # the failure is recorded above; trying again could never succeed, and would hold
         # back everything queued behind it.

@@ -224,12 +224,9 @@ def after_job(
     success = outcome.status == "success" and decision.action == "ack"
     if flow is None or not (success or decision.action == "dead"):
         return decision
+    children = flow.children() if success else [j.id for j in flow.link_error]
+    decision = _recorded_with(outbox, decision, children)
     record = decision.record
-    if record is not None:
-        children = flow.children() if success else [j.id for j in flow.link_error]
-        record = msgspec.structs.replace(record, children=children)
-        decision = dataclasses.replace(decision, record=record)
-        outbox.record(record)
     if success:
         value = decode_value(outcome.value, message.serializer, app.settings.accept)
         rule: Callable[..., None] = after_success
@@ -259,13 +256,19 @@ def after_ending(
     flow = message.flow
     if flow is None:
         return decision
-    if decision.record is not None:
-        children = [j.id for j in flow.link_error]
-        record = msgspec.structs.replace(decision.record, children=children)
-        decision = dataclasses.replace(decision, record=record)
-        outbox.record(record)
+    decision = _recorded_with(outbox, decision, [j.id for j in flow.link_error])
     _follow(app, outbox, delivery, message, after_failure, error, None)
     return decision
+
+
+def _recorded_with(outbox: Outbox, decision: Decision, children: list[str]) -> Decision:
+    """``decision`` with its record naming ``children``, that record queued before the
+    follow-ups (which may read it)."""
+    if decision.record is None:
+        return decision
+    record = msgspec.structs.replace(decision.record, children=children)
+    outbox.record(record)
+    return dataclasses.replace(decision, record=record)
 
 
 def _follow(

@@ -65,15 +65,17 @@ class FlowGate:
         """``0.0`` if the job may start now (its slot, if any, is held by ``run``); else the
         seconds to wait before trying again."""
         self.used = True
+        # The keys first: a key function that raises (KeyFunctionFailed) takes nothing.
+        base = limit_key(options.concurrency_key, task, args, kwargs, "concurrency_key")
+        rate_key = limit_key(options.rate_limit_key, task, args, kwargs, "rate_limit_key")
         if options.concurrency_limit is not None:
-            base = limit_key(options.concurrency_key, task, args, kwargs)
             slot = await self._take_slot(base, options.concurrency_limit, run)
             if slot is None:
                 return self.concurrency_retry_s
             self.slots[run] = slot
         if options.rate_limit is not None:
             try:
-                wait = await self._take_rate(options, task, args, kwargs)
+                wait = await self._take_rate(options, rate_key)
             except BaseException:  # the job will not start: its slot must not stay renewed
                 await self.leave(run)
                 raise
@@ -90,12 +92,10 @@ class FlowGate:
                 return slot
         return None
 
-    async def _take_rate(
-        self, options: TaskOptions, task: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> float:
+    async def _take_rate(self, options: TaskOptions, rate_key: str) -> float:
         assert options.rate_limit is not None
         rate = parse_rate_limit(options.rate_limit)
-        key = "faena:rate:" + limit_key(options.rate_limit_key, task, args, kwargs)
+        key = "faena:rate:" + rate_key
         if rate.step < rate.limit:
             wait = await self.store.atake_in_window(key + "|step", rate.step, rate.step_s)
             if wait > 0:

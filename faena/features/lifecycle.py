@@ -4,7 +4,8 @@ Pure decisions: the worker and eager mode call :func:`decide` with the task, the
 the outcome and the time, and carry out what it returns. Nothing here does I/O.
 
 Rules:
-- success: record ``SUCCESS`` (no record with ``ignore_result``), ack.
+- success: record ``SUCCESS`` (with ``ignore_result``: none, or one without the value when
+  an earlier run of the job left a ``RETRY`` record), ack.
 - retry (``self.retry()``, ``raise Retry``, or an exception in ``retry_for``): while retries
   are left, record ``RETRY`` and send the next attempt due after the back-off; with none left
   it is a failure.
@@ -90,9 +91,15 @@ def base_record(
 def decide(options: TaskOptions, message: Message, outcome: Outcome, info: RunInfo) -> Decision:
     """The decision for one run's outcome. See the module docstring for the rules."""
     if outcome.status == "success":
-        if options.ignore_result:
-            return Decision(action="ack", record=None)
         record = base_record(message, info, states.SUCCESS, options)
+        if options.ignore_result:
+            if message.retries == 0 and info.deliveries <= 1:
+                return Decision(action="ack", record=None)
+            # An earlier run recorded RETRY (a retry, a lost worker): replace it, value-less.
+            return Decision(
+                action="ack",
+                record=msgspec.structs.replace(record, finished_at=info.now, progress=1.0),
+            )
         return Decision(
             action="ack",
             record=msgspec.structs.replace(

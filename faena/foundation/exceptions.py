@@ -201,8 +201,14 @@ class Retry(TaskSignal):
 
         Raises:
             ConfigurationError: ``countdown`` or ``eta`` is not a finite time (``inf``,
-                ``nan``, a string); raised in the task, the job fails with it.
+                ``nan``, a string), or ``max_retries`` is not an int >= 0 (or ``None``); raised
+                in the task, the job fails with it.
         """
+        if max_retries is not None and (type(max_retries) is not int or max_retries < 0):
+            raise ConfigurationError(
+                f"retry max_retries must be an int >= 0 or None (the task's own), got "
+                f"{max_retries!r}"
+            )
         self.countdown = finite_seconds("retry countdown", countdown)
         self.eta = finite_seconds(
             "retry eta", eta.timestamp() if isinstance(eta, datetime) else eta, "a datetime or "

@@ -131,9 +131,32 @@ def check_limit_pairs(options: Any) -> None:
         raise ConfigurationError("concurrency_key needs concurrency_limit (e.g. 2)")
 
 
+class KeyFunctionFailed(Exception):
+    """A ``rate_limit_key`` or ``concurrency_key`` function raised: the job cannot be placed
+    under its limits, now or later. ``error`` is what the function raised."""
+
+    def __init__(self, option: str, error: Exception) -> None:
+        super().__init__(f"the task's {option} function raised {type(error).__name__}: {error}")
+        self.option = option
+        self.error = error
+
+
 def limit_key(
-    fn: KeyFunction | None, task: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    fn: KeyFunction | None,
+    task: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    option: str = "key",
 ) -> str:
     """The key a limit of ``task`` counts this call under: the task, or the task and the
-    key function's answer."""
-    return task if fn is None else f"{task}|{fn(args, kwargs)}"
+    key function's answer.
+
+    Raises:
+        KeyFunctionFailed: the key function raised (``option`` names it in the message).
+    """
+    if fn is None:
+        return task
+    try:
+        return f"{task}|{fn(args, kwargs)}"
+    except Exception as exc:
+        raise KeyFunctionFailed(option, exc) from exc

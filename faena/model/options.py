@@ -99,6 +99,51 @@ def _check_seconds(name: str, value: Any, *, allow_none: bool = True) -> None:
         )
 
 
+_FLAGS: Final = ("bind", "ignore_result", "acks_late", "retry_jitter")
+
+
+def check_max_retries(value: object) -> int | None:
+    """Return ``value`` if it is a retry limit (an int >= 0, or ``None`` for none).
+
+    Raises:
+        ConfigurationError: anything else (a bool, a string, a negative number...).
+    """
+    if value is not None and (type(value) is not int or value < 0):
+        raise ConfigurationError(
+            f"max_retries must be an int >= 0 or None (no limit), got {value!r}"
+        )
+    return value
+
+
+def _check_name(name: object) -> None:
+    if name is not None and (not isinstance(name, str) or not name.strip() or name != name.strip()):
+        raise ConfigurationError(
+            "task option name must be a non-empty string without spaces at either end "
+            f"(or None for the function's dotted path), got {name!r}"
+        )
+
+
+def _check_kinds(given: dict[str, Any]) -> None:
+    """The name, the flags, the retry limit and the back-off factor."""
+    if "max_retries" in given:
+        check_max_retries(given["max_retries"])
+    if "name" in given:
+        _check_name(given["name"])
+    for name in _FLAGS:
+        if name in given and not isinstance(given[name], bool):
+            raise ConfigurationError(
+                f"task option {name} must be True or False, got {given[name]!r}"
+            )
+    backoff = given.get("retry_backoff", False)
+    if not isinstance(backoff, bool) and (
+        not isinstance(backoff, int | float) or not 0 < backoff < math.inf
+    ):
+        raise ConfigurationError(
+            "task option retry_backoff must be True, False or a positive finite factor in "
+            f"seconds, got {backoff!r}"
+        )
+
+
 def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
     """Validate ``given`` option values and return the resulting options.
 
@@ -126,14 +171,7 @@ def build_options(base: TaskOptions | None = None, **given: Any) -> TaskOptions:
             raise ConfigurationError(
                 f"task option {name} must be a finite number of seconds >= 0, got {given[name]!r}"
             )
-    if (
-        "max_retries" in given
-        and given["max_retries"] is not None
-        and (type(given["max_retries"]) is not int or given["max_retries"] < 0)
-    ):
-        raise ConfigurationError(
-            f"max_retries must be an int >= 0 or None (no limit), got {given['max_retries']!r}"
-        )
+    _check_kinds(given)
     if "retry_for" in given:
         retry_for = given["retry_for"]
         retry_for = (retry_for,) if isinstance(retry_for, type) else tuple(retry_for)

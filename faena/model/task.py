@@ -22,7 +22,12 @@ from faena.foundation.exceptions import (
     finite_seconds,
 )
 from faena.foundation.util import new_id, utf8_safe
-from faena.model.options import TaskOptions, validate_priority, validate_queue
+from faena.model.options import (
+    TaskOptions,
+    check_max_retries,
+    validate_priority,
+    validate_queue,
+)
 from faena.model.retry import may_retry
 from faena.model.signature import Chunks, Signature
 
@@ -143,6 +148,7 @@ class JobContext:
             Retry: always, while retries are left.
             MaxRetriesExceeded: no retries left and no ``exc`` given; with ``exc``, ``exc`` itself.
         """
+        check_max_retries(max_retries)
         if not may_retry(self.task.defaults, self.request.retries, max_retries):
             if exc is not None:
                 raise exc

@@ -32,10 +32,11 @@ from faena.contracts.broker import Consumer, Delivery, Settlement, WorkerInfo
 from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
-from faena.features.lifecycle import Decision, base_record, decide, expired
+from faena.features.lifecycle import Decision, base_record, decide, expired, failed
 from faena.foundation.exceptions import ConfigurationError, RecordRefused
 from faena.foundation.util import worker_identity
 from faena.model import states
+from faena.model.limits import KeyFunctionFailed
 from faena.model.message import Message
 from faena.model.outcome import FINAL_FENCE, ErrorInfo, JobRecord, Outcome
 from faena.worker.canvas import after_ending, after_job
@@ -375,6 +376,10 @@ class Worker:
             wait = await self._flow.enter(
                 _run_of(delivery), job.task.name, options, job.args, job.kwargs
             )
+        except KeyFunctionFailed as exc:
+            # The task's own key function raised for these arguments: it always will.
+            await self._fail_unplaced(delivery, job, exc)
+            return False
         except Exception:  # the store did not answer: try later, never run over the limit
             wait = self.app.settings.concurrency_retry_s
             log.exception("could not check the limits of job %s; back in %gs", delivery.id, wait)
@@ -385,6 +390,23 @@ class Worker:
         # The same attempt, later: the deliveries counted so far stay counted.
         self._ends.settle(Settlement(delivery=delivery, action="release", due=due))
         return False
+
+    async def _fail_unplaced(
+        self, delivery: Delivery, job: Admitted, exc: KeyFunctionFailed
+    ) -> None:
+        """Fail a job whose limit key cannot be computed: recorded ``FAILURE`` with what the
+        key function raised, dead-lettered with reason ``limit_key_failed``; never run."""
+        assert self._outbox
+        message = job.message
+        log.error("job %s (%s) cannot run: %s", message.id, job.task.name, exc)
+        error = ErrorInfo.from_exception(exc.error)
+        info = self._ends.run_info(delivery, None, message)
+        decision = failed(job.task.defaults, message, info, error, reason="limit_key_failed")
+        if message.flow is not None:
+            decision = after_ending(self.app, self._outbox, delivery, message, error, decision)
+        self._ends.apply(delivery, decision, job)
+        self._decided.add(key_of(delivery))
+        await self._flow.finished(message, job.task.defaults, job.args, job.kwargs)
 
     async def _execute(self, delivery: Delivery, job: Admitted) -> None:
         assert self._pool
@@ -428,7 +450,11 @@ class Worker:
             self._decided.add(key_of(delivery))
             self._ends.emit(states.REVOKED, job)
             return
-        decision = decide(task.defaults, message, outcome, info)
+        try:
+            decision = decide(task.defaults, message, outcome, info)
+        except Exception as exc:  # a fault of the decision: end the job, never run it again
+            log.exception("job %s ran, but deciding what follows failed", message.id)
+            decision = failed(task.defaults, message, info, ErrorInfo.from_exception(exc))
         if message.flow is not None:
             decision = after_job(self.app, self._outbox, delivery, message, outcome, decision)
         if not task.defaults.acks_late:

@@ -18,11 +18,12 @@ from faena import (
     Faena,
     FakeClock,
     MessageTooLarge,
+    TaskFailed,
 )
 from faena.features import unique
 from faena.model.limits import RateLimit, parse_rate_limit
 
-from .support import AppFactory, drain, queue_stats
+from .support import AppFactory, dead_letters, drain, queue_stats
 
 
 @pytest.mark.parametrize(
@@ -102,6 +103,34 @@ def test_rate_limit_key_counts_per_key(app: Faena, clock: FakeClock) -> None:
     drain(app)
     # Then each host had its one call in this minute
     assert sorted(ran) == ["a.example", "b.example"]
+
+
+@pytest.mark.parametrize("option", ["rate_limit_key", "concurrency_key"])
+def test_a_limit_key_function_that_raises_fails_the_job_without_running_it(
+    app: Faena, option: str
+) -> None:
+    # Given a task whose key function needs a keyword the call leaves to its default
+    ran: list[str] = []
+    limit = {"rate_limit": "10/s"} if option == "rate_limit_key" else {"concurrency_limit": 2}
+
+    @app.task(**limit, **{option: lambda args, kwargs: kwargs["host"]})
+    def call(path: str, host: str = "api.example") -> None:
+        ran.append(host)
+
+    # When one call gives the keyword and one does not
+    good = call.delay("/a", host="b.example")
+    bad = call.delay("/b")
+    drain(app)
+    # Then the first runs, and the second fails at once with the function's error, dead-lettered
+    # with its reason, never run (not handed back for ever)
+    assert ran == ["b.example"]
+    assert good.state == SUCCESS
+    with pytest.raises(TaskFailed, match="KeyError"):
+        bad.get(timeout=1)
+    letters = dead_letters(app)
+    assert set(letters) == {bad.id}
+    assert letters[bad.id].reason == "limit_key_failed"
+    assert [(q.ready, q.scheduled, q.leased) for q in queue_stats(app)] == [(0, 0, 0)]
 
 
 def test_concurrency_limit_holds_a_slot_per_running_job(app: Faena, clock: FakeClock) -> None:

@@ -310,6 +310,31 @@ def test_a_retry_time_that_is_not_a_finite_time_is_refused(when: dict[str, Any])
         Retry(**when)
 
 
+@pytest.mark.parametrize("limit", ["5", -1, 2.0, True])
+def test_a_retry_limit_that_is_not_a_count_is_refused(limit: Any) -> None:
+    with pytest.raises(ConfigurationError, match="max_retries must be an int >= 0 or None"):
+        Retry(max_retries=limit)
+
+
+def test_a_task_asking_for_a_bad_retry_limit_fails_once_with_that_error(app: Faena) -> None:
+    # Given a task that retries with a retry limit that is not a number
+    runs: list[int] = []
+
+    @app.task(bind=True)
+    def poller(self: JobContext) -> None:
+        runs.append(1)
+        raise self.retry(max_retries="5")  # type: ignore[arg-type]
+
+    # When it runs
+    r = poller.delay()
+    drain(app)
+    # Then it ran once and failed with a clear error (not handed back to run again)
+    assert runs == [1]
+    with pytest.raises(TaskFailed, match="max_retries must be an int >= 0"):
+        r.get(timeout=5)
+    assert set(dead_letters(app)) == {r.id}
+
+
 def test_a_task_asking_for_an_impossible_retry_time_fails_with_that_error(
     app: Faena,
 ) -> None:

@@ -119,6 +119,17 @@ def test_unknown_task_option_is_an_error_at_declaration_listing_valid_ones(app: 
         ({"soft_time_limit": 2**63 - 1}, r"soft_time_limit must be at most 1e\+09 seconds.*None"),
         ({"result_ttl": 1e10}, r"result_ttl must be at most"),
         ({"result_ttl": float("nan")}, r"result_ttl must be a positive number .*not inf or nan"),
+        ({"retry_backoff": "yes"}, "retry_backoff must be True, False or a positive finite"),
+        ({"retry_backoff": -5}, "retry_backoff must be True, False or a positive finite"),
+        ({"retry_backoff": float("nan")}, "retry_backoff must be True, False or a positive"),
+        ({"max_retries": "5"}, "max_retries must be an int >= 0"),
+        ({"ignore_result": "no"}, "ignore_result must be True or False"),
+        ({"acks_late": "False"}, "acks_late must be True or False"),
+        ({"bind": 1}, "bind must be True or False"),
+        ({"retry_jitter": "no"}, "retry_jitter must be True or False"),
+        ({"name": 123}, "name must be a non-empty string"),
+        ({"name": ""}, "name must be a non-empty string"),
+        ({"name": "  padded "}, "name must be a non-empty string without spaces"),
     ],
 )
 def test_bad_option_values_are_refused_at_declaration(
@@ -561,6 +572,32 @@ def test_ignore_result_stores_nothing(app: Faena) -> None:
     assert ran == [1]
     assert r.record is None
     assert r.state == "PENDING"
+
+
+def test_ignore_result_after_a_retry_leaves_a_success_record_not_retry(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given a task whose result is ignored, that fails once and is retried
+    runs: list[int] = []
+
+    @app.task(ignore_result=True, retry_for=(OSError,), default_retry_delay=1)
+    def fire(x: int) -> int:
+        runs.append(x)
+        if len(runs) == 1:
+            raise OSError("first try")
+        return x
+
+    r = fire.delay(1)
+    drain(app)
+    assert r.state == RETRY
+    # When its retry succeeds
+    clock.advance(1)
+    drain(app)
+    # Then its state is SUCCESS (not the first run's RETRY), without a value
+    assert runs == [1, 1]
+    assert r.state == SUCCESS
+    assert r.ready()
+    assert r.get(timeout=1) is None
 
 
 def test_a_job_sent_from_a_job_records_its_lineage(app: Faena) -> None:

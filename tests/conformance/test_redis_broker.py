@@ -813,6 +813,43 @@ class TestRedisOnly:
             admin.config_set("maxmemory", 0)
             admin.close()
 
+    def test_a_server_out_of_memory_still_renews_leases_and_takes_heartbeats(
+        self, private_redis: RedisServer
+    ) -> None:
+        config = BrokerConfig(lease_s=30.0, clock=self.clock)
+        broker = RedisBroker(private_redis.url + "?timeout=2", config)
+        self.brokers.append(broker)
+        admin = redis.Redis(port=private_redis.port)
+        info = WorkerInfo(
+            id="w1", hostname="h", pid=1, queues=("jobs",), concurrency=1, pool="solo", started_at=0
+        )
+
+        async def scenario() -> tuple[set[str], list[str], list[str]]:
+            worker = await broker.open_consumer(["jobs"], "w1")
+            other = await broker.open_consumer(["jobs"], "w2")
+            try:
+                (held,) = await worker.receive(1, 0)
+                # And a server that refuses every write that needs memory (maxmemory reached)
+                admin.config_set("maxmemory", 1)
+                # When the worker renews its lease 20 s in, and beats, and 20 s more pass
+                self.clock.advance(20)
+                lost = await worker.extend([held], 30.0)
+                await broker.register_worker(info)
+                self.clock.advance(20)
+                # Then the lease held (nobody else gets the job), and the worker is listed
+                taken = [d.id for d in await other.receive(1, 0)]
+                return lost, taken, [w.id for w in await broker.workers()]
+            finally:
+                await worker.close()
+                await other.close()
+
+        broker.enqueue([out("long", "jobs")])
+        try:
+            assert run(scenario()) == (set(), [], ["w1"])
+        finally:
+            admin.config_set("maxmemory", 0)
+            admin.close()
+
     @async_test
     async def test_each_message_is_leased_exactly_once_under_concurrent_consumers(self) -> None:
         broker = self.broker(clock=SYSTEM_CLOCK)

@@ -23,6 +23,9 @@ for k, id in ipairs(ids) do
   end
 end
 if #kept > 0 then
+  -- A removal first: Redis lets a script that has written go on past maxmemory, so a full
+  -- server still renews leases (a refused renewal would hand a live worker's job out again).
+  redis.call('ZREM', KEYS[LEASED], kept[2])
   bulk('ZADD', KEYS[LEASED], kept)
 end
 return lost

@@ -8,6 +8,9 @@
 --                              triples; the others are deleted
 local now = now_ms(ARGV[1])
 if ARGV[2] == 'beat' then
+  -- Removed, then written: a script that has removed something may write past maxmemory, so
+  -- a worker starts and beats on a full server (it is what drains it).
+  redis.call('HDEL', KEYS[1], ARGV[3])
   redis.call('HSET', KEYS[1], ARGV[3], string.format('%d|', now) .. ARGV[4])
   return now
 end

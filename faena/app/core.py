@@ -37,7 +37,7 @@ from faena.model.message import Message
 from faena.model.options import TaskOptions, build_options, validate_queue
 from faena.model.registry import Registry
 from faena.model.signature import Canvas, Signature
-from faena.model.task import CallOptions, Task, _call_options
+from faena.model.task import CallOptions, Task, _call_options, enqueue_row
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -370,7 +370,7 @@ class Faena:
         messages: list[Message] = []
         defaults = named.defaults if named is not None else None
         for given in calls:
-            args = tuple(given)
+            args = enqueue_row(given)
             if named is not None:
                 named.check_arguments_or_raise(args, {})
             messages.append(build_message(self.settings, name, defaults, args, {}, call))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 
@@ -15,6 +16,7 @@ from faena.foundation.exceptions import (
     TaskFailed,
     TaskRevoked,
     TimeoutError,
+    finite_seconds,
 )
 from faena.foundation.util import revoker_identity
 from faena.model import states
@@ -36,6 +38,17 @@ def _slice(deadline: float | None) -> float:
     if deadline is None:
         return _LOOK_S
     return max(0.0, min(_LOOK_S, deadline - SYSTEM_CLOCK.monotonic()))
+
+
+def wait_deadline(timeout: float | None) -> float | None:
+    """When a wait of ``timeout`` seconds ends (``None`` or ``inf``: never).
+
+    Raises:
+        ConfigurationError: ``timeout`` is not a number of seconds (``nan``, a string).
+    """
+    if timeout is None or (type(timeout) in (int, float) and timeout == math.inf):
+        return None
+    return SYSTEM_CLOCK.monotonic() + (finite_seconds("a get() timeout", timeout) or 0.0)
 
 
 def _past(deadline: float | None) -> bool:
@@ -165,7 +178,7 @@ class AsyncResult(Generic[R]):
             faena.TaskFailed: it failed (with ``propagate``; else the error is returned).
             faena.TaskRevoked: it was revoked or expired (with ``propagate``).
         """
-        deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         while True:
             record = self.app.results.wait(self.id, _slice(deadline))
             if _ready(record):
@@ -185,7 +198,7 @@ class AsyncResult(Generic[R]):
 
     async def aget(self, timeout: float | None = None, propagate: bool = True) -> R | ResultError:
         """``get`` for async callers."""
-        deadline = None if timeout is None else SYSTEM_CLOCK.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         while True:
             record = await self.app.results.await_ready(self.id, _slice(deadline))
             if _ready(record):

@@ -69,14 +69,26 @@ def build_settings(given: Mapping[str, Any]) -> Settings:
         )
     values = dict(given)
     if "accept" in values:
-        values["accept"] = tuple(values["accept"])
+        values["accept"] = _names("accept", values["accept"])
     if "function_modules" in values and values["function_modules"] is not None:
-        values["function_modules"] = tuple(values["function_modules"])
+        values["function_modules"] = _names("function_modules", values["function_modules"])
     if "routes" in values and not isinstance(values["routes"], Routes):
         values["routes"] = Routes.build(values["routes"])
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+def _names(setting: str, value: Any) -> tuple[str, ...]:
+    """A list of names; one name given alone (``"json"``) is a list of one, not of letters."""
+    names = (value,) if isinstance(value, str) else value
+    try:
+        names = tuple(names)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) and n for n in names):
+        raise ConfigurationError(f"setting {setting} must be a list of names, got {value!r}")
+    return names
 
 
 def _positive(name: str, value: float, settings: Settings) -> None:
@@ -128,6 +140,13 @@ def resolve_urls(broker: str | None, results: str | None) -> tuple[str, str]:
 
     Results default to the broker's own store.
     """
+    for name, url in (("broker", broker), ("results", results)):
+        if url is not None and (not isinstance(url, str) or not url.strip()):
+            raise ConfigurationError(
+                f"{name} must be a URL such as 'redis://localhost:6379/0', or None for the "
+                f"default; got {url!r}"
+            )
+    # An empty environment variable counts as unset.
     broker_url = broker or os.environ.get(BROKER_ENV) or DEFAULT_BROKER_URL
     results_url = results or os.environ.get(RESULTS_ENV) or broker_url
     return broker_url, results_url

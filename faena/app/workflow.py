@@ -9,7 +9,6 @@ canvas: a :class:`GroupResult` for a group, else a :class:`WorkflowResult` — t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +16,8 @@ import msgspec
 
 from faena.app.freezing import After, Freezer, with_link
 from faena.app.producer import eta_of, to_outgoing
-from faena.app.result import AsyncResult
+from faena.app.result import AsyncResult, wait_deadline
+from faena.foundation.clock import SYSTEM_CLOCK
 from faena.foundation.exceptions import ConfigurationError, ResultError, TimeoutError
 from faena.model import states
 from faena.model.flow import Job, job_message
@@ -108,10 +108,10 @@ class GroupResult:
             TaskFailed: (``propagate``) the first member, in order, that failed.
             TimeoutError: a member did not finish in time.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = wait_deadline(timeout)
         values: list[Any] = []
         for result in self.results:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            left = None if deadline is None else max(0.0, deadline - SYSTEM_CLOCK.monotonic())
             try:
                 values.append(result.get(timeout=left, propagate=True))
             except TimeoutError:

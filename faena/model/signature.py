@@ -140,8 +140,24 @@ class Canvas(ABC):
         check_options(type(self).__name__.lower(), options)
         link = _links(options.pop("link", None), "link")
         link_error = _links(options.pop("link_error", None), "link_error")
-        canvas = self.with_args(tuple(args), kwargs or {}) if args or kwargs else self
+        args, kwargs = call_arguments(args, kwargs)
+        canvas = self.with_args(args, kwargs) if args or kwargs else self
         return canvas, link, link_error
+
+
+def call_arguments(args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``apply_async``'s ``args`` (a tuple or list) and ``kwargs`` (a mapping or ``None``).
+
+    Raises:
+        TypeError: another kind: a string would be sent as its characters, a dict as its keys.
+    """
+    if not isinstance(args, tuple | list):
+        raise TypeError(
+            f"args is a tuple or list of the positional arguments, e.g. (1, 2); got {args!r}"
+        )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"kwargs is a mapping of the keyword arguments; got {kwargs!r}")
+    return tuple(args), dict(kwargs or {})
 
 
 class Signature(Canvas):

@@ -29,7 +29,7 @@ from faena.model.options import (
     validate_queue,
 )
 from faena.model.retry import may_retry
-from faena.model.signature import Chunks, Signature
+from faena.model.signature import Chunks, Signature, call_arguments
 
 if TYPE_CHECKING:
     from faena.app.result import AsyncResult
@@ -273,7 +273,7 @@ class Task(Generic[P, R]):
             >>> fetch_price.apply_async(("A1",), countdown=10, queue="high", priority=9)
         """
         return self.dispatcher.send(
-            self, tuple(args), dict(kwargs or {}), _call_options(self, options)
+            self, *call_arguments(args, kwargs), _call_options(self, options)
         )
 
     async def aapply_async(
@@ -284,7 +284,7 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """``apply_async`` for async producers."""
         return await self.dispatcher.asend(
-            self, tuple(args), dict(kwargs or {}), _call_options(self, options)
+            self, *call_arguments(args, kwargs), _call_options(self, options)
         )
 
     # -- workflows (see faena.model.signature) -------------------------------------------------
@@ -330,13 +330,17 @@ class Task(Generic[P, R]):
         return BoundCall(self, _call_options(self, options))
 
 
-def _row(item: Any) -> list[Any]:
-    """One call's arguments in ``starmap`` or ``chunks``: a tuple or list of them."""
+def _row(item: Any, what: str = "starmap and chunks take") -> list[Any]:
+    """One call's arguments in ``starmap``, ``chunks`` or ``enqueue_many``: a tuple or list
+    of them (any iterable but a string, bytes or a mapping, which are one argument)."""
     if isinstance(item, str | bytes | Mapping) or not isinstance(item, Iterable):
-        raise TypeError(
-            f"starmap and chunks take one sequence of arguments per call, e.g. (1, 2); got {item!r}"
-        )
+        raise TypeError(f"{what} one sequence of arguments per call, e.g. (1, 2); got {item!r}")
     return list(item)
+
+
+def enqueue_row(item: Any) -> tuple[Any, ...]:
+    """One call's arguments in ``enqueue_many`` (see :func:`_row`)."""
+    return tuple(_row(item, "enqueue_many takes"))
 
 
 def _positional_range(signature: inspect.Signature) -> tuple[int, float] | None:

@@ -20,6 +20,7 @@ from faena import (
     STARTED,
     SUCCESS,
     BrokerUnavailable,
+    ConfigurationError,
     Faena,
     FakeClock,
     JobContext,
@@ -27,6 +28,7 @@ from faena import (
     TaskFailed,
     TaskRevoked,
     TimeoutError,
+    group,
 )
 from faena.contracts.broker import Location
 from faena.model.outcome import JobRecord
@@ -132,6 +134,23 @@ def test_get_times_out_when_no_worker_runs_the_job(app: Faena) -> None:
     with pytest.raises(TimeoutError, match=r"QUEUED.*is a worker consuming") as caught:
         r.get(timeout=0.05)
     assert isinstance(caught.value, builtins.TimeoutError)  # `except TimeoutError` works too
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), "5", True, -float("inf")])
+def test_a_get_timeout_that_is_not_a_number_of_seconds_is_refused(app: Faena, timeout: Any) -> None:
+    @app.task
+    def noop() -> None: ...
+
+    r = noop.delay()
+    group_result = group(noop.s(), noop.s()).delay()
+    # When a caller waits with a timeout no clock can reach (nan waited for ever), Then it is
+    # refused at once
+    with pytest.raises(ConfigurationError, match=r"get\(\) timeout must be a finite number"):
+        r.get(timeout=timeout)
+    with pytest.raises(ConfigurationError, match=r"get\(\) timeout must be a finite number"):
+        asyncio.run(r.aget(timeout=timeout))
+    with pytest.raises(ConfigurationError, match=r"get\(\) timeout must be a finite number"):
+        group_result.get(timeout=timeout)
 
 
 def test_aget_and_await_return_the_value(app: Faena) -> None:

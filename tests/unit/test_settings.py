@@ -148,6 +148,9 @@ def test_unsupported_env_url_is_refused_at_creation(monkeypatch: pytest.MonkeyPa
         ({"heartbeat_s": 30.0, "lease_s": 30.0}, "must be shorter than lease_s"),
         ({"max_deliveries": 0}, "max_deliveries must be an int >= 1"),
         ({"max_deliveries": 2.0}, "max_deliveries must be an int >= 1"),
+        ({"function_modules": ["billing", ""]}, "function_modules must be a list of names"),
+        ({"function_modules": 7}, "function_modules must be a list of names"),
+        ({"accept": ["json", None]}, "accept must be a list of names"),
     ],
 )
 def test_bad_setting_values_are_refused(settings: dict[str, Any], message: str) -> None:
@@ -175,6 +178,28 @@ def test_function_modules_default_to_the_package_that_creates_the_app() -> None:
         assert app.function_modules == ("tests",)
     with Faena("shop", broker="memory://", function_modules=["billing"]) as app:
         assert app.function_modules == ("billing",)
+
+
+def test_one_name_alone_is_a_list_of_one_not_of_letters() -> None:
+    # Given settings that take lists, each given one name as a plain string
+    with Faena("shop", broker="memory://", function_modules="billing", accept="json") as app:
+        # Then each is that one name
+        assert app.function_modules == ("billing",)
+        assert app.settings.accept == ("json",)
+
+
+@pytest.mark.parametrize("which", ["broker", "results"])
+def test_an_empty_url_argument_is_refused_not_taken_for_the_default(
+    which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a URL read from an unset variable, When it is given to the app, Then it is refused
+    monkeypatch.delenv("FAENA_BROKER_URL", raising=False)
+    with pytest.raises(ConfigurationError, match=f"{which} must be a URL"):
+        Faena("shop", **{which: ""})
+    # While an empty environment variable counts as unset
+    monkeypatch.setenv("FAENA_BROKER_URL", "")
+    with Faena("shop", broker=None, results="memory://") as app:
+        assert app.broker_url == "sqlite:///faena.sqlite3"
 
 
 def test_memory_app_keeps_its_data_across_close(app: Faena) -> None:

@@ -831,6 +831,42 @@ def test_shared_task_joins_existing_and_later_apps_and_sends_through_the_latest(
 # -- bulk -----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "calls", [["ab", "cd"], [{"x": 1, "y": 2}], [b"ab"], [7]], ids=["str", "dict", "bytes", "int"]
+)
+def test_enqueue_many_refuses_an_item_that_is_not_a_tuple_of_arguments(
+    app: Faena, calls: list[Any]
+) -> None:
+    @app.task
+    def pair(a: Any, b: Any) -> None: ...
+
+    # When each item is one argument rather than a tuple of them, Then nothing is sent
+    with pytest.raises(TypeError, match="enqueue_many takes one sequence of arguments per call"):
+        app.enqueue_many(pair, [("a", "b"), *calls])
+    assert queue_stats(app) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"args": "ab"}, "args is a tuple or list"),
+        ({"args": {"a": 1}}, "args is a tuple or list"),
+        ({"args": (), "kwargs": [("a", 1)]}, "kwargs is a mapping"),
+    ],
+)
+def test_apply_async_refuses_args_that_are_not_a_tuple_or_list(
+    app: Faena, given: dict[str, Any], message: str
+) -> None:
+    @app.task
+    def pair(a: Any = 0, b: Any = 0) -> None: ...
+
+    with pytest.raises(TypeError, match=message):
+        pair.apply_async(**given)
+    with pytest.raises(TypeError, match=message):
+        pair.s().apply_async(**given)
+    assert queue_stats(app) == []
+
+
 def test_enqueue_many_sends_one_job_per_call(app: Faena) -> None:
     # Given a task and many argument tuples
     @app.task

@@ -387,6 +387,29 @@ def test_a_record_the_store_refuses_does_not_hold_back_the_others(
         store.close()
 
 
+def test_a_full_server_still_renews_a_held_coordination_key(
+    server: RedisServer, admin: redis.Redis
+) -> None:
+    store = RedisCoordinationStore(server.url + "?prefix=oomc")
+    try:
+        # Given a held key (a lock, a concurrency slot), and a server out of memory
+        assert store.set_if_absent("lock:report", "A", 60.0)
+        admin.config_set("maxmemory", 1)
+        try:
+            # When its owner renews it, Then the renewal goes through (a refused renewal would
+            # let the key lapse under its working owner and pass to a second one)
+            assert store.compare_and_expire("lock:report", "A", 60.0)
+            assert store.expire("lock:report", 60.0)
+            # While taking a new key still needs memory
+            with pytest.raises(BrokerError, match="maxmemory"):
+                store.set_if_absent("lock:other", "B", 60.0)
+        finally:
+            admin.config_set("maxmemory", 0)
+        assert store.get("lock:report") == "A"
+    finally:
+        store.close()
+
+
 def test_a_server_refusing_writes_loses_no_record(server: RedisServer, admin: redis.Redis) -> None:
     store = RedisResultStore(server.url + "?prefix=oom")
     try:

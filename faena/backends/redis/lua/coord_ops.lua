@@ -44,6 +44,9 @@ end
 -- Give the key (and its members) a new expiry, ttl_ms from now.
 local function expire_in(ttl_ms, kind)
   local x = now + tonumber(ttl_ms)
+  -- Removed, then written: a script that has removed something may write past maxmemory, so
+  -- a full server still renews a held lock or slot (else it would pass to a second owner).
+  redis.call('HDEL', key, 'x')
   redis.call('HSET', key, 'x', int(x))
   native_expire(key, x)
   if kind == 'm' then

@@ -66,8 +66,13 @@ class CallOptions:
             validate_queue(self.queue)
         if self.priority is not None:
             validate_priority(self.priority)
-        if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
-            raise ConfigurationError(f"task_id must be a non-empty str, got {self.task_id!r}")
+        if self.task_id is not None and (
+            not isinstance(self.task_id, str) or not self.task_id or "\x00" in self.task_id
+        ):
+            # NUL: SQLite's JSON functions, through which its batches pass ids, end a string there
+            raise ConfigurationError(
+                f"task_id must be a non-empty str without NUL characters, got {self.task_id!r}"
+            )
         if self.serializer not in (None, "json", "pickle"):
             raise ConfigurationError(
                 f"serializer must be 'json' or 'pickle', got {self.serializer!r}"

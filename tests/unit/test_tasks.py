@@ -381,6 +381,7 @@ def test_unknown_call_option_is_refused_listing_valid_ones(app: Faena) -> None:
         ({"priority": 11}, "priority must be an int from 0 to 9"),
         ({"queue": "bad queue"}, "invalid queue name"),
         ({"task_id": ""}, "task_id must be a non-empty str"),
+        ({"task_id": "report\x00v2"}, "task_id must be a non-empty str without NUL"),
         ({"countdown": "soon"}, "countdown must be a finite number of seconds"),
         ({"countdown": float("inf")}, "countdown must be a finite number of seconds"),
         ({"countdown": float("nan")}, "countdown must be a finite number of seconds"),

@@ -64,6 +64,7 @@ from faena.contracts.broker import (
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock, FakeClock
+from faena.foundation.exceptions import ConfigurationError
 from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.model.states import FAILURE, REVOKED, STARTED, SUCCESS
 
@@ -741,6 +742,32 @@ class BrokerConformance(_Suite):
             assert newer.body == b"newer"
             assert [d.id for d in await broker.dead_letters()] == ["d1"]
             assert await consumer.settle([settle(newer, "ack")]) == [True]
+
+    @async_test
+    async def test_an_id_named_twice_counts_once(self) -> None:
+        broker = self.broker()
+        await self._bury(broker, "d1", "d2")
+        assert await broker.requeue_dead(["d1", "d1"]) == 1
+        assert await broker.purge_dead(["d2", "d2"]) == 1
+        assert await broker.dead_letters() == []
+        assert broker.locate("d1") == "queued"
+
+    @async_test
+    async def test_a_consumer_needs_a_queue(self) -> None:
+        broker = self.broker()
+        with pytest.raises(ConfigurationError, match="at least one queue"):
+            await broker.open_consumer([], "w1")
+
+    @async_test
+    async def test_a_consumer_of_hundreds_of_queues_is_served_from_each(self) -> None:
+        broker = self.broker()
+        # Given a consumer of 600 queues (more parts than one SQL statement takes) and a
+        # message in the first and in the last
+        queues = [f"q{i}" for i in range(600)]
+        broker.enqueue([out("first", "q0"), out("last", "q599")])
+        async with self.consumer(broker, *queues) as consumer:
+            # When it claims, Then it gets both, in queue order
+            assert [d.id for d in await consumer.receive(10, 0)] == ["first", "last"]
 
     @async_test
     async def test_purge_dead_by_id_and_all(self) -> None:

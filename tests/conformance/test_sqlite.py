@@ -98,6 +98,30 @@ class TestSQLiteOnly(_OnAFile):
             broker.close()
             store.close()
 
+    @async_test
+    async def test_a_claim_judges_deliveries_only_in_its_own_queues(self) -> None:
+        # Given two apps on one file: B allows 10 deliveries on its queue, A only 2 on its own
+        clock = FakeClock()
+        strict = SQLiteBroker(self.url, BrokerConfig(clock=clock, max_deliveries=2, lease_s=1))
+        lenient = SQLiteBroker(self.url, BrokerConfig(clock=clock, max_deliveries=10, lease_s=1))
+        try:
+            lenient.enqueue([out("b-job", "y")])
+            b = await lenient.open_consumer(["y"], "wb")
+            a = await strict.open_consumer(["x"], "wa")
+            # And B's message handed out twice by B, its leases lost
+            for _ in range(2):
+                assert [d.id for d in await b.receive(1, 0)] == ["b-job"]
+                clock.advance(2)
+            # When A claims from its queue
+            assert await a.receive(1, 0) == []
+            # Then B's message is not A's to bury: B hands it out a third time
+            assert [(d.id, d.deliveries) for d in await b.receive(1, 0)] == [("b-job", 3)]
+            await a.close()
+            await b.close()
+        finally:
+            strict.close()
+            lenient.close()
+
     def test_messages_survive_a_reopen(self) -> None:
         first = SQLiteBroker(self.url, BrokerConfig())
         first.enqueue([out("m1")])

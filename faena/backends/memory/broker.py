@@ -27,6 +27,7 @@ from faena.contracts.broker import (
 )
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
+from faena.foundation.exceptions import ConfigurationError
 
 
 @dataclass(slots=True)
@@ -232,6 +233,8 @@ class MemoryBroker(Broker):
     async def open_consumer(
         self, queues: Sequence[str], worker_id: str, *, records: ResultStore | None = None
     ) -> Consumer:
+        if not queues:
+            raise ConfigurationError("a consumer needs at least one queue to read from")
         return _MemoryConsumer(self, list(queues), worker_id)
 
     async def register_worker(self, info: WorkerInfo) -> None:
@@ -295,10 +298,15 @@ class MemoryBroker(Broker):
         rows.sort(key=lambda r: r.dead_at, reverse=True)
         return rows[:limit]
 
+    def _named_dead(self, ids: Sequence[str] | None) -> list[str]:
+        """The dead letters ``ids`` names (each once), or all of them."""
+        named = self._dead if ids is None else dict.fromkeys(ids)
+        return [i for i in named if i in self._dead]
+
     async def requeue_dead(self, ids: Sequence[str] | None = None) -> int:
         now = self.clock.time()
         with self._lock:
-            chosen = list(self._dead) if ids is None else [i for i in ids if i in self._dead]
+            chosen = self._named_dead(ids)
             # A dead letter whose id is in use again stays: it would overwrite the newer message.
             chosen = [mid for mid in chosen if mid not in self._entries]
             for mid in chosen:
@@ -314,7 +322,7 @@ class MemoryBroker(Broker):
 
     async def purge_dead(self, ids: Sequence[str] | None = None) -> int:
         with self._lock:
-            chosen = list(self._dead) if ids is None else [i for i in ids if i in self._dead]
+            chosen = self._named_dead(ids)
             for mid in chosen:
                 del self._dead[mid]
             return len(chosen)

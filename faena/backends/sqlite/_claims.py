@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from faena.contracts.broker import Delivery, Settlement
 
@@ -27,8 +28,12 @@ FROM (SELECT id AS rid, row_number() OVER (ORDER BY lease_until, seq) AS n
       FROM faena_messages WHERE state = 1 AND lease_until <= :now) AS r
 WHERE faena_messages.id = r.rid
 """
-# "deliveries > 0" repeats the partial index's condition so SQLite uses that index.
-_EXHAUSTED = "state = 0 AND deliveries > 0 AND deliveries >= :max"
+# "deliveries > 0" repeats the partial index's condition so SQLite uses that index. Only the
+# claimed queues: another app sharing the file may allow more deliveries on its own queues.
+_EXHAUSTED = (
+    "state = 0 AND deliveries > 0 AND deliveries >= :max "
+    "AND queue IN (SELECT value FROM json_each(:queues))"
+)
 _BURY_EXHAUSTED = f"""
 INSERT OR REPLACE INTO faena_dead
     (id, queue, priority, reason, detail, dead_at, deliveries, fence, enqueued_at, body)
@@ -55,6 +60,9 @@ _CANDIDATES = (
     "WHERE state = 0 AND queue = :q{k} ORDER BY priority DESC, seq LIMIT :n)"
 )
 _claim_sql_cache: dict[int, str] = {}
+_QUEUES_PER_STATEMENT = 400
+"""SQLite refuses a compound SELECT of more than 500 parts: a claim of more queues runs one
+statement per group of this many, in queue order, within its transaction."""
 
 _PAIRS = "(SELECT value ->> 0, value ->> 1 FROM json_each(:pairs))"
 _ACK = f"DELETE FROM faena_messages WHERE state = 1 AND (id, fence) IN {_PAIRS} RETURNING id, fence"
@@ -129,11 +137,18 @@ def claim(
     recovered = conn.execute(_RECOVER, {"now": now, "base": base}).rowcount
     if recovered > 0:
         take_seq(conn, recovered)
-    conn.execute(_BURY_EXHAUSTED, {"now": now, "max": max_deliveries})
-    conn.execute(_DELETE_EXHAUSTED, {"max": max_deliveries})
-    params: dict[str, object] = {"until": now + lease_s, "worker": worker, "n": limit}
-    params.update({f"q{k}": q for k, q in enumerate(queues)})
-    rows = conn.execute(_claim_sql(len(queues)), params).fetchall()
+    claimed = json.dumps(list(queues))
+    conn.execute(_BURY_EXHAUSTED, {"now": now, "max": max_deliveries, "queues": claimed})
+    conn.execute(_DELETE_EXHAUSTED, {"max": max_deliveries, "queues": claimed})
+    rows: list[tuple[Any, ...]] = []
+    for first in range(0, len(queues), _QUEUES_PER_STATEMENT):
+        if len(rows) >= limit:
+            break
+        part = queues[first : first + _QUEUES_PER_STATEMENT]
+        params: dict[str, object] = {"until": now + lease_s, "worker": worker}
+        params["n"] = limit - len(rows)
+        params.update({f"q{k}": q for k, q in enumerate(part)})
+        rows += conn.execute(_claim_sql(len(part)), params).fetchall()
     # RETURNING comes in storage order; hand out in claim order.
     rank = {q: k for k, q in enumerate(queues)}
     rows.sort(key=lambda r: (rank[r[1]], -r[3], r[8]))

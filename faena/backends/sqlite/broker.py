@@ -77,6 +77,12 @@ def _chosen(ids: Sequence[str] | None) -> tuple[str, dict[str, object]]:
     return _IDS, {"ids": json.dumps(list(ids))}
 
 
+_LOCATE = """
+SELECT (SELECT state FROM faena_messages WHERE id = ?),
+       EXISTS (SELECT 1 FROM faena_dead WHERE id = ?)
+"""
+
+
 class SQLiteBroker(Broker):
     """A broker in one SQLite file, shared by every process on the machine.
 
@@ -120,13 +126,12 @@ class SQLiteBroker(Broker):
 
     def locate(self, message_id: str, *, live_first: bool = False) -> Location | None:
         def find(c: sqlite3.Connection) -> Location | None:
-            row = c.execute("SELECT state FROM faena_messages WHERE id = ?", (message_id,))
-            found = row.fetchone()
-            if found and live_first:
-                return _LOCATIONS[found[0]]
-            if c.execute("SELECT 1 FROM faena_dead WHERE id = ?", (message_id,)).fetchone():
-                return "dead"
-            return _LOCATIONS[found[0]] if found else None
+            # One statement, one snapshot: a letter requeued between two reads would be seen
+            # in neither table.
+            state, dead = c.execute(_LOCATE, (message_id, message_id)).fetchone()
+            if state is not None and (live_first or not dead):
+                return _LOCATIONS[state]
+            return "dead" if dead else None
 
         with self._db.connection() as conn:
             return read(conn, find, "locate a message")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from faena.backends.sqlite import SQLiteBroker, SQLiteCoordinationStore, SQLiteResultStore
-from faena.contracts.broker import Broker, BrokerConfig
+from faena.backends.sqlite import _connection as sqlite_connection
+from faena.contracts.broker import Broker, BrokerConfig, Settlement
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.clock import SYSTEM_CLOCK, Clock, FakeClock
@@ -53,6 +57,21 @@ class TestSQLiteResultStore(_OnAFile, ResultStoreConformance):
 class TestSQLiteCoordinationStore(_OnAFile, CoordinationConformance):
     def make_coordination_store(self, clock: Clock) -> CoordinationStore:
         return SQLiteCoordinationStore(self.url, clock)
+
+
+def _answer_of(pid: int, read_end: int, within_s: float) -> str:
+    """What a forked child wrote to its pipe; ``"stuck"`` (and the child killed) if it has not
+    ended within ``within_s``."""
+    deadline = SYSTEM_CLOCK.monotonic() + within_s
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if SYSTEM_CLOCK.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            return "stuck"
+        time.sleep(0.01)  # polling a child's exit: there is nothing to wait on
+    with os.fdopen(read_end, "rb") as answer:
+        return answer.read().decode()
 
 
 class TestSQLiteOnly(_OnAFile):
@@ -121,6 +140,50 @@ class TestSQLiteOnly(_OnAFile):
         finally:
             strict.close()
             lenient.close()
+
+    def test_a_child_forked_while_this_process_writes_can_write(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a process whose executor thread keeps writing (a worker claiming and acking)
+        monkeypatch.setattr(sqlite_connection, "GIVE_UP_S", 5.0)  # a stuck child fails fast
+        broker = SQLiteBroker(self.url, BrokerConfig())
+        stop = threading.Event()
+
+        async def keep_writing() -> None:
+            consumer = await broker.open_consumer(["q"], "w")
+            n = 0
+            while not stop.is_set():
+                n += 1
+                await broker.aenqueue([out(f"x{n}", "q")])
+                got = await consumer.receive(5, 0)
+                await consumer.settle([Settlement(delivery=d, action="ack") for d in got])
+            await consumer.close()
+
+        writer = threading.Thread(target=asyncio.run, args=(keep_writing(),))
+        writer.start()
+        outcomes: list[str] = []
+        try:
+            # When it forks again and again, and each child sends a message
+            for k in range(20):
+                read_end, write_end = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the child
+                    os.close(read_end)
+                    try:
+                        broker.enqueue([out(f"child{k}", "q")])
+                        said = b"ok"
+                    except BaseException as exc:
+                        said = repr(exc).encode()[:200]
+                    os.write(write_end, said)
+                    os._exit(0)
+                os.close(write_end)
+                outcomes.append(_answer_of(pid, read_end, within_s=20.0))
+        finally:
+            stop.set()
+            writer.join(10)
+            broker.close()
+        # Then every child could write (none met a lock its parent held as it forked)
+        assert outcomes == ["ok"] * 20
 
     def test_messages_survive_a_reopen(self) -> None:
         first = SQLiteBroker(self.url, BrokerConfig())

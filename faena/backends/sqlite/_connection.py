@@ -14,8 +14,10 @@ import importlib.resources
 import os
 import random
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from faena.foundation.clock import SYSTEM_CLOCK
@@ -53,6 +55,64 @@ def path_from_url(url: str) -> str:
     return os.path.abspath(path)
 
 
+class _ForkGate:
+    """Keeps ``fork()`` out of this process's SQLite calls.
+
+    SQLite keeps each file's lock state in process memory, where a child inherits it: a child
+    forked while one of our connections held a lock would see that (abandoned) connection hold
+    it for ever, and every write of its own would wait in vain. Each attempt at a transaction
+    or statement goes through the gate; a fork waits at the gate until those in progress end
+    (at most one busy wait, ``BUSY_TIMEOUT_MS``), and none starts until it is done. A thread
+    that forks from inside a call of its own does not wait for itself.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._forking = False
+        self._mine = threading.local()
+
+    @contextmanager
+    def passage(self) -> Iterator[None]:
+        depth = getattr(self._mine, "depth", 0)
+        with self._cond:
+            while self._forking and depth == 0:
+                self._cond.wait()
+            self._inside += 1
+        self._mine.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._mine.depth = depth
+            with self._cond:
+                self._inside -= 1
+                if self._forking:
+                    self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        self._cond.acquire()
+        self._forking = True
+        own = getattr(self._mine, "depth", 0)
+        while self._inside > own:
+            self._cond.wait()
+
+    def after_fork_in_parent(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        self.__init__()  # type: ignore[misc]  # the only thread left: a gate as new
+
+
+_GATE = _ForkGate()
+os.register_at_fork(
+    before=_GATE.before_fork,
+    after_in_parent=_GATE.after_fork_in_parent,
+    after_in_child=_GATE.after_fork_in_child,
+)
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -71,7 +131,8 @@ def _retrying(attempt: Callable[[], T], what: str) -> T:
     give_up_at = SYSTEM_CLOCK.monotonic() + GIVE_UP_S
     while True:
         try:
-            return attempt()
+            with _GATE.passage():
+                return attempt()
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise BrokerError(f"SQLite failed to {what}: {exc}") from exc

@@ -20,6 +20,7 @@ import concurrent.futures
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -48,6 +49,7 @@ class Database:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_conn: sqlite3.Connection | None = None
         self._closed = False
+        _databases.add(self)
         # Open one connection now: a bad path or a broken file fails at construction, and the
         # schema exists before anyone waits on it.
         with self.connection():
@@ -142,6 +144,19 @@ class Database:
 
 _shared: dict[str, tuple[Database, int]] = {}
 _shared_lock = threading.Lock()
+_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    # A fork while another thread held one of these would leave the child a lock no thread of
+    # its own can release (its first SQLite call would hang).
+    global _shared_lock
+    _shared_lock = threading.Lock()
+    for db in list(_databases):
+        db._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 class SharedDatabase:

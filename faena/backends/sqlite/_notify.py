@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -70,6 +71,19 @@ class Notifier:
 
 _registry: weakref.WeakValueDictionary[str, Notifier] = weakref.WeakValueDictionary()
 _registry_lock = threading.Lock()
+
+
+def _fresh_locks_in_child() -> None:
+    # A fork while another thread held one of these would leave the child a lock no thread of
+    # its own can release; the parent's waiters are not the child's.
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for notifier in list(_registry.values()):
+        notifier._cond = threading.Condition()
+        notifier._waiters = set()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 def notifier_for(path: str) -> Notifier:

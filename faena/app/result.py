@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
 
@@ -18,7 +19,7 @@ from faena.foundation.exceptions import (
     TimeoutError,
     finite_seconds,
 )
-from faena.foundation.util import revoker_identity
+from faena.foundation.util import revoker_identity, utf8_safe
 from faena.model import states
 from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.model.serialization import loads_json, loads_pickle
@@ -94,8 +95,13 @@ class AsyncResult(Generic[R]):
         'SUCCESS'
     """
 
-    def __init__(self, job_id: str, app: Faena) -> None:
-        self.id = job_id
+    def __init__(self, job_id: str | uuid.UUID, app: Faena) -> None:
+        given: object = job_id
+        if isinstance(given, uuid.UUID):
+            given = str(given)  # the form every id is sent in
+        if not isinstance(given, str) or not given:
+            raise TypeError(f"a job id is a non-empty str (or a UUID), got {job_id!r}")
+        self.id: str = given
         self.app = app
 
     def __repr__(self) -> str:
@@ -318,6 +324,10 @@ class AsyncResult(Generic[R]):
         job does not run, but its record does not read ``REVOKED``; if the broker failed too,
         the error's notes say so, and the message may still be queued and run.
         """
+        for name, value in (("reason", reason), ("by", by)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"a revoke's {name} is text (str), got {value!r}")
+        reason, by = utf8_safe(reason), None if by is None else utf8_safe(by)
         now = self.app.settings.clock.time()
         revoked = JobRecord(
             id=self.id,

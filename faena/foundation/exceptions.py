@@ -194,28 +194,36 @@ class Retry(TaskSignal):
         self,
         countdown: float | None = None,
         eta: datetime | float | None = None,
-        exc: BaseException | None = None,
+        exc: BaseException | type[BaseException] | None = None,
         max_retries: int | None = None,
     ) -> None:
         """``countdown`` is seconds from now, ``eta`` a ``datetime`` or Unix seconds.
 
+        ``exc`` is the exception that caused the retry (an exception class is taken as its
+        instance without arguments).
+
         Raises:
             ConfigurationError: ``countdown`` or ``eta`` is not a finite time (``inf``,
-                ``nan``, a string), or ``max_retries`` is not an int >= 0 (or ``None``); raised
-                in the task, the job fails with it.
+                ``nan``, a string), ``max_retries`` is not an int >= 0 (or ``None``), or
+                ``exc`` is not an exception; raised in the task, the job fails with it.
         """
         if max_retries is not None and (type(max_retries) is not int or max_retries < 0):
             raise ConfigurationError(
                 f"retry max_retries must be an int >= 0 or None (the task's own), got "
                 f"{max_retries!r}"
             )
+        given: object = exc
+        if isinstance(given, type) and issubclass(given, BaseException):
+            given = given()  # raise Retry(exc=ConnectionError) reads as the class's instance
+        if given is not None and not isinstance(given, BaseException):
+            raise ConfigurationError(f"retry exc must be an exception (or None), got {exc!r}")
         self.countdown = finite_seconds("retry countdown", countdown)
         self.eta = finite_seconds(
             "retry eta", eta.timestamp() if isinstance(eta, datetime) else eta, "a datetime or "
         )
-        self.exc = exc
+        self.exc: BaseException | None = given
         self.max_retries = max_retries
-        reason = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        reason = f" ({type(given).__name__}: {given})" if given is not None else ""
         super().__init__(f"retry requested{reason}")
 
     def __reduce__(self) -> tuple[type[Retry], tuple[object, ...]]:

@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import logging
 import threading
+import uuid
 from typing import Any
 
 import msgspec
@@ -151,6 +152,32 @@ def test_a_get_timeout_that_is_not_a_number_of_seconds_is_refused(app: Faena, ti
         asyncio.run(r.aget(timeout=timeout))
     with pytest.raises(ConfigurationError, match=r"get\(\) timeout must be a finite number"):
         group_result.get(timeout=timeout)
+
+
+def test_a_job_id_may_be_a_uuid_and_must_be_text(app: Faena) -> None:
+    @app.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    r = double.delay(2)
+    drain(app)
+    # A job id given as a UUID reads the same job
+    assert app.AsyncResult(uuid.UUID(r.id)).get(timeout=1) == 4
+    assert app.AsyncResult(uuid.UUID(r.id)) == r
+    # And anything else that is not text is refused
+    with pytest.raises(TypeError, match="a job id is a non-empty str"):
+        app.AsyncResult(12)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", [{"reason": 123}, {"by": b"ops"}])
+def test_a_revoke_reason_or_author_that_is_not_text_is_refused(
+    app: Faena, given: dict[str, Any]
+) -> None:
+    r = app.AsyncResult("job-1")
+    with pytest.raises(TypeError, match=r"a revoke's .* is text"):
+        r.revoke(**given)
+    # And nothing was written: the job is not revoked
+    assert r.state == PENDING
 
 
 def test_aget_and_await_return_the_value(app: Faena) -> None:

@@ -316,6 +316,32 @@ def test_a_retry_limit_that_is_not_a_count_is_refused(limit: Any) -> None:
         Retry(max_retries=limit)
 
 
+def test_a_retry_cause_is_an_exception_or_its_class() -> None:
+    assert isinstance(Retry(exc=ConnectionError).exc, ConnectionError)
+    assert "ConnectionError" in str(Retry(exc=ConnectionError))
+    with pytest.raises(ConfigurationError, match="retry exc must be an exception"):
+        Retry(exc="boom")  # type: ignore[arg-type]
+
+
+def test_a_retry_with_an_exception_class_retries(app: Faena, clock: FakeClock) -> None:
+    # Given a task that asks for a retry naming the exception class as its cause
+    runs: list[int] = []
+
+    @app.task(bind=True, default_retry_delay=1)
+    def flaky(self: JobContext) -> int:
+        runs.append(1)
+        if len(runs) == 1:
+            raise self.retry(exc=ConnectionError)  # type: ignore[arg-type]
+        return len(runs)
+
+    r = flaky.delay()
+    drain(app)
+    clock.advance(1)
+    drain(app)
+    # Then it was retried (not failed with an unrelated error)
+    assert r.get(timeout=1) == 2
+
+
 def test_a_task_asking_for_a_bad_retry_limit_fails_once_with_that_error(app: Faena) -> None:
     # Given a task that retries with a retry limit that is not a number
     runs: list[int] = []

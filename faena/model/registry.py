@@ -18,10 +18,15 @@ class Registry:
     def register(self, task: Task[..., Any]) -> None:
         existing = self._tasks.get(task.name)
         if existing is not None and existing.fn is not task.fn:
-            same_origin = getattr(existing.fn, "__module__", None) == getattr(
-                task.fn, "__module__", None
-            ) and getattr(existing.fn, "__qualname__", None) == getattr(
-                task.fn, "__qualname__", None
+            # The same module-level function seen again (a module imported twice, a reload)
+            # takes its place; two closures or lambdas of one name are two tasks.
+            qualname = getattr(task.fn, "__qualname__", None)
+            same_origin = (
+                getattr(existing.fn, "__module__", None) == getattr(task.fn, "__module__", None)
+                and getattr(existing.fn, "__qualname__", None) == qualname
+                and isinstance(qualname, str)
+                and "<locals>" not in qualname
+                and "<lambda>" not in qualname
             )
             if not same_origin:
                 raise ConfigurationError(

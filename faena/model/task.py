@@ -192,7 +192,7 @@ class Task(Generic[P, R]):
             raise ConfigurationError(f"a task needs a callable, got {fn!r}")
         self.fn = fn
         self.defaults = options
-        self.name: str = options.name or f"{fn.__module__}.{fn.__qualname__}"
+        self.name: str = options.name or _default_name(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
         self._dispatcher = dispatcher
         self.signature = inspect.signature(fn)
@@ -333,6 +333,21 @@ class Task(Generic[P, R]):
     def options(self, **options: Any) -> BoundCall[P, R]:
         """Fix call options, then ``delay``: ``task.options(queue="high").delay(1, 2)``."""
         return BoundCall(self, _call_options(self, options))
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function: the name its messages carry unless ``name=``.
+
+    Raises:
+        ConfigurationError: ``fn`` has no such name (a ``functools.partial``, a callable
+            object).
+    """
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        raise ConfigurationError(
+            f"{fn!r} has no module and qualified name to name its task by; give it name=..."
+        )
+    return f"{module}.{qualname}"
 
 
 def _row(item: Any, what: str = "starmap and chunks take") -> list[Any]:

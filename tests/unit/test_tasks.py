@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -138,6 +139,38 @@ def test_bad_option_values_are_refused_at_declaration(
     # When a task is declared with a bad option value, Then the declaration raises
     with pytest.raises(ConfigurationError, match=message):
         app.task(**options)
+
+
+def test_two_tasks_of_one_factory_need_their_own_names(app: Faena) -> None:
+    # Given a factory that declares one task per kind
+    def make_handler(kind: str, **options: Any) -> Task[[str], str]:
+        @app.task(**options)
+        def handle(x: str) -> str:
+            return f"{kind}:{x}"
+
+        return handle
+
+    make_handler("email")
+    # When it declares a second one under the same default name, Then that is refused (the
+    # second would silently run for sends of the first)
+    with pytest.raises(ConfigurationError, match="is taken by"):
+        make_handler("sms")
+    # While with names of their own, both live side by side
+    sms = make_handler("sms", name="handlers.sms")
+    assert sms.delay("hi").id
+    app.task(lambda: 1)
+    with pytest.raises(ConfigurationError, match="is taken by"):
+        app.task(lambda: 2)
+
+
+def test_a_callable_without_a_qualified_name_needs_a_name(app: Faena) -> None:
+    def greet(greeting: str, name: str) -> str:
+        return f"{greeting} {name}"
+
+    with pytest.raises(ConfigurationError, match="give it name="):
+        app.task(functools.partial(greet, "hello"))
+    task = app.task(name="greet.hello")(functools.partial(greet, "hello"))
+    assert task.name == "greet.hello"
 
 
 def test_bind_without_a_self_parameter_is_refused(app: Faena) -> None:

@@ -47,7 +47,8 @@ def unique_key(
     if options.unique_key is not None:
         key = str(options.unique_key(args, kwargs))
     else:
-        packed = msgspec.json.encode([message.args, message.kwargs, message.body])
+        # Keys sorted: the same keyword arguments in another order are the same call.
+        packed = msgspec.json.encode([message.args, message.kwargs, message.body], order="sorted")
         key = hashlib.sha256(packed).hexdigest()
     return f"faena:unique:{message.task}|{key}"
 

@@ -191,6 +191,17 @@ def test_unique_jobs_return_the_existing_handle_while_unfinished(app: Faena) -> 
     assert report.delay("mon").id != first.id
 
 
+def test_unique_calls_are_the_same_whatever_the_order_of_their_keywords(app: Faena) -> None:
+    @app.task(unique=True)
+    def report(day: str, region: str, filters: dict[str, int]) -> None: ...
+
+    first = report.delay(day="2026-11-28", region="eu", filters={"a": 1, "b": 2})
+    again = report.delay(region="eu", filters={"b": 2, "a": 1}, day="2026-11-28")
+    other = report.delay(day="2026-11-28", region="us", filters={"a": 1, "b": 2})
+    assert again.id == first.id
+    assert other.id != first.id
+
+
 def test_a_unique_key_function_and_many_concurrent_senders(make_app: AppFactory) -> None:
     app = make_app()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from faena.backends.sqlite import SQLiteBroker, SQLiteCoordinationStore, SQLiteResultStore
+from faena.backends.sqlite import _claims as claims
 from faena.backends.sqlite import _connection as sqlite_connection
 from faena.contracts.broker import Broker, BrokerConfig, Settlement
 from faena.contracts.coordination import CoordinationStore
@@ -184,6 +185,36 @@ class TestSQLiteOnly(_OnAFile):
             broker.close()
         # Then every child could write (none met a lock its parent held as it forked)
         assert outcomes == ["ok"] * 20
+
+    @async_test
+    async def test_a_lease_that_ran_out_while_a_claim_waited_for_the_lock_is_not_taken(
+        self,
+    ) -> None:
+        # Given a message leased for 1 s
+        clock = FakeClock()
+        broker = SQLiteBroker(self.url, BrokerConfig(clock=clock, lease_s=1))
+        try:
+            broker.enqueue([out("long", "q")])
+            holder = await broker.open_consumer(["q"], "w1")
+            (held,) = await holder.receive(1, 0)
+            asked = clock.time() + 0.5
+            clock.advance(2)
+            # When a claim asked for before the lease ran out gets the file only afterwards
+            # (another program held the write lock), Then it leaves the lease to its holder
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                claimed = sqlite_connection.write(
+                    conn,
+                    lambda c: claims.claim(c, ["q"], 1, "w2", clock.time(), 1, 5, expired_by=asked),
+                    "claim",
+                )
+            finally:
+                conn.close()
+            assert claimed.deliveries == []
+            assert await holder.extend([held], 1) == set()
+            await holder.close()
+        finally:
+            broker.close()
 
     def test_messages_survive_a_reopen(self) -> None:
         first = SQLiteBroker(self.url, BrokerConfig())

@@ -25,7 +25,7 @@ UPDATE faena_messages
 SET state = 0, due = :now, lease_until = NULL, worker = NULL,
     last_reason = 'lease_expired', seq = :base + r.n
 FROM (SELECT id AS rid, row_number() OVER (ORDER BY lease_until, seq) AS n
-      FROM faena_messages WHERE state = 1 AND lease_until <= :now) AS r
+      FROM faena_messages WHERE state = 1 AND lease_until <= :expired_by) AS r
 WHERE faena_messages.id = r.rid
 """
 # "deliveries > 0" repeats the partial index's condition so SQLite uses that index. Only the
@@ -127,14 +127,21 @@ def claim(
     now: float,
     lease_s: float,
     max_deliveries: int,
+    expired_by: float | None = None,
 ) -> Claim:
-    """Lease up to ``limit`` messages from ``queues`` (in this order); the body of a transaction."""
+    """Lease up to ``limit`` messages from ``queues`` (in this order); the body of a transaction.
+
+    Leases that ran out by ``expired_by`` (default ``now``) are recovered. A caller passes the
+    time it asked for the claim: a lease that ran out while the claim waited for the file's
+    write lock (held by another program) is its live holder's to renew, queued behind it.
+    """
     # Read inside the write transaction: no one else can commit until we do, so any later
     # change to data_version means news for us.
     version = int(conn.execute("PRAGMA data_version").fetchone()[0])
     conn.execute(_PROMOTE, {"now": now})
     base = int(conn.execute("SELECT value FROM faena_meta WHERE key = 'seq'").fetchone()[0])
-    recovered = conn.execute(_RECOVER, {"now": now, "base": base}).rowcount
+    expired = now if expired_by is None else min(now, expired_by)
+    recovered = conn.execute(_RECOVER, {"now": now, "base": base, "expired_by": expired}).rowcount
     if recovered > 0:
         take_seq(conn, recovered)
     claimed = json.dumps(list(queues))

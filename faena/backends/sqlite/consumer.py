@@ -80,6 +80,7 @@ class SQLiteConsumer(Consumer):
         order = self._queues[self._turn :] + self._queues[: self._turn]
         self._turn = (self._turn + 1) % len(self._queues)
         config = self._config
+        asked = config.clock.time()
 
         def body(c: sqlite3.Connection) -> _claims.Claim:
             return _claims.claim(
@@ -90,6 +91,7 @@ class SQLiteConsumer(Consumer):
                 config.clock.time(),
                 config.lease_s,
                 config.max_deliveries,
+                expired_by=asked,
             )
 
         if self._stopped():

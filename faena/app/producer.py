@@ -71,6 +71,11 @@ def build_message(
         default=Route(settings.default_queue, settings.default_priority),
     )
     serializer = call.serializer or defaults.serializer or settings.serializer
+    if serializer not in settings.accept:
+        raise ConfigurationError(
+            f"task {task_name} would be sent with serializer {serializer!r}, which this app does "
+            f"not accept ({settings.accept!r}): its workers would refuse it; add it to accept"
+        )
     parent_id, root_id = call.parent_id, call.root_id
     running = current_context()
     if parent_id is None and running is not None:

@@ -212,6 +212,8 @@ class Retry(TaskSignal):
                 f"retry max_retries must be an int >= 0 or None (the task's own), got "
                 f"{max_retries!r}"
             )
+        if countdown is not None and eta is not None:
+            raise ConfigurationError("give a retry countdown or eta, not both")
         given: object = exc
         if isinstance(given, type) and issubclass(given, BaseException):
             given = given()  # raise Retry(exc=ConnectionError) reads as the class's instance

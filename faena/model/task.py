@@ -73,6 +73,11 @@ class CallOptions:
             raise ConfigurationError(
                 f"task_id must be a non-empty str without NUL characters, got {self.task_id!r}"
             )
+        if self.headers is not None and (
+            not isinstance(self.headers, Mapping)
+            or not all(isinstance(k, str) for k in self.headers)
+        ):
+            raise ConfigurationError(f"headers must be a dict with str keys, got {self.headers!r}")
         if self.serializer not in (None, "json", "pickle"):
             raise ConfigurationError(
                 f"serializer must be 'json' or 'pickle', got {self.serializer!r}"

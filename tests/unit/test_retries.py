@@ -316,6 +316,11 @@ def test_a_retry_limit_that_is_not_a_count_is_refused(limit: Any) -> None:
         Retry(max_retries=limit)
 
 
+def test_a_retry_takes_a_countdown_or_an_eta_not_both() -> None:
+    with pytest.raises(ConfigurationError, match="countdown or eta, not both"):
+        Retry(countdown=5, eta=1000)
+
+
 def test_a_retry_cause_is_an_exception_or_its_class() -> None:
     assert isinstance(Retry(exc=ConnectionError).exc, ConnectionError)
     assert "ConnectionError" in str(Retry(exc=ConnectionError))

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from faena import Faena, MessageTooLarge, SerializationError, TaskFailed
+from faena import ConfigurationError, Faena, MessageTooLarge, SerializationError, TaskFailed
+from faena.app.producer import build_message, to_outgoing
 from faena.model.message import decode_message, encode_message, unpack_arguments
 from faena.model.serialization import dumps_json, dumps_pickle, loads_json, pack
+from faena.model.task import CallOptions
 
 from .support import AppFactory, dead_letters, drain, queue_stats
 
@@ -232,16 +234,35 @@ def test_pickle_task_runs_when_the_worker_accepts_pickle(make_app: AppFactory) -
     assert r.get(timeout=5) == Opaque(42)
 
 
+def test_a_json_only_app_refuses_to_send_pickle(app: Faena) -> None:
+    # Given a json-only app and a task that chooses pickle (as a task or a call option)
+    @app.task(serializer="pickle")
+    def f(x: int) -> None: ...
+
+    @app.task
+    def g(x: int) -> None: ...
+
+    # When it is sent, Then it is refused (its own workers would refuse it), and nothing is sent
+    with pytest.raises(ConfigurationError, match="serializer 'pickle', which this app does not"):
+        f.delay(1)
+    with pytest.raises(ConfigurationError, match="which this app does not accept"):
+        g.apply_async((1,), serializer="pickle")
+    assert queue_stats(app) == []
+
+
 def test_pickle_message_is_refused_by_a_json_only_worker(app: Faena) -> None:
-    # Given a json-only app and a task that chooses pickle
+    # Given a json-only app, and a pickle message of its task sent by another producer
     ran: list[int] = []
 
-    @app.task(serializer="pickle")
+    @app.task
     def f(x: int) -> None:
         ran.append(x)
 
-    # When it is sent and a worker receives it
-    r = f.delay(1)
+    other = dataclasses.replace(app.settings, accept=("json", "pickle"), serializer="pickle")
+    message = build_message(other, f.name, f.defaults, (1,), {}, CallOptions())
+    app.broker.enqueue([to_outgoing(other, message)])
+    r = app.AsyncResult(message.id)
+    # When a worker of the app receives it
     drain(app)
     # Then the body is never opened: the message is dead-lettered as serializer_refused
     assert ran == []

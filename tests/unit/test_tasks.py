@@ -415,6 +415,8 @@ def test_unknown_call_option_is_refused_listing_valid_ones(app: Faena) -> None:
         ({"queue": "bad queue"}, "invalid queue name"),
         ({"task_id": ""}, "task_id must be a non-empty str"),
         ({"task_id": "report\x00v2"}, "task_id must be a non-empty str without NUL"),
+        ({"headers": "abc"}, "headers must be a dict with str keys"),
+        ({"headers": {1: "x"}}, "headers must be a dict with str keys"),
         ({"countdown": "soon"}, "countdown must be a finite number of seconds"),
         ({"countdown": float("inf")}, "countdown must be a finite number of seconds"),
         ({"countdown": float("nan")}, "countdown must be a finite number of seconds"),

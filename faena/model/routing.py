@@ -85,13 +85,14 @@ class _Pattern:
 
 
 class Routes:
-    """Compiled routes: exact names first, then glob patterns in the order given, then
-    routers; the first that answers wins."""
+    """Compiled routes: exact names first (the first given for a name), then glob patterns
+    and routers in the order given; the first that answers wins."""
 
     def __init__(self, rules: Sequence[_Pattern | Router]) -> None:
-        self._exact = {
-            r.pattern: r.route for r in rules if isinstance(r, _Pattern) and r.matcher is None
-        }
+        self._exact: dict[str, Route] = {}
+        for r in rules:
+            if isinstance(r, _Pattern) and r.matcher is None:
+                self._exact.setdefault(r.pattern, r.route)
         self._rules = [r for r in rules if not (isinstance(r, _Pattern) and r.matcher is None)]
 
     @classmethod

@@ -139,6 +139,19 @@ def test_routes_object_answers_no_route_when_nothing_matches() -> None:
     assert routes.route("a.x", (), {}) == Route("q", None)
 
 
+def test_globs_and_routers_answer_in_the_order_given_and_a_name_given_twice_keeps_its_first() -> (
+    None
+):
+    def router(name: str, args: Any, kwargs: Any) -> str | None:
+        return "from-router" if name.startswith("x.") else None
+
+    assert Routes.build([router, {"*": "fallback"}]).route("x.y", (), {}).queue == "from-router"
+    assert Routes.build([{"*": "fallback"}, router]).route("x.y", (), {}).queue == "fallback"
+    assert Routes.build([{"x.y": "first"}, {"x.y": "second"}]).route("x.y", (), {}).queue == (
+        "first"
+    )
+
+
 def test_a_worker_without_queues_consumes_the_routed_ones(make_app: AppFactory) -> None:
     from faena.worker.options import default_queues
 

@@ -185,7 +185,7 @@ class Faena:
             ...     write_report(fencing_token=lock.token)
         """
         return Lock(
-            self.coordination,
+            lambda: self.coordination,  # found at each use: the app may be closed and reopened
             name,
             ttl=ttl,
             blocking=blocking,

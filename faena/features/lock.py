@@ -72,7 +72,8 @@ class Lock:
     """A distributed lock: ``with``, ``async with``, or a decorator.
 
     Args:
-        store: the coordination store every contender uses.
+        store: the coordination store every contender uses, or a function that returns it
+            (called at each use).
         name: what is locked; one name, one lock, across every process using the store.
         ttl: seconds the lock stays held without an ``extend``; a dead holder loses it then.
         blocking: wait for a held lock (``True``) or fail at once (``False``).
@@ -86,7 +87,7 @@ class Lock:
 
     def __init__(
         self,
-        store: CoordinationStore,
+        store: CoordinationStore | Callable[[], CoordinationStore],
         name: str,
         *,
         ttl: float = 30.0,
@@ -98,7 +99,11 @@ class Lock:
             raise ConfigurationError(f"a lock needs a non-empty name, got {name!r}")
         _check_seconds("ttl", ttl)
         _check_seconds("blocking_timeout", blocking_timeout, zero_ok=True)
-        self.store = store
+        if hasattr(store, "set_if_absent"):  # a store (or one that stands in for it)
+            given = cast(CoordinationStore, store)
+            self._store_of: Callable[[], CoordinationStore] = lambda: given
+        else:
+            self._store_of = store
         self.name = name
         self.key = lock_key(name)
         self.ttl = float(ttl)
@@ -112,6 +117,12 @@ class Lock:
         self._renewer: threading.Thread | None = None
         self._arenewer: asyncio.Task[None] | None = None
 
+    @property
+    def store(self) -> CoordinationStore:
+        """The store, looked up at each use when the lock was given a way to find it (an
+        app's: a decorated function outlives ``app.close()``)."""
+        return self._store_of()
+
     def __repr__(self) -> str:
         held = f"held, token {self.token}" if self.token is not None else "not held"
         return f"<Lock {self.name!r} {held}>"
@@ -119,7 +130,7 @@ class Lock:
     def _fresh(self) -> Lock:
         """An unheld lock with the same settings (each decorated call holds its own)."""
         return Lock(
-            self.store,
+            self._store_of,
             self.name,
             ttl=self.ttl,
             blocking=self.blocking,

@@ -167,6 +167,26 @@ def test_bad_lock_settings_are_clear_errors(kwargs: dict[str, float], match: str
         app.lock("n", **kwargs)  # type: ignore[arg-type]
 
 
+def test_a_function_decorated_with_an_app_lock_outlives_app_close(url: str) -> None:
+    # Given a function decorated at import time with the app's lock
+    app = Faena("x", broker=url)
+    calls: list[int] = []
+
+    @app.lock("rebuild", ttl=10)
+    def rebuild() -> None:
+        calls.append(len(calls))
+
+    rebuild()
+    # When the app is closed (as after a request, or a test) and the function called again
+    app.close()
+    try:
+        rebuild()
+    finally:
+        app.close()
+    # Then it runs under the lock on the app's store, made afresh
+    assert calls == [0, 1]
+
+
 def test_auto_renew_keeps_a_lock_held_past_its_ttl_on_the_real_clock(tmp_path: Path) -> None:
     # Given a lock with a 1 s TTL renewed automatically
     store = make_coordination_store(f"sqlite:///{tmp_path / 'renew.sqlite3'}", SYSTEM_CLOCK)

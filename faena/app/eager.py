@@ -18,6 +18,7 @@ from faena.features.execution import run_async, run_sync
 from faena.features.intake import Admitted, admit
 from faena.features.lifecycle import Decision, RunInfo, decide, expired, failed
 from faena.model.message import Message, encode_message
+from faena.model.options import TaskOptions
 from faena.model.outcome import ErrorInfo, Outcome
 from faena.model.task import Task
 
@@ -69,11 +70,11 @@ def _next(
     return decision
 
 
-def _expired(app: Faena, message: Message) -> bool:
+def _expired(app: Faena, message: Message, options: TaskOptions) -> bool:
     """Record ``REVOKED`` (reason ``expired``) for a message already past ``expires``."""
     if message.expires is None or app.settings.clock.time() < message.expires:
         return False
-    decision = expired(message, _info(app, 1))
+    decision = expired(message, _info(app, 1), options)
     if decision.record is not None:
         app.results.store(decision.record)
     return True
@@ -86,7 +87,7 @@ def _runs(app: Faena, task: Task[..., Any], message: Message) -> Generator[Admit
     is run (called, or awaited).
     """
     job = _admit(app, task, message)
-    if _expired(app, message):
+    if _expired(app, message, task.defaults):
         return
     attempt = 1
     while True:

@@ -92,7 +92,9 @@ def build_message(
         expires=expires,
         headers=pack_headers(call.headers),
         parent_id=parent_id,
-        root_id=root_id or (job_id if parent_id is None else None),
+        # A parent given without its root: the parent stands for the root (its own is not
+        # known here), so the job still has one.
+        root_id=root_id or parent_id or job_id,
         sent_at=now,
         **pack_arguments(args, kwargs, serializer),
     )

@@ -162,10 +162,11 @@ def failed(
     )
 
 
-def expired(message: Message, info: RunInfo) -> Decision:
-    """The message's ``expires`` passed before it could run: record ``REVOKED``, ack."""
+def expired(message: Message, info: RunInfo, options: TaskOptions | None = None) -> Decision:
+    """The message's ``expires`` passed before it could run: record ``REVOKED`` (kept for the
+    task's ``result_ttl`` when ``options`` are known), ack."""
     record = msgspec.structs.replace(
-        base_record(message, info, states.REVOKED, None), reason="expired", finished_at=info.now
+        base_record(message, info, states.REVOKED, options), reason="expired", finished_at=info.now
     )
     return Decision(action="ack", record=record, reason="expired")
 

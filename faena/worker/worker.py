@@ -352,7 +352,8 @@ class Worker:
             return
         if message.expires is not None and settings.clock.time() >= message.expires:
             log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
-            decision = expired(message, self._ends.run_info(delivery, None, message))
+            info = self._ends.run_info(delivery, None, message)
+            decision = expired(message, info, admitted.task.defaults)
             if message.flow is not None:
                 assert self._outbox
                 error = ErrorInfo(type="faena.TaskRevoked", message="expired before it could run")

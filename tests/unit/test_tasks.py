@@ -493,6 +493,19 @@ def test_expired_job_is_revoked_without_running(app: Faena, clock: FakeClock) ->
     assert caught.value.reason == "expired"
 
 
+def test_an_expired_jobs_record_lives_for_its_tasks_result_ttl(
+    app: Faena, clock: FakeClock
+) -> None:
+    @app.task(result_ttl=60)
+    def late(x: int) -> None: ...
+
+    r = late.apply_async((1,), expires=10)
+    clock.advance(11)
+    drain(app)
+    assert r.record is not None
+    assert r.record.expires_at == clock.time() + 60
+
+
 def test_an_id_whose_message_expired_can_be_sent_again(app: Faena, clock: FakeClock) -> None:
     # Given a job with a fixed id that expired before any worker took it
     ran: list[int] = []
@@ -656,6 +669,22 @@ def test_a_job_sent_from_a_job_records_its_lineage(app: Faena) -> None:
     assert requests["child"].id == r.get(timeout=5)
     assert requests["child"].parent_id == r.id
     assert requests["child"].root_id == r.id
+
+
+def test_a_parent_given_without_its_root_stands_for_the_root(app: Faena) -> None:
+    requests: list[Request] = []
+
+    @app.task(bind=True)
+    def child(self: JobContext) -> None:
+        requests.append(self.request)
+
+    child.apply_async(parent_id="p-1")
+    child.apply_async(parent_id="p-1", root_id="r-1")
+    drain(app)
+    assert sorted((r.parent_id, r.root_id) for r in requests) == [
+        ("p-1", "p-1"),
+        ("p-1", "r-1"),
+    ]
 
 
 def test_acks_late_false_acknowledges_before_running(app: Faena) -> None:

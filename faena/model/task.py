@@ -11,7 +11,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast
 
 import msgspec
 
@@ -279,9 +279,15 @@ class Task(Generic[P, R]):
     ) -> AsyncResult[R]:
         """Send with call options: countdown, eta, expires, queue, priority, task_id, headers.
 
+        ``link``/``link_error`` (a signature or a list of them) send the job as a one-step
+        workflow with those callbacks, as ``self.s(*args, **kwargs).apply_async(...)`` does.
+
         Example:
             >>> fetch_price.apply_async(("A1",), countdown=10, queue="high", priority=9)
         """
+        if "link" in options or "link_error" in options:
+            given, named = call_arguments(args, kwargs)
+            return cast("AsyncResult[R]", self.s(*given, **named).apply_async(**options))
         return self.dispatcher.send(
             self, *call_arguments(args, kwargs), _call_options(self, options)
         )
@@ -293,6 +299,10 @@ class Task(Generic[P, R]):
         **options: Any,
     ) -> AsyncResult[R]:
         """``apply_async`` for async producers."""
+        if "link" in options or "link_error" in options:
+            given, named = call_arguments(args, kwargs)
+            sent = await self.s(*given, **named).aapply_async(**options)
+            return cast("AsyncResult[R]", sent)
         return await self.dispatcher.asend(
             self, *call_arguments(args, kwargs), _call_options(self, options)
         )

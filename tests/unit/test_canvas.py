@@ -361,6 +361,18 @@ def test_links_get_the_result_and_errbacks_the_failure(flows: Flows) -> None:
         bad.get(timeout=5)
 
 
+def test_a_task_sent_with_link_and_link_error_gets_its_callbacks(flows: Flows) -> None:
+    # Celery's form: the callbacks as call options of the task itself
+    ok = flows.add.apply_async((2, 3), link=flows.seen.s())
+    bad = flows.boom.apply_async((9,), link_error=flows.errback.s())
+    flows.run()
+    assert ok.get(timeout=5) == 5
+    assert flows.runs("seen") == [5]
+    assert [error["message"] for _, error in flows.runs("errback")] == ["boom on 9"]
+    with pytest.raises(TaskFailed):
+        bad.get(timeout=5)
+
+
 @pytest.mark.parametrize("eager", [False, True], ids=["worker", "eager"])
 def test_a_next_job_too_large_to_send_fails_the_workflow_and_holds_nothing_back(
     make_app: Any, eager: bool

@@ -26,7 +26,7 @@ from faena.app.producer import build_message, function_task_name, to_outgoing
 from faena.app.result import AsyncResult
 from faena.app.settings import Settings, build_settings, resolve_urls
 from faena.app.workflow import asend_canvas, send_canvas, workflow_graph
-from faena.contracts.broker import Broker, BrokerConfig
+from faena.contracts.broker import Broker, BrokerConfig, Location
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
 from faena.contracts.results import ResultStore
@@ -291,8 +291,15 @@ class Faena:
             key,
             message.id,
             options.unique_for,
-            lambda holder: self.broker.locate(holder, live_first=True) == "dead",
+            lambda holder: self._held_where(holder, options),
+            self.settings.clock.time,
         )
+
+    def _held_where(self, job_id: str, options: TaskOptions) -> Location | None:
+        """Where the broker holds a unique key's holder; an at-most-once job's message is gone
+        while it runs (acknowledged first), so it counts as held."""
+        place = self.broker.locate(job_id, live_first=True)
+        return place if place is not None or options.acks_late else "leased"
 
     async def asend(
         self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], call: CallOptions

@@ -7,8 +7,10 @@ that job's id instead of sending a duplicate. The worker frees the key when the 
 good (success, or a failure with no retry left); a key whose job has finished anyway (its
 result says SUCCESS, FAILURE or REVOKED: a revoke, or a worker that could not free it; or the
 broker holds it as a dead letter: handed out too often to workers that died) is replaced by the
-new job. A send that fails after its claim (the broker refused or did not answer) frees the key
-again. ``unique_for`` bounds the claim in every other case.
+new job; so is one whose message the broker does not hold at all and that has no record (it
+was purged before it ran), once senders have found it so for ``ABSENT_GRACE_S``. A send that
+fails after its claim (the broker refused or did not answer) frees the key again.
+``unique_for`` bounds the claim in every other case.
 
 The default key is a hash of the call's encoded arguments: the same arguments, the same job.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from faena.contracts.broker import Location
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.results import ResultStore
 from faena.foundation.exceptions import BrokerError
@@ -34,6 +37,10 @@ log = logging.getLogger("faena.unique")
 
 _CLAIM_TRIES = 5
 """A finished holder is replaced; racing replacers retry, a few times at most."""
+ABSENT_GRACE_S = 120.0
+"""How long a holder that the broker does not hold and that has no record (its message was
+purged before it ran) keeps its key after a sender first saw it so: longer than a send's
+enqueue may take (the holder's own sender may be between its claim and its enqueue)."""
 
 
 def is_unique(options: TaskOptions | None) -> bool:
@@ -59,11 +66,14 @@ def claim(
     key: str,
     job_id: str,
     ttl_s: float | None,
-    is_dead: Callable[[str], bool],
+    where: Callable[[str], Location | None],
+    now: Callable[[], float],
 ) -> str | None:
     """Claim ``key`` for ``job_id``; ``None`` if claimed, else the id of the job holding it.
 
-    ``is_dead(id)``: whether the broker holds that job as a dead letter.
+    ``where(id)``: where the broker holds that job's message (live first), ``None`` for
+    nowhere. A holder held nowhere and without a record (purged before it ran) is replaced
+    once it has been seen so for :data:`ABSENT_GRACE_S` (``now``: the app's clock).
 
     Raises:
         BrokerError: the key changed hands on every try (finished holders replaced by racing
@@ -77,14 +87,31 @@ def claim(
         if holder is None:
             continue  # it expired or was released just now: try again
         record = results.fetch(holder)
-        unfinished = record is None or record.state not in states.READY_STATES
-        if unfinished and not is_dead(holder):
-            return holder  # queued, scheduled, running or retrying: that is the job
+        if record is None or record.state not in states.READY_STATES:
+            place = where(holder)
+            if place != "dead" and not (
+                place is None and record is None and _gone(store, key, holder, ttl, now())
+            ):
+                return holder  # queued, scheduled, running or retrying: that is the job
         store.compare_and_delete(key, holder)  # finished: the key is free for a new job
     raise BrokerError(
         f"could not claim unique key {key!r}: it changed hands {_CLAIM_TRIES} times while "
         "this send tried; nothing was sent, send again"
     )
+
+
+def _gone(store: CoordinationStore, key: str, holder: str, ttl: float, now: float) -> bool:
+    """Whether ``holder``, just found nowhere, was already found so :data:`ABSENT_GRACE_S`
+    ago; the first sender to find it so notes when."""
+    marker = f"{key}|absent"
+    seen = store.get(marker)
+    if seen is not None:
+        noted, _, at = seen.rpartition("|")
+        if noted == holder:
+            return now - float(at) >= ABSENT_GRACE_S
+        store.compare_and_delete(marker, seen)  # about an earlier holder
+    store.set_if_absent(marker, f"{holder}|{now!r}", ttl)
+    return False
 
 
 def release(store: CoordinationStore, key: str, job_id: str) -> None:

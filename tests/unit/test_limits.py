@@ -301,6 +301,45 @@ def test_a_unique_job_the_broker_dead_lettered_is_replaced(app: Faena, clock: Fa
     assert again.get(timeout=1) == "mon"
 
 
+def test_a_unique_job_purged_before_it_ran_is_replaced_after_a_grace(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given a unique job whose message was purged before any worker ran it
+    @app.task(unique=True)
+    def report(day: str) -> str:
+        return day
+
+    first = report.delay("mon")
+    assert asyncio.run(app.broker.purge(["default"])) == 1
+    # When the same call is sent again at once, Then it is still the first job (its own
+    # sender may be between its claim and its enqueue)
+    assert report.delay("mon").id == first.id
+    clock.advance(unique.ABSENT_GRACE_S - 1)
+    assert report.delay("mon").id == first.id
+    # And once it has been missing for the grace period, a new job is sent, and runs
+    clock.advance(1)
+    again = report.delay("mon")
+    assert again.id != first.id
+    drain(app)
+    assert again.get(timeout=1) == "mon"
+
+
+def test_an_at_most_once_unique_job_missing_from_the_broker_keeps_its_key(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given an acks_late=False unique job, whose message leaves the broker before it runs
+    @app.task(unique=True, acks_late=False)
+    def report(day: str) -> str:
+        return day
+
+    first = report.delay("mon")
+    assert asyncio.run(app.broker.purge(["default"])) == 1
+    report.delay("mon")
+    clock.advance(unique.ABSENT_GRACE_S + 1)
+    # Then missing from the broker is not taken for gone: it may be running
+    assert report.delay("mon").id == first.id
+
+
 def test_a_unique_job_sent_again_with_its_dead_letters_id_holds_its_key(
     app: Faena, clock: FakeClock
 ) -> None:
@@ -361,7 +400,9 @@ def test_a_unique_key_that_keeps_changing_hands_is_an_error_not_a_false_claim(
 
     # When this sender claims, Then it says it could not, and does not hold the key
     with pytest.raises(BrokerError, match="changed hands"):
-        unique.claim(Racing(), app.results, "k", "mine", 60, lambda _: False)  # type: ignore[arg-type]
+        unique.claim(
+            Racing(), app.results, "k", "mine", 60, lambda _: "queued", app.settings.clock.time
+        )  # type: ignore[arg-type]
     assert store.get("k") != "mine"
 
 

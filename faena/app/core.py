@@ -37,7 +37,7 @@ from faena.model.message import Message
 from faena.model.options import TaskOptions, build_options, validate_queue
 from faena.model.registry import Registry
 from faena.model.signature import Canvas, Signature
-from faena.model.task import CallOptions, Task, _call_options, enqueue_row
+from faena.model.task import CallOptions, Task, _call_options, current_context, enqueue_row
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -285,6 +285,7 @@ class Faena:
     def _unique_holder(self, options: TaskOptions, key: str, message: Message) -> str | None:
         """For a unique task: the id of the unfinished job holding ``key``, if any (else the
         key is now claimed for ``message``)."""
+        running = current_context()
         return unique.claim(
             self.coordination,
             self.results,
@@ -293,6 +294,7 @@ class Faena:
             options.unique_for,
             lambda holder: self._held_where(holder, options),
             self.settings.clock.time,
+            sender=running.request.id if running is not None else None,
         )
 
     def _held_where(self, job_id: str, options: TaskOptions) -> Location | None:

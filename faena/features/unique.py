@@ -68,12 +68,15 @@ def claim(
     ttl_s: float | None,
     where: Callable[[str], Location | None],
     now: Callable[[], float],
+    sender: str | None = None,
 ) -> str | None:
     """Claim ``key`` for ``job_id``; ``None`` if claimed, else the id of the job holding it.
 
     ``where(id)``: where the broker holds that job's message (live first), ``None`` for
     nowhere. A holder held nowhere and without a record (purged before it ran) is replaced
     once it has been seen so for :data:`ABSENT_GRACE_S` (``now``: the app's clock).
+    ``sender``: the job sending, when a job sends; a job that sends its own call again (a
+    poll that schedules its next round) hands its key over to the new job.
 
     Raises:
         BrokerError: the key changed hands on every try (finished holders replaced by racing
@@ -86,8 +89,8 @@ def claim(
         holder = store.get(key)
         if holder is None:
             continue  # it expired or was released just now: try again
-        record = results.fetch(holder)
-        if record is None or record.state not in states.READY_STATES:
+        record = None if holder == sender else results.fetch(holder)
+        if holder != sender and (record is None or record.state not in states.READY_STATES):
             place = where(holder)
             if place != "dead" and not (
                 place is None and record is None and _gone(store, key, holder, ttl, now())

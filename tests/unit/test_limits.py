@@ -17,6 +17,7 @@ from faena import (
     ConfigurationError,
     Faena,
     FakeClock,
+    JobContext,
     MessageTooLarge,
     TaskFailed,
 )
@@ -322,6 +323,29 @@ def test_a_unique_job_purged_before_it_ran_is_replaced_after_a_grace(
     assert again.id != first.id
     drain(app)
     assert again.get(timeout=1) == "mon"
+
+
+def test_a_unique_job_that_sends_its_own_call_again_hands_its_key_over(
+    app: Faena, clock: FakeClock
+) -> None:
+    # Given a unique poll that schedules its next round from inside its run, three rounds
+    runs: list[str] = []
+
+    @app.task(unique=True, bind=True)
+    def poll(self: JobContext, target: str) -> None:
+        runs.append(self.request.id)
+        if len(runs) < 3:
+            poll.apply_async((target,), countdown=10)
+
+    poll.delay("feed")
+    for _ in range(3):
+        drain(app)
+        clock.advance(10)
+    # Then each round sent the next (a send from the job itself is a new job, not itself)
+    assert len(set(runs)) == 3
+    # While a send from outside during a round still gets the job in progress
+    outside = poll.delay("feed")
+    assert poll.delay("feed").id == outside.id
 
 
 def test_an_at_most_once_unique_job_missing_from_the_broker_keeps_its_key(

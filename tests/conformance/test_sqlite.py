@@ -216,6 +216,22 @@ class TestSQLiteOnly(_OnAFile):
         finally:
             broker.close()
 
+    @async_test
+    async def test_a_waiting_consumer_notices_its_file_was_deleted(self) -> None:
+        # Given a consumer of a file, and the file deleted under it (a documented mistake)
+        broker = SQLiteBroker(self.url, BrokerConfig())
+        try:
+            consumer = await broker.open_consumer(["q"], "w1")
+            assert await consumer.receive(1, 0) == []
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(self.path) + suffix).unlink(missing_ok=True)
+            # When it waits for messages, Then it says so instead of waiting on the old file
+            with pytest.raises(BrokerError, match="was deleted or replaced while in use"):
+                await consumer.receive(1, 1.0)
+            await consumer.close()
+        finally:
+            broker.close()
+
     def test_messages_survive_a_reopen(self) -> None:
         first = SQLiteBroker(self.url, BrokerConfig())
         first.enqueue([out("m1")])

@@ -37,6 +37,15 @@ _inherited: list[object] = []
 """Connections and executors inherited through fork: kept alive, never closed, never used."""
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file's device and inode, ``None`` if there is none at ``path``."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 class Database:
     """The pool, the executor thread and the notifier of one owner on one file."""
 
@@ -54,6 +63,17 @@ class Database:
         # schema exists before anyone waits on it.
         with self.connection():
             pass
+        self._identity = _identity(self.path)
+
+    def check_same_file(self) -> None:
+        """Raise if the file was deleted or replaced since it was opened: connections stay on
+        the old one, so this process would no longer see what others send, nor they it."""
+        if _identity(self.path) != self._identity:
+            raise BrokerError(
+                f"the SQLite file {self.path!r} was deleted or replaced while in use; this "
+                "process's connections still point to the old one, so it no longer shares "
+                "messages with the others: restart it"
+            )
 
     @property
     def closed(self) -> bool:
@@ -195,6 +215,9 @@ class SharedDatabase:
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._check()
         return await self._db.run(fn)
+
+    def check_same_file(self) -> None:
+        self._db.check_same_file()
 
     def close(self) -> None:
         """Let go of the shared Database; the last owner closes it. Safe to call twice."""

@@ -145,6 +145,7 @@ class SQLiteConsumer(Consumer):
                 return True
             if self._stopped():
                 return False
+            self._db.check_same_file()  # one stat(): a deleted file would go unnoticed
             if await self._db.run(data_version) != found.data_version:
                 self._idle.reset()
                 return True

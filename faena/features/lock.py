@@ -68,6 +68,16 @@ def _check_seconds(what: str, value: float | None, *, zero_ok: bool = False) -> 
         raise ConfigurationError(f"lock {what} is a number of seconds {floor}, got {value!r}")
 
 
+def _after_body(error: BaseException | None, lost: LockLost) -> None:
+    """A lock found lost at the end of a ``with`` block: raise ``LockLost``, unless the block
+    raised on its own; then its error goes on (what the caller's handlers expect) with the lost
+    lock noted on it."""
+    if error is None:
+        raise lost
+    log.warning("%s (the block raised %s)", lost, type(error).__name__)
+    error.add_note(f"and then: {lost}")
+
+
 class Lock:
     """A distributed lock: ``with``, ``async with``, or a decorator.
 
@@ -301,8 +311,11 @@ class Lock:
             )
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        try:
+            self.release()
+        except LockLost as lost:
+            _after_body(error, lost)
 
     # -- async --------------------------------------------------------------------------------
     async def _atry_once(self) -> bool:
@@ -388,8 +401,11 @@ class Lock:
             )
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.arelease()
+    async def __aexit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        try:
+            await self.arelease()
+        except LockLost as lost:
+            _after_body(error, lost)
 
     # -- decorator ----------------------------------------------------------------------------
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:

@@ -109,6 +109,32 @@ def test_a_dead_holder_loses_the_lock_after_its_ttl(
     assert contender.owned()
 
 
+def test_a_block_that_raises_keeps_its_error_when_the_lock_was_lost(
+    store: CoordinationStore, clock: FakeClock
+) -> None:
+    # Given a block that outlives its lock's ttl and then fails
+    def body() -> None:
+        with Lock(store, "job", ttl=5):
+            clock.advance(6)
+            raise ValueError("the work failed")
+
+    # Then the caller sees the block's own error (its handlers match), the lost lock noted
+    with pytest.raises(ValueError, match="the work failed") as caught:
+        body()
+    assert any("had expired before release" in n for n in caught.value.__notes__)
+
+    async def abody() -> None:
+        async with Lock(store, "job", ttl=5):
+            clock.advance(6)
+            raise ValueError("the async work failed")
+
+    with pytest.raises(ValueError, match="the async work failed"):
+        asyncio.run(abody())
+    # While a block that ends well still hears of the lost lock
+    with pytest.raises(LockLost), Lock(store, "job", ttl=5):
+        clock.advance(6)
+
+
 def test_extend_keeps_the_lock_past_its_first_ttl(
     store: CoordinationStore, clock: FakeClock
 ) -> None:

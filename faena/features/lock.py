@@ -230,9 +230,17 @@ class Lock:
             LockLost: the lock had expired (work done after that was not protected).
         """
         owner, token = self._held_token("release"), self.token
+        renewing = self._renewer is not None
         self._stop_renewal_thread()
-        # The hold ends once the store answered: if it did not, release() may be called again.
-        released = self.store.compare_and_delete(self.key, owner)
+        self._stop_async_renewal()
+        # The hold ends once the store answered: if it did not, release() may be called again,
+        # and the lock is renewed meanwhile as it was.
+        try:
+            released = self.store.compare_and_delete(self.key, owner)
+        except BaseException:
+            if renewing:
+                self._start_renewing()
+            raise
         self.token = None
         if not released:
             raise LockLost(
@@ -295,6 +303,14 @@ class Lock:
             self.name,
             token,
         )
+
+    def _stop_async_renewal(self) -> None:
+        """Stop the renewal task of a lock taken with ``aacquire`` (released from sync code,
+        maybe from another thread than its loop's)."""
+        renewer, self._arenewer = self._arenewer, None
+        if renewer is not None and not renewer.done():
+            with contextlib.suppress(RuntimeError):  # its loop is closed: it runs no more
+                renewer.get_loop().call_soon_threadsafe(renewer.cancel)
 
     def _stop_renewal_thread(self) -> None:
         self._stop_renewing.set()

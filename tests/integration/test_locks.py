@@ -429,6 +429,29 @@ def test_an_acquisition_the_store_broke_off_gives_the_key_back(
     other.release()
 
 
+def test_an_auto_renewed_lock_whose_release_failed_is_still_renewed(
+    store: CoordinationStore,
+) -> None:
+    # Given an auto-renewed lock whose first release the store does not answer
+    renewed = threading.Event()
+
+    class Watched(Flaky):
+        def compare_and_expire(self, key: str, expected: str, ttl_s: float) -> bool:
+            renewed.set()
+            return store.compare_and_expire(key, expected, ttl_s)
+
+    watched = Watched(store, "compare_and_delete")
+    lock = Lock(watched, "renewed", ttl=0.3, auto_renew=True)  # type: ignore[arg-type]
+    assert lock.acquire()
+    with pytest.raises(BrokerUnavailable):
+        lock.release()
+    # Then, the lock still being this object's, it goes on being renewed until released
+    renewed.clear()
+    assert renewed.wait(5)
+    lock.release()
+    assert lock.token is None
+
+
 def test_a_release_the_store_did_not_answer_can_be_tried_again(store: CoordinationStore) -> None:
     # Given a held lock whose first release the store does not answer
     lock = Lock(Flaky(store, "compare_and_delete"), "release-fault", ttl=30)  # type: ignore[arg-type]

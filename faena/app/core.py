@@ -26,7 +26,7 @@ from faena.app.producer import build_message, function_task_name, to_outgoing
 from faena.app.result import AsyncResult
 from faena.app.settings import Settings, build_settings, resolve_urls
 from faena.app.workflow import asend_canvas, send_canvas, workflow_graph
-from faena.contracts.broker import Broker, BrokerConfig, Location
+from faena.contracts.broker import Broker, BrokerConfig, Location, Outgoing
 from faena.contracts.coordination import CoordinationStore
 from faena.contracts.events import EventBus
 from faena.contracts.results import ResultStore
@@ -377,12 +377,14 @@ class Faena:
         if call.task_id is not None:
             raise ConfigurationError("enqueue_many gives each job its own id; drop task_id")
         messages: list[Message] = []
+        rows: list[tuple[Any, ...]] = []
         defaults = named.defaults if named is not None else None
         for given in calls:
             args = enqueue_row(given)
             if named is not None:
                 named.check_arguments_or_raise(args, {})
             messages.append(build_message(self.settings, name, defaults, args, {}, call))
+            rows.append(args)
         if self.settings.eager:
             if named is None:
                 raise ConfigurationError(
@@ -391,8 +393,41 @@ class Faena:
             from faena.app.eager import run_eagerly  # eager mode only
 
             return [run_eagerly(self, named, m) for m in messages]
-        self.broker.enqueue([to_outgoing(self.settings, m) for m in messages])
+        outgoing = [to_outgoing(self.settings, m) for m in messages]  # too large: none claimed
+        if named is not None and unique.is_unique(named.defaults):
+            return self._enqueue_unique(named.defaults, messages, rows, outgoing)
+        self.broker.enqueue(outgoing)
         return [AsyncResult(m.id, self) for m in messages]
+
+    def _enqueue_unique(
+        self,
+        options: TaskOptions,
+        messages: list[Message],
+        rows: list[tuple[Any, ...]],
+        outgoing: list[Outgoing],
+    ) -> list[AsyncResult[Any]]:
+        """``enqueue_many`` of a unique task: each call claims its key as ``send`` does; the
+        calls whose job exists (earlier, or earlier in the batch) get its handle."""
+        results: list[AsyncResult[Any]] = []
+        sending: list[Outgoing] = []
+        claimed: list[tuple[str, str]] = []
+        try:
+            for message, args, out in zip(messages, rows, outgoing, strict=True):
+                key = unique.unique_key(options, message, args, {})
+                holder = self._unique_holder(options, key, message)
+                if holder is not None:
+                    results.append(AsyncResult(holder, self))
+                    continue
+                claimed.append((key, message.id))
+                sending.append(out)
+                results.append(AsyncResult(message.id, self))
+            if sending:
+                self.broker.enqueue(sending)
+        except BaseException:
+            for key, job_id in claimed:
+                unique.release(self.coordination, key, job_id)
+            raise
+        return results
 
     def queue(self, name: str) -> QueueHandle:
         """An RQ-style handle: ``app.queue("high").enqueue(any_function, 1, 2)``."""

@@ -325,6 +325,26 @@ def test_a_unique_job_purged_before_it_ran_is_replaced_after_a_grace(
     assert again.get(timeout=1) == "mon"
 
 
+def test_enqueue_many_of_a_unique_task_makes_one_job_per_call(app: Faena) -> None:
+    ran: list[str] = []
+
+    @app.task(unique=True)
+    def report(day: str) -> str:
+        ran.append(day)
+        return day
+
+    # Given a job already waiting for one call
+    earlier = report.delay("mon")
+    # When a batch repeats it, and repeats another call within itself
+    handles = app.enqueue_many(report, [("mon",), ("tue",), ("tue",)])
+    # Then each call has one job: the existing one, or the batch's first
+    assert handles[0].id == earlier.id
+    assert handles[1].id == handles[2].id != earlier.id
+    assert report.delay("tue").id == handles[1].id
+    drain(app)
+    assert sorted(ran) == ["mon", "tue"]
+
+
 def test_a_unique_job_that_sends_its_own_call_again_hands_its_key_over(
     app: Faena, clock: FakeClock
 ) -> None:

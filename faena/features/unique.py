@@ -89,13 +89,14 @@ def claim(
         holder = store.get(key)
         if holder is None:
             continue  # it expired or was released just now: try again
-        record = None if holder == sender else results.fetch(holder)
-        if holder != sender and (record is None or record.state not in states.READY_STATES):
-            place = where(holder)
-            if place != "dead" and not (
-                place is None and record is None and _gone(store, key, holder, ttl, now())
-            ):
-                return holder  # queued, scheduled, running or retrying: that is the job
+        if holder != sender:  # (a job sending its own call again hands the key over)
+            record = results.fetch(holder)
+            if record is None or record.state not in states.READY_STATES:
+                place = where(holder)
+                if place != "dead" and not (
+                    place is None and record is None and _gone(store, key, holder, ttl, now())
+                ):
+                    return holder  # queued, scheduled, running or retrying: that is the job
         store.compare_and_delete(key, holder)  # finished: the key is free for a new job
     raise BrokerError(
         f"could not claim unique key {key!r}: it changed hands {_CLAIM_TRIES} times while "

@@ -353,12 +353,9 @@ class Worker:
         if message.expires is not None and settings.clock.time() >= message.expires:
             log.info("job %s expired before it could run; recorded REVOKED", delivery.id)
             info = self._ends.run_info(delivery, None, message)
+            error = ErrorInfo(type="faena.TaskRevoked", message="expired before it could run")
             decision = expired(message, info, admitted.task.defaults)
-            if message.flow is not None:
-                assert self._outbox
-                error = ErrorInfo(type="faena.TaskRevoked", message="expired before it could run")
-                decision = after_ending(self.app, self._outbox, delivery, message, error, decision)
-            self._ends.apply(delivery, decision, admitted)
+            self._end_unrun(delivery, admitted, decision, error)
             return
         if not await self._admitted_by_limits(delivery, admitted):
             return
@@ -392,20 +389,27 @@ class Worker:
         self._ends.settle(Settlement(delivery=delivery, action="release", due=due))
         return False
 
+    def _end_unrun(
+        self, delivery: Delivery, job: Admitted, decision: Decision, error: ErrorInfo
+    ) -> None:
+        """Carry out the end of a job that never ran (expired, unplaceable under its limits):
+        a workflow it belongs to fails by the usual rules."""
+        if job.message.flow is not None:
+            assert self._outbox
+            decision = after_ending(self.app, self._outbox, delivery, job.message, error, decision)
+        self._ends.apply(delivery, decision, job)
+
     async def _fail_unplaced(
         self, delivery: Delivery, job: Admitted, exc: KeyFunctionFailed
     ) -> None:
         """Fail a job whose limit key cannot be computed: recorded ``FAILURE`` with what the
         key function raised, dead-lettered with reason ``limit_key_failed``; never run."""
-        assert self._outbox
         message = job.message
         log.error("job %s (%s) cannot run: %s", message.id, job.task.name, exc)
         error = ErrorInfo.from_exception(exc.error)
         info = self._ends.run_info(delivery, None, message)
         decision = failed(job.task.defaults, message, info, error, reason="limit_key_failed")
-        if message.flow is not None:
-            decision = after_ending(self.app, self._outbox, delivery, message, error, decision)
-        self._ends.apply(delivery, decision, job)
+        self._end_unrun(delivery, job, decision, error)
         self._decided.add(key_of(delivery))
         await self._flow.finished(message, job.task.defaults, job.args, job.kwargs)
 

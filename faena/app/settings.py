@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+from faena.contracts.broker import MAX_DELIVERIES
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 from faena.foundation.exceptions import ConfigurationError
 from faena.model.options import validate_priority, validate_queue
@@ -131,8 +132,10 @@ def _check(s: Settings) -> None:
                 f"heartbeat_s ({s.heartbeat_s}) must be shorter than lease_s ({s.lease_s}), or "
                 "leases expire between renewals"
             )
-    if type(s.max_deliveries) is not int or s.max_deliveries < 1:
-        raise ConfigurationError(f"max_deliveries must be an int >= 1, got {s.max_deliveries!r}")
+    if type(s.max_deliveries) is not int or not 1 <= s.max_deliveries <= MAX_DELIVERIES:
+        raise ConfigurationError(
+            f"max_deliveries must be an int from 1 to {MAX_DELIVERIES}, got {s.max_deliveries!r}"
+        )
 
 
 def resolve_urls(broker: str | None, results: str | None) -> tuple[str, str]:

@@ -33,6 +33,9 @@ Location = Literal["queued", "scheduled", "leased", "dead"]
 
 SEND_FENCE_STEP: Final = 1 << 16
 """How far apart the fences of two sends of one id start (see the module docstring)."""
+MAX_DELIVERIES: Final = SEND_FENCE_STEP - 1
+"""The highest ``max_deliveries``: a run's record fence keeps the hand-outs of one send in
+the low 16 bits of its delivery fence (``faena.features.lifecycle.record_fence``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -51,6 +51,9 @@ R = TypeVar("R")
 log = logging.getLogger("faena.lock")
 
 _FIRST_POLL_S = 0.005
+MIN_TTL_S = 0.1
+"""The shortest lock TTL: taking a lock is three calls to the store, and a TTL that can run out
+between them would make every attempt fail."""
 _LONGEST_POLL_S = 0.1
 
 
@@ -66,6 +69,15 @@ def _check_seconds(what: str, value: float | None, *, zero_ok: bool = False) -> 
     if not ok or not math.isfinite(value) or not (value >= 0 if zero_ok else value > 0):
         floor = "0 or more" if zero_ok else "above zero"
         raise ConfigurationError(f"lock {what} is a number of seconds {floor}, got {value!r}")
+
+
+def _check_ttl(value: float | None) -> None:
+    _check_seconds("ttl", value)
+    if value is not None and value < MIN_TTL_S:
+        raise ConfigurationError(
+            f"lock ttl is at least {MIN_TTL_S:g} s, got {value!r}: a shorter one can run out "
+            "while the lock is being taken"
+        )
 
 
 def _after_body(error: BaseException | None, lost: LockLost) -> None:
@@ -92,7 +104,8 @@ class Lock:
             background thread (sync) or task (async), until it is released.
 
     Raises:
-        ConfigurationError: an empty name or a TTL/timeout that is not a positive number.
+        ConfigurationError: an empty name, a timeout that is not a positive number, or a TTL
+            below :data:`MIN_TTL_S` (0.1 s).
     """
 
     def __init__(
@@ -107,7 +120,7 @@ class Lock:
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a lock needs a non-empty name, got {name!r}")
-        _check_seconds("ttl", ttl)
+        _check_ttl(ttl)
         _check_seconds("blocking_timeout", blocking_timeout, zero_ok=True)
         if hasattr(store, "set_if_absent"):  # a store (or one that stands in for it)
             given = cast(CoordinationStore, store)
@@ -205,12 +218,14 @@ class Lock:
         return self._owner
 
     def extend(self, ttl: float | None = None) -> None:
-        """Make the lock expire ``ttl`` (default: the lock's TTL) seconds from now.
+        """Make the lock expire ``ttl`` (default: the lock's TTL) seconds from now. On an
+        ``auto_renew`` lock this lasts until the next renewal, which sets the expiry to the
+        lock's own TTL from then.
 
         Raises:
             LockLost: the lock's TTL already ran out (another may hold it now).
         """
-        _check_seconds("ttl", ttl)
+        _check_ttl(ttl)
         if not self.store.compare_and_expire(
             self.key, self._held_token("extend"), self.ttl if ttl is None else ttl
         ):
@@ -386,7 +401,7 @@ class Lock:
 
     async def aextend(self, ttl: float | None = None) -> None:
         """``extend`` for async code."""
-        _check_seconds("ttl", ttl)
+        _check_ttl(ttl)
         owner = self._held_token("extend")
         if not await self.store.acompare_and_expire(
             self.key, owner, self.ttl if ttl is None else ttl

@@ -27,6 +27,7 @@ from faena import (
 )
 from faena.app.lookup import make_coordination_store
 from faena.contracts.coordination import CoordinationStore
+from faena.features.lock import MIN_TTL_S
 from faena.foundation.clock import SYSTEM_CLOCK
 from tests.integration.fenced import fenced_read, fenced_write
 from tests.services import drop_prefix, redis_url, require
@@ -149,6 +150,12 @@ def test_extend_keeps_the_lock_past_its_first_ttl(
     lock.release()
 
 
+def test_a_lock_of_the_shortest_ttl_can_be_taken(store: CoordinationStore) -> None:
+    lock = Lock(store, "brief", ttl=MIN_TTL_S)
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
 def test_reusing_a_held_lock_object_is_an_error(store: CoordinationStore) -> None:
     lock = Lock(store, "x")
     assert lock.acquire()
@@ -186,7 +193,12 @@ def test_async_with_and_decorators(store: CoordinationStore) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"ttl": 0}, "ttl"), ({"ttl": -1}, "ttl"), ({"blocking_timeout": -1}, "blocking_timeout")],
+    [
+        ({"ttl": 0}, "ttl"),
+        ({"ttl": -1}, "ttl"),
+        ({"ttl": 0.001}, "at least 0.1 s"),
+        ({"blocking_timeout": -1}, "blocking_timeout"),
+    ],
 )
 def test_bad_lock_settings_are_clear_errors(kwargs: dict[str, float], match: str) -> None:
     with Faena("x", broker="memory://") as app, pytest.raises(ConfigurationError, match=match):

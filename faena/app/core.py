@@ -21,7 +21,12 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from faena.app.builtins import register_builtins
-from faena.app.lookup import make_broker, make_coordination_store, make_result_store
+from faena.app.lookup import (
+    check_url,
+    make_broker,
+    make_coordination_store,
+    make_result_store,
+)
 from faena.app.producer import build_message, function_task_name, to_outgoing
 from faena.app.result import AsyncResult
 from faena.app.settings import Settings, build_settings, resolve_urls
@@ -92,10 +97,8 @@ class Faena:
         self.name = name
         self.settings: Settings = build_settings(settings)
         self.broker_url, self.results_url = resolve_urls(broker, results)
-        from faena.app.lookup import scheme_of
-
-        scheme_of(self.broker_url)
-        scheme_of(self.results_url)
+        check_url(self.broker_url)
+        check_url(self.results_url)
         self.registry = Registry()
         self.events = EventBus()
         self.main_module: str = _caller_module()

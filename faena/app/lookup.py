@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from types import ModuleType
 from typing import Final
 from urllib.parse import urlsplit
@@ -44,15 +45,25 @@ def scheme_of(url: str) -> str:
     )
 
 
+def check_url(url: str) -> None:
+    """What can be told of ``url`` when an app is made, without importing a driver or
+    connecting: a supported scheme, and for Redis that the driver is installed. The rest (a
+    Redis URL's parameters, a SQLite path) is checked when the backend is first used."""
+    if scheme_of(url) in REDIS and any(find_spec(name) is None for name in _REDIS_DRIVER):
+        raise ConfigurationError(_NO_REDIS_DRIVER)
+
+
+_REDIS_DRIVER: Final = ("redis", "hiredis")
+_NO_REDIS_DRIVER: Final = "the redis:// backend needs the Redis driver: pip install 'faena[redis]'"
+
+
 def _redis_backend() -> ModuleType:
     try:
         import faena.backends.redis as backend
     except ModuleNotFoundError as exc:
-        if exc.name not in ("redis", "hiredis"):
+        if exc.name not in _REDIS_DRIVER:
             raise
-        raise ConfigurationError(
-            "the redis:// backend needs the Redis driver: pip install 'faena[redis]'"
-        ) from exc
+        raise ConfigurationError(_NO_REDIS_DRIVER) from exc
     return backend
 
 

@@ -79,6 +79,19 @@ def broker_option(fn: F) -> F:
     )(fn)
 
 
+def results_option(fn: F) -> F:
+    """``--results URL``, with ``FAENA_RESULTS_URL``; for admin commands that write records."""
+    return click.option(
+        "--results",
+        "results_url",
+        envvar="FAENA_RESULTS_URL",
+        show_envvar=True,
+        metavar="URL",
+        help="Result store URL when no app is given and results are kept apart from the "
+        "broker (default: the broker's URL). With -A, the app's own store is used.",
+    )(fn)
+
+
 def queues_option(*, required: bool, help_text: str) -> Callable[[F], F]:
     """``-Q/--queues a,b`` (repeatable), with ``FAENA_QUEUES``."""
     return click.option(
@@ -152,26 +165,33 @@ def load(spec: str) -> Faena:
         ) from exc
 
 
-def open_app(ctx: click.Context, spec: str | None, broker_url: str | None) -> Faena:
-    """The app of ``-A``, or a bare app on ``--broker`` for admin commands.
+def open_app(
+    ctx: click.Context, spec: str | None, broker_url: str | None, results_url: str | None = None
+) -> Faena:
+    """The app of ``-A``, or a bare app on ``--broker`` (and ``--results``) for admin commands.
 
-    With ``-A``, the app's broker is used; an explicit ``--broker`` on the command line that
-    names another one is an error rather than silently ignored. (``FAENA_BROKER_URL`` is
-    already honoured by the app itself, unless the app names its broker explicitly.)
-    A SQLite file that does not exist is an error, not a new empty database.
+    With ``-A``, the app's broker and result store are used; an explicit ``--broker`` or
+    ``--results`` on the command line that names another one is an error rather than silently
+    ignored. (``FAENA_BROKER_URL`` and ``FAENA_RESULTS_URL`` are already honoured by the app
+    itself, unless the app names its own.) A SQLite file that does not exist is an error, not
+    a new empty database.
     """
     if not spec:
-        app = Faena(CLI_APP_NAME, broker=broker_url)
+        app = Faena(CLI_APP_NAME, broker=broker_url, results=results_url)
     else:
         app = load(spec)
-        from_command_line = (
-            ctx.get_parameter_source("broker_url") is click.core.ParameterSource.COMMANDLINE
-        )
-        if broker_url and from_command_line and broker_url != app.broker_url:
-            raise BadUsage(
-                f"--broker {broker_url} conflicts with the broker of app {spec!r} "
-                f"({app.broker_url}); give one of -A or --broker"
+        for param, given, own, flag in (
+            ("broker_url", broker_url, app.broker_url, "--broker"),
+            ("results_url", results_url, app.results_url, "--results"),
+        ):
+            from_command_line = (
+                ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE
             )
+            if given and from_command_line and given != own:
+                raise BadUsage(
+                    f"{flag} {given} conflicts with the app {spec!r}, which uses {own}; give "
+                    f"one of -A or {flag}"
+                )
     _require_database(app)
     return app
 

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import redis
 
+from faena import Faena
 from faena.backends.redis.broker import RedisBroker
 from faena.contracts.broker import BrokerConfig, Settlement
 from faena.testing.conformance import out
@@ -358,11 +359,48 @@ def test_control_revoke_records_who_and_why_and_the_job_never_runs(
     assert f"{job.id}: revoked; its message was removed from the queue" in result.stdout
     record = tasks.app.results.fetch(job.id)
     assert (record.state, record.reason, record.revoked_by) == ("REVOKED", "sent twice", "ops")
-    # And revoking a job id that is not known records the revoke for when it arrives
+    # And revoking a job id that is not known records the revoke for when it arrives, saying
+    # that nothing had that id
     later = cli.run("control", "revoke", "not-sent-yet")
-    assert "not-sent-yet: revoked; it will not start on any worker" in later.stdout
-    # And with no id, the command explains what it needs
+    assert "not-sent-yet: revoked; no job with this id is known yet" in later.stdout
+    assert tasks.app.results.fetch("not-sent-yet").state == "REVOKED"
+    # And with no id, or an empty one, the command explains what it needs, in one line
     assert cli.run("control", "revoke").returncode == 2
+    empty = cli.run("control", "revoke", "")
+    assert empty.returncode == 2
+    assert "Traceback" not in empty.stderr
+    assert "a job id is a non-empty str" in empty.stderr
+
+
+@pytest.mark.timeout(60)
+def test_control_revoke_without_an_app_writes_to_the_result_store_it_is_given(
+    tmp_path: Path, project: tuple[Cli, ModuleType]
+) -> None:
+    cli, _ = project
+    # Given an app whose results live apart from its broker, with a job waiting
+    broker = f"sqlite:///{tmp_path / 'queue.sqlite3'}"
+    results = f"sqlite:///{tmp_path / 'results.sqlite3'}"
+    with Faena("split", broker=broker, results=results) as app:
+
+        @app.task
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        job = add.delay(1, 2)
+        env = {"FAENA_BROKER_URL": broker}
+        # When it is revoked without -A, naming the result store
+        revoked = cli.run("control", "revoke", "--results", results, job.id, env=env)
+        # Then the revoke is in the app's own store: its callers see REVOKED
+        assert revoked.returncode == 0, revoked.stderr
+        assert app.AsyncResult(job.id).state == "REVOKED"
+        # And FAENA_RESULTS_URL does the same for a job id not sent yet
+        env["FAENA_RESULTS_URL"] = results
+        assert cli.run("control", "revoke", "later", env=env).returncode == 0
+        assert app.results.fetch("later").state == "REVOKED"
+    # And --results that contradicts the app of -A is refused
+    clash = cli.run("control", "revoke", "-A", "tasks", "--results", results, "x")
+    assert clash.returncode == 2
+    assert "--results" in clash.stderr
 
 
 @pytest.mark.timeout(30)

@@ -153,11 +153,21 @@ class TestRedisOnly:
             ("redis://127.0.0.1?decode_responses=true", "remove decode_responses"),
             ("redis+cluster://127.0.0.1:7000?encoding=latin-1", "remove encoding"),
             ("redis+socket:///run/redis.sock?decode_responses=1", "remove decode_responses"),
+            ("redis://127.0.0.1?timout=5", "unknown query parameter 'timout'"),
+            ("redis://127.0.0.1?ssl_cert_reqs=required", "unknown query parameter 'ssl_cert_reqs'"),
+            ("redis+socket:///run/redis.sock?dbb=1", "unknown query parameter 'dbb'"),
+            ("redis://127.0.0.1?health_check_interval=often", "health_check_interval"),
         ],
     )
     def test_bad_urls_are_configuration_errors(self, url: str, problem: str) -> None:
         with pytest.raises(ConfigurationError, match=problem):
             RedisBroker(url, BrokerConfig())
+
+    def test_a_bad_url_is_told_without_its_password(self) -> None:
+        with pytest.raises(ConfigurationError) as raised:
+            RedisBroker("redis://app:s3cret@127.0.0.1/0?timout=5", BrokerConfig())
+        assert "s3cret" not in str(raised.value)
+        assert "redis://app:***@127.0.0.1/0?timout=5" in str(raised.value)
 
     def test_bad_queue_names_and_priorities_are_refused_before_anything_is_sent(self) -> None:
         broker = self.broker()

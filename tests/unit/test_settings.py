@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -116,6 +117,18 @@ def test_unsupported_broker_url_is_refused_at_creation(url: str, message: str) -
     # When an app names a broker this release cannot use, Then creating it fails, saying why
     with pytest.raises(ConfigurationError, match=message):
         Faena("shop", broker=url)
+
+
+@pytest.mark.parametrize("missing", ["redis", "hiredis"])
+def test_a_redis_url_without_the_driver_is_refused_at_creation(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    # Given the Redis driver cannot be imported in this process
+    monkeypatch.setitem(sys.modules, missing, None)
+    # When an app names a Redis broker or result store, Then creating it says what to install
+    for urls in ({"broker": "redis://127.0.0.1/0"}, {"results": "rediss://127.0.0.1/0"}):
+        with pytest.raises(ConfigurationError, match=r"pip install 'faena\[redis\]'"):
+            Faena("shop", **urls)
 
 
 def test_unsupported_results_url_is_refused_at_creation() -> None:

@@ -105,18 +105,20 @@ class Target:
 
 def parse_url(url: str) -> Target:
     """Parse and check a Redis URL; a bad one is a ConfigurationError naming the problem."""
+    shown = redacted(url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise ConfigurationError(
-            f"{url!r} is not a Redis URL; expected one of " + ", ".join(f"{s}://" for s in SCHEMES)
+            f"{shown!r} is not a Redis URL; expected one of "
+            + ", ".join(f"{s}://" for s in SCHEMES)
         )
     cluster = scheme.endswith("+cluster")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     prefix = query.pop("prefix", DEFAULT_PREFIX)
     if not _PREFIX.match(prefix):
         raise ConfigurationError(
-            f"invalid key prefix {prefix!r} in {url!r}: use 1-64 characters from letters, "
+            f"invalid key prefix {prefix!r} in {shown!r}: use 1-64 characters from letters, "
             "digits and '_.:-'"
         )
     raw_timeout = query.pop("timeout", str(DEFAULT_TIMEOUT_S))
@@ -126,12 +128,12 @@ def parse_url(url: str) -> Target:
         timeout_s = -1.0
     if not 0 < timeout_s < 3600:
         raise ConfigurationError(
-            f"invalid timeout {raw_timeout!r} in {url!r}: seconds above 0 and below 3600"
+            f"invalid timeout {raw_timeout!r} in {shown!r}: seconds above 0 and below 3600"
         )
     refused = sorted(set(query) & _DECODING)
     if refused:
         raise ConfigurationError(
-            f"{url!r}: remove {', '.join(refused)}: faena's Redis connections read raw bytes "
+            f"{shown!r}: remove {', '.join(refused)}: faena's Redis connections read raw bytes "
             "(messages and records are binary); give your own clients that setting instead"
         )
     if scheme == "redis+socket":
@@ -139,10 +141,10 @@ def parse_url(url: str) -> Target:
     base = scheme.removesuffix("+cluster")
     if cluster and parts.path not in ("", "/", "/0"):
         raise ConfigurationError(
-            f"{url!r}: Redis Cluster has only database 0; remove {parts.path!r} from the URL"
+            f"{shown!r}: Redis Cluster has only database 0; remove {parts.path!r} from the URL"
         )
     if not cluster and parts.path not in ("", "/") and not parts.path[1:].isdigit():
-        raise ConfigurationError(f"{url!r}: the path must be a database number, e.g. /0")
+        raise ConfigurationError(f"{shown!r}: the path must be a database number, e.g. /0")
     netloc = parts.netloc
     if cluster:
         # redis-py takes one seed node in the URL; all of them go in as startup nodes.
@@ -153,34 +155,70 @@ def parse_url(url: str) -> Target:
         if cluster:
             _seed_nodes(url)
     except ValueError as exc:
-        raise ConfigurationError(f"{url!r}: bad host or port ({exc})") from exc
+        raise ConfigurationError(f"{shown!r}: bad host or port ({exc})") from exc
     plain = urlunsplit((base, netloc, parts.path if not cluster else "", urlencode(query), ""))
+    if not cluster:
+        _check_parameters(shown, plain)
     return Target(url=plain, cluster=cluster, prefix=prefix, timeout_s=timeout_s, display=display)
+
+
+_UNKNOWN_ARGUMENT = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def _check_parameters(shown: str, plain: str) -> None:
+    """Refuse a query parameter neither faena nor redis-py's connection takes (a typo such as
+    ``?timout=5``, or a TLS setting on a plain ``redis://`` URL), now rather than at the first
+    call. Making a connection object does not connect."""
+    try:
+        pool = redis.ConnectionPool.from_url(plain)
+        pool.make_connection()
+        pool.disconnect()
+    except (TypeError, ValueError) as exc:
+        found = _UNKNOWN_ARGUMENT.search(str(exc))
+        if found is None:
+            raise ConfigurationError(f"{shown!r}: {exc}") from exc
+        raise ConfigurationError(
+            f"{shown!r}: unknown query parameter {found.group(1)!r}; faena's own are prefix and "
+            "timeout, and redis-py takes its connection settings (e.g. health_check_interval, "
+            "max_connections, and ssl_* with rediss://)"
+        ) from exc
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password, if any, shown as ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _socket_target(
     url: str, netloc: str, path: str, query: dict[str, str], prefix: str, timeout_s: float
 ) -> Target:
     """A ``redis+socket://`` URL: the socket's absolute path, the database as ``?db=``."""
+    shown = redacted(url)
     if netloc.rpartition("@")[2]:
         raise ConfigurationError(
-            f"{url!r}: a socket URL names no host; write redis+socket:///path/to/redis.sock "
+            f"{shown!r}: a socket URL names no host; write redis+socket:///path/to/redis.sock "
             "(three slashes), with a password as redis+socket://:password@/path/to/redis.sock"
         )
     if not path.startswith("/") or path == "/":
         raise ConfigurationError(
-            f"{url!r}: give the socket's absolute path, e.g. redis+socket:///run/redis/redis.sock"
+            f"{shown!r}: give the socket's absolute path, e.g. redis+socket:///run/redis/redis.sock"
         )
     db = query.get("db", "0")
     if not db.isdigit():
-        raise ConfigurationError(f"{url!r}: db must be a database number, e.g. ?db=0")
+        raise ConfigurationError(f"{shown!r}: db must be a database number, e.g. ?db=0")
     tls = sorted(k for k in query if k.startswith("ssl"))
     if tls:
         raise ConfigurationError(
-            f"{url!r}: a Unix socket takes no TLS settings ({', '.join(tls)}); use rediss:// "
+            f"{shown!r}: a Unix socket takes no TLS settings ({', '.join(tls)}); use rediss:// "
             "to reach Redis over TLS"
         )
     plain = f"unix://{netloc}{path}?{urlencode(query)}"
+    _check_parameters(shown, plain)
     return Target(url=plain, cluster=False, prefix=prefix, timeout_s=timeout_s, display=path)
 
 

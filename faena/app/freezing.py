@@ -15,7 +15,7 @@ is frozen knowing what follows it). Normal forms, decided here once:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -69,12 +69,17 @@ class Freezer:
             extra = () if sig.immutable else (None,) * given
             task.check_arguments_or_raise((*extra, *sig.args), sig.kwargs)
         opts = {**self.options, **sig.options, "task_id": job_id}
-        if sig.name in _MAPPING_TASKS and opts.get("queue") is None and sig.args:
+        if sig.name in _MAPPING_TASKS and sig.args:
             # A map or starmap job goes where the task it calls goes (a worker of that queue
-            # only would otherwise never run it); its own options still win.
-            route = self.destination(str(sig.args[0]))
-            opts["queue"] = route.queue
-            opts.setdefault("priority", route.priority)
+            # only would otherwise never run it), and carries its results with that task's
+            # serializer; its own options still win.
+            called = str(sig.args[0])
+            if opts.get("queue") is None:
+                route = self.destination(called)
+                opts["queue"] = route.queue
+                opts.setdefault("priority", route.priority)
+            if opts.get("serializer") is None:
+                opts["serializer"] = self.serializer(called)
         call = CallOptions(**opts)
         m = build_message(
             self.app.settings, sig.name, task.defaults if task else None, sig.args, sig.kwargs, call
@@ -118,6 +123,13 @@ class Freezer:
             default=Route(settings.default_queue, settings.default_priority),
         )
         return Route(queue, priority)
+
+    def serializer(self, task_name: str, options: Mapping[str, Any] | None = None) -> str | None:
+        """The serializer a job of ``task_name`` sent with ``options`` (and the canvas's) is
+        sent with, when the call or the task names one (``None``: the app's)."""
+        task = self.app.registry.find(task_name)
+        chosen = {**self.options, **(options or {})}.get("serializer")
+        return chosen or (task.defaults.serializer if task else None)
 
     def callbacks(self, sigs: list[Signature], given: int) -> list[Job]:
         return [self.signature(s, After(), None, None, [], given)[0][0] for s in sigs]
@@ -225,13 +237,7 @@ class Freezer:
         group = new_id()
         collector = chord.body
         if isinstance(collector, Signature) and collector.name == COLLECT_TASK:
-            # The job that gathers a bare group's results goes where its first member goes.
-            first = _first_signature(members[0])
-            if first is not None and collector.options.get("queue") is None:
-                route = self.destination(first.name, first.options)
-                collector = collector.with_args((), {})
-                collector.options = {**collector.options, "queue": route.queue}
-                collector.options.setdefault("priority", route.priority)
+            collector = self.collector(collector, members)
         body, result = self.freeze(collector, after, final, chain_final, errbacks, 1)
         entries: list[Job] = []
         for i, member in enumerate(members):
@@ -239,6 +245,47 @@ class Freezer:
             jobs, _ = self.freeze(member, After(chord=ref), member_id(group, i), None, [], given)
             entries += jobs
         return entries, result
+
+    def collector(self, collector: Signature, members: list[Canvas]) -> Signature:
+        """The job that gathers a bare group's results: it goes where the group's first job
+        goes (for a map or starmap, where the task it calls goes), and takes the members'
+        results with pickle when one of them is sent with it."""
+        options = dict(collector.options)
+        first = _first_signature(members[0])
+        if first is not None and options.get("queue") is None:
+            mapping = first.name in _MAPPING_TASKS and first.options.get("queue") is None
+            route = self.destination(_called(first) if mapping else first.name, first.options)
+            options["queue"] = route.queue
+            options.setdefault("priority", route.priority)
+        if options.get("serializer") is None and any(
+            self.serializer(_called(s), s.options) == "pickle"
+            for member in members
+            for s in _signatures(member)
+        ):
+            options["serializer"] = "pickle"
+        gathered = collector.with_args((), {})
+        gathered.options = options
+        return gathered
+
+
+def _called(sig: Signature) -> str:
+    """The task a signature runs: for a map or starmap, the task it calls."""
+    return str(sig.args[0]) if sig.name in _MAPPING_TASKS and sig.args else sig.name
+
+
+def _signatures(node: Canvas) -> Iterator[Signature]:
+    """Every signature of a canvas."""
+    if isinstance(node, Signature):
+        yield node
+    elif isinstance(node, Chain):
+        for step in node.steps:
+            yield from _signatures(step)
+    elif isinstance(node, Chord):
+        yield from _signatures(node.header)
+        yield from _signatures(node.body)
+    elif isinstance(node, Group):
+        for member in node.members:
+            yield from _signatures(member)
 
 
 def _first_signature(node: Canvas) -> Signature | None:

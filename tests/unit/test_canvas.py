@@ -473,6 +473,43 @@ def test_workflows_carry_pickled_arguments_and_results(make_app: Any) -> None:
     assert merged.get(timeout=5) == (b"a", 1)
 
 
+class Box:
+    """A value only pickle carries (a plain class has no JSON form)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Box) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+def test_results_of_pickle_tasks_are_gathered_with_pickle(make_app: Any) -> None:
+    # Given an app that sends JSON but accepts pickle, and a task declared with pickle
+    app = make_app("mixed", accept=["json", "pickle"])
+
+    @app.task(name="m.boxed", serializer="pickle")
+    def boxed(x: int) -> Box:
+        return Box(x)
+
+    @app.task(name="m.plain")
+    def plain(x: int) -> int:
+        return x
+
+    # When its results are gathered by jobs the user did not declare: a group nested in a
+    # group, a group at the end of a chain, a map of the task
+    nested = group(group(boxed.s(1), boxed.s(2)), plain.s(3)).delay()
+    ending = (plain.s(1) | group(boxed.s(), boxed.s())).delay()
+    mapped = boxed.map([4, 5]).delay()
+    drain(app)
+    # Then each gets the values as they were returned
+    assert nested.get(timeout=5) == [[Box(1), Box(2)], 3]
+    assert ending.get(timeout=5) == [Box(1), Box(1)]
+    assert mapped.get(timeout=5) == [Box(4), Box(5)]
+
+
 def test_a_workflow_sent_later_starts_later_then_runs_at_its_own_pace(
     app: Faena, clock: Any
 ) -> None:
@@ -542,6 +579,9 @@ def test_workflow_helper_jobs_go_where_their_tasks_go(app: Faena) -> None:
     starred = add.starmap([(1, 2), (3, 4)]).delay()
     chunked = add.chunks([(1, 1), (2, 2), (3, 3)], 2).delay()
     fanned = (add.s(1, 1) | group(double.s(), double.s())).delay()
+    # And groups whose first member is a map or chunks, nested in a group
+    nested_chunks = group(add.chunks([(1, 2)], 1), double.s(3)).delay()
+    nested_maps = group(group(double.map([1]), double.map([2])), double.s(3)).delay()
     # Then a worker of that queue alone runs all of them: the jobs that call the task or
     # gather a group's results go to its queue
     drain(app, ["math"])
@@ -549,6 +589,8 @@ def test_workflow_helper_jobs_go_where_their_tasks_go(app: Faena) -> None:
     assert starred.get(timeout=5) == [3, 7]
     assert chunked.get(timeout=5) == [[2, 4], [6]]
     assert fanned.get(timeout=5) == [4, 4]
+    assert nested_chunks.get(timeout=5) == [[[3]], 6]
+    assert nested_maps.get(timeout=5) == [[[2], [4]], 6]
     assert mapped.record is not None
     assert mapped.record.queue == "math"
 

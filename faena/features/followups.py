@@ -111,7 +111,12 @@ def _after_success(io: FlowIO, message: Message, value: Any, again: bool) -> Non
     chord = flow.chord
     if chord is not None:
         added, size = io.add_member(chord_key(chord.group), str(chord.index))
-        if _completes(chord, added, size, again):
+        # A chord that failed (a member failed for good, its failure rules ran) never runs
+        # its body, even when that member is run again later and succeeds (`faena dlq retry`).
+        if (
+            _completes(chord, added, size, again)
+            and io.holder(chord_failed_key(chord.group)) is None
+        ):
             results = _results(io, chord, value)
             out += [job_message(j, now, message.id, root, [results]) for j in chord.body]
             again = again or not added

@@ -70,6 +70,10 @@ def base_record(
     message: Message, info: RunInfo, state: str, options: TaskOptions | None
 ) -> JobRecord:
     ttl = options.result_ttl if options and options.result_ttl else info.result_ttl
+    if message.flow is not None and message.flow.chord is not None:
+        # The chord's body reads its members' results when the last one ends: a member's
+        # record lives at least as long as the chord's own state (the app's result_ttl).
+        ttl = max(ttl, info.result_ttl)
     return JobRecord(
         id=message.id,
         state=state,

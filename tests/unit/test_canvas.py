@@ -4,6 +4,7 @@ run, the canvas ran when it was sent)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -299,6 +300,57 @@ def test_a_failed_member_fails_the_chord_and_the_body_never_runs(flows: Flows) -
     [(failed_id, error)] = flows.runs("errback")
     assert failed_id == caught.value.member_id
     assert error["type"] == "ValueError"
+
+
+def test_a_failed_chord_stays_failed_when_its_member_is_run_again(flows: Flows) -> None:
+    if flows.app.settings.eager:
+        pytest.skip("eager mode keeps no dead letters to run again")
+    first_run = [True]
+
+    @flows.app.task(name="flows.once")
+    def once(x: int) -> int:
+        if first_run.pop() if first_run else False:
+            raise ValueError("the first run fails")
+        return x
+
+    # Given a chord that failed because one member failed
+    result = chord([flows.add.s(1, 1), once.s(5)], flows.total.s()).delay()
+    flows.run()
+    with pytest.raises(ChordError) as caught:
+        result.get(timeout=5)
+    # When that member's dead letter is run again, and succeeds
+    assert asyncio.run(flows.app.broker.requeue_dead()) == 1
+    flows.run()
+    assert flows.app.AsyncResult(caught.value.member_id).state == "SUCCESS"
+    # Then the body still never ran, and the chord still reads failed
+    assert flows.runs("total") == []
+    with pytest.raises(ChordError):
+        result.get(timeout=5)
+
+
+def test_a_member_with_a_short_result_ttl_still_gives_the_body_its_result(
+    make_app: Any, clock: Any
+) -> None:
+    # Given a chord whose first member keeps its results 1 s, and whose last member ends later
+    app = make_app("ttl", result_ttl=3600)
+
+    @app.task(name="t.brief", result_ttl=1)
+    def brief() -> int:
+        return 7
+
+    @app.task(name="t.late")
+    def late() -> int:
+        clock.advance(5)  # the first member's own result_ttl is long past when this one ends
+        return 1
+
+    @app.task(name="t.pair")
+    def pair(values: list[int]) -> list[int]:
+        return values
+
+    result = chord([brief.s(), late.s()], pair.s()).delay()
+    drain(app)
+    # Then the body got both results, not None for the first
+    assert result.get(timeout=5) == [7, 1]
 
 
 # -- nesting ----------------------------------------------------------------------------------

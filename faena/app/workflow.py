@@ -244,8 +244,9 @@ def _messages(app: Faena, entries: list[Job], options: Mapping[str, Any]) -> lis
         ]
     running = current_context()
     parent = running.request.id if running else None
+    # Sent by a producer, each first job is a root of its own (a group has several); sent
+    # from a job, they all share that job's root.
     root = (running.request.root_id or running.request.id) if running else None
-    root = root or (entries[0].id if entries else None)
     return [job_message(j, now, parent, root, None) for j in entries]
 
 

@@ -756,6 +756,21 @@ def test_the_workflow_graph_of_a_chord_joins_every_member_to_the_body(flows: Flo
     assert all(node["state"] == "SUCCESS" for node in graph["nodes"].values())
 
 
+def test_each_member_of_a_group_sent_by_a_producer_is_a_root_of_its_own(flows: Flows) -> None:
+    # Given a group of two chains sent by a producer (outside any job)
+    sent = group(flows.add.s(i, i) | flows.mul.s(10) for i in (1, 2)).delay()
+    flows.run()
+    assert sent.get(timeout=5) == [20, 40]
+    for member in sent.results:
+        first = member.parent
+        assert first is not None
+        assert first.record is not None
+        # Then each chain's first job is its own root, and its graph is its own chain
+        assert first.record.root_id == first.id
+        graph = flows.app.workflow(first.id)
+        assert set(graph["nodes"]) == {first.id, member.id}
+
+
 def test_async_producers_send_canvases_without_blocking(flows: Flows) -> None:
     import asyncio
 

@@ -9,7 +9,7 @@ canvas: a :class:`GroupResult` for a group, else a :class:`WorkflowResult` — t
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -111,11 +111,10 @@ class GroupResult:
         deadline = wait_deadline(timeout)
         values: list[Any] = []
         for result in self.results:
-            left = None if deadline is None else max(0.0, deadline - SYSTEM_CLOCK.monotonic())
             try:
-                values.append(result.get(timeout=left, propagate=True))
-            except TimeoutError:
-                raise
+                values.append(result.get(timeout=_left(deadline), propagate=True))
+            except TimeoutError as exc:
+                raise self._late(result, timeout, exc) from None
             except ResultError as exc:
                 if propagate:
                     raise
@@ -124,6 +123,32 @@ class GroupResult:
 
     join = get
 
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """``get`` for async callers (also ``await group_result``)."""
+        deadline = wait_deadline(timeout)
+        values: list[Any] = []
+        for result in self.results:
+            try:
+                values.append(await result.aget(timeout=_left(deadline), propagate=True))
+            except TimeoutError as exc:
+                raise self._late(result, timeout, exc) from None
+            except ResultError as exc:
+                if propagate:
+                    raise
+                values.append(exc)
+        return values
+
+    def __await__(self) -> Generator[Any, None, list[Any]]:
+        return self.aget().__await__()
+
+    def _late(self, member: AsyncResult[Any], timeout: float | None, exc: Exception) -> Exception:
+        """The group's timeout, naming the caller's wait and the first member not done."""
+        state = str(exc).partition("(state ")[2].partition(")")[0] or "not finished"
+        return TimeoutError(
+            f"group {self.id} did not finish within {timeout} s (member {member.id}: state "
+            f"{state}); is a worker consuming its queue? `faena status` shows queues and workers"
+        )
+
     def revoke(
         self, terminate: bool = False, reason: str = "revoked", by: str | None = None
     ) -> int:
@@ -131,6 +156,11 @@ class GroupResult:
         steps, a member chord's members and body too); how many were still waiting in the
         broker. Parts that ended keep their outcome."""
         return sum(AsyncResult(i, self.app).revoke(terminate, reason, by) for i in self.ids)
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (monotonic), ``None`` for no limit."""
+    return None if deadline is None else max(0.0, deadline - SYSTEM_CLOCK.monotonic())
 
 
 def send_canvas(

@@ -780,6 +780,15 @@ def test_async_producers_send_canvases_without_blocking(flows: Flows) -> None:
         return steps, members
 
     steps, members = asyncio.run(send())
+    # And a group's result can be awaited, with the caller's timeout in what it says
+    if not flows.app.settings.eager:
+        with pytest.raises(TimeoutError, match=r"did not finish within 0.2 s \(member .*QUEUED"):
+            asyncio.run(members.aget(timeout=0.2))
     flows.run()
     assert steps.get(timeout=5) == 9
     assert members.get(timeout=5) == [0, 2, 4]
+
+    async def wait() -> tuple[list[Any], list[Any]]:
+        return await members, await members.aget(timeout=5)
+
+    assert asyncio.run(wait()) == ([0, 2, 4], [0, 2, 4])

@@ -63,7 +63,15 @@ def check_options(where: str, options: Mapping[str, Any]) -> dict[str, Any]:
 def _links(value: Any, where: str) -> list[Signature]:
     if value is None:
         return []
-    items = [value] if isinstance(value, Signature) else list(value)
+    if isinstance(value, Signature):
+        items = [value]
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise ConfigurationError(
+            f"{where} takes a signature or a list of signatures (task.s(...)), got {value!r}; "
+            "to run a chain or a group after a job, make it a step: job | chain_or_group"
+        )
     for item in items:
         if not isinstance(item, Signature):
             raise ConfigurationError(
@@ -199,7 +207,15 @@ class Signature(Canvas):
         return f"{self.name}.{'si' if self.immutable else 's'}({', '.join(parts)})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Signature) and self.to_dict() == other.to_dict()
+        if not isinstance(other, Signature):
+            return False
+        return (self.name, self.args, self.kwargs, self.options, self.immutable) == (
+            other.name,
+            other.args,
+            other.kwargs,
+            other.options,
+            other.immutable,
+        )
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -123,6 +123,22 @@ def test_bad_signatures_are_refused_with_the_valid_choices(flows: Flows) -> None
         chord([], flows.total.s()).delay()
     with pytest.raises(ConfigurationError, match="expected a 'kind'"):
         from_dict({"task": "x"})
+    # A chain or a group is no callback: it is a step
+    for callback in (flows.add.s(1) | flows.mul.s(2), group(flows.add.s(1))):
+        with pytest.raises(ConfigurationError, match="make it a step"):
+            flows.add.apply_async((1, 2), link=callback)
+
+
+def test_signatures_compare_by_what_they_send_whatever_their_arguments(flows: Flows) -> None:
+    class Opaque:
+        pass
+
+    thing = Opaque()
+    # Signatures holding a value JSON cannot carry compare without error
+    assert flows.add.s(thing, 1) == flows.add.s(thing, 1)
+    assert flows.add.s(thing, 1) != flows.add.s(thing, 2)
+    assert flows.add.s(1, 2) != flows.add.si(1, 2)
+    assert flows.add.s(1, 2).set(queue="q") != flows.add.s(1, 2)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 
 import click
 
@@ -14,6 +15,8 @@ from faena.cli.common import BadUsage, app_option, load, queues_option
 from faena.worker.logs import adopt_root, configure
 from faena.worker.pools import POOL_NAMES
 from faena.worker.worker import Worker, WorkerOptions
+
+log = logging.getLogger("faena.worker")
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -168,9 +171,22 @@ def worker(
             # not waited for, and the process leaves below)
             loop.close()
         app.close()
-    if runner.leftover:
-        # A thread cannot be killed and Python would wait for it at exit: everything is
-        # settled and written, so leave now.
+    # Python waits at exit for every thread that is not a daemon: a job thread stuck in its
+    # job, or a thread a task started and left running. Everything is settled and written by
+    # now, so such a thread is named in the log and the process leaves without it.
+    others = [
+        t
+        for t in threading.enumerate()
+        if t is not threading.current_thread() and not t.daemon and t.is_alive()
+    ]
+    foreign = [t.name for t in others if not t.name.startswith("asyncio_")]
+    if foreign:
+        log.warning(
+            "leaving %d thread(s) that tasks started and did not end: %s",
+            len(foreign),
+            ", ".join(foreign),
+        )
+    if runner.leftover or others:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -97,8 +97,14 @@ def run_sync(
     kwargs: dict[str, Any],
     serializer: str,
     progress: ProgressSink,
+    *,
+    in_worker: bool = False,
 ) -> Outcome:
-    """Run a sync task here; for an async task, run its coroutine to completion here."""
+    """Run a sync task here; for an async task, run its coroutine to completion here.
+
+    ``in_worker``: a worker's pool runs the job, where a ``KeyboardInterrupt`` can only come
+    from the task's own code (the worker handles Ctrl-C itself): it fails the job instead of
+    ending the process. Elsewhere (eager mode) it goes on, to stop the caller's program."""
     context = JobContext(task, request, progress)
     token = set_current_context(context)
     started = time.perf_counter()
@@ -107,7 +113,7 @@ def run_sync(
         if task.is_async:
             value = run_coroutine(value)
     except BaseException as exc:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt) and not in_worker:
             raise
         return from_exception(task, exc, time.perf_counter() - started)
     finally:
@@ -122,16 +128,24 @@ async def run_async(
     kwargs: dict[str, Any],
     serializer: str,
     progress: ProgressSink,
+    *,
+    in_worker: bool = False,
 ) -> Outcome:
-    """Run an async task on the current event loop."""
+    """Run an async task on the current event loop (``in_worker``: see :func:`run_sync`)."""
     context = JobContext(task, request, progress)
     token = set_current_context(context)
     started = time.perf_counter()
     try:
         value = await task.run(context, args, kwargs)
     except BaseException as exc:
-        # Cancellation belongs to whoever cancelled (a time limit, a cold shutdown).
-        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError):
+            # A cancel of the task running the job belongs to whoever cancelled (a time
+            # limit, a terminate, a cold shutdown); a CancelledError the job's own code let
+            # out (something it awaited was cancelled) is the job failing.
+            running = asyncio.current_task()
+            if running is None or running.cancelling():
+                raise
+        elif isinstance(exc, KeyboardInterrupt) and not in_worker:
             raise
         return from_exception(task, exc, time.perf_counter() - started)
     finally:

@@ -403,6 +403,45 @@ def test_control_revoke_without_an_app_writes_to_the_result_store_it_is_given(
     assert "--results" in clash.stderr
 
 
+LINGERING = textwrap.dedent(
+    """
+    import threading
+
+    from tasks import app
+
+    forever = threading.Event()
+
+
+    @app.task
+    def start_flusher():
+        # A library's background thread, not a daemon, that nobody stops
+        threading.Thread(target=forever.wait, name="flusher", daemon=False).start()
+        return "started"
+    """
+)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pool", ["async", "threads"])
+def test_a_thread_a_task_left_running_does_not_keep_the_worker_alive(
+    project: tuple[Cli, ModuleType], pool: str
+) -> None:
+    cli, _ = project
+    (cli.cwd / "lingering.py").write_text(LINGERING)
+    sys.modules.pop("lingering", None)
+    lingering = importlib.import_module("lingering")
+    try:
+        job = lingering.start_flusher.delay()
+        # When a burst worker runs the task, which leaves a non-daemon thread behind
+        done = cli.run("worker", "-A", "lingering", "--burst", "--pool", pool)
+        # Then the worker still exits, with its status, naming the thread it left
+        assert done.returncode == 0, done.stderr
+        assert "leaving 1 thread(s) that tasks started and did not end: flusher" in done.stderr
+        assert job.get(timeout=5) == "started"
+    finally:
+        sys.modules.pop("lingering", None)
+
+
 @pytest.mark.timeout(30)
 def test_help_documents_every_environment_variable(project: tuple[Cli, ModuleType]) -> None:
     cli, _ = project

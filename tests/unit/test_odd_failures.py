@@ -131,6 +131,79 @@ def test_a_job_ending_oddly_ends_alone_and_the_worker_writes_every_other_job(
         app.close()
 
 
+def declare_interrupting(app: Faena, kind: str) -> dict[str, Any]:
+    """Tasks whose own code raises ``KeyboardInterrupt`` or lets a ``CancelledError`` out."""
+    if kind == "async def":
+
+        @app.task(name="odd.interrupts")
+        async def interrupts() -> None:
+            raise KeyboardInterrupt
+
+        async def awaits_a_cancelled_future() -> None:
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled  # raises CancelledError in the task's own code
+
+        cancels = app.task(name="odd.cancels")(awaits_a_cancelled_future)
+        cancels_limited = app.task(name="odd.cancels_limited", time_limit=30)(
+            awaits_a_cancelled_future
+        )
+    else:
+
+        @app.task(name="odd.interrupts")
+        def interrupts() -> None:
+            raise KeyboardInterrupt
+
+        @app.task(name="odd.cancels")
+        def cancels() -> None:
+            raise asyncio.CancelledError
+
+        @app.task(name="odd.cancels_limited", time_limit=30)
+        def cancels_limited() -> None:
+            raise asyncio.CancelledError
+
+    @app.task(name="odd.fine")
+    def fine() -> str:
+        return "ok"
+
+    return {
+        "interrupts": interrupts,
+        "cancels": cancels,
+        "cancels_limited": cancels_limited,
+        "fine": fine,
+    }
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pool", ["async", "threads", "solo", "async def"])
+def test_a_job_raising_keyboard_interrupt_or_a_cancel_of_its_own_fails_alone(
+    tmp_path: Path, pool: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'odd.sqlite3'}"
+    app = Faena("odd", broker=url, results=url)
+    try:
+        tasks = declare_interrupting(app, pool)
+        sent = {name: task.delay() for name, task in tasks.items()}
+        # When a burst worker of one slot runs them (it ends once every message is settled)
+        drain(app, pool="async" if pool == "async def" else pool, concurrency=1)
+        # Then each one failed with its own error: the worker lived on, nothing was retried
+        for name, error in [
+            ("interrupts", "KeyboardInterrupt"),
+            ("cancels", "CancelledError"),
+            ("cancels_limited", "CancelledError"),
+        ]:
+            with pytest.raises(TaskFailed) as caught:
+                sent[name].get(timeout=WAIT_S)
+            assert caught.value.type_name.rpartition(".")[2] == error, name
+            assert sent[name].record is not None
+            assert sent[name].record.deliveries == 1
+        # And the job after them ran, with the failures in the dead-letter queue
+        assert sent["fine"].get(timeout=WAIT_S) == "ok"
+        assert [(q.ready, q.leased, q.dead) for q in queue_stats(app)] == [(0, 0, 3)]
+    finally:
+        app.close()
+
+
 def test_a_record_that_cannot_be_encoded_is_dropped_and_the_other_writes_go_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -4,6 +4,7 @@ on), graceful stop, concurrency, time limits, events and log lines."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from typing import Any
@@ -856,3 +857,33 @@ def test_a_limited_job_waiting_for_a_thread_counts_its_time_from_its_start(app: 
             await pool.stop(graceful=False, timeout_s=1.0)
 
     asyncio.run(scenario())
+
+
+TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("tenant", default=None)
+
+
+@pytest.mark.parametrize("pool", ["async", "threads", "solo"])
+def test_a_context_variable_a_job_sets_never_reaches_another_job(make_app: Any, pool: str) -> None:
+    # Given tasks that read a context variable, then set it (as request-scoped helpers do)
+    app = make_app()
+    seen: list[tuple[str, str | None]] = []
+
+    @app.task(name="ctx.async_job")
+    async def async_job(tenant: str) -> None:
+        seen.append(("async", TENANT.get()))
+        TENANT.set(tenant)
+        await asyncio.sleep(0)
+        assert TENANT.get() == tenant  # the job's own value holds across its awaits
+
+    @app.task(name="ctx.sync_job")
+    def sync_job(tenant: str) -> None:
+        seen.append(("sync", TENANT.get()))
+        TENANT.set(tenant)
+
+    for n in range(3):
+        async_job.delay(f"customer-{n}")
+        sync_job.delay(f"customer-{n}")
+    # When one slot runs them all, one after the other
+    drain(app, pool=pool, concurrency=1)
+    # Then every job started from the worker's own context, not from what the last one set
+    assert sorted(seen) == [("async", None)] * 3 + [("sync", None)] * 3

@@ -12,6 +12,7 @@ app itself comes from :func:`faena.worker.loader.load_app`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import resource
 import signal
@@ -223,11 +224,12 @@ def _serve(
 ) -> None:
     channel.send(Ready())
     done = 0
+    base = contextvars.copy_context()  # what every job starts from: no job has run yet
     while True:
         work = channel.receive()
         if isinstance(work, Stop):
             return
-        outcome = _run_one(app, work, channel, soft_limit)
+        outcome = _run_one(app, work, channel, soft_limit, base)
         done += 1
         retiring = (max_tasks is not None and done >= max_tasks) or (
             max_memory_kib is not None and _rss_kib() > max_memory_kib
@@ -237,7 +239,9 @@ def _serve(
             return
 
 
-def _run_one(app: Faena, work: Work, channel: _Channel, soft_limit: _SoftLimit) -> Outcome:
+def _run_one(
+    app: Faena, work: Work, channel: _Channel, soft_limit: _SoftLimit, base: contextvars.Context
+) -> Outcome:
     try:
         message = decode_message(work.body)
         args, kwargs = unpack_arguments(message)
@@ -256,7 +260,17 @@ def _run_one(app: Faena, work: Work, channel: _Channel, soft_limit: _SoftLimit) 
     soft_limit.arm(work.soft_time_limit)
     try:
         try:
-            return run_sync(task, request, args, kwargs, work.serializer, channel.progress)
+            # Each job starts from the child's context as it was before any job ran.
+            return base.copy().run(
+                run_sync,
+                task,
+                request,
+                args,
+                kwargs,
+                work.serializer,
+                channel.progress,
+                in_worker=True,
+            )
         finally:
             soft_limit.disarm()
     except SoftTimeLimitExceeded as exc:

@@ -28,14 +28,15 @@ import contextvars
 import logging
 import queue
 import threading
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar, cast
 
 from faena.contracts.pool import Job, Pool, PoolHealth
 from faena.features.execution import run_async, run_sync
 from faena.foundation.exceptions import SoftTimeLimitExceeded, TaskRevoked, TimeLimitExceeded
 from faena.model.outcome import ErrorInfo, Outcome
 from faena.model.registry import Registry
+from faena.worker.logs import current_job
 
 T = TypeVar("T")
 
@@ -84,6 +85,36 @@ class _Running:
         """Done when a thread takes the job (for jobs with a time limit)."""
         self.abandoned = False
         self.terminated = False
+
+
+class _InContext(Generic[T]):
+    """Await ``coro`` with each of its steps run in ``context``, as a task of its own would
+    run it, without the cost of a task: what the job sets in a context variable stays in the
+    job, and the awaiting task's own context is left as it was."""
+
+    __slots__ = ("_context", "_coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> None:
+        self._coro = coro
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, run = self._coro, self._context.run
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = run(coro.send, value) if error is None else run(coro.throw, error)
+            except StopIteration as stop:
+                return cast(T, stop.value)
+            value, error = None, None
+            try:
+                value = yield step
+            except GeneratorExit:
+                run(coro.close)
+                raise
+            except BaseException as exc:  # thrown in by the awaiting task (a cancel)
+                error = exc
 
 
 def _set_once(future: asyncio.Future[None]) -> None:
@@ -183,8 +214,12 @@ class ThreadPool(Pool):
         # awaiting coroutine was cancelled (a cold shutdown) is still here until it returns.
         self._in_threads: set[_Running] = set()
         self._threads_lock = threading.Lock()
+        self._base = contextvars.copy_context()
+        """The context every job starts from (a copy of it): the worker's, as it was when the
+        pool started, so that what one job sets in a context variable never reaches another."""
 
     async def start(self) -> None:
+        self._base = contextvars.copy_context()
         self._executor = _JobThreads(
             asyncio.get_running_loop(), self.size + SPARE_THREADS, self.name
         )
@@ -206,6 +241,12 @@ class ThreadPool(Pool):
         with self._threads_lock:
             return len(self._in_threads)
 
+    def _context(self, job: Job) -> contextvars.Context:
+        """A fresh context for ``job``: the pool's base, with the job's id for log lines."""
+        context = self._base.copy()
+        context.run(current_job.set, job.request.id)
+        return context
+
     def _task(self, job: Job) -> Any:
         return self.registry.get(job.request.task)
 
@@ -218,7 +259,7 @@ class ThreadPool(Pool):
         assert self._executor is not None
         task = self._task(job)
         running = _Running(job)
-        context = contextvars.copy_context()
+        context = self._context(job)
         loop = asyncio.get_running_loop()
         if job.soft_time_limit is not None or job.time_limit is not None:
             # A job's time runs from when a thread takes it, not while it waits for one.
@@ -234,7 +275,14 @@ class ThreadPool(Pool):
                 self._in_threads.add(running)
             try:
                 return context.run(
-                    run_sync, task, job.request, job.args, job.kwargs, job.serializer, job.progress
+                    run_sync,
+                    task,
+                    job.request,
+                    job.args,
+                    job.kwargs,
+                    job.serializer,
+                    job.progress,
+                    in_worker=True,
                 )
             except TimeLimitExceeded as exc:
                 return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
@@ -323,10 +371,12 @@ class AsyncPool(ThreadPool):
         task = self._task(job)
         if not task.is_async:
             return await super().run(job)
-        coro = run_async(task, job.request, job.args, job.kwargs, job.serializer, job.progress)
+        coro = run_async(
+            task, job.request, job.args, job.kwargs, job.serializer, job.progress, in_worker=True
+        )
         if job.soft_time_limit is None and job.time_limit is None:
             return await self._run_inline(coro, job)
-        inner = asyncio.ensure_future(coro)
+        inner = asyncio.get_running_loop().create_task(coro, context=self._context(job))
         self._tasks[job.request.id] = inner
         try:
             return await self._watch_coroutine(inner, job)
@@ -366,7 +416,7 @@ class AsyncPool(ThreadPool):
         assert me is not None
         self._tasks[job.request.id] = me
         try:
-            outcome = await coro
+            outcome = await _InContext(coro, self._context(job))
         except asyncio.CancelledError:
             if job.request.id not in self._terminating:
                 raise

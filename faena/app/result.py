@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import uuid
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
@@ -23,6 +25,7 @@ from faena.foundation.util import revoker_identity, utf8_safe
 from faena.model import states
 from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.model.serialization import loads_json, loads_pickle
+from faena.model.task import current_context
 
 if TYPE_CHECKING:
     from faena.app.core import Faena
@@ -39,6 +42,23 @@ def _slice(deadline: float | None) -> float:
     if deadline is None:
         return _LOOK_S
     return max(0.0, min(_LOOK_S, deadline - SYSTEM_CLOCK.monotonic()))
+
+
+def _refuse_blocking_in_async_job(app: Faena) -> None:
+    """A blocking wait in an ``async def`` job would hold the worker's event loop: every other
+    job of the worker, and the renewal of its leases, would wait with it."""
+    if app.settings.eager or current_context() is None:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # a sync task in a job thread, or a job on an event loop of its own: it may wait
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "get() would block the worker's event loop in an async def task; use `await result` "
+        "or `await result.aget(timeout=...)` (and for a group, `await group_result`)"
+    )
 
 
 def wait_deadline(timeout: float | None) -> float | None:
@@ -183,7 +203,10 @@ class AsyncResult(Generic[R]):
             faena.TimeoutError: not finished within ``timeout`` seconds.
             faena.TaskFailed: it failed (with ``propagate``; else the error is returned).
             faena.TaskRevoked: it was revoked or expired (with ``propagate``).
+            RuntimeError: called by an ``async def`` task on its worker's event loop, which it
+                would block (use ``await result``).
         """
+        _refuse_blocking_in_async_job(self.app)
         deadline = wait_deadline(timeout)
         while True:
             record = self.app.results.wait(self.id, _slice(deadline))

@@ -75,7 +75,7 @@ def broker_option(fn: F) -> F:
         show_envvar=True,
         metavar="URL",
         help="Broker URL when no app is given, e.g. sqlite:///faena.sqlite3 (the default) "
-        "or memory://. With -A, the app's own broker is used.",
+        "or redis://localhost:6379/0. With -A, the app's own broker is used.",
     )(fn)
 
 
@@ -112,9 +112,16 @@ def _queues_callback(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[str, ...]:
     try:
-        return split_queues(value)
+        names = split_queues(value)
     except ConfigurationError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    if value and not names:
+        raise click.BadParameter(
+            f"{value!r} names no queue; give queue names, or leave the option out",
+            ctx=ctx,
+            param=param,
+        )
+    return names
 
 
 def split_queues(values: Iterable[str]) -> tuple[str, ...]:

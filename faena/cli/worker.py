@@ -146,8 +146,21 @@ def worker(
                 raise BadUsage(
                     f"{flag} applies to --pool processes only (this worker uses --pool {pool})"
                 )
+    if pool == "solo" and concurrency not in (None, 1):
+        raise BadUsage(f"--pool solo runs one job at a time; drop -c {concurrency} or pick a pool")
+    if worker_id is not None and (not worker_id.strip() or worker_id != worker_id.strip()):
+        raise BadUsage(
+            f"--worker-id {worker_id!r}: give a name without leading or trailing spaces, or "
+            "leave it out for hostname:pid"
+        )
     configure(log_level, log_format)  # before the import, so the app's own logs show too
     app = load(app_spec)
+    if app.broker_url.startswith("memory://"):
+        raise BadUsage(
+            f"app {app_spec!r} uses the broker {app.broker_url}, which lives inside one process: "
+            "a worker process would never see what other processes send. Use sqlite:// (one "
+            "machine) or redis:// (several); memory:// is for tests (faena.testing.drain)"
+        )
     adopt_root(log_level)  # after the import: an app that configured logging keeps its setup
     options = WorkerOptions(
         queues=queues,

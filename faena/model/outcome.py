@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import traceback as tb
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -34,7 +34,26 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
         except Exception as failure:
             message = f"<str() of this {name} raised {failure!r}>"
         text = "".join(tb.format_exception(kind, exc, exc.__traceback__))
-        return cls(type=utf8_safe(name), message=utf8_safe(message), traceback=utf8_safe(text))
+        return cls(
+            type=utf8_safe(name),
+            message=utf8_safe(_cut(message, MAX_ERROR_MESSAGE)),
+            traceback=utf8_safe(_cut(text, MAX_TRACEBACK)),
+        )
+
+
+MAX_ERROR_MESSAGE: Final = 8 * 1024
+"""The most characters of an error's message a record, a dead letter or a log line keeps."""
+MAX_TRACEBACK: Final = 64 * 1024
+"""The most characters of a traceback a record keeps (its start and its end, which names the
+error)."""
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text``, or its start and end around a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    return f"{text[:keep]}\n[... {len(text) - 2 * keep:,} characters left out ...]\n{text[-keep:]}"
 
 
 OutcomeStatus = Literal["success", "failure", "retry", "reject", "lost"]

@@ -28,12 +28,23 @@ def load_app(spec: str) -> Faena:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import app module {module_name!r}: {exc}") from exc
+    except (ImportError, TypeError) as exc:  # TypeError: a relative name such as ./tasks.py
+        hint = ""
+        if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+            dotted = module_name.removesuffix(".py").replace(os.sep, "/").strip("./")
+            hint = (
+                f"; -A takes a module name, not a file: -A {dotted.replace('/', '.')}"
+                f"{':' + attr if attr else ''}, run from the directory that holds it"
+            )
+        raise ConfigurationError(f"cannot import app module {module_name!r}: {exc}{hint}") from exc
     if attr:
         obj: Any = module
+        path = module_name
         for part in attr.split("."):
-            obj = getattr(obj, part, None)
+            if not hasattr(obj, part):
+                raise ConfigurationError(f"{spec!r}: {path} has no attribute {part!r}")
+            obj = getattr(obj, part)
+            path = f"{path}.{part}"
         if not isinstance(obj, Faena):
             raise ConfigurationError(f"{spec!r} is not a Faena app (found {type(obj).__name__})")
         return obj

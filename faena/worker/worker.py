@@ -206,7 +206,11 @@ class Worker:
             app.broker_url,
         )
         if self._stopping:
-            self._begin_stop(False)
+            # A signal came during start-up (it logged the graceful shutdown then): stop now,
+            # without counting it as a second signal.
+            assert self._stop_event is not None
+            self._stop_event.set()
+            self._ends.room.set()
         background = [
             asyncio.create_task(c)
             for c in (

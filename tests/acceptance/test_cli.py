@@ -291,7 +291,13 @@ def test_dead_letters_list_retry_purge(project: tuple[Cli, ModuleType]) -> None:
     ("args", "expected"),
     [
         (["worker", "-A", "no_such_module"], "cannot import app module 'no_such_module'"),
-        (["worker", "-A", "tasks:nothing"], "'tasks:nothing' is not a Faena app"),
+        (["worker", "-A", "tasks:nothing"], "'tasks:nothing': tasks has no attribute 'nothing'"),
+        (["worker", "-A", "tasks:add"], "'tasks:add' is not a Faena app (found Task)"),
+        (["worker", "-A", "tasks.py"], "-A takes a module name, not a file: -A tasks,"),
+        (["worker", "-A", "tasks", "-Q", ""], "names no queue"),
+        (["worker", "-A", "tasks", "--worker-id", " "], "--worker-id ' '"),
+        (["worker", "-A", "tasks", "--pool", "solo", "-c", "5"], "--pool solo runs one job"),
+        (["worker", "-A", "in_memory"], "memory:// is for tests"),
         (["status", "-A", "broken"], "NameError"),
         (["worker"], "FAENA_APP"),
         (["worker", "-A", "tasks", "-Q", "no spaces"], "invalid queue name"),
@@ -302,6 +308,9 @@ def test_bad_app_or_flags_exit_2_with_one_clear_line(
 ) -> None:
     cli, _ = project
     (cli.cwd / "broken.py").write_text("x = undefined_name\n")
+    (cli.cwd / "in_memory.py").write_text(
+        "from faena import Faena\napp = Faena('mem', broker='memory://')\n"
+    )
     result = cli.run(*args)
     assert result.returncode == 2
     assert expected in result.stderr

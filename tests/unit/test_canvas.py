@@ -494,7 +494,7 @@ def test_error_callbacks_too_large_to_send_are_dropped_and_hold_nothing_back(
 ) -> None:
     # Given a job that fails with an error message longer than a message may be, with an error
     # callback (which is given that message)
-    app = make_app("long-error", max_message_size=20_000)
+    app = make_app("long-error", max_message_size=4_000)
     ran: list[str] = []
 
     @app.task(name="long.boom")

@@ -887,3 +887,52 @@ def test_a_context_variable_a_job_sets_never_reaches_another_job(make_app: Any, 
     drain(app, pool=pool, concurrency=1)
     # Then every job started from the worker's own context, not from what the last one set
     assert sorted(seen) == [("async", None)] * 3 + [("sync", None)] * 3
+
+
+def test_a_huge_error_is_kept_cut_in_its_record_dead_letter_and_log(
+    app: Faena, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a task whose error message is 5 MB
+    @app.task(name="huge.fails")
+    def fails() -> None:
+        raise ValueError("start " + "E" * 5_000_000 + " end")
+
+    job = fails.delay()
+    with caplog.at_level(logging.INFO):
+        drain(app)
+    # Then its record keeps the start and the end of the message and of the traceback
+    record = app.results.fetch(job.id)
+    assert record is not None
+    assert record.error is not None
+    assert len(record.error.message) < 10_000
+    assert record.error.message.startswith("start EEE")
+    assert record.error.message.endswith("EEE end")
+    assert "characters left out" in record.error.message
+    assert len(record.error.traceback) < 70_000
+    assert record.error.traceback.rstrip().endswith("EEE end")
+    # And so do the dead letter and the worker's log lines
+    [letter] = asyncio.run(app.broker.dead_letters())
+    assert len(letter.detail) < 10_000
+    assert max(len(r.getMessage()) for r in caplog.records) < 10_000
+
+
+def test_a_blocking_get_in_an_async_job_is_refused_and_an_await_works(app: Faena) -> None:
+    @app.task(name="sub.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="sub.blocks")
+    async def blocks() -> int:
+        return add.delay(1, 1).get(timeout=5)  # would hold the worker's loop
+
+    @app.task(name="sub.awaits")
+    async def awaits() -> int:
+        return await add.delay(2, 2).aget(timeout=5)
+
+    blocked, awaited = blocks.delay(), awaits.delay()
+    drain(app, concurrency=2)
+    # Then the blocking get() failed its job at once, saying what to do instead
+    with pytest.raises(TaskFailed, match=r"would block the worker's event loop.*await result"):
+        blocked.get(timeout=WAIT_S)
+    # And an await of the sub-job's result works
+    assert awaited.get(timeout=WAIT_S) == 4

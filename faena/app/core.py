@@ -514,12 +514,25 @@ def _caller_module() -> str:
         del frame
 
 
-def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Declare a task in a reusable module without an app.
+@overload
+def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(*, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+@overload
+def shared_task(*, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+
+
+def shared_task(
+    fn: Callable[..., Any] | None = None, /, *, bind: bool = False, **options: Any
+) -> Any:
+    """Declare a task in a reusable module without an app: ``@shared_task`` or
+    ``@shared_task(queue="emails")``, typed as ``@app.task`` is.
 
     It joins every app, existing or created later, and sends through the app created last.
     """
-    opts = build_options(**options)
+    opts = build_options(bind=bind, **options)
 
     def declare(function: Callable[..., Any]) -> Task[..., Any]:
         latest = _latest[0]() if _latest else None

@@ -26,6 +26,7 @@ from faena.features.lock import Lock
 from faena.foundation.clock import FakeClock
 from faena.foundation.exceptions import (
     BrokerError,
+    BrokerGone,
     BrokerUnavailable,
     ChordError,
     ConfigurationError,
@@ -76,6 +77,7 @@ __all__ = [
     "SUCCESS",
     "AsyncResult",
     "BrokerError",
+    "BrokerGone",
     "BrokerUnavailable",
     "ChordError",
     "ConfigurationError",

@@ -15,7 +15,8 @@ OK: Final = EXIT_OK
 """Everything asked for was done."""
 
 FAILURE: Final = 1
-"""The command ran but did not succeed: a job failed, an id was not found, the user declined."""
+"""The command ran but did not succeed: a job failed, an id was not found, the user declined;
+for ``faena worker``, its broker went away for good (``EXIT_GONE``)."""
 
 USAGE: Final = EXIT_CONFIG
 """Bad flags, a bad ``-A``, or a configuration error: nothing was done. (Click uses 2 too.)"""

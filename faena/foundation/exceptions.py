@@ -62,6 +62,11 @@ class BrokerError(FaenaError):
     """The broker could not complete the operation."""
 
 
+class BrokerGone(BrokerError):
+    """The broker this process opened is no longer there for it (its SQLite file was deleted or
+    replaced): waiting does not help, only a restart does. A worker stops, exiting 1."""
+
+
 class BrokerUnavailable(BrokerError):
     """The broker's server did not answer within the configured timeout.
 

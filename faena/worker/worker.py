@@ -33,7 +33,7 @@ from faena.contracts.pool import Job, Pool
 from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import Decision, base_record, decide, expired, failed
-from faena.foundation.exceptions import ConfigurationError, RecordRefused
+from faena.foundation.exceptions import BrokerGone, ConfigurationError, RecordRefused
 from faena.foundation.util import worker_identity
 from faena.model import states
 from faena.model.limits import KeyFunctionFailed
@@ -53,6 +53,8 @@ log = logging.getLogger("faena.worker")
 __all__ = ["EXIT_COLD", "EXIT_CONFIG", "EXIT_OK", "Worker", "WorkerOptions", "default_queues"]
 
 EXIT_OK = 0
+EXIT_GONE = 1
+"""The broker went away for good (see :class:`~faena.foundation.exceptions.BrokerGone`)."""
 EXIT_CONFIG = 2
 EXIT_COLD = 3
 
@@ -110,6 +112,7 @@ class Worker:
         self._decided: set[Key] = set()
         self._stopping = False
         self._cold = False
+        self._gone = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._consumer: Consumer | None = None
@@ -244,6 +247,12 @@ class Worker:
                 await self._fetch_once()
             except asyncio.CancelledError:
                 raise
+            except BrokerGone as exc:
+                # Only a restart helps: stop (running jobs finish), so a supervisor restarts it.
+                log.error("%s; the worker stops, exiting %d", exc, EXIT_GONE)
+                self._gone = True
+                self._begin_stop(False)
+                return
             except Exception as exc:
                 await outage.pause(exc, self._stop_event)
             else:
@@ -670,6 +679,8 @@ class Worker:
                 self._cold = True
         # (a job whose end is handed over may still wait to free its slots: it is not stopped)
         code = EXIT_COLD if self._running.keys() - self._decided else EXIT_OK
+        if self._gone and code == EXIT_OK:
+            code = EXIT_GONE
         for runner in self._runners:
             runner.cancel()
         stuck: set[asyncio.Task[None]] = set()

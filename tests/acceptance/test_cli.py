@@ -412,6 +412,26 @@ def test_control_revoke_without_an_app_writes_to_the_result_store_it_is_given(
     assert "--results" in clash.stderr
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_whose_sqlite_file_is_deleted_stops_so_it_can_be_restarted(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    cli, tasks = project
+    # Given a running worker that has run a job
+    worker = cli.start("worker", "-A", "tasks", "-c", "2")
+    assert tasks.add.delay(1, 1).get(timeout=DEADLINE_S) == 2
+    # When its SQLite file is deleted under it
+    path = Path(tasks.app.broker_url.removeprefix("sqlite:///"))
+    tasks.app.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    # Then it stops by itself with status 1, saying why, instead of failing every fetch for ever
+    output, _ = worker.communicate(timeout=30)
+    assert worker.returncode == 1, output
+    assert "was deleted or replaced while in use" in output
+    assert "the worker stops, exiting 1" in output
+
+
 LINGERING = textwrap.dedent(
     """
     import threading

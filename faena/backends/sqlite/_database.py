@@ -27,7 +27,7 @@ from typing import TypeVar
 
 from faena.backends.sqlite._connection import connect, path_from_url
 from faena.backends.sqlite._notify import Notifier, notifier_for
-from faena.foundation.exceptions import BrokerError
+from faena.foundation.exceptions import BrokerError, BrokerGone
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ class Database:
         """Raise if the file was deleted or replaced since it was opened: connections stay on
         the old one, so this process would no longer see what others send, nor they it."""
         if _identity(self.path) != self._identity:
-            raise BrokerError(
+            raise BrokerGone(
                 f"the SQLite file {self.path!r} was deleted or replaced while in use; this "
                 "process's connections still point to the old one, so it no longer shares "
                 "messages with the others: restart it"

@@ -78,25 +78,28 @@ def function_allowed(module: str, patterns: Sequence[str]) -> bool:
 
 def resolve_task(
     registry: Registry, name: str, function_modules: Sequence[str]
-) -> Task[..., Any] | None:
-    """The task for ``name``: a registered one, or an allowed ``module:function`` reference."""
+) -> Task[..., Any] | str:
+    """The task for ``name`` (a registered one, or an allowed ``module:function`` reference),
+    or why there is none, to follow "no task named ...": a hint or the import's error."""
     task = registry.find(name)
-    if task is not None or ":" not in name:
+    if task is not None:
         return task
+    if ":" not in name:
+        return "; is the module that declares it imported by the worker's -A app?"
     module = name.partition(":")[0]
     if (
         module == "faena"
         or module.startswith("faena.")
         or not function_allowed(module, function_modules)
     ):
-        return None
+        return " (a module:function reference outside function_modules)"
     try:
         fn = import_string(name)
-    except Exception:  # ImportError, or the module failing as it imports: not runnable
+    except Exception as exc:  # ImportError, or the module failing as it imports: not runnable
         log.exception("cannot import %s for a job that names it", name)
-        return None
+        return f": importing it failed: {type(exc).__name__}: {exc}"
     if not callable(fn):
-        return None
+        return f": {name} is a {type(fn).__name__}, not a function"
     task = Task(fn, TaskOptions(name=name))
     registry.register(task)
     return task
@@ -126,13 +129,8 @@ def admit(
             message,
         )
     task = resolve_task(registry, message.task, function_modules)
-    if task is None:
-        hint = (
-            " (a module:function reference outside function_modules)"
-            if ":" in message.task
-            else "; is the module that declares it imported by the worker's -A app?"
-        )
-        return Refused("unknown_task", f"no task named {message.task!r}{hint}", message)
+    if isinstance(task, str):
+        return Refused("unknown_task", f"no task named {message.task!r}{task}", message)
     try:
         args, kwargs = unpack_arguments(message)
         headers = unpack_headers(message)

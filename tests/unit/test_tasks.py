@@ -8,6 +8,7 @@ import datetime as dt
 import functools
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -815,6 +816,25 @@ def test_queue_enqueue_of_a_function_outside_function_modules_is_dead_lettered(
     # Then the worker does not import it: it never runs and is dead-lettered
     assert multiplied == []
     assert dead_letters(app)[r.id].reason == "unknown_task"
+
+
+def test_a_function_whose_module_fails_to_import_is_dead_lettered_with_that_error(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an allowed module that fails as the worker imports it (a setting missing there)
+    (tmp_path / "needs_env.py").write_text(
+        "raise RuntimeError('DATABASE_URL is not set')\n\ndef work():\n    return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = make_app(function_modules=["needs_env"])
+    # When a job names one of its functions
+    r = app.queue("rq").enqueue("needs_env:work")
+    drain(app, ["rq"])
+    # Then its dead letter says why it could not run
+    letter = dead_letters(app)[r.id]
+    assert letter.reason == "unknown_task"
+    assert "importing it failed: RuntimeError: DATABASE_URL is not set" in letter.detail
+    assert "outside function_modules" not in letter.detail
 
 
 def test_faena_own_functions_are_never_run_by_reference(make_app: AppFactory) -> None:

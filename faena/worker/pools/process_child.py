@@ -251,10 +251,10 @@ def _run_one(
         task = resolve_task(app.registry, message.task, app.function_modules)
     except Exception as exc:  # the worker admitted it, so this is a bug; report, do not die
         return Outcome(status="failure", error=ErrorInfo.from_exception(exc))
-    if task is None:
+    if isinstance(task, str):
         error = UnknownTaskError(
-            f"no task named {message.task!r} in the app this pool child "
-            "imported; do the worker and its children run the same code?"
+            f"no task named {message.task!r} in the app this pool child imported{task} (do the "
+            "worker and its children run the same code?)"
         )
         return Outcome(status="failure", error=ErrorInfo.from_exception(error))
     soft_limit.arm(work.soft_time_limit)

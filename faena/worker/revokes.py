@@ -84,13 +84,14 @@ class Revokes:
         while True:
             await asyncio.sleep(period_s)  # a period
             try:
-                await self.check(pool)
+                asked = await self.check(pool)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 outage.failed(exc)
             else:
-                outage.recovered()
+                if asked:  # (a check that had nothing to ask the store proves nothing)
+                    outage.recovered()
 
     def _waiting(self) -> list[Delivery]:
         """Held messages no runner has taken yet and no settlement is under way for."""
@@ -101,17 +102,18 @@ class Revokes:
             if key_of(d) not in running and self._ends.waiting(d)
         ]
 
-    async def check(self, pool: Pool) -> None:
-        """Skip the waiting messages and stop the running jobs that are revoked now."""
+    async def check(self, pool: Pool) -> bool:
+        """Skip the waiting messages and stop the running jobs that are revoked now; whether
+        the result store was asked (``False``: nothing to ask about)."""
         waiting = self._waiting()
         running = list(self._running())
         if not running and not waiting:
-            return
+            return False
         ids = {mid for _, mid, _ in running} | {d.id for d in waiting}
         records = await self._results().fetch_many(sorted(ids))
         revoked = {mid for mid, r in records.items() if _revoked(r)}
         if not revoked:
-            return
+            return True
         # Looked at again after the fetch: a runner may have taken a message meanwhile.
         if not self._stopping():
             for delivery in self._waiting():
@@ -130,6 +132,7 @@ class Revokes:
             ):
                 self._terminated.add(mid)
                 log.warning("job %s revoked with terminate: stopping it", mid)
+        return True
 
     def _skip(self, delivery: Delivery) -> None:
         """Acknowledge a message revoked after it was fetched, before any runner took it."""

@@ -155,6 +155,20 @@ class Worker:
         self._stop_event.set()
         self._ends.room.set()
 
+    async def _warn_if_taken(self) -> None:
+        """Warn when a live worker already has this id: both would run jobs, but `faena
+        status` would show one of them, and none once either stops."""
+        me = self._info()
+        for other in await self.app.broker.workers():
+            if other.id == self.id and (other.hostname, other.pid) != (me.hostname, me.pid):
+                log.warning(
+                    "worker id %s is already taken by a live worker (%s, pid %d): give each "
+                    "worker an id of its own (--worker-id), or `faena status` shows them as one",
+                    self.id,
+                    other.hostname,
+                    other.pid,
+                )
+
     def _install_signals(self) -> None:
         assert self._loop is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -188,6 +202,7 @@ class Worker:
                 self.queues, self.id, records=app.results
             )
             self._outbox = self._ends.attach(self._consumer)
+            await self._warn_if_taken()
             await app.broker.register_worker(self._info())
             for warning in await app.broker.warnings():
                 log.warning("%s", warning)

@@ -24,7 +24,7 @@ from faena import (
     SoftTimeLimitExceeded,
     TaskFailed,
 )
-from faena.contracts.broker import Outgoing
+from faena.contracts.broker import Outgoing, WorkerInfo
 from faena.features.flow import FlowGate
 from faena.model.message import Message, encode_message
 from faena.model.serialization import dumps_pickle
@@ -936,3 +936,29 @@ def test_a_blocking_get_in_an_async_job_is_refused_and_an_await_works(app: Faena
         blocked.get(timeout=WAIT_S)
     # And an await of the sub-job's result works
     assert awaited.get(timeout=WAIT_S) == 4
+
+
+def test_a_worker_id_a_live_worker_already_has_is_warned_about(
+    app: Faena, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a live worker registered as "web1" from another process
+    now = app.settings.clock.time()
+    other = WorkerInfo(
+        id="web1",
+        hostname="elsewhere",
+        pid=4242,
+        queues=("default",),
+        concurrency=1,
+        pool="async",
+        started_at=now,
+        heartbeat_at=now,
+    )
+    asyncio.run(app.broker.register_worker(other))
+    # When a worker starts with the same id
+    with caplog.at_level(logging.WARNING, logger="faena.worker"):
+        asyncio.run(Worker(app, WorkerOptions(burst=True, worker_id="web1")).run())
+    # Then it says so, naming the other one
+    assert any(
+        "worker id web1 is already taken by a live worker (elsewhere, pid 4242)" in r.getMessage()
+        for r in caplog.records
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 import uuid
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar, cast, overload
@@ -25,7 +24,7 @@ from faena.foundation.util import revoker_identity, utf8_safe
 from faena.model import states
 from faena.model.outcome import FINAL_FENCE, JobRecord
 from faena.model.serialization import loads_json, loads_pickle
-from faena.model.task import current_context
+from faena.model.task import WORKER_LOOPS, current_context
 
 if TYPE_CHECKING:
     from faena.app.core import Faena
@@ -49,12 +48,12 @@ def _refuse_blocking_in_async_job(app: Faena) -> None:
     job of the worker, and the renewal of its leases, would wait with it."""
     if app.settings.eager or current_context() is None:
         return
-    if threading.current_thread() is not threading.main_thread():
-        return  # a sync task in a job thread, or a job on an event loop of its own: it may wait
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
-        return
+        return  # a sync task, in a thread of its own: it may wait
+    if loop not in WORKER_LOOPS:
+        return  # a job on an event loop of its own (threads, solo, processes pools)
     raise RuntimeError(
         "get() would block the worker's event loop in an async def task; use `await result` "
         "or `await result.aget(timeout=...)` (and for a group, `await group_result`)"

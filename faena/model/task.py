@@ -6,8 +6,10 @@ to (the app), so a task object is plain data plus a function.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -185,6 +187,12 @@ _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
 def current_context() -> JobContext | None:
     """The context of the job running in this thread or asyncio task, if any."""
     return _current.get()
+
+
+WORKER_LOOPS: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+"""The event loops workers run their own I/O on (and the ``async`` pool its ``async def``
+jobs): a job there must never block. A job on a loop of its own (the ``threads``, ``solo`` and
+``processes`` pools) may."""
 
 
 class Task(Generic[P, R]):

@@ -39,6 +39,7 @@ from faena.model import states
 from faena.model.limits import KeyFunctionFailed
 from faena.model.message import Message
 from faena.model.outcome import FINAL_FENCE, ErrorInfo, JobRecord, Outcome
+from faena.model.task import WORKER_LOOPS
 from faena.worker.canvas import after_ending, after_job
 from faena.worker.endings import Endings, Key, key_of
 from faena.worker.logs import current_job
@@ -182,6 +183,7 @@ class Worker:
     async def run(self) -> int:
         """Run until stopped; returns the exit code (0 for a clean stop)."""
         self._loop = asyncio.get_running_loop()
+        WORKER_LOOPS.add(self._loop)
         self._stop_event = asyncio.Event()
         self._queue = asyncio.Queue()
         self._idle = asyncio.Event()

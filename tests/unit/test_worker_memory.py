@@ -938,6 +938,22 @@ def test_a_blocking_get_in_an_async_job_is_refused_and_an_await_works(app: Faena
     assert awaited.get(timeout=WAIT_S) == 4
 
 
+def test_a_blocking_get_in_an_async_job_on_a_loop_of_its_own_may_wait(app: Faena) -> None:
+    @app.task(name="own.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="own.blocks")
+    async def blocks() -> int:
+        return add.delay(1, 1).get(timeout=5)  # its own loop, in a thread of the pool
+
+    waited = blocks.delay()
+    # When the threads pool runs it (each async def job on an event loop of its own)
+    drain(app, pool="threads", concurrency=2)
+    # Then its get() waited for the sub-job like a sync task's would
+    assert waited.get(timeout=WAIT_S) == 2
+
+
 def test_a_worker_id_a_live_worker_already_has_is_warned_about(
     app: Faena, caplog: pytest.LogCaptureFixture
 ) -> None:

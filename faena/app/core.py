@@ -38,6 +38,7 @@ from faena.contracts.results import ResultStore
 from faena.features import unique
 from faena.features.lock import Lock
 from faena.foundation.exceptions import ConfigurationError
+from faena.foundation.util import redacted
 from faena.model.message import Message
 from faena.model.options import TaskOptions, build_options, validate_queue
 from faena.model.registry import Registry
@@ -117,7 +118,7 @@ class Faena:
         _latest[:] = [weakref.ref(self)]
 
     def __repr__(self) -> str:
-        return f"<Faena {self.name} broker={self.broker_url}>"
+        return f"<Faena {self.name} broker={redacted(self.broker_url)}>"
 
     def __copy__(self) -> Faena:
         return self  # an app is one service, shared: a copied canvas keeps its app

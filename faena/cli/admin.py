@@ -27,6 +27,7 @@ from faena.cli.common import (
     yes_option,
 )
 from faena.contracts.broker import QueueStats, WorkerInfo
+from faena.foundation.util import redacted
 
 
 # -- status ---------------------------------------------------------------------------------------
@@ -64,7 +65,7 @@ def _status_json(
     app: Faena, stats: Sequence[QueueStats], workers: Sequence[WorkerInfo], now: float
 ) -> dict[str, Any]:
     return {
-        "broker": app.broker_url,
+        "broker": redacted(app.broker_url),
         "queues": [
             {
                 "queue": s.queue,
@@ -96,7 +97,7 @@ def _print_status(
     app: Faena, stats: Sequence[QueueStats], workers: Sequence[WorkerInfo], now: float
 ) -> None:
     console = stdout()
-    console.print(f"Broker: {app.broker_url}")
+    console.print(f"Broker: {redacted(app.broker_url)}")
     if stats:
         queues = Table(title="Queues", title_justify="left")
         queues.add_column("queue", no_wrap=True)
@@ -162,7 +163,7 @@ def purge(
         if not yes:
             click.confirm(
                 f"Delete {waiting} ready and scheduled message(s) from {names} "
-                f"on {app.broker_url}? This cannot be undone",
+                f"on {redacted(app.broker_url)}? This cannot be undone",
                 abort=True,
             )
         removed = asyncio.run(app.broker.purge(queues))

@@ -17,6 +17,7 @@ import click
 from faena.app.core import Faena
 from faena.cli import exits
 from faena.foundation.exceptions import ConfigurationError, FaenaError
+from faena.foundation.util import redacted
 from faena.model.options import validate_queue
 from faena.worker.loader import load_app
 
@@ -196,8 +197,8 @@ def open_app(
             )
             if given and from_command_line and given != own:
                 raise BadUsage(
-                    f"{flag} {given} conflicts with the app {spec!r}, which uses {own}; give "
-                    f"one of -A or {flag}"
+                    f"{flag} {redacted(given)} conflicts with the app {spec!r}, which uses "
+                    f"{redacted(own)}; give one of -A or {flag}"
                 )
     _require_database(app)
     return app

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 import click
 
@@ -155,12 +156,14 @@ def worker(
         )
     configure(log_level, log_format)  # before the import, so the app's own logs show too
     app = load(app_spec)
-    if app.broker_url.startswith("memory://"):
-        raise BadUsage(
-            f"app {app_spec!r} uses the broker {app.broker_url}, which lives inside one process: "
-            "a worker process would never see what other processes send. Use sqlite:// (one "
-            "machine) or redis:// (several); memory:// is for tests (faena.testing.drain)"
-        )
+    for what, url in (("broker", app.broker_url), ("result store", app.results_url)):
+        if url.startswith("memory://"):
+            raise BadUsage(
+                f"app {app_spec!r} uses the {what} {url}, which lives inside one process: other "
+                "processes would never see what this worker receives or stores. Use sqlite:// "
+                "(one machine) or redis:// (several); memory:// is for tests "
+                "(faena.testing.drain)"
+            )
     adopt_root(log_level)  # after the import: an app that configured logging keeps its setup
     options = WorkerOptions(
         queues=queues,
@@ -184,24 +187,42 @@ def worker(
             # not waited for, and the process leaves below)
             loop.close()
         app.close()
-    # Python waits at exit for every thread that is not a daemon: a job thread stuck in its
-    # job, or a thread a task started and left running. Everything is settled and written by
-    # now, so such a thread is named in the log and the process leaves without it.
-    others = [
-        t
+    if runner.leftover:
+        # A job thread stuck in its job cannot be killed, and Python would wait for it at
+        # exit: everything is settled and written, so leave now.
+        _leave(code)
+    # Python waits at exit for every thread that is not a daemon, and then runs the app's
+    # atexit handlers: an idle executor's threads end at once, but a thread a task started
+    # and left running may never end. The normal exit gets EXIT_THREADS_S; past that, the
+    # threads still there are named in the log and the process leaves without them.
+    watchdog = threading.Thread(
+        target=_leave_after, args=(EXIT_THREADS_S, code), name="faena-exit", daemon=True
+    )
+    watchdog.start()
+    ctx.exit(code)
+
+
+EXIT_THREADS_S = 5.0
+"""How long ``faena worker`` lets threads that tasks started end by themselves at exit."""
+
+
+def _leave_after(seconds: float, code: int) -> None:
+    time.sleep(seconds)  # the process has not ended by itself within the time
+    left = [
+        t.name
         for t in threading.enumerate()
         if t is not threading.current_thread() and not t.daemon and t.is_alive()
     ]
-    foreign = [t.name for t in others if not t.name.startswith("asyncio_")]
-    if foreign:
-        log.warning(
-            "leaving %d thread(s) that tasks started and did not end: %s",
-            len(foreign),
-            ", ".join(foreign),
-        )
-    if runner.leftover or others:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    ctx.exit(code)
+    log.warning(
+        "leaving %d thread(s) that tasks started and did not end: %s",
+        len(left),
+        ", ".join(left) or "none",
+    )
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

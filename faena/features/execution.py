@@ -135,6 +135,11 @@ async def run_async(
     context = JobContext(task, request, progress)
     token = set_current_context(context)
     started = time.perf_counter()
+    running = asyncio.current_task()
+    # Counted from here: a cancel request an earlier job left on the task that runs this one
+    # (on Python 3.11, a TaskGroup whose child failed does not take its request back) is not
+    # this job's.
+    requests = running.cancelling() if running is not None else 0
     try:
         value = await task.run(context, args, kwargs)
     except BaseException as exc:
@@ -142,8 +147,7 @@ async def run_async(
             # A cancel of the task running the job belongs to whoever cancelled (a time
             # limit, a terminate, a cold shutdown); a CancelledError the job's own code let
             # out (something it awaited was cancelled) is the job failing.
-            running = asyncio.current_task()
-            if running is None or running.cancelling():
+            if running is None or running.cancelling() > requests:
                 raise
         elif isinstance(exc, KeyboardInterrupt) and not in_worker:
             raise

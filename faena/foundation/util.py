@@ -6,6 +6,7 @@ import importlib
 import os
 import socket
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 
 def new_id() -> str:
@@ -64,3 +65,28 @@ def revoker_identity() -> str:
     except Exception:  # no user name in this environment (a container without passwd)
         user = "unknown"
     return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+_SECRET_PARAMETERS = frozenset({"password", "pass", "pwd", "secret", "token"})
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password shown as ``***``, in its user part and in a ``password``
+    query parameter alike (for messages and logs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(k.lower() in _SECRET_PARAMETERS for k, _ in pairs):
+        query = urlencode(
+            [(k, "***" if k.lower() in _SECRET_PARAMETERS else v) for k, v in pairs], safe="*"
+        )
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -34,7 +34,7 @@ from faena.features.flow import FlowGate
 from faena.features.intake import Admitted, Refused, admit
 from faena.features.lifecycle import Decision, base_record, decide, expired, failed
 from faena.foundation.exceptions import BrokerGone, ConfigurationError, RecordRefused
-from faena.foundation.util import worker_identity
+from faena.foundation.util import redacted, worker_identity
 from faena.model import states
 from faena.model.limits import KeyFunctionFailed
 from faena.model.message import Message
@@ -223,7 +223,7 @@ class Worker:
             self.options.pool,
             self.concurrency,
             self.prefetch,
-            app.broker_url,
+            redacted(app.broker_url),
         )
         if self._stopping:
             # A signal came during start-up (it logged the graceful shutdown then): stop now,

@@ -298,6 +298,7 @@ def test_dead_letters_list_retry_purge(project: tuple[Cli, ModuleType]) -> None:
         (["worker", "-A", "tasks", "--worker-id", " "], "--worker-id ' '"),
         (["worker", "-A", "tasks", "--pool", "solo", "-c", "5"], "--pool solo runs one job"),
         (["worker", "-A", "in_memory"], "memory:// is for tests"),
+        (["worker", "-A", "results_in_memory"], "uses the result store memory://"),
         (["status", "-A", "broken"], "NameError"),
         (["worker"], "FAENA_APP"),
         (["worker", "-A", "tasks", "-Q", "no spaces"], "invalid queue name"),
@@ -310,6 +311,10 @@ def test_bad_app_or_flags_exit_2_with_one_clear_line(
     (cli.cwd / "broken.py").write_text("x = undefined_name\n")
     (cli.cwd / "in_memory.py").write_text(
         "from faena import Faena\napp = Faena('mem', broker='memory://')\n"
+    )
+    (cli.cwd / "results_in_memory.py").write_text(
+        "from tasks import app as tasks_app\nfrom faena import Faena\n"
+        "app = Faena('memres', broker=tasks_app.broker_url, results='memory://')\n"
     )
     result = cli.run(*args)
     assert result.returncode == 2
@@ -410,6 +415,11 @@ def test_control_revoke_without_an_app_writes_to_the_result_store_it_is_given(
     clash = cli.run("control", "revoke", "-A", "tasks", "--results", results, "x")
     assert clash.returncode == 2
     assert "--results" in clash.stderr
+    # And so is one with a password, which the message does not show
+    secret = cli.run("control", "revoke", "-A", "tasks", "--results", "redis://:s3cret@h/0", "x")
+    assert secret.returncode == 2
+    assert "s3cret" not in secret.stderr
+    assert "redis://:***@h/0" in secret.stderr
 
 
 @pytest.mark.timeout(60)
@@ -448,6 +458,46 @@ LINGERING = textwrap.dedent(
         return "started"
     """
 )
+
+
+POOLED = textwrap.dedent(
+    """
+    import atexit
+    import concurrent.futures
+    import pathlib
+
+    from tasks import app
+
+    executor = concurrent.futures.ThreadPoolExecutor(2)  # idle threads once the job is done
+    atexit.register(lambda: pathlib.Path("atexit-ran").write_text("yes"))
+
+
+    @app.task
+    async def square(x):
+        return executor.submit(pow, x, 2).result()
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_exits_normally_and_runs_the_apps_atexit_handlers(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    cli, _ = project
+    (cli.cwd / "pooled.py").write_text(POOLED)
+    sys.modules.pop("pooled", None)
+    pooled = importlib.import_module("pooled")
+    try:
+        job = pooled.square.delay(7)
+        # When a burst worker runs a task that used an executor, leaving its idle threads
+        done = cli.run("worker", "-A", "pooled", "--burst")
+        # Then it exits as a Python program does: the app's atexit handlers ran, no warning
+        assert done.returncode == 0, done.stderr
+        assert job.get(timeout=5) == 49
+        assert (cli.cwd / "atexit-ran").read_text() == "yes"
+        assert "leaving" not in done.stderr
+    finally:
+        sys.modules.pop("pooled", None)
 
 
 @pytest.mark.timeout(60)

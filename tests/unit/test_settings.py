@@ -16,6 +16,7 @@ import pytest
 from faena import ConfigurationError, Faena, Settings
 from faena.app import core
 from faena.app.settings import SETTING_NAMES
+from faena.foundation.util import redacted
 
 from .support import AppFactory
 
@@ -325,3 +326,21 @@ def test_a_child_forked_while_a_backend_is_being_made_can_make_its_own() -> None
         done.set()
         holder.join(5)
         app.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://app:s3cret@h:6379/0?prefix=a", "redis://app:***@h:6379/0?prefix=a"),
+        ("redis://:s3cret@h", "redis://:***@h"),
+        ("redis://h/0?password=s3cret&prefix=a", "redis://h/0?password=***&prefix=a"),
+        ("redis+socket://:s3cret@/run/redis.sock?db=1", "redis+socket://:***@/run/redis.sock?db=1"),
+        ("sqlite:///faena.sqlite3", "sqlite:///faena.sqlite3"),
+        ("redis://user@h", "redis://user@h"),
+    ],
+)
+def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
+    with Faena("shop", broker="memory://", results="memory://") as app:
+        app.broker_url = url  # what repr shows
+        assert "s3cret" not in repr(app)

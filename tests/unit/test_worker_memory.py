@@ -978,3 +978,43 @@ def test_a_worker_id_a_live_worker_already_has_is_warned_about(
         "worker id web1 is already taken by a live worker (elsewhere, pid 4242)" in r.getMessage()
         for r in caplog.records
     )
+
+
+@pytest.mark.timeout(60)
+def test_a_cancel_request_left_by_one_job_does_not_turn_the_next_ones_error_into_a_cancel(
+    app: Faena,
+) -> None:
+    @app.task(name="tg.group")
+    async def with_a_failing_group() -> str:
+        async def fails() -> None:
+            raise ValueError("child")
+
+        try:
+            async with asyncio.TaskGroup() as group:  # may leave a cancel request (3.11)
+                group.create_task(fails())
+        except ExceptionGroup:
+            return "handled"
+        return "not reached"
+
+    @app.task(name="tg.sub")
+    async def awaits_a_cancelled_sub_task() -> None:
+        sub = asyncio.ensure_future(asyncio.sleep(5))
+        asyncio.get_running_loop().call_later(0.01, sub.cancel)
+        await sub
+
+    @app.task(name="tg.plain")
+    async def plain() -> str:
+        return "ok"
+
+    grouped, sub, last = (
+        with_a_failing_group.delay(),
+        awaits_a_cancelled_sub_task.delay(),
+        plain.delay(),
+    )
+    # When one slot runs them in order
+    drain(app, concurrency=1)
+    # Then the second fails with its own CancelledError, and the worker went on to the third
+    assert grouped.get(timeout=WAIT_S) == "handled"
+    with pytest.raises(TaskFailed, match="CancelledError"):
+        sub.get(timeout=WAIT_S)
+    assert last.get(timeout=WAIT_S) == "ok"

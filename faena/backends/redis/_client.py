@@ -48,6 +48,7 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from faena.foundation.clock import SYSTEM_CLOCK, Clock
 from faena.foundation.exceptions import BrokerError, BrokerUnavailable, ConfigurationError
+from faena.foundation.util import redacted
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
 try:
@@ -182,16 +183,6 @@ def _check_parameters(shown: str, plain: str) -> None:
             "timeout, and redis-py takes its connection settings (e.g. health_check_interval, "
             "max_connections, and ssl_* with rediss://)"
         ) from exc
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def _socket_target(

@@ -60,6 +60,15 @@ def _refuse_blocking_in_async_job(app: Faena) -> None:
     )
 
 
+def _end_workflow(app: Faena, body: bytes, reason: str) -> None:
+    """A revoked message removed from the broker will reach no worker: when it was part of a
+    workflow, carry out the failure rules here, as a worker does for a part that ends without
+    running (its chain stops, its chord fails, the error callbacks are sent)."""
+    from faena.app.producer_flow import end_revoked  # workflows only
+
+    end_revoked(app, body, reason)
+
+
 def wait_deadline(timeout: float | None) -> float | None:
     """When a wait of ``timeout`` seconds ends (``None`` or ``inf``: never).
 
@@ -345,7 +354,15 @@ class AsyncResult(Generic[R]):
         that fails to write the record has its error raised after the message is removed: the
         job does not run, but its record does not read ``REVOKED``; if the broker failed too,
         the error's notes say so, and the message may still be queued and run.
+
+        A part of a workflow (a chain step, a group or chord member) removed from the broker
+        here ends its workflow as a part that ends without running does: its chain stops, its
+        chord fails and the error callbacks are sent (see ``docs/canvas.md``).
         """
+        return self._revoke(terminate, reason, by, end_workflow=True)
+
+    def _revoke(self, terminate: bool, reason: str, by: str | None, *, end_workflow: bool) -> bool:
+        """:meth:`revoke`; ``end_workflow=False`` when the whole workflow is being revoked."""
         for name, value in (("reason", reason), ("by", by)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"a revoke's {name} is text (str), got {value!r}")
@@ -373,12 +390,14 @@ class AsyncResult(Generic[R]):
         except Exception as error:  # the message must go all the same: the job never runs
             failed = error
         refused: BrokerError | None = None
+        body: bytes | None = None
         try:
-            removed = self.app.broker.remove(self.id)
+            body = self.app.broker.take(self.id)
         except BrokerError as error:  # BrokerUnavailable included
             if failed is None and isinstance(error, BrokerUnavailable):
                 raise  # the record is written: a worker that takes the message skips it
-            refused, removed = error, False
+            refused = error
+        removed = body is not None
         if failed is not None:
             if refused is not None:
                 failed.add_note(
@@ -387,6 +406,8 @@ class AsyncResult(Generic[R]):
             raise failed
         if removed and not written:
             self.app.results.store(revoked)
+        if body and end_workflow:
+            _end_workflow(self.app, body, reason)
         if refused is not None:
             raise refused
         return removed

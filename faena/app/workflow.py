@@ -43,7 +43,8 @@ class WorkflowResult(AsyncResult[Any]):
         waiting in the broker. Parts that ended keep their outcome."""
         removed = False
         for job_id in self.ids:
-            removed = AsyncResult(job_id, self.app).revoke(terminate, reason, by) or removed
+            part: AsyncResult[Any] = AsyncResult(job_id, self.app)
+            removed = part._revoke(terminate, reason, by, end_workflow=False) or removed
         return removed
 
 
@@ -155,7 +156,10 @@ class GroupResult:
         """Revoke every part of every member that has not finished (a member chain's later
         steps, a member chord's members and body too); how many were still waiting in the
         broker. Parts that ended keep their outcome."""
-        return sum(AsyncResult(i, self.app).revoke(terminate, reason, by) for i in self.ids)
+        return sum(
+            AsyncResult(i, self.app)._revoke(terminate, reason, by, end_workflow=False)
+            for i in self.ids
+        )
 
 
 def _left(deadline: float | None) -> float | None:

@@ -219,6 +219,11 @@ class Broker(ABC):
     def remove(self, message_id: str) -> bool:
         """Delete a message that is ready or scheduled (not leased). ``True`` if removed."""
 
+    def take(self, message_id: str) -> bytes | None:
+        """:meth:`remove`, returning the removed message's body (``None``: nothing removed).
+        A backend that cannot return the body returns ``b""`` for a removed message."""
+        return b"" if self.remove(message_id) else None
+
     # -- workers ----------------------------------------------------------------------------
     @abstractmethod
     async def open_consumer(

@@ -605,6 +605,20 @@ class BrokerConformance(_Suite):
             assert await consumer.receive(10, 0) == []
 
     @async_test
+    async def test_take_removes_a_waiting_message_and_returns_its_body(self) -> None:
+        broker = self.broker()
+        assert broker.take("nothing") is None
+        async with self.consumer(broker) as consumer:
+            # Given one leased and one waiting message
+            broker.enqueue([out("busy"), out("waiting", body=b"\x00body\xff")])
+            assert ids(await consumer.receive(1, 0)) == ["busy"]
+            # Then the waiting one is taken with its body, once; the leased one stays
+            assert broker.take("waiting") == b"\x00body\xff"
+            assert broker.take("waiting") is None
+            assert broker.take("busy") is None
+            assert broker.locate("busy") == "leased"
+
+    @async_test
     async def test_re_enqueue_replaces_a_waiting_message(self) -> None:
         broker = self.broker()
         broker.enqueue([out("m1", body=b"old"), out("m2")])

@@ -637,10 +637,10 @@ def test_a_claim_during_a_revoke_reads_the_revoked_record(private_redis: RedisSe
         raise AssertionError("a revoked job ran")
 
     sent = note.delay(1)
-    real_remove = app.broker.remove
+    real_take = app.broker.take
     claimed: list[Delivery] = []
 
-    def remove(job_id: str) -> bool:
+    def take(job_id: str) -> bytes | None:
         # a worker's claim lands between the revoke's two steps
         async def claim() -> list[Delivery]:
             consumer = await app.broker.open_consumer(["default"], "racer", records=app.results)
@@ -650,9 +650,9 @@ def test_a_claim_during_a_revoke_reads_the_revoked_record(private_redis: RedisSe
                 await consumer.close()
 
         claimed.extend(run(claim(), timeout_s=10))
-        return real_remove(job_id)
+        return real_take(job_id)
 
-    app.broker.remove = remove  # type: ignore[method-assign]
+    app.broker.take = take  # type: ignore[method-assign]
     try:
         # When the job is revoked while a worker claims its message
         assert sent.revoke() is False

@@ -251,6 +251,38 @@ def test_revoking_a_group_or_chain_revokes_what_has_not_started(flows: Flows) ->
     assert steps.state == "REVOKED"
 
 
+def test_revoking_one_waiting_part_ends_its_workflow_as_a_failure(flows: Flows) -> None:
+    if flows.app.settings.eager:
+        pytest.skip("eager mode runs a workflow when it is sent: nothing is left to revoke")
+    # Given a chord and a chain with error callbacks, sent but not run
+    header = [flows.add.s(1, 1), flows.add.s(2, 2)]
+    chorded = chord(header, flows.total.s()).apply_async(link_error=flows.errback.s())
+    chained = (flows.add.s(1, 1) | flows.mul.s(2)).apply_async(link_error=flows.errback.s())
+    # (the parts waiting in the broker: the chord's members, the chain's first step)
+    waiting = [
+        [i for i in result.ids if flows.app.AsyncResult(i).state == "QUEUED"]
+        for result in (chorded, chained)
+    ]
+    assert [len(ids) for ids in waiting] == [2, 1]
+    member, step = waiting[0][0], waiting[1][0]
+    # When one chord member and the chain's first step are revoked by their own ids
+    assert flows.app.AsyncResult(member).revoke(reason="not needed") is True
+    assert flows.app.AsyncResult(step).revoke(reason="not needed") is True
+    flows.run()
+    # Then the chord failed without running its body, naming the revoked member
+    with pytest.raises(ChordError, match="TaskRevoked: revoked: not needed") as caught:
+        chorded.get(timeout=5)
+    assert caught.value.member_id == member
+    assert flows.runs("total") == []
+    # And the chain stopped there, its result failed with the revoke
+    with pytest.raises(TaskFailed, match="TaskRevoked"):
+        chained.get(timeout=5)
+    assert flows.runs("mul") == []
+    # And each workflow's error callback ran once, for the revoked part
+    assert sorted(job_id for job_id, _ in flows.runs("errback")) == sorted([member, step])
+    assert flows.app.AsyncResult(member).state == "REVOKED"
+
+
 def test_revoking_a_group_revokes_every_part_of_its_members(flows: Flows) -> None:
     if flows.app.settings.eager:
         pytest.skip("eager mode runs a workflow when it is sent: nothing is left to revoke")

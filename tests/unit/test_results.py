@@ -408,10 +408,10 @@ def test_a_worker_that_takes_the_message_during_a_revoke_reads_it_revoked(app: F
 
     r = work.delay(1)
     # And a worker that claims its message just as the revoke comes to remove it
-    real_remove = app.broker.remove
+    real_take = app.broker.take
     seen: list[tuple[list[str], str]] = []
 
-    def remove(job_id: str) -> bool:
+    def take(job_id: str) -> bytes | None:
         async def claim() -> list[str]:
             consumer = await app.broker.open_consumer(["default"], "racer")
             got = [d.id for d in await consumer.receive(1, 0)]
@@ -419,9 +419,9 @@ def test_a_worker_that_takes_the_message_during_a_revoke_reads_it_revoked(app: F
             return got
 
         seen.append((asyncio.run(claim()), r.state))
-        return real_remove(job_id)
+        return real_take(job_id)
 
-    app.broker.remove = remove  # type: ignore[method-assign]
+    app.broker.take = take  # type: ignore[method-assign]
     # When the job is revoked
     assert r.revoke() is False  # the message was leased by then
     # Then the worker that took it already read REVOKED, the record it skips a job on
@@ -464,16 +464,16 @@ def test_a_revoke_the_broker_does_not_answer_is_recorded_and_the_job_skipped(
         ran.append(x)
 
     r = work.delay(1)
-    real_remove = app.broker.remove
+    real_take = app.broker.take
 
-    def remove(job_id: str) -> bool:
+    def take(job_id: str) -> bytes | None:
         raise BrokerUnavailable("broker down")
 
-    app.broker.remove = remove  # type: ignore[method-assign]
+    app.broker.take = take  # type: ignore[method-assign]
     # When the job is revoked, Then the broker's error is raised
     with pytest.raises(BrokerUnavailable, match="broker down"):
         r.revoke()
-    app.broker.remove = real_remove  # type: ignore[method-assign]
+    app.broker.take = real_take  # type: ignore[method-assign]
     # And the record was written first: the message still waits, and the worker skips it
     assert r.state == REVOKED
     assert app.broker.locate(r.id) == "queued"
@@ -497,11 +497,11 @@ def test_a_revoke_both_stores_fail_raises_the_records_error_naming_the_brokers(
     def store(record: JobRecord, **options: bool) -> bool:
         raise BrokerUnavailable("result store down") from cause
 
-    def remove(job_id: str) -> bool:
+    def take(job_id: str) -> bytes | None:
         raise BrokerUnavailable("broker down")
 
     app.results.store = store  # type: ignore[method-assign]
-    app.broker.remove = remove  # type: ignore[method-assign]
+    app.broker.take = take  # type: ignore[method-assign]
     # When the job is revoked, Then the store's error is raised with its own cause, and its
     # notes say the message may still be queued
     with pytest.raises(BrokerUnavailable, match="result store down") as caught:

@@ -116,12 +116,15 @@ class MemoryBroker(Broker):
             return entry.location if entry else None
 
     def remove(self, message_id: str) -> bool:
+        return self.take(message_id) is not None
+
+    def take(self, message_id: str) -> bytes | None:
         with self._lock:
             entry = self._entries.get(message_id)
             if entry is None or entry.location == "leased":
-                return False
+                return None
             del self._entries[message_id]
-            return True
+            return entry.body
 
     # -- claims -----------------------------------------------------------------------------
     def _promote_and_recover(self, now: float) -> None:

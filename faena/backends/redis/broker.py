@@ -282,10 +282,13 @@ class RedisBroker(Broker):
         return live[0] if live else None
 
     def remove(self, message_id: str) -> bool:
+        return self.take(message_id) is not None
+
+    def take(self, message_id: str) -> bytes | None:
         doing = f"removing message {message_id!r}"
         queues = self._known_queues(doing)
         answers = self._write_queues(_keys.REMOVE, queues, [message_id], doing, _removed)
-        return any(answers)
+        return next((bytes(a) for a in answers if a is not None), None)
 
     # -- workers ----------------------------------------------------------------------------
     async def open_consumer(
@@ -432,4 +435,4 @@ def _count(verb: str) -> Callable[[list[Any]], str]:
 
 
 def _removed(answers: list[Any]) -> str:
-    return "it was removed" if any(answers) else "it was not found"
+    return "it was removed" if any(a is not None for a in answers) else "it was not found"

@@ -137,9 +137,17 @@ class SQLiteBroker(Broker):
             return read(conn, find, "locate a message")
 
     def remove(self, message_id: str) -> bool:
-        sql = "DELETE FROM faena_messages WHERE id = ? AND state != 1"
+        return self.take(message_id) is not None
+
+    def take(self, message_id: str) -> bytes | None:
+        sql = "DELETE FROM faena_messages WHERE id = ? AND state != 1 RETURNING body"
+
+        def delete(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute(sql, (message_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
         with self._db.connection() as conn:
-            return write(conn, lambda c: c.execute(sql, (message_id,)).rowcount == 1, "remove")
+            return write(conn, delete, "remove")
 
     # -- workers ----------------------------------------------------------------------------
     async def open_consumer(

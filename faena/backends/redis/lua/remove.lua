@@ -3,12 +3,13 @@
 -- KEYS: the queue's ten keys (see _queue.lua).
 -- ARGV: id.
 --
--- Returns 1 if removed, else 0.
+-- Returns the removed message's body ('' if it had none), or false if nothing was removed.
 local id = ARGV[1]
 check_types(0, {READY, SCHEDULED, STATE, BODY}) -- before the first write
 if redis.call('ZREM', KEYS[READY], id) + redis.call('ZREM', KEYS[SCHEDULED], id) == 0 then
-  return 0
+  return false
 end
+local body = redis.call('HGET', KEYS[BODY], id) or ''
 redis.call('HDEL', KEYS[STATE], id)
 redis.call('HDEL', KEYS[BODY], id)
-return 1
+return body

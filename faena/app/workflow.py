@@ -9,6 +9,7 @@ canvas: a :class:`GroupResult` for a group, else a :class:`WorkflowResult` — t
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -112,14 +113,10 @@ class GroupResult:
         deadline = wait_deadline(timeout)
         values: list[Any] = []
         for result in self.results:
-            try:
-                values.append(result.get(timeout=_left(deadline), propagate=True))
-            except TimeoutError as exc:
-                raise self._late(result, timeout, exc) from None
-            except ResultError as exc:
-                if propagate:
-                    raise
-                values.append(exc)
+            with self._in_time(result, timeout):
+                values.append(
+                    _given(result.get(timeout=_left(deadline), propagate=False), propagate)
+                )
         return values
 
     join = get
@@ -129,18 +126,21 @@ class GroupResult:
         deadline = wait_deadline(timeout)
         values: list[Any] = []
         for result in self.results:
-            try:
-                values.append(await result.aget(timeout=_left(deadline), propagate=True))
-            except TimeoutError as exc:
-                raise self._late(result, timeout, exc) from None
-            except ResultError as exc:
-                if propagate:
-                    raise
-                values.append(exc)
+            with self._in_time(result, timeout):
+                value = await result.aget(timeout=_left(deadline), propagate=False)
+                values.append(_given(value, propagate))
         return values
 
     def __await__(self) -> Generator[Any, None, list[Any]]:
         return self.aget().__await__()
+
+    @contextlib.contextmanager
+    def _in_time(self, member: AsyncResult[Any], timeout: float | None) -> Iterator[None]:
+        """A member's timeout as the group's: naming the caller's wait and the member."""
+        try:
+            yield
+        except TimeoutError as exc:
+            raise self._late(member, timeout, exc) from None
 
     def _late(self, member: AsyncResult[Any], timeout: float | None, exc: Exception) -> Exception:
         """The group's timeout, naming the caller's wait and the first member not done."""
@@ -160,6 +160,13 @@ class GroupResult:
             AsyncResult(i, self.app)._revoke(terminate, reason, by, end_workflow=False)
             for i in self.ids
         )
+
+
+def _given(value: Any, propagate: bool) -> Any:
+    """A member's value, or its error: raised with ``propagate``, else in the value's place."""
+    if propagate and isinstance(value, ResultError):
+        raise value
+    return value
 
 
 def _left(deadline: float | None) -> float | None:

@@ -10,9 +10,10 @@ import contextlib
 import random
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -72,6 +73,22 @@ async def claim_once(broker: Broker, queues: list[str], n: int) -> list[Delivery
         return await consumer.receive(n, 0)
     finally:
         await consumer.close()
+
+
+def until_blocked(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait, looking every millisecond, until ``check()`` (a client blocked on the server)."""
+    deadline = SYSTEM_CLOCK.monotonic() + timeout_s
+    while not check():
+        assert SYSTEM_CLOCK.monotonic() < deadline, "the client never blocked"
+        time.sleep(0.001)
+
+
+async def async_until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """``until_blocked`` on an event loop, which goes on running meanwhile."""
+    deadline = SYSTEM_CLOCK.monotonic() + timeout_s
+    while not check():
+        assert SYSTEM_CLOCK.monotonic() < deadline, "the client never blocked"
+        await asyncio.sleep(0.001)
 
 
 def cluster_url(hosts: str) -> str:
@@ -948,11 +965,12 @@ class TestRedisOnly:
         claim = redis_consumer.RedisConsumer._claim
 
         async def counted(
-            consumer: redis_consumer.RedisConsumer, limit: int
+            consumer: redis_consumer.RedisConsumer, limit: int, early: Any = None
         ) -> tuple[list[Any], float | None]:
+            # one call per claim the server ran: sent now, or sent with a wait (early)
             nonlocal claims
             claims += 1
-            return await claim(consumer, limit)
+            return await claim(consumer, limit, early)
 
         monkeypatch.setattr(redis_consumer.RedisConsumer, "_claim", counted)
 
@@ -1050,6 +1068,98 @@ class TestRedisOnly:
         finally:
             await first.close()
             await second.close()
+
+    def blocked_clients(self) -> int:
+        return int(self.raw().info("clients")["blocked_clients"])
+
+    @pytest.mark.parametrize("end", ["close", "cancel"])
+    def test_a_wait_ended_early_hands_back_what_the_claim_sent_with_it_leased(
+        self, monkeypatch: pytest.MonkeyPatch, end: str
+    ) -> None:
+        # Given a consumer waiting on a block only a wake-up or Redis ends, its claim sent
+        # with the wait, and another client blocked on the queue's wake list before it (Redis
+        # hands the next token to the longest waiting)
+        monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        raw = self.raw()
+        wake = f"{self.prefix}:{{default}}:wake"
+        before = self.blocked_clients()
+        thief = threading.Thread(target=raw.blpop, args=([wake], 20))
+        thief.start()
+        try:
+            until_blocked(lambda: self.blocked_clients() == before + 1)
+
+            async def scenario() -> None:
+                consumer = await broker.open_consumer(["default"], "w1")
+                waiting = asyncio.create_task(consumer.receive(1, 20.0))
+                await async_until(lambda: self.blocked_clients() == before + 2)
+                # When a message is sent (its token goes to the other client, so the consumer
+                # sleeps on with the message ready), and the wait is then ended
+                broker.enqueue([out("m1")])
+                thief.join()
+                state = raw.hget(f"{self.prefix}:{{default}}:state", "m1")
+                fence = int(state.split(b"|")[0][1:])
+                if end == "close":
+                    await consumer.close()
+                    assert await waiting == []
+                else:
+                    waiting.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await waiting
+                    await consumer.close()
+                # Then the claim that ran as the wait ended leased the message and handed it
+                # back uncounted: another consumer gets it at once, as its first delivery,
+                # under the fence after that lease's
+                other = await broker.open_consumer(["default"], "w2")
+                try:
+                    (d,) = await other.receive(1, 2.0)
+                    assert (d.id, d.deliveries, d.fence) == ("m1", 1, fence + 2)
+                finally:
+                    await other.close()
+
+            run(scenario())
+        finally:
+            raw.lpush(wake, "1")  # ends the other client's wait if the test failed before
+            thief.join()
+
+    def test_a_server_that_refuses_client_id_still_wakes_and_closes_consumers(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a Redis user that may not run CLIENT commands
+        monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
+        raw = self.raw()
+        user = f"faena-no-client-{uuid.uuid4().hex[:8]}"
+        raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-client")
+        try:
+            broker = self.broker(
+                self.url.replace("redis://", f"redis://{user}:pw@", 1), clock=SYSTEM_CLOCK
+            )
+
+            async def scenario() -> None:
+                consumer = await broker.open_consumer(["default"], "w1")
+                try:
+                    # When its consumer waits, a message sent meanwhile wakes it at once
+                    waiting = asyncio.create_task(consumer.receive(1, 20.0))
+                    await async_until(lambda: raw.llen(f"{self.prefix}:{{default}}:wake") == 0)
+                    started = SYSTEM_CLOCK.monotonic()
+                    broker.enqueue([out("m1")])
+                    (d,) = await waiting
+                    assert d.id == "m1"
+                    assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+                    # And closing it ends its next wait at once (one it sends alone)
+                    before = self.blocked_clients()
+                    waiting = asyncio.create_task(consumer.receive(1, 20.0))
+                    await async_until(lambda: self.blocked_clients() == before + 1)
+                    started = SYSTEM_CLOCK.monotonic()
+                    await consumer.close()
+                    assert await waiting == []
+                    assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+                finally:
+                    await consumer.close()
+
+            run(scenario())
+        finally:
+            raw.execute_command("ACL", "DELUSER", user)
 
     @async_test
     async def test_a_closed_consumer_refuses_to_settle(self) -> None:

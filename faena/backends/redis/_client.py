@@ -437,19 +437,33 @@ class AsyncSender:
                 raise reply
             return reply
 
-    async def execute_many(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def execute_many(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        *,
+        on_first: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
         """Send ``commands`` in one write (a pipeline, not a transaction) and return their raw
         replies in order, a command the server refused with its ``ResponseError`` in its
-        place."""
+        place. ``on_first`` is called with the first reply as soon as it is read, before the
+        others (which may block on the server)."""
         line = self._take()
         if line is None:
             pipe = self.client.pipeline(transaction=False)
             for command in commands:
                 pipe.execute_command(*command)
-            return list(await pipe.execute(raise_on_error=False))
-        return await self._exchange(line, commands)
+            replies = list(await pipe.execute(raise_on_error=False))
+            if on_first is not None and replies:
+                on_first(replies[0])
+            return replies
+        return await self._exchange(line, commands, on_first)
 
-    async def _exchange(self, line: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    async def _exchange(
+        self,
+        line: Any,
+        commands: Sequence[tuple[Any, ...]],
+        on_first: Callable[[Any], None] | None = None,
+    ) -> list[Any]:
         try:
             if line.is_connected:
                 try:
@@ -466,8 +480,7 @@ class AsyncSender:
             try:
                 line._writer.write(b"".join([_pack(line, c) for c in commands]))
                 await line._writer.drain()
-                parser = line._parser
-                replies = [await parser.read_response() for _ in commands]
+                replies = await _read_replies(line._parser, len(commands), on_first)
             finally:
                 expiry.cancel()
         except BaseException as exc:
@@ -520,6 +533,17 @@ class AsyncSender:
         for line in idle:
             await line.disconnect()
         await self.client.aclose()
+
+
+async def _read_replies(
+    parser: Any, count: int, on_first: Callable[[Any], None] | None
+) -> list[Any]:
+    replies = [await parser.read_response()]
+    if on_first is not None:
+        on_first(replies[0])
+    for _ in range(count - 1):
+        replies.append(await parser.read_response())
+    return replies
 
 
 def _pack(line: Any, command: tuple[Any, ...]) -> bytes:

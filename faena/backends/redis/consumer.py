@@ -15,6 +15,16 @@ work. On a cluster, a consumer of several queues blocks on each queue's list at 
 connection per queue. A lost token (a consumer closed with one in hand) costs at most one
 block period: every idle consumer claims again at least every :data:`MAX_BLOCK_S`.
 
+Off a cluster, the claim that follows a wait is sent with it, in the same write: Redis runs it
+on that connection as soon as the ``BLPOP`` returns (with a token, or at the end of the block
+period, when the consumer would claim anyway), so a woken consumer does not spend a round trip
+between the wake-up and its claim. Such a wait is ended early by ``CLIENT UNBLOCK`` (its
+connection's id is the first reply of the write), never by dropping its connection, whose
+claim may have run: whatever that claim leased is handed back, uncounted, when nobody is left
+to receive it (a closing consumer, a cancelled receive). A wait with a local timer, or on a
+server that refuses ``CLIENT ID``, or under a test clock (whose time a claim takes when it is
+sent), blocks alone as before.
+
 A claim that got messages but fewer than it asked for emptied every ready queue, and so did
 one that found nothing at the end of a receive that timed out: the next receive (with a
 timeout, on the system clock) goes straight to the wait instead of claiming first, since
@@ -29,8 +39,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
+import redis.exceptions
 from msgspec import UNSET, UnsetType
 
 from faena.backends.redis import _keys
@@ -110,6 +122,10 @@ class RedisConsumer(Consumer):
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._waits: set[asyncio.Future[Any]] = set()
+        # Waits sent with their claim (see the module docstring): each call, and its
+        # connection's id once read.
+        self._held: set[tuple[asyncio.Future[list[Any]], asyncio.Future[Any]]] = set()
+        self._unblockable = True  # until the server refuses CLIENT ID
         self._background: set[asyncio.Future[Any]] = set()
         self._discovery: asyncio.Future[None] | None = None
 
@@ -157,6 +173,7 @@ class RedisConsumer(Consumer):
         # A timeout is a real wait; the store's clock (maybe a FakeClock) decides what is due.
         deadline = SYSTEM_CLOCK.monotonic() + timeout_s
         skip, due_in = self._after_emptied(timeout_s)
+        early: _Early | None = None  # a claim sent with the last wait
         with self._busy():
             try:
                 while not self._stopped() and max_messages > 0:
@@ -164,7 +181,8 @@ class RedisConsumer(Consumer):
                     if skip:
                         skip = False
                     else:
-                        found, due_in = await self._claim_safely(max_messages)
+                        found, due_in = await self._claim_safely(max_messages, early)
+                        early = None
                         if found:
                             return found
                     remaining = deadline - SYSTEM_CLOCK.monotonic()
@@ -177,7 +195,9 @@ class RedisConsumer(Consumer):
                         )
                         return []
                     if due_in is None or due_in > 0:
-                        await self._wait(remaining, due_in)
+                        early = await self._wait(remaining, due_in, max_messages)
+                if early is not None:  # closed during that wait, whose claim ran
+                    await self._give_back_early(early)
             except BrokerError:
                 if self._stopped():  # closed under a waiting receive: nothing came
                     return []
@@ -194,8 +214,10 @@ class RedisConsumer(Consumer):
         due_at = self._emptied_due_at
         return True, None if due_at is None else due_at - SYSTEM_CLOCK.monotonic()
 
-    async def _claim_safely(self, limit: int) -> tuple[list[Delivery], float | None]:
-        claim = asyncio.ensure_future(self._claim(limit))
+    async def _claim_safely(
+        self, limit: int, early: _Early | None = None
+    ) -> tuple[list[Delivery], float | None]:
+        claim = asyncio.ensure_future(self._claim(limit, early))
         try:
             return await asyncio.shield(claim)
         except asyncio.CancelledError:
@@ -215,15 +237,31 @@ class RedisConsumer(Consumer):
         if deliveries:
             await self.settle([Settlement(delivery=d, action="release") for d in deliveries])
 
-    async def _claim(self, limit: int) -> tuple[list[Delivery], float | None]:
-        """One claim round from the next queue on; the deliveries, or how long until something
-        falls due (``None``: nothing scheduled or leased)."""
+    def _next_order(self) -> list[int]:
+        """The live queues, from the next one in turn on (round-robin between claims)."""
         count = len(self._queues)
         start, self._turn = self._turn, (self._turn + 1) % count
         live = self._live_queues()
-        order = [q for i in range(count) if (q := (start + i) % count) in live]
-        fixed = [now_arg(self._config.clock), "", ms(self._config.lease_s)]
-        fixed += [self._config.max_deliveries, self._records[0] if self._records else ""]
+        return [q for i in range(count) if (q := (start + i) % count) in live]
+
+    def _claim_args(self, limit: int) -> list[Any]:
+        """``ARGV`` of ``lua/claim.lua``."""
+        return [
+            now_arg(self._config.clock),
+            limit,
+            ms(self._config.lease_s),
+            self._config.max_deliveries,
+            self._records[0] if self._records else "",
+        ]
+
+    async def _claim(
+        self, limit: int, early: _Early | None = None
+    ) -> tuple[list[Delivery], float | None]:
+        """One claim round from the next queue on; the deliveries, or how long until something
+        falls due (``None``: nothing scheduled or leased). ``early``: the reply of a claim
+        already run (sent with a wait, off a cluster), taken as this round's."""
+        order = early.queues if early is not None else self._next_order()
+        fixed = self._claim_args(limit)
         # One call for every queue where Redis allows it; a cluster keeps each queue's keys in
         # a slot of their own, so it gets one call per queue, until the batch is full.
         rounds = [order] if not self._target.cluster else [[i] for i in order]
@@ -234,10 +272,8 @@ class RedisConsumer(Consumer):
         failed = False
         for queues in rounds:
             fixed[1] = limit - len(found)
-            batch = Batch()
-            batch.script(_keys.CLAIM, [k for i in queues for k in self._queue_keys[i]], fixed)
             try:
-                (reply,) = await self._run(batch, "claiming messages")
+                reply, early = await self._claim_round(queues, fixed, early)
             except BrokerError:
                 # On a cluster one queue's node may fail while another's answered: what is
                 # already leased is handed out rather than left to expire; the failing node
@@ -274,6 +310,17 @@ class RedisConsumer(Consumer):
             self._emptied = True
             self._emptied_due_at = None if due_in is None else SYSTEM_CLOCK.monotonic() + due_in
         return found, None if found else due_in
+
+    async def _claim_round(
+        self, queues: list[int], args: list[Any], early: _Early | None
+    ) -> tuple[Any, None]:
+        """The claim reply of ``queues``: ``early``'s, else from a claim sent now."""
+        if early is not None:
+            return early.reply, None
+        batch = Batch()
+        batch.script(_keys.CLAIM, [k for i in queues for k in self._queue_keys[i]], args)
+        (reply,) = await self._run(batch, "claiming messages")
+        return reply, None
 
     def _live_queues(self) -> set[int]:
         """The queues not set aside (see :data:`SET_ASIDE_S`); all of them if every one is."""
@@ -346,19 +393,27 @@ class RedisConsumer(Consumer):
         await self._run(batch, "passing a wake-up on")
 
     # -- waiting ----------------------------------------------------------------------------
-    async def _wait(self, remaining: float, due_in: float | None) -> None:
-        """Block until a wake token, the next due time, or the end of the block period."""
+    async def _wait(self, remaining: float, due_in: float | None, limit: int) -> _Early | None:
+        """Block until a wake token, the next due time, or the end of the block period; the
+        claim sent with the wait, if it was (see the module docstring)."""
         block = max(min(remaining, MAX_BLOCK_S), _MIN_BLOCK_S)
         # Redis ends a blocking command up to 100 ms late (it checks ten times a second): a
         # due time within the block is kept on a local timer instead.
         timer = due_in if due_in is not None and due_in < block else None
         if timer is not None and timer < _MIN_BLOCK_S:
             await asyncio.sleep(timer)  # too close to be worth a blocking call
-            return
+            return None
         await self._connected()
         if self._closed:
-            return  # close() cancels the waits it knows of: start none after it
+            return None  # close() cancels the waits it knows of: start none after it
         keys = [self._wake_keys[q] for q in sorted(self._live_queues())]
+        if (
+            timer is None
+            and not self._target.cluster
+            and self._unblockable
+            and self._config.clock is SYSTEM_CLOCK  # a test clock's time is read at the claim
+        ):
+            return await self._wait_and_claim(keys, block, limit)
         groups = [[k] for k in keys] if self._target.cluster and len(keys) > 1 else [keys]
         waits = [asyncio.ensure_future(self._blocking.execute("BLPOP", *k, block)) for k in groups]
         self._waits.update(waits)
@@ -377,6 +432,84 @@ class RedisConsumer(Consumer):
                 w.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
             self._waits.difference_update(waits)
+        return None
+
+    async def _wait_and_claim(self, keys: list[str], block: float, limit: int) -> _Early | None:
+        """``BLPOP`` on ``keys`` and the next claim, in one write (see the module docstring);
+        the claim's reply, or ``None`` when it failed (the caller claims again, as after any
+        wait, and meets the failure there)."""
+        order = self._next_order()
+        claim_keys = [k for q in order for k in self._queue_keys[q]]
+        line_id: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def read_id(reply: Any) -> None:
+            if not line_id.done():
+                line_id.set_result(reply)
+
+        commands = [
+            ("CLIENT", "ID"),
+            ("BLPOP", *keys, block),
+            ("EVALSHA", _keys.CLAIM.sha, len(claim_keys), *claim_keys, *self._claim_args(limit)),
+        ]
+        call = asyncio.ensure_future(self._blocking.execute_many(commands, on_first=read_id))
+        held = (call, line_id)
+        self._held.add(held)
+        try:
+            replies = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            # The wait goes on in Redis, and its claim after it: end it, and give back what
+            # the claim leased (close() waits for this).
+            task = asyncio.ensure_future(self._abandon(call, line_id, order))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise
+        except Exception as exc:
+            if self._stopped():
+                return None
+            with translated(self._target, "waiting for messages"):
+                raise exc from None
+        finally:
+            self._held.discard(held)
+        client_id, popped, claimed = replies
+        if isinstance(client_id, Exception):
+            self._unblockable = False  # such a wait could not be ended early: wait alone
+        if not isinstance(popped, Exception) and popped is not None:
+            self._woken_by = self._wake_keys.index(popped[0].decode())
+        if isinstance(claimed, Exception):
+            if isinstance(popped, Exception) and not self._stopped():
+                with translated(self._target, "waiting for messages"):
+                    raise popped
+            return None  # not run, or refused: the claim that follows meets it again
+        return _Early(order, claimed)
+
+    async def _unblock(self, call: asyncio.Future[list[Any]], line_id: asyncio.Future[Any]) -> None:
+        """End a wait sent with its claim, as if its block period were over."""
+        await asyncio.wait({call, line_id}, return_when=asyncio.FIRST_COMPLETED)
+        if call.done() or not isinstance(line_id.result(), int):
+            return  # over already, or no id to end it by: it ends within its block period
+        with contextlib.suppress(BrokerError, redis.exceptions.RedisError, OSError):
+            await self._sender.execute("CLIENT", "UNBLOCK", line_id.result())
+
+    async def _abandon(
+        self, call: asyncio.Future[list[Any]], line_id: asyncio.Future[Any], order: list[int]
+    ) -> None:
+        """A wait sent with its claim whose receive was cancelled: end it and hand back what
+        its claim leased."""
+        await self._unblock(call, line_id)
+        try:
+            claimed = (await call)[2]
+        except (redis.exceptions.RedisError, OSError):
+            return  # the connection broke: whatever was leased comes back when its lease expires
+        if not isinstance(claimed, Exception):
+            await self._give_back_early(_Early(order, claimed))
+
+    async def _give_back_early(self, early: _Early) -> None:
+        """Hand back, uncounted, what a claim sent with a wait leased for nobody."""
+        found: list[Delivery] = []
+        self._decode(early.reply, early.queues, found)
+        if found:
+            with contextlib.suppress(BrokerError):  # else their leases expire
+                await self.settle([Settlement(delivery=d, action="release") for d in found])
 
     def _token(self, wait: asyncio.Future[Any]) -> bool:
         """Whether a finished ``BLPOP`` brought a token; raises what it failed with."""
@@ -494,6 +627,8 @@ class RedisConsumer(Consumer):
         waits = list(self._waits)
         for w in waits:
             w.cancel()
+        # A wait sent with its claim is ended by Redis, never cut: its claim may have run.
+        await asyncio.gather(*(self._unblock(*held) for held in self._held), return_exceptions=True)
         # Calls in flight finish first (each within the URL's timeout; a waiting receive ends
         # at once): a claim cut short could lease messages nobody receives, and a command sent
         # after the clients closed would open a connection nobody closes.
@@ -506,6 +641,14 @@ class RedisConsumer(Consumer):
             await self._blocking.aclose()
         with contextlib.suppress(Exception):
             await self._sender.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Early:
+    """The reply of a claim sent with a wait, and the queues it was sent for, in order."""
+
+    queues: list[int]
+    reply: Any
 
 
 def _text(value: bytes | str) -> str:

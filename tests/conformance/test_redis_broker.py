@@ -1072,7 +1072,7 @@ class TestRedisOnly:
     def blocked_clients(self) -> int:
         return int(self.raw().info("clients")["blocked_clients"])
 
-    @pytest.mark.parametrize("end", ["close", "cancel"])
+    @pytest.mark.parametrize("end", ["close", "cancel", "close, then cancel while handing back"])
     def test_a_wait_ended_early_hands_back_what_the_claim_sent_with_it_leased(
         self, monkeypatch: pytest.MonkeyPatch, end: str
     ) -> None:
@@ -1102,6 +1102,22 @@ class TestRedisOnly:
                 if end == "close":
                     await consumer.close()
                     assert await waiting == []
+                elif end.startswith("close, then cancel"):
+                    handing_back = asyncio.Event()
+                    settle = consumer.settle
+
+                    async def slow_settle(settlements: Any) -> list[bool]:
+                        handing_back.set()
+                        await asyncio.sleep(0.05)  # a slow network: room for the cancel
+                        return await settle(settlements)
+
+                    consumer.settle = slow_settle  # type: ignore[method-assign]
+                    closing = asyncio.create_task(consumer.close())
+                    await handing_back.wait()
+                    waiting.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await waiting
+                    await closing
                 else:
                     waiting.cancel()
                     with pytest.raises(asyncio.CancelledError):
@@ -1153,6 +1169,63 @@ class TestRedisOnly:
                     started = SYSTEM_CLOCK.monotonic()
                     await consumer.close()
                     assert await waiting == []
+                    assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+                finally:
+                    await consumer.close()
+
+            run(scenario())
+        finally:
+            raw.execute_command("ACL", "DELUSER", user)
+
+    def test_a_wait_whose_connection_is_killed_waits_on_and_wakes_for_the_next_message(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a consumer waiting on a block only a wake-up ends
+        monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        raw = self.raw()
+
+        async def scenario() -> None:
+            consumer = await broker.open_consumer(["default"], "w1")
+            try:
+                before = self.blocked_clients()
+                waiting = asyncio.create_task(consumer.receive(1, 20.0))
+                await async_until(lambda: self.blocked_clients() == before + 1)
+                # When Redis closes the connection it waits on (as a proxy or an admin may)
+                (line,) = [c for c in raw.client_list() if c["cmd"] == "blpop"]
+                raw.client_kill_filter(_id=line["id"])
+                # Then it waits again, on a fresh connection, without a failure
+                await async_until(lambda: self.blocked_clients() == before + 1)
+                assert not waiting.done()
+                # And a message sent then comes at once
+                started = SYSTEM_CLOCK.monotonic()
+                broker.enqueue([out("m1")])
+                (d,) = await waiting
+                assert d.id == "m1"
+                assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
+            finally:
+                await consumer.close()
+
+        run(scenario())
+
+    def test_a_server_that_refuses_blpop_is_an_error_not_a_busy_loop(self) -> None:
+        # Given a Redis user that may claim but not block on a list
+        raw = self.raw()
+        user = f"faena-no-blpop-{uuid.uuid4().hex[:8]}"
+        raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-blpop")
+        try:
+            broker = self.broker(
+                self.url.replace("redis://", f"redis://{user}:pw@", 1), clock=SYSTEM_CLOCK
+            )
+
+            async def scenario() -> None:
+                consumer = await broker.open_consumer(["default"], "w1")
+                try:
+                    # When its consumer, with nothing to do, goes to wait
+                    started = SYSTEM_CLOCK.monotonic()
+                    with pytest.raises(BrokerError, match=r"(?i)blpop"):
+                        await consumer.receive(1, 5.0)
+                    # Then the receive fails at once, naming the refused command
                     assert SYSTEM_CLOCK.monotonic() - started < PROMPT_S
                 finally:
                     await consumer.close()

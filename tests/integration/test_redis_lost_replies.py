@@ -17,7 +17,7 @@ from faena.backends.redis.broker import RedisBroker
 from faena.backends.redis.coordination import _OPS, RedisCoordinationStore
 from faena.contracts.broker import BrokerConfig, Settlement
 from faena.foundation.exceptions import BrokerUnavailable
-from faena.testing.conformance import out, run
+from faena.testing.conformance import PROMPT_S, out, run
 from tests.integration.cut_proxy import CutProxy
 from tests.services import REDIS_HOST, REDIS_PORT, drop_prefix, redis_url
 
@@ -151,3 +151,30 @@ async def _first_deliveries(broker: RedisBroker) -> list[int]:
         return [d.deliveries for d in await consumer.receive(3, 0)]
     finally:
         await consumer.close()
+
+
+def test_closing_a_consumer_whose_wait_gets_no_answer_is_prompt(urls) -> None:
+    _, cut_url, proxy = urls
+    broker = RedisBroker(cut_url.replace("&timeout=2", "&timeout=5"), BrokerConfig(lease_s=60))
+
+    async def scenario() -> None:
+        consumer = await broker.open_consumer(["q"], "w1")
+        assert await consumer.receive(1, 0.05) == []  # its connections are open
+        # Given a consumer waiting (its claim sent with the wait), whose server has stopped
+        # answering it: the replies to that write are held back
+        proxy.arm(b"BLPOP", late_s=30)
+        waiting = asyncio.create_task(consumer.receive(1, 20.0))
+        while not proxy.cut.is_set():  # the server answered; the answer is held back
+            await asyncio.sleep(0.001)
+        # When the consumer is closed
+        started = asyncio.get_running_loop().time()
+        await consumer.close()
+        # Then it gives up on that wait within UNBLOCK_S (it cannot ask Redis to end it
+        # without the connection's id), not at the wait's read timeout, 6 s away
+        assert asyncio.get_running_loop().time() - started < PROMPT_S
+        assert await waiting == []
+
+    try:
+        run(scenario())
+    finally:
+        broker.close()

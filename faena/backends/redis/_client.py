@@ -437,6 +437,16 @@ class AsyncSender:
                 raise reply
             return reply
 
+    def has_line(self) -> bool:
+        """Whether the next call goes on a line of this sender's own (an idle one, or one it may
+        open), not through the client."""
+        lines = self._lines
+        return (
+            not self._closed
+            and lines.pool is not None
+            and (bool(lines.idle) or lines.made < lines.limit)
+        )
+
     async def execute_many(
         self,
         commands: Sequence[tuple[Any, ...]],

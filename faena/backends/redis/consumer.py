@@ -19,11 +19,14 @@ Off a cluster, the claim that follows a wait is sent with it, in the same write:
 on that connection as soon as the ``BLPOP`` returns (with a token, or at the end of the block
 period, when the consumer would claim anyway), so a woken consumer does not spend a round trip
 between the wake-up and its claim. Such a wait is ended early by ``CLIENT UNBLOCK`` (its
-connection's id is the first reply of the write), never by dropping its connection, whose
+connection's id is the first reply of the write), not by dropping its connection, whose
 claim may have run: whatever that claim leased is handed back, uncounted, when nobody is left
-to receive it (a closing consumer, a cancelled receive). A wait with a local timer, or on a
-server that refuses ``CLIENT ID``, or under a test clock (whose time a claim takes when it is
-sent), blocks alone as before.
+to receive it (a closing consumer, a cancelled receive). Only a wait that cannot be ended so
+within :data:`UNBLOCK_S` (no id, a server that stopped answering) is cut, as a broken
+connection would be: its claim's leases, if any, expire. A broken connection is never sent
+again (the claim may have run); the consumer waits alone instead. A wait with a local timer,
+or on a server that refuses ``CLIENT ID``, or under a test clock (whose time a claim takes when
+it is sent), blocks alone as before.
 
 A claim that got messages but fewer than it asked for emptied every ready queue, and so did
 one that found nothing at the end of a receive that timed out: the next receive (with a
@@ -38,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -72,6 +75,12 @@ MAX_BLOCK_S: Final = 1.0
 at least this often."""
 _MIN_BLOCK_S: Final = 0.01
 """``BLPOP`` with a timeout of 0 would block for ever."""
+_LATE_S: Final = 0.2
+"""Redis ends a blocking command up to 100 ms after its timeout: room for that, and for the
+claim sent after it, in the wait's read timeout."""
+UNBLOCK_S: Final = 0.5
+"""How long close() gives a wait sent with its claim to end by ``CLIENT UNBLOCK`` before it
+cuts the wait's connection."""
 
 
 class RedisConsumer(Consumer):
@@ -107,7 +116,7 @@ class RedisConsumer(Consumer):
         # A wait's BLPOP may be sent again after a broken connection: a lost token costs a
         # wait (see the module docstring).
         self._blocking = AsyncSender(
-            async_client(target, url, blocking_s=MAX_BLOCK_S, resend=True), resend=2
+            async_client(target, url, blocking_s=MAX_BLOCK_S + _LATE_S, resend=True), resend=2
         )
         self._turn = 0
         self._set_aside: dict[int, float] = {}  # queue index -> until (monotonic)
@@ -197,7 +206,7 @@ class RedisConsumer(Consumer):
                     if due_in is None or due_in > 0:
                         early = await self._wait(remaining, due_in, max_messages)
                 if early is not None:  # closed during that wait, whose claim ran
-                    await self._give_back_early(early)
+                    await self._shielded_give_back(early)
             except BrokerError:
                 if self._stopped():  # closed under a waiting receive: nothing came
                     return []
@@ -412,8 +421,15 @@ class RedisConsumer(Consumer):
             and not self._target.cluster
             and self._unblockable
             and self._config.clock is SYSTEM_CLOCK  # a test clock's time is read at the claim
+            and self._blocking.has_line()  # never through redis-py, which may send it twice
         ):
             return await self._wait_and_claim(keys, block, limit)
+        await self._wait_alone(keys, block, timer)
+        return None
+
+    async def _wait_alone(self, keys: list[str], block: float, timer: float | None) -> None:
+        """``BLPOP`` on ``keys`` (on a cluster, on each queue's list at once), ended early by a
+        local ``timer`` or by close(), which cuts it."""
         groups = [[k] for k in keys] if self._target.cluster and len(keys) > 1 else [keys]
         waits = [asyncio.ensure_future(self._blocking.execute("BLPOP", *k, block)) for k in groups]
         self._waits.update(waits)
@@ -432,12 +448,12 @@ class RedisConsumer(Consumer):
                 w.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
             self._waits.difference_update(waits)
-        return None
 
     async def _wait_and_claim(self, keys: list[str], block: float, limit: int) -> _Early | None:
         """``BLPOP`` on ``keys`` and the next claim, in one write (see the module docstring);
-        the claim's reply, or ``None`` when it failed (the caller claims again, as after any
-        wait, and meets the failure there)."""
+        the claim's reply, or ``None`` when it did not run or failed (the caller claims again,
+        as after any wait, and meets the failure there)."""
+        turn = self._turn
         order = self._next_order()
         claim_keys = [k for q in order for k in self._queue_keys[q]]
         line_id: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -457,38 +473,65 @@ class RedisConsumer(Consumer):
         try:
             replies = await asyncio.shield(call)
         except asyncio.CancelledError:
-            # The wait goes on in Redis, and its claim after it: end it, and give back what
-            # the claim leased (close() waits for this).
-            task = asyncio.ensure_future(self._abandon(call, line_id, order))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            me = asyncio.current_task()
+            if call.cancelled() and not (me is not None and me.cancelling()):
+                self._turn = turn
+                return None  # cut by close(), which could not end it in time
+            # This receive was cancelled; the wait goes on in Redis, and its claim after it:
+            # end it, and give back what the claim leased (close() waits for this).
+            self._track(self._abandon(call, line_id, order))
             raise
+        except redis.exceptions.ConnectionError:
+            # Its claim may have run (what it leased comes back when the leases expire), so
+            # it is never sent again: the broken line is made up for by a wait alone, which
+            # may be (and which fails, as before, if the server stays out of reach).
+            self._turn = turn
+            if self._stopped():
+                return None
+            await self._wait_alone(keys, block, None)
+            return None
         except Exception as exc:
+            self._turn = turn
             if self._stopped():
                 return None
             with translated(self._target, "waiting for messages"):
                 raise exc from None
         finally:
             self._held.discard(held)
+        return await self._waited(replies, order, turn)
+
+    async def _waited(self, replies: list[Any], order: list[int], turn: int) -> _Early | None:
+        """The outcome of a wait sent with its claim, from its three replies."""
         client_id, popped, claimed = replies
         if isinstance(client_id, Exception):
             self._unblockable = False  # such a wait could not be ended early: wait alone
-        if not isinstance(popped, Exception) and popped is not None:
+        early = None if isinstance(claimed, Exception) else _Early(order, claimed)
+        if isinstance(popped, Exception):
+            if early is not None:
+                await self._shielded_give_back(early)
+            if self._stopped():
+                return None
+            self._turn = turn
+            with translated(self._target, "waiting for messages"):
+                raise popped
+        if popped is not None:
             self._woken_by = self._wake_keys.index(popped[0].decode())
-        if isinstance(claimed, Exception):
-            if isinstance(popped, Exception) and not self._stopped():
-                with translated(self._target, "waiting for messages"):
-                    raise popped
-            return None  # not run, or refused: the claim that follows meets it again
-        return _Early(order, claimed)
+        if early is None:
+            self._turn = turn  # not run, or refused: the claim that follows meets it again
+        return early
 
     async def _unblock(self, call: asyncio.Future[list[Any]], line_id: asyncio.Future[Any]) -> None:
-        """End a wait sent with its claim, as if its block period were over."""
-        await asyncio.wait({call, line_id}, return_when=asyncio.FIRST_COMPLETED)
-        if call.done() or not isinstance(line_id.result(), int):
-            return  # over already, or no id to end it by: it ends within its block period
-        with contextlib.suppress(BrokerError, redis.exceptions.RedisError, OSError):
-            await self._sender.execute("CLIENT", "UNBLOCK", line_id.result())
+        """End a wait sent with its claim, as if its block period were over: by its
+        connection's id, or, if that cannot be done within :data:`UNBLOCK_S` (no id, a server
+        that stopped answering), by cutting its connection."""
+        try:
+            async with asyncio.timeout(UNBLOCK_S):
+                await asyncio.wait({call, line_id}, return_when=asyncio.FIRST_COMPLETED)
+                if not call.done() and isinstance(line_id.result(), int):
+                    await self._sender.execute("CLIENT", "UNBLOCK", line_id.result())
+                await asyncio.wait({call})
+        except (TimeoutError, BrokerError, redis.exceptions.RedisError, OSError):
+            call.cancel()
 
     async def _abandon(
         self, call: asyncio.Future[list[Any]], line_id: asyncio.Future[Any], order: list[int]
@@ -496,12 +539,14 @@ class RedisConsumer(Consumer):
         """A wait sent with its claim whose receive was cancelled: end it and hand back what
         its claim leased."""
         await self._unblock(call, line_id)
-        try:
-            claimed = (await call)[2]
-        except (redis.exceptions.RedisError, OSError):
-            return  # the connection broke: whatever was leased comes back when its lease expires
-        if not isinstance(claimed, Exception):
-            await self._give_back_early(_Early(order, claimed))
+        outcome: list[Any] | BaseException = (await asyncio.gather(call, return_exceptions=True))[0]
+        if isinstance(outcome, list) and not isinstance(outcome[2], Exception):
+            await self._give_back_early(_Early(order, outcome[2]))
+        # else it was cut, or its connection broke: what it leased comes back on expiry
+
+    async def _shielded_give_back(self, early: _Early) -> None:
+        """``_give_back_early``, carried to its end even if the caller is cancelled."""
+        await asyncio.shield(self._track(self._give_back_early(early)))
 
     async def _give_back_early(self, early: _Early) -> None:
         """Hand back, uncounted, what a claim sent with a wait leased for nobody."""
@@ -510,6 +555,13 @@ class RedisConsumer(Consumer):
         if found:
             with contextlib.suppress(BrokerError):  # else their leases expire
                 await self.settle([Settlement(delivery=d, action="release") for d in found])
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task close() waits for."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _token(self, wait: asyncio.Future[Any]) -> bool:
         """Whether a finished ``BLPOP`` brought a token; raises what it failed with."""

@@ -38,6 +38,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     help="Jobs run at once. [default: 10; processes: CPU count; solo: 1]",
 )
 @click.option(
+    "-P",
     "--pool",
     type=click.Choice(POOL_NAMES),
     default="async",
@@ -95,7 +96,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     help="This worker's id, as `faena status` shows it. [default: hostname:pid]",
 )
 @click.option(
+    "-l",
     "--log-level",
+    "--loglevel",
+    "log_level",
     type=click.Choice(LOG_LEVELS, case_sensitive=False),
     default="INFO",
     show_default=True,

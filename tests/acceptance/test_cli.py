@@ -187,6 +187,40 @@ def test_worker_runs_jobs_shows_in_status_and_stops_cleanly_on_sigterm(
     assert "stopped" in output
 
 
+@pytest.mark.timeout(90)
+def test_worker_takes_celerys_short_flags_for_pool_and_log_level(
+    project: tuple[Cli, ModuleType],
+) -> None:
+    cli, tasks = project
+    # Given a worker started the way a Celery user starts one: -P for the pool, -l for the level
+    worker = cli.start(
+        "worker", "-A", "tasks", "-P", "threads", "-c", "3", "-l", "warning", "--worker-id", "acc-2"
+    )
+
+    # When a job is sent to it, it runs
+    assert tasks.add.delay(4, 5).get(timeout=DEADLINE_S) == 9
+
+    # And the worker runs the pool -P named
+    data = cli.wait_for(
+        lambda d: any(w["id"] == "acc-2" and w["processed"] >= 1 for w in d["workers"]),
+        "the worker to report 1 processed job",
+    )
+    (row,) = [w for w in data["workers"] if w["id"] == "acc-2"]
+    assert row["pool"] == "threads"
+    assert row["concurrency"] == 3
+
+    # And at -l warning it logs nothing at INFO, not even its own stop
+    code, output = stop(worker)
+    assert code == 0, output
+    assert "succeeded" not in output
+    assert "stopped" not in output
+
+    # And Celery's long spelling --loglevel is the same option
+    done = cli.run("worker", "-A", "tasks", "--burst", "--loglevel", "INFO", "-P", "solo")
+    assert done.returncode == 0, done.stderr
+    assert "burst worker stopping" in done.stdout + done.stderr
+
+
 @pytest.mark.timeout(60)
 def test_status_shows_ready_counts_per_queue(project: tuple[Cli, ModuleType]) -> None:
     cli, tasks = project

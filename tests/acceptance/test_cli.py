@@ -154,6 +154,16 @@ def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, output
 
 
+def worker_row(cli: Cli, worker_id: str, processed: int) -> dict[str, Any]:
+    """The worker's row in `faena status --json`, once it reports ``processed`` jobs."""
+    data = cli.wait_for(
+        lambda d: any(w["id"] == worker_id and w["processed"] >= processed for w in d["workers"]),
+        f"worker {worker_id} to report {processed} processed jobs",
+    )
+    (row,) = [w for w in data["workers"] if w["id"] == worker_id]
+    return row
+
+
 @pytest.mark.timeout(90)
 def test_worker_runs_jobs_shows_in_status_and_stops_cleanly_on_sigterm(
     project: tuple[Cli, ModuleType],
@@ -168,11 +178,7 @@ def test_worker_runs_jobs_shows_in_status_and_stops_cleanly_on_sigterm(
     assert tasks.shout.delay("hi").get(timeout=DEADLINE_S) == "HI"
 
     # And `faena status` lists the worker with what it has done
-    data = cli.wait_for(
-        lambda d: any(w["id"] == "acc-1" and w["processed"] >= 2 for w in d["workers"]),
-        "the worker to report 2 processed jobs",
-    )
-    (row,) = [w for w in data["workers"] if w["id"] == "acc-1"]
+    row = worker_row(cli, "acc-1", processed=2)
     assert row["pool"] == "async"
     assert row["concurrency"] == 2
     assert row["queues"] == ["default"]
@@ -201,11 +207,7 @@ def test_worker_takes_celerys_short_flags_for_pool_and_log_level(
     assert tasks.add.delay(4, 5).get(timeout=DEADLINE_S) == 9
 
     # And the worker runs the pool -P named
-    data = cli.wait_for(
-        lambda d: any(w["id"] == "acc-2" and w["processed"] >= 1 for w in d["workers"]),
-        "the worker to report 1 processed job",
-    )
-    (row,) = [w for w in data["workers"] if w["id"] == "acc-2"]
+    row = worker_row(cli, "acc-2", processed=1)
     assert row["pool"] == "threads"
     assert row["concurrency"] == 3
 

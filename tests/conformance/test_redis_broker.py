@@ -1072,6 +1072,19 @@ class TestRedisOnly:
     def blocked_clients(self) -> int:
         return int(self.raw().info("clients")["blocked_clients"])
 
+    @contextlib.contextmanager
+    def broker_denied(self, command: str) -> Iterator[RedisBroker]:
+        """A broker logged in as a Redis user that may run every command but ``command``."""
+        raw = self.raw()
+        user = f"faena-no-{command}-{uuid.uuid4().hex[:8]}"
+        raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", f"-{command}")
+        try:
+            yield self.broker(
+                self.url.replace("redis://", f"redis://{user}:pw@", 1), clock=SYSTEM_CLOCK
+            )
+        finally:
+            raw.execute_command("ACL", "DELUSER", user)
+
     @pytest.mark.parametrize("end", ["close", "cancel", "close, then cancel while handing back"])
     def test_a_wait_ended_early_hands_back_what_the_claim_sent_with_it_leased(
         self, monkeypatch: pytest.MonkeyPatch, end: str
@@ -1144,12 +1157,7 @@ class TestRedisOnly:
         # Given a Redis user that may not run CLIENT commands
         monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
         raw = self.raw()
-        user = f"faena-no-client-{uuid.uuid4().hex[:8]}"
-        raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-client")
-        try:
-            broker = self.broker(
-                self.url.replace("redis://", f"redis://{user}:pw@", 1), clock=SYSTEM_CLOCK
-            )
+        with self.broker_denied("client") as broker:
 
             async def scenario() -> None:
                 consumer = await broker.open_consumer(["default"], "w1")
@@ -1174,8 +1182,6 @@ class TestRedisOnly:
                     await consumer.close()
 
             run(scenario())
-        finally:
-            raw.execute_command("ACL", "DELUSER", user)
 
     def test_a_wait_whose_connection_is_killed_waits_on_and_wakes_for_the_next_message(
         self, monkeypatch: pytest.MonkeyPatch
@@ -1210,13 +1216,7 @@ class TestRedisOnly:
 
     def test_a_server_that_refuses_blpop_is_an_error_not_a_busy_loop(self) -> None:
         # Given a Redis user that may claim but not block on a list
-        raw = self.raw()
-        user = f"faena-no-blpop-{uuid.uuid4().hex[:8]}"
-        raw.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-blpop")
-        try:
-            broker = self.broker(
-                self.url.replace("redis://", f"redis://{user}:pw@", 1), clock=SYSTEM_CLOCK
-            )
+        with self.broker_denied("blpop") as broker:
 
             async def scenario() -> None:
                 consumer = await broker.open_consumer(["default"], "w1")
@@ -1231,8 +1231,6 @@ class TestRedisOnly:
                     await consumer.close()
 
             run(scenario())
-        finally:
-            raw.execute_command("ACL", "DELUSER", user)
 
     @async_test
     async def test_a_closed_consumer_refuses_to_settle(self) -> None:

@@ -1214,6 +1214,33 @@ class TestRedisOnly:
 
         run(scenario())
 
+    def test_a_wait_broken_late_still_ends_at_the_receives_deadline(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Given a consumer waiting up to 2 s, in one block
+        monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
+        broker = self.broker(clock=SYSTEM_CLOCK)
+        raw = self.raw()
+
+        async def scenario() -> None:
+            consumer = await broker.open_consumer(["default"], "w1")
+            try:
+                before = self.blocked_clients()
+                started = SYSTEM_CLOCK.monotonic()
+                waiting = asyncio.create_task(consumer.receive(1, 2.0))
+                await async_until(lambda: self.blocked_clients() == before + 1)
+                # When Redis closes the connection it waits on, late in the block
+                await asyncio.sleep(1.4 - (SYSTEM_CLOCK.monotonic() - started))
+                (line,) = [c for c in raw.client_list() if c["cmd"] == "blpop"]
+                raw.client_kill_filter(_id=line["id"])
+                # Then the receive still ends near its 2 s, not a whole block later
+                assert await waiting == []
+                assert SYSTEM_CLOCK.monotonic() - started < 2.0 + 0.8
+            finally:
+                await consumer.close()
+
+        run(scenario())
+
     def test_a_server_that_refuses_blpop_is_an_error_not_a_busy_loop(self) -> None:
         # Given a Redis user that may claim but not block on a list
         with self.broker_denied("blpop") as broker:

@@ -240,6 +240,20 @@ def test_an_async_pipeline_keeps_each_reply_in_its_place(private_redis: RedisSer
     assert "WRONGTYPE" in str(refused)
 
 
+def test_an_async_pipeline_of_no_commands_returns_at_once(private_redis: RedisServer) -> None:
+    async def scenario() -> list[object]:
+        sender = _async_sender(private_redis.url)
+        try:
+            # Given a batch that turned out empty, then a call on the same sender
+            empty = await sender.execute_many([])
+            return [empty, await sender.execute("PING")]
+        finally:
+            await sender.aclose()
+
+    # Then the empty batch has no replies, without waiting for one, and the line still works
+    assert asyncio.run(asyncio.wait_for(scenario(), 5.0)) == [[], b"PONG"]
+
+
 @pytest.mark.parametrize("resend", [0, 2])
 def test_an_async_sender_resends_after_a_cut_only_when_told(
     private_redis: RedisServer, resend: int

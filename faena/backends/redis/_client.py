@@ -457,6 +457,8 @@ class AsyncSender:
         replies in order, a command the server refused with its ``ResponseError`` in its
         place. ``on_first`` is called with the first reply as soon as it is read, before the
         others (which may block on the server)."""
+        if not commands:
+            return []
         line = self._take()
         if line is None:
             pipe = self.client.pipeline(transaction=False)

@@ -467,6 +467,7 @@ class RedisConsumer(Consumer):
             ("BLPOP", *keys, block),
             ("EVALSHA", _keys.CLAIM.sha, len(claim_keys), *claim_keys, *self._claim_args(limit)),
         ]
+        ends = SYSTEM_CLOCK.monotonic() + block
         call = asyncio.ensure_future(self._blocking.execute_many(commands, on_first=read_id))
         held = (call, line_id)
         self._held.add(held)
@@ -488,7 +489,8 @@ class RedisConsumer(Consumer):
             self._turn = turn
             if self._stopped():
                 return None
-            await self._wait_alone(keys, block, None)
+            # Only for what is left of the block: the receive's deadline stays where it was.
+            await self._wait_alone(keys, max(ends - SYSTEM_CLOCK.monotonic(), _MIN_BLOCK_S), None)
             return None
         except Exception as exc:
             self._turn = turn

@@ -1072,6 +1072,12 @@ class TestRedisOnly:
     def blocked_clients(self) -> int:
         return int(self.raw().info("clients")["blocked_clients"])
 
+    def kill_the_wait(self) -> None:
+        """Close, from the server's side, the one connection blocked in ``BLPOP``."""
+        raw = self.raw()
+        (line,) = [c for c in raw.client_list() if c["cmd"] == "blpop"]
+        raw.client_kill_filter(_id=line["id"])
+
     @contextlib.contextmanager
     def broker_denied(self, command: str) -> Iterator[RedisBroker]:
         """A broker logged in as a Redis user that may run every command but ``command``."""
@@ -1189,7 +1195,6 @@ class TestRedisOnly:
         # Given a consumer waiting on a block only a wake-up ends
         monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
         broker = self.broker(clock=SYSTEM_CLOCK)
-        raw = self.raw()
 
         async def scenario() -> None:
             consumer = await broker.open_consumer(["default"], "w1")
@@ -1198,8 +1203,7 @@ class TestRedisOnly:
                 waiting = asyncio.create_task(consumer.receive(1, 20.0))
                 await async_until(lambda: self.blocked_clients() == before + 1)
                 # When Redis closes the connection it waits on (as a proxy or an admin may)
-                (line,) = [c for c in raw.client_list() if c["cmd"] == "blpop"]
-                raw.client_kill_filter(_id=line["id"])
+                self.kill_the_wait()
                 # Then it waits again, on a fresh connection, without a failure
                 await async_until(lambda: self.blocked_clients() == before + 1)
                 assert not waiting.done()
@@ -1220,7 +1224,6 @@ class TestRedisOnly:
         # Given a consumer waiting up to 2 s, in one block
         monkeypatch.setattr(redis_consumer, "MAX_BLOCK_S", 30.0)
         broker = self.broker(clock=SYSTEM_CLOCK)
-        raw = self.raw()
 
         async def scenario() -> None:
             consumer = await broker.open_consumer(["default"], "w1")
@@ -1231,8 +1234,7 @@ class TestRedisOnly:
                 await async_until(lambda: self.blocked_clients() == before + 1)
                 # When Redis closes the connection it waits on, late in the block
                 await asyncio.sleep(1.4 - (SYSTEM_CLOCK.monotonic() - started))
-                (line,) = [c for c in raw.client_list() if c["cmd"] == "blpop"]
-                raw.client_kill_filter(_id=line["id"])
+                self.kill_the_wait()
                 # Then the receive still ends near its 2 s, not a whole block later
                 assert await waiting == []
                 assert SYSTEM_CLOCK.monotonic() - started < 2.0 + 0.8
